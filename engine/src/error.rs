@@ -1,0 +1,83 @@
+//! Errors a client can observe from the key space. Texts are etcd's, byte for byte, because
+//! clients (etcdctl, clientv3) match on them.
+
+use std::fmt;
+
+/// The gRPC status code etcd attaches to an error. Kept here as a plain enum so the engine
+/// does not depend on a gRPC library; net/ maps it to `tonic::Code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCode {
+    InvalidArgument,
+    OutOfRange,
+    NotFound,
+    ResourceExhausted,
+    FailedPrecondition,
+    Unavailable,
+    Internal,
+}
+
+/// Errors from validating or applying a key-space request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvError {
+    /// A request names an empty key.
+    EmptyKey,
+    /// `ignore_value`/`ignore_lease` on a key that does not exist, or an empty txn op.
+    KeyNotFound,
+    /// `ignore_value` set together with a non-empty value.
+    ValueProvided,
+    /// `ignore_lease` set together with a non-zero lease.
+    LeaseProvided,
+    /// A txn branch or compare list longer than --max-txn-ops.
+    TooManyOps,
+    /// Two writes to the same key in one txn branch (etcd's interval rules).
+    DuplicateKey,
+    /// The request, encoded, is larger than --max-request-bytes.
+    RequestTooLarge,
+    /// A read or compaction at a revision below the compacted revision.
+    Compacted,
+    /// A read or compaction at a revision above the current revision.
+    FutureRevision,
+    /// The server cannot take the request now (shutting down, storage failed, queue closed).
+    Unavailable(String),
+}
+
+impl KvError {
+    /// etcd's exact error text.
+    pub fn message(&self) -> &str {
+        match self {
+            KvError::EmptyKey => "etcdserver: key is not provided",
+            KvError::KeyNotFound => "etcdserver: key not found",
+            KvError::ValueProvided => "etcdserver: value is provided",
+            KvError::LeaseProvided => "etcdserver: lease is provided",
+            KvError::TooManyOps => "etcdserver: too many operations in txn request",
+            KvError::DuplicateKey => "etcdserver: duplicate key given in txn request",
+            KvError::RequestTooLarge => "etcdserver: request is too large",
+            KvError::Compacted => "etcdserver: mvcc: required revision has been compacted",
+            KvError::FutureRevision => "etcdserver: mvcc: required revision is a future revision",
+            KvError::Unavailable(reason) => reason,
+        }
+    }
+
+    /// The gRPC code etcd sends with this error.
+    pub fn code(&self) -> StatusCode {
+        match self {
+            KvError::EmptyKey
+            | KvError::KeyNotFound
+            | KvError::ValueProvided
+            | KvError::LeaseProvided
+            | KvError::TooManyOps
+            | KvError::DuplicateKey
+            | KvError::RequestTooLarge => StatusCode::InvalidArgument,
+            KvError::Compacted | KvError::FutureRevision => StatusCode::OutOfRange,
+            KvError::Unavailable(_) => StatusCode::Unavailable,
+        }
+    }
+}
+
+impl fmt::Display for KvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for KvError {}

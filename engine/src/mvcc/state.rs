@@ -1,0 +1,177 @@
+//! The versioned maps and the primitive reads and writes on them.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use imbl::OrdMap;
+
+use super::KeyValue;
+use crate::KvError;
+
+/// One revision of one key. A tombstone marks a delete; its kv holds only key and
+/// mod_revision, like the tombstone etcd writes.
+#[derive(Debug)]
+pub(super) struct Record {
+    pub kv: KeyValue,
+    pub tombstone: bool,
+}
+
+/// `(key, main revision, sub revision)`: orders a key's revisions oldest first.
+pub(super) type HistKey = (Bytes, i64, i64);
+
+/// The whole key space at one revision. Cloning is O(1) (two map roots).
+#[derive(Clone)]
+pub(super) struct State {
+    /// Live keys at `revision`.
+    pub latest: OrdMap<Bytes, Arc<Record>>,
+    /// Every revision of every key not yet compacted away, tombstones included.
+    pub history: OrdMap<HistKey, Arc<Record>>,
+    /// The current revision. Inside a txn that already wrote, this is the txn's revision,
+    /// so reads at "current" see the txn's own writes, as etcd's write txn does.
+    pub revision: i64,
+    /// etcd's `compactMainRev`: -1 until the first compaction, which is why a fresh
+    /// etcd accepts `compact 0` once.
+    pub compact_revision: i64,
+}
+
+/// The keys a request names: etcd's key + range_end encoding.
+#[derive(Clone, Debug)]
+pub(super) enum KeyRange {
+    /// range_end empty: just `key`.
+    Single(Bytes),
+    /// range_end == "\0": every key >= `key`.
+    From(Bytes),
+    /// `[key, range_end)`, with range_end > key.
+    Between(Bytes, Bytes),
+    /// range_end <= key: nothing.
+    Empty,
+}
+
+impl KeyRange {
+    pub fn new(key: &[u8], range_end: &[u8]) -> KeyRange {
+        let start = Bytes::copy_from_slice(key);
+        match range_end {
+            [] => KeyRange::Single(start),
+            [0] => KeyRange::From(start),
+            end if end <= key => KeyRange::Empty,
+            end => KeyRange::Between(start, Bytes::copy_from_slice(end)),
+        }
+    }
+
+    /// True if `key` is not past the end of the range (the start is checked by the seek).
+    fn before_end(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Single(k) => key == k.as_ref(),
+            KeyRange::From(_) => true,
+            KeyRange::Between(_, end) => key < end.as_ref(),
+            KeyRange::Empty => false,
+        }
+    }
+
+    fn bounds(&self) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+        match self {
+            KeyRange::Single(k) => Some((Bound::Included(k), Bound::Included(k))),
+            KeyRange::From(k) => Some((Bound::Included(k), Bound::Unbounded)),
+            KeyRange::Between(k, end) => Some((Bound::Included(k), Bound::Excluded(end))),
+            KeyRange::Empty => None,
+        }
+    }
+}
+
+impl State {
+    pub fn new() -> State {
+        State { latest: OrdMap::new(), history: OrdMap::new(), revision: 1, compact_revision: -1 }
+    }
+
+    /// The compacted revision as the API shows it (0 before any compaction).
+    pub fn reported_compact_revision(&self) -> i64 {
+        self.compact_revision.max(0)
+    }
+
+    /// Resolves a requested read revision like etcd's `rangeKeys`: <= 0 means current.
+    pub fn read_revision(&self, requested: i64) -> Result<i64, KvError> {
+        if requested > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        let rev = if requested <= 0 { self.revision } else { requested };
+        if rev < self.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        Ok(rev)
+    }
+
+    /// Calls `f` on each key live at `rev` in `range`, in key order, until `f` returns false.
+    pub fn visit(&self, range: &KeyRange, rev: i64, mut f: impl FnMut(&Arc<Record>) -> bool) {
+        if rev == self.revision {
+            self.visit_latest(range, &mut f)
+        } else {
+            self.visit_past(range, rev, &mut f)
+        }
+    }
+
+    fn visit_latest(&self, range: &KeyRange, f: &mut impl FnMut(&Arc<Record>) -> bool) {
+        let Some(bounds) = range.bounds() else { return };
+        for (_, record) in self.latest.range::<_, [u8]>(bounds) {
+            if !f(record) {
+                return;
+            }
+        }
+    }
+
+    /// Seeks once per distinct key instead of walking every revision of every key.
+    fn visit_past(&self, range: &KeyRange, rev: i64, f: &mut impl FnMut(&Arc<Record>) -> bool) {
+        let start = match range {
+            KeyRange::Single(k) => {
+                if let Some(record) = self.live_at(k, rev) {
+                    f(record);
+                }
+                return;
+            }
+            KeyRange::From(k) | KeyRange::Between(k, _) => k,
+            KeyRange::Empty => return,
+        };
+        let mut lower = Bound::Included((start.clone(), i64::MIN, i64::MIN));
+        while let Some(((key, _, _), _)) = self.history.range((lower, Bound::Unbounded)).next() {
+            if !range.before_end(key) {
+                return;
+            }
+            if let Some(record) = self.live_at(key, rev) {
+                if !f(record) {
+                    return;
+                }
+            }
+            lower = Bound::Excluded((key.clone(), i64::MAX, i64::MAX));
+        }
+    }
+
+    /// The revision of `key` visible at `rev`, unless the key is absent or deleted there.
+    pub fn live_at(&self, key: &Bytes, rev: i64) -> Option<&Arc<Record>> {
+        let upper = (key.clone(), rev, i64::MAX);
+        let ((found, _, _), record) = self.history.range(..=upper).next_back()?;
+        (found == key && !record.tombstone).then_some(record)
+    }
+
+    /// Live keys in `range` at the current revision, in key order.
+    pub fn live_in(&self, range: &KeyRange) -> Vec<Arc<Record>> {
+        let mut out = Vec::new();
+        self.visit(range, self.revision, |r| {
+            out.push(r.clone());
+            true
+        });
+        out
+    }
+
+    /// Records one change at sub revision `sub` and keeps `latest` in step.
+    pub fn write(&mut self, record: Record, sub: i64) {
+        let key = record.kv.key.clone();
+        let main = record.kv.mod_revision;
+        let record = Arc::new(record);
+        if record.tombstone {
+            self.latest.remove(&key);
+        } else {
+            self.latest.insert(key.clone(), record.clone());
+        }
+        self.history.insert((key, main, sub), record);
+    }
+}

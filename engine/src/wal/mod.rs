@@ -1,0 +1,344 @@
+//! The write-ahead log.
+//!
+//! A WAL is a directory of segment files `{seq:016x}.wal`, each preallocated to
+//! [`WalOptions::segment_size_bytes`] and holding a fixed header, the caller's metadata
+//! record, then framed records `[u32 len LE][u32 crc32c LE][u8 type][payload]`. The byte
+//! layout and the recovery rules are written down in `docs/wal-format.md`.
+//!
+//! Durability: [`Wal::append`] encodes a batch into one buffer and issues one write plus one
+//! fdatasync (linked io_uring operations, or pwrite + fdatasync where io_uring is
+//! unavailable). It returns only once the batch is durable. After any I/O error the WAL is
+//! poisoned: what reached the disk is unknown, so it refuses further appends and the owner
+//! must reopen it (recovery then decides from the bytes on disk).
+//!
+//! Recovery: [`Wal::open`] reads every segment; a torn tail of the last segment (a write cut
+//! short by a crash) is dropped and zeroed, any other damage is a [`WalError::Corrupt`]
+//! naming file and offset.
+
+mod error;
+mod format;
+mod io;
+mod recover;
+mod segment;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub use error::WalError;
+pub use recover::verify;
+
+use io::BatchWriter;
+use segment::Tail;
+
+/// Sizing of a WAL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalOptions {
+    /// Size each segment file is preallocated to (a batch bigger than this gets a segment
+    /// of its own size). Default 64 MiB.
+    pub segment_size_bytes: u64,
+    /// Largest record payload accepted at append; a larger length read back is corruption.
+    /// Default 64 MiB.
+    pub record_size_bytes_max: u32,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions { segment_size_bytes: 64 << 20, record_size_bytes_max: 64 << 20 }
+    }
+}
+
+/// Record kinds; the payload format belongs to the caller (raft entries, hard state, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// The caller's metadata; written as the first record of every segment.
+    Metadata = 1,
+    /// A raft log entry.
+    Entry = 2,
+    /// Raft hard state (term, vote, commit).
+    HardState = 3,
+    /// Raft configuration state.
+    ConfState = 4,
+    /// A snapshot marker.
+    Snapshot = 5,
+}
+
+impl RecordKind {
+    /// Every kind, in type-byte order.
+    pub const ALL: [RecordKind; 5] = [
+        RecordKind::Metadata,
+        RecordKind::Entry,
+        RecordKind::HardState,
+        RecordKind::ConfState,
+        RecordKind::Snapshot,
+    ];
+
+    /// The kind with this type byte, if any.
+    pub fn from_u8(byte: u8) -> Option<RecordKind> {
+        RecordKind::ALL.into_iter().find(|&kind| kind as u8 == byte)
+    }
+}
+
+/// One record read back from the WAL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub kind: RecordKind,
+    pub payload: Vec<u8>,
+}
+
+/// What [`Wal::open`] recovered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// The metadata given to [`Wal::create`].
+    pub metadata: Vec<u8>,
+    /// Every valid record after the metadata, in write order, across segments.
+    pub records: Vec<Record>,
+    /// Segment and offset where a torn tail was cut off, if there was one.
+    pub truncated_tail: Option<(PathBuf, u64)>,
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Live segment files.
+    pub segments: usize,
+    /// Valid records after the per-segment metadata (what `Recovered::records` would hold).
+    pub records: u64,
+    /// Bytes of valid data (headers, metadata and records) across segments.
+    pub bytes: u64,
+    /// A torn tail that [`Wal::open`] would truncate: segment and offset.
+    pub torn_tail: Option<(PathBuf, u64)>,
+}
+
+/// An open write-ahead log. One writer: appends take `&mut self`.
+pub struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    metadata: Vec<u8>,
+    /// The live segment appends go to.
+    file: File,
+    path: PathBuf,
+    seq: u64,
+    /// Next append offset in the live segment (= its valid data length).
+    write_offset_bytes: u64,
+    /// Length the live segment is preallocated to.
+    allocated_bytes: u64,
+    /// Valid data bytes in the segments before the live one.
+    sealed_bytes: u64,
+    poisoned: bool,
+    writer: BatchWriter,
+    /// Holds the directory's flock for as long as the WAL is open.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("seq", &self.seq)
+            .field("write_offset_bytes", &self.write_offset_bytes)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wal {
+    /// Does dir contain a WAL?
+    pub fn exists(dir: &Path) -> bool {
+        segment::list_segments(dir).is_ok_and(|seqs| !seqs.is_empty())
+    }
+
+    /// Creates a new WAL in dir (created if missing; must not already hold a WAL). metadata
+    /// is written as the first record of every segment, so it survives when old segments
+    /// are released later.
+    pub fn create(dir: &Path, metadata: &[u8], opts: WalOptions) -> Result<Wal, WalError> {
+        check_record_size(metadata.len(), &opts)?;
+        create_dir_durable(dir)?;
+        let lock = segment::lock_dir(dir)?;
+        if Wal::exists(dir) {
+            return Err(WalError::AlreadyExists(dir.to_path_buf()));
+        }
+        segment::remove_tmp_segments(dir)?;
+        let seg = segment::create_segment(dir, 0, metadata, &opts, 0)?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            metadata: metadata.to_vec(),
+            file: seg.file,
+            path: seg.path,
+            seq: 0,
+            write_offset_bytes: seg.data_end_bytes,
+            allocated_bytes: seg.allocated_bytes,
+            sealed_bytes: 0,
+            poisoned: false,
+            writer: BatchWriter::new(),
+            _lock: lock,
+        })
+    }
+
+    /// Opens an existing WAL, recovering every record; truncates a torn tail of the last
+    /// segment; appends continue after the last valid record.
+    pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Recovered), WalError> {
+        if !Wal::exists(dir) {
+            return Err(WalError::NotFound(dir.to_path_buf()));
+        }
+        let lock = segment::lock_dir(dir)?;
+        segment::remove_tmp_segments(dir)?;
+        let mut records = Vec::new();
+        let scan = recover::scan_dir(dir, &opts, &mut |kind, payload| {
+            records.push(Record { kind, payload: payload.to_vec() });
+        })?;
+        let last = scan.last();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&last.path)
+            .map_err(|e| WalError::io(&last.path, "open", e))?;
+        if let Some(tail) = scan.tail {
+            drop_tail(&file, &last.path, tail)?;
+        }
+        let allocated_bytes = prepare_for_appends(&file, &last.path, &opts)?;
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            metadata: scan.metadata.clone(),
+            file,
+            path: last.path.clone(),
+            seq: last.seq,
+            write_offset_bytes: last.data_end_bytes,
+            allocated_bytes,
+            sealed_bytes: scan.data_bytes() - last.data_end_bytes,
+            poisoned: false,
+            writer: BatchWriter::new(),
+            _lock: lock,
+        };
+        let truncated_tail = scan.tail.map(|t| (last.path.clone(), t.offset_bytes));
+        Ok((wal, Recovered { metadata: scan.metadata, records, truncated_tail }))
+    }
+
+    /// Appends the records as one write + one fdatasync. Returns only after the data is
+    /// durable. An oversized record is refused (`RecordTooLarge`) without side effects; an
+    /// I/O error poisons the WAL.
+    pub fn append(&mut self, records: &[(RecordKind, &[u8])]) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        for (_, payload) in records {
+            check_record_size(payload.len(), &self.opts)?;
+        }
+        self.encode_batch(records);
+        let batch_bytes = self.writer.buf.len() as u64;
+        if self.write_offset_bytes + batch_bytes > self.allocated_bytes {
+            self.start_next_segment(batch_bytes).map_err(|e| self.poison(e))?;
+        }
+        if let Err(e) = self.writer.write_durable(&self.file, self.write_offset_bytes) {
+            return Err(self.poison(WalError::io(&self.path, e.op, e.source)));
+        }
+        self.write_offset_bytes += batch_bytes;
+        Ok(())
+    }
+
+    /// Bytes written so far in all live segments (for metrics).
+    pub fn size_bytes(&self) -> u64 {
+        self.sealed_bytes + self.write_offset_bytes
+    }
+
+    /// Has an I/O error made this WAL refuse appends?
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Whether appends go through io_uring (false: pwrite + fdatasync fallback).
+    pub fn uses_io_uring(&self) -> bool {
+        self.writer.uses_io_uring()
+    }
+
+    fn encode_batch(&mut self, records: &[(RecordKind, &[u8])]) {
+        let buf = &mut self.writer.buf;
+        buf.clear();
+        buf.reserve(records.iter().map(|(_, p)| format::frame_bytes(p.len())).sum());
+        for &(kind, payload) in records {
+            format::encode_record(buf, kind, payload);
+        }
+    }
+
+    /// Seals the live segment (its zero tail is the end marker) and makes a new one with
+    /// room for at least `batch_bytes`.
+    fn start_next_segment(&mut self, batch_bytes: u64) -> Result<(), WalError> {
+        let seq = self.seq + 1;
+        let seg = segment::create_segment(&self.dir, seq, &self.metadata, &self.opts, batch_bytes)?;
+        self.sealed_bytes += self.write_offset_bytes;
+        self.file = seg.file;
+        self.path = seg.path;
+        self.seq = seq;
+        self.write_offset_bytes = seg.data_end_bytes;
+        self.allocated_bytes = seg.allocated_bytes;
+        Ok(())
+    }
+
+    fn poison(&mut self, err: WalError) -> WalError {
+        log::error!("{err}; WAL poisoned, refusing further appends");
+        self.poisoned = true;
+        err
+    }
+
+    /// Test hook: swaps the live segment's handle for a read-only one so the next write fails.
+    #[cfg(test)]
+    fn break_file_for_test(&mut self) {
+        self.file = File::open(&self.path).expect("reopen read-only");
+    }
+
+    /// Test hook: the writer, to force the fallback or cap io_uring writes.
+    #[cfg(test)]
+    fn writer_for_test(&mut self) -> &mut BatchWriter {
+        &mut self.writer
+    }
+}
+
+fn check_record_size(size_bytes: usize, opts: &WalOptions) -> Result<(), WalError> {
+    if size_bytes > opts.record_size_bytes_max as usize {
+        return Err(WalError::RecordTooLarge { size_bytes });
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) and makes its entry durable in the parent.
+fn create_dir_durable(dir: &Path) -> Result<(), WalError> {
+    fs::create_dir_all(dir).map_err(|e| WalError::io(dir, "create dir", e))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    segment::sync_dir(parent)
+}
+
+/// Drops a torn tail: zeroes it so that neither the next recovery nor a crash after later,
+/// shorter appends can mistake its bytes for records.
+fn drop_tail(file: &File, path: &Path, tail: Tail) -> Result<(), WalError> {
+    log::warn!(
+        "wal: torn tail in {} at offset {} (non-zero up to {}); truncating",
+        path.display(),
+        tail.offset_bytes,
+        tail.dirty_end_bytes
+    );
+    let zeros = vec![0u8; (tail.dirty_end_bytes - tail.offset_bytes) as usize];
+    file.write_all_at(&zeros, tail.offset_bytes).map_err(|e| WalError::io(path, "pwrite", e))?;
+    file.sync_data().map_err(|e| WalError::io(path, "fdatasync", e))
+}
+
+/// Restores the preallocation of the live segment (a cut file may be shorter than the
+/// segment size) and returns its length.
+fn prepare_for_appends(file: &File, path: &Path, opts: &WalOptions) -> Result<u64, WalError> {
+    if segment::preallocate(file, path, opts.segment_size_bytes)? {
+        file.sync_all().map_err(|e| WalError::io(path, "fsync", e))?;
+    }
+    let len = file.metadata().map_err(|e| WalError::io(path, "stat", e))?.len();
+    Ok(len)
+}

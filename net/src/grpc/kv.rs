@@ -1,0 +1,135 @@
+//! The KV service: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Requests are validated here exactly where etcd validates them (its gRPC layer), then
+//! handed to the core's shard. Writes come back only once durable and applied.
+
+use corekv_engine::mvcc::{validate, CommandResponse};
+use corekv_engine::pb::*;
+use corekv_engine::request::Command;
+use corekv_engine::KvError;
+use prost::Message;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use super::{fill_header, to_status, unimplemented, Timer};
+use crate::metrics::Method;
+use crate::shard_api::ShardClient;
+
+pub(crate) struct KvService {
+    shard: ShardClient,
+}
+
+impl KvService {
+    pub(crate) fn new(shard: ShardClient) -> KvService {
+        KvService { shard }
+    }
+
+    fn check_size(&self, encoded_len_bytes: usize) -> Result<(), Status> {
+        if encoded_len_bytes > self.shard.cluster.max_request_bytes {
+            return Err(to_status(KvError::RequestTooLarge));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, command: Command) -> Result<(CommandResponse, u64), Status> {
+        let reply = self.shard.write(command).await.map_err(to_status)?;
+        Ok((reply.body, reply.raft_term))
+    }
+}
+
+fn mismatch() -> Status {
+    Status::internal("corekv: applied response does not match the request")
+}
+
+#[tonic::async_trait]
+impl PbKvService for KvService {
+    async fn range(&self, request: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
+        let timer = Timer::start(Method::Range);
+        let result = async {
+            let req = request.into_inner();
+            validate::check_range(&req).map_err(to_status)?;
+            let reply = self.shard.range(req).await.map_err(to_status)?;
+            let mut resp = reply.body;
+            fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
+            Ok(Response::new(resp))
+        }
+        .await;
+        timer.finish(result)
+    }
+
+    type RangeStreamStream = BoxStream<PbRangeStreamResponse>;
+
+    async fn range_stream(&self, _: Request<PbRangeRequest>) -> Result<Response<Self::RangeStreamStream>, Status> {
+        Err(unimplemented("KV.RangeStream (an etcd 3.6 API)"))
+    }
+
+    async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        let timer = Timer::start(Method::Put);
+        let result = async {
+            let req = request.into_inner();
+            validate::check_put(&req).map_err(to_status)?;
+            self.check_size(req.encoded_len())?;
+            match self.write(Command::Put(req)).await? {
+                (CommandResponse::Put(mut resp), term) => {
+                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
+                    Ok(Response::new(resp))
+                }
+                _ => Err(mismatch()),
+            }
+        }
+        .await;
+        timer.finish(result)
+    }
+
+    async fn delete_range(&self, request: Request<PbDeleteRequest>) -> Result<Response<PbDeleteResponse>, Status> {
+        let timer = Timer::start(Method::DeleteRange);
+        let result = async {
+            let req = request.into_inner();
+            validate::check_delete(&req).map_err(to_status)?;
+            self.check_size(req.encoded_len())?;
+            match self.write(Command::DeleteRange(req)).await? {
+                (CommandResponse::DeleteRange(mut resp), term) => {
+                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
+                    Ok(Response::new(resp))
+                }
+                _ => Err(mismatch()),
+            }
+        }
+        .await;
+        timer.finish(result)
+    }
+
+    async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        let timer = Timer::start(Method::Txn);
+        let result = async {
+            let req = request.into_inner();
+            validate::check_txn(&req, self.shard.cluster.max_txn_ops).map_err(to_status)?;
+            self.check_size(req.encoded_len())?;
+            match self.write(Command::Txn(req)).await? {
+                (CommandResponse::Txn(mut resp), term) => {
+                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
+                    Ok(Response::new(resp))
+                }
+                _ => Err(mismatch()),
+            }
+        }
+        .await;
+        timer.finish(result)
+    }
+
+    async fn compact(&self, request: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {
+        let timer = Timer::start(Method::Compact);
+        let result = async {
+            let req = request.into_inner();
+            match self.write(Command::Compact(req)).await? {
+                (CommandResponse::Compact(mut resp), term) => {
+                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
+                    Ok(Response::new(resp))
+                }
+                _ => Err(mismatch()),
+            }
+        }
+        .await;
+        timer.finish(result)
+    }
+}

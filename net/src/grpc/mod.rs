@@ -1,0 +1,86 @@
+//! etcd's gRPC services, served at etcd's method paths with etcd's error codes and texts.
+
+mod cluster;
+mod kv;
+mod maintenance;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use corekv_engine::pb::{PbClusterServer, PbKvServer, PbMaintenanceServer, PbResponseHeader};
+use corekv_engine::{KvError, StatusCode};
+use tonic::service::Routes;
+
+use crate::metrics::{self, Method};
+use crate::shard_api::{ClusterInfo, ShardClient};
+
+/// gRPC overhead allowed on top of --max-request-bytes before the transport itself refuses a
+/// message, as etcd does (so a slightly-too-large request gets etcd's "request is too large").
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Builds the gRPC routes served on one core, bound to that core's shard.
+pub fn routes(shard: ShardClient) -> Routes {
+    let decode_max = shard.cluster.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let encode_max = usize::MAX;
+    let kv = PbKvServer::new(kv::KvService::new(shard.clone()))
+        .max_decoding_message_size(decode_max)
+        .max_encoding_message_size(encode_max);
+    let maintenance = PbMaintenanceServer::new(maintenance::MaintenanceService::new(shard.clone()))
+        .max_decoding_message_size(decode_max);
+    let cluster = PbClusterServer::new(cluster::ClusterService::new(shard))
+        .max_decoding_message_size(decode_max);
+    Routes::new(kv).add_service(maintenance).add_service(cluster)
+}
+
+/// Maps an engine error to the gRPC status etcd sends for it.
+pub(crate) fn to_status(err: KvError) -> tonic::Status {
+    let code = match err.code() {
+        StatusCode::InvalidArgument => tonic::Code::InvalidArgument,
+        StatusCode::OutOfRange => tonic::Code::OutOfRange,
+        StatusCode::NotFound => tonic::Code::NotFound,
+        StatusCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        StatusCode::FailedPrecondition => tonic::Code::FailedPrecondition,
+        StatusCode::Unavailable => tonic::Code::Unavailable,
+        StatusCode::Internal => tonic::Code::Internal,
+    };
+    tonic::Status::new(code, err.message().to_string())
+}
+
+/// Fills the top-level response header as etcd does (cluster, member, revision, term).
+pub(crate) fn fill_header(
+    header: &mut Option<PbResponseHeader>,
+    cluster: &ClusterInfo,
+    revision: i64,
+    raft_term: u64,
+) {
+    let h = header.get_or_insert_with(Default::default);
+    h.cluster_id = cluster.cluster_id;
+    h.member_id = cluster.member_id;
+    h.raft_term = raft_term;
+    if h.revision == 0 {
+        h.revision = revision;
+    }
+}
+
+/// Measures one request for the per-method metrics.
+pub(crate) struct Timer {
+    method: Method,
+    started: Instant,
+}
+
+impl Timer {
+    pub(crate) fn start(method: Method) -> Timer {
+        Timer { method, started: Instant::now() }
+    }
+    pub(crate) fn finish<T>(self, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+        metrics::global().record(self.method, result.is_ok(), self.started.elapsed());
+        result
+    }
+}
+
+pub(crate) fn unimplemented(what: &str) -> tonic::Status {
+    tonic::Status::unimplemented(format!("corekv: {what} is not implemented yet"))
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync(_: Arc<ClusterInfo>) {}

@@ -1,0 +1,19 @@
+//! corekv's network layer.
+//!
+//! - [`shard_api`]: the contract between a core's network runtime and the shard that owns the
+//!   data path on that core (bounded channel in, oneshot reply out).
+//! - [`grpc`]: etcd's gRPC services (KV, Maintenance, Cluster) at etcd's method paths.
+//! - [`http`]: `/health`, `/version`, `/metrics` on the client port (and metrics URLs).
+//! - [`serve`]: one core's accept loop: HTTP/1.1 and HTTP/2 (gRPC) on the same port.
+//! - [`metrics`]: lock-free counters and histograms rendered as Prometheus text.
+
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod serve;
+pub mod shard_api;
+
+/// The etcd release whose API and behaviour corekv follows (reported by Status and /version).
+pub const ETCD_COMPAT_VERSION: &str = "3.4.0";
+/// The etcd cluster version reported by /version.
+pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";

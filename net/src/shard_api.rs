@@ -1,0 +1,110 @@
+//! What the network layer asks of the shard on its core.
+//!
+//! Each core's network runtime holds a [`ShardClient`]: a bounded channel into that core's
+//! shard. A full channel makes the gRPC handler wait (backpressure), never grow a queue.
+//! Replies come back on a oneshot, so the waiting request is answered on the core that
+//! owns its connection.
+
+use std::sync::Arc;
+
+use corekv_engine::mvcc::CommandResponse;
+use corekv_engine::pb::{PbRangeRequest, PbRangeResponse};
+use corekv_engine::request::Command;
+use corekv_engine::KvError;
+use tokio::sync::oneshot;
+
+/// A body plus the raft term it was produced in (for response headers).
+#[derive(Debug)]
+pub struct Reply<T> {
+    pub body: T,
+    pub raft_term: u64,
+}
+
+/// Requests a shard serves.
+pub enum ShardRequest {
+    /// A read. `serializable` reads use the latest view on the core; others wait for a
+    /// read index first.
+    Range { request: PbRangeRequest, reply: oneshot::Sender<Result<Reply<PbRangeResponse>, KvError>> },
+    /// A write, proposed through raft; answered after it is durable and applied.
+    Write { command: Command, reply: oneshot::Sender<Result<Reply<CommandResponse>, KvError>> },
+    /// Raft and storage status for Maintenance.Status.
+    Status { reply: oneshot::Sender<StatusInfo> },
+}
+
+/// Raft and storage figures reported by Maintenance.Status.
+#[derive(Debug, Clone, Default)]
+pub struct StatusInfo {
+    pub leader: u64,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub raft_applied_index: u64,
+    pub db_size_bytes: i64,
+    pub db_size_in_use_bytes: i64,
+    pub revision: i64,
+}
+
+/// One member as Cluster.MemberList reports it.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// Facts fixed for the life of the process, shared by every core.
+#[derive(Debug, Clone)]
+pub struct ClusterInfo {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub members: Vec<MemberInfo>,
+    /// --max-request-bytes: larger encoded requests get "request is too large".
+    pub max_request_bytes: usize,
+    /// --max-txn-ops.
+    pub max_txn_ops: usize,
+    /// --quota-backend-bytes (reported by Status).
+    pub quota_backend_bytes: u64,
+}
+
+/// The network side's handle on its core's shard.
+#[derive(Clone)]
+pub struct ShardClient {
+    tx: flume::Sender<ShardRequest>,
+    pub cluster: Arc<ClusterInfo>,
+}
+
+fn closed() -> KvError {
+    KvError::Unavailable("etcdserver: server stopped".to_string())
+}
+
+impl ShardClient {
+    /// Wraps the sending side of a shard's request channel.
+    pub fn new(tx: flume::Sender<ShardRequest>, cluster: Arc<ClusterInfo>) -> ShardClient {
+        ShardClient { tx, cluster }
+    }
+
+    /// Serves a range through the shard.
+    pub async fn range(&self, request: PbRangeRequest) -> Result<Reply<PbRangeResponse>, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ShardRequest::Range { request, reply }).await?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Proposes a write and waits until it is durable and applied.
+    pub async fn write(&self, command: Command) -> Result<Reply<CommandResponse>, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ShardRequest::Write { command, reply }).await?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Reads raft and storage status.
+    pub async fn status(&self) -> Result<StatusInfo, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ShardRequest::Status { reply }).await?;
+        rx.await.map_err(|_| closed())
+    }
+
+    async fn send(&self, request: ShardRequest) -> Result<(), KvError> {
+        self.tx.send_async(request).await.map_err(|_| closed())
+    }
+}

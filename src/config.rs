@@ -1,0 +1,217 @@
+//! Command line, environment and config-file handling for corekv.
+//!
+//! corekv accepts etcd's flags with etcd's names, meanings and defaults so an
+//! existing etcd deployment can switch binaries without rewriting its unit
+//! files:
+//!
+//! * Go `flag` syntax: `--flag=value`, `--flag value`, `-flag=value`, `-flag value`.
+//! * Every flag can also come from the environment as `COREKV_<FLAG>` or
+//!   `ETCD_<FLAG>` (upper case, dashes as underscores); `COREKV_` wins over
+//!   `ETCD_`, and the command line wins over both.
+//! * With `--config-file` (etcd's YAML keys) the file is the only source, as in
+//!   etcd: other flags and environment variables are ignored, with a warning.
+//!
+//! [`Config::load`] turns the arguments and environment into an [`Action`].
+
+// The server wires this module in piece by piece; not every accessor has a caller yet.
+#![allow(dead_code)]
+
+mod build;
+mod file;
+mod flags;
+mod ids;
+mod url;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use ids::{cluster_id, member_id};
+#[allow(unused_imports)] // `Scheme` is for callers matching on `Url::scheme`.
+pub use url::{Scheme, Url};
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// The fully resolved and validated server configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `--name`: human-readable member name.
+    pub name: String,
+    /// `--data-dir`: defaults to `<name>.corekv`.
+    pub data_dir: PathBuf,
+    /// `--listen-client-urls`: where to accept client (gRPC) traffic.
+    pub listen_client_urls: Vec<Url>,
+    /// `--advertise-client-urls`: client URLs published to other members and clients.
+    pub advertise_client_urls: Vec<Url>,
+    /// `--listen-peer-urls`: where to accept peer (raft) traffic.
+    pub listen_peer_urls: Vec<Url>,
+    /// `--initial-advertise-peer-urls`: this member's peer URLs at bootstrap.
+    pub initial_advertise_peer_urls: Vec<Url>,
+    /// `--initial-cluster`: `(member name, peer URL)` pairs; a name may repeat.
+    pub initial_cluster: Vec<(String, Url)>,
+    /// `--initial-cluster-state`.
+    pub initial_cluster_state: ClusterState,
+    /// `--initial-cluster-token`: salts member and cluster IDs.
+    pub initial_cluster_token: String,
+    /// `--snapshot-count`: committed entries between snapshots.
+    pub snapshot_count: u64,
+    /// `--heartbeat-interval` in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// `--election-timeout` in milliseconds.
+    pub election_timeout_ms: u64,
+    /// `--quota-backend-bytes`, effective value (etcd's `0` is stored as 2 GiB).
+    pub quota_backend_bytes: u64,
+    /// `--max-request-bytes`: largest client request accepted.
+    pub max_request_bytes: u64,
+    /// `--max-txn-ops`: most operations allowed in one transaction.
+    pub max_txn_ops: u64,
+    /// `--log-level`.
+    pub log_level: LogLevel,
+    /// `--listen-metrics-urls`: extra listeners for `/metrics` and `/health` (may be empty).
+    pub listen_metrics_urls: Vec<Url>,
+    /// `--cores` (corekv only): number of cores to run on, 1..=online cores.
+    pub cores: usize,
+}
+
+/// `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster.
+    New,
+    /// Join an existing cluster (not supported by this build yet).
+    Existing,
+}
+
+/// `--log-level`, with etcd's level names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// `debug`
+    Debug,
+    /// `info` (the default)
+    Info,
+    /// `warn`
+    Warn,
+    /// `error`
+    Error,
+    /// `panic` (logs like `error`)
+    Panic,
+    /// `fatal` (logs like `error`)
+    Fatal,
+}
+
+impl LogLevel {
+    /// The `log` crate filter for this level; `panic` and `fatal` log errors only.
+    #[allow(clippy::wrong_self_convention)] // the signature the server expects
+    pub fn to_log_filter(&self) -> log::LevelFilter {
+        match self {
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Error | LogLevel::Panic | LogLevel::Fatal => log::LevelFilter::Error,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // built once at start-up
+pub enum Action {
+    /// Run the server with this configuration.
+    Run(Config),
+    /// `--help`/`-h`: print this usage text and exit 0.
+    Help(String),
+    /// `--version`: print [`version_text`] and exit 0.
+    Version,
+}
+
+/// A configuration error; `Display` is the message (main prints `corekv: <msg>`, exits 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    /// The error message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The text printed for `--version`.
+pub fn version_text() -> String {
+    format!(
+        "corekv Version: {}\nAPI compatibility: etcd v3",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+impl Config {
+    /// Parses `args` (without the program name) and `env` (`std::env::vars()`).
+    pub fn load(args: Vec<String>, env: Vec<(String, String)>) -> Result<Action, ConfigError> {
+        Self::load_with_cores(&args, &env, online_cores())
+    }
+
+    /// [`Config::load`] with the number of online cores given (for tests).
+    fn load_with_cores(
+        args: &[String],
+        env: &[(String, String)],
+        online: usize,
+    ) -> Result<Action, ConfigError> {
+        let cli = match flags::parse_args(args)? {
+            flags::Cli::Help => return Ok(Action::Help(flags::usage())),
+            flags::Cli::Version => return Ok(Action::Version),
+            flags::Cli::Values(values) => values,
+        };
+        let raw = file::resolve_sources(cli, flags::env_values(env))?;
+        let config = build::build(&raw, online)?;
+        validate::validate(&config)?;
+        Ok(Action::Run(config))
+    }
+
+    /// This member's ID, derived from its peer URLs and the cluster token like etcd.
+    pub fn member_id(&self) -> u64 {
+        member_id(
+            &self.initial_advertise_peer_urls,
+            &self.initial_cluster_token,
+        )
+    }
+
+    /// The cluster ID derived from the `--initial-cluster` members like etcd.
+    pub fn cluster_id(&self) -> u64 {
+        let mut names: Vec<&str> = self
+            .initial_cluster
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let ids: Vec<u64> = names
+            .iter()
+            .map(|n| member_id(&self.peer_urls_of(n), &self.initial_cluster_token))
+            .collect();
+        cluster_id(&ids)
+    }
+
+    /// The `--initial-cluster` URLs listed for member `name`.
+    pub fn peer_urls_of(&self, name: &str) -> Vec<Url> {
+        self.initial_cluster
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, u)| u.clone())
+            .collect()
+    }
+}
+
+/// Number of online cores (1 if it cannot be determined).
+fn online_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

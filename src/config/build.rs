@@ -1,0 +1,173 @@
+//! Turning raw flag text into a typed [`Config`] (defaults applied, values parsed).
+
+use super::flags::{self, Raw, RawMap, Source};
+use super::url::{parse_item, parse_url_list, Url};
+use super::{ClusterState, Config, ConfigError, LogLevel};
+use std::path::PathBuf;
+
+/// etcd's default backend quota, used when `--quota-backend-bytes` is 0.
+pub(super) const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// etcd warns above this quota.
+const MAX_RECOMMENDED_QUOTA_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+
+/// Builds the typed configuration from raw values; `online` is the online core count.
+pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> {
+    let r = Resolver { raw };
+    let name = r.value("name", |s| Ok(s.to_string()))?;
+    let initial_advertise_peer_urls = r.value("initial-advertise-peer-urls", parse_url_list)?;
+    let initial_cluster = r
+        .optional("initial-cluster", parse_cluster)?
+        .unwrap_or_else(|| default_cluster(&name, &initial_advertise_peer_urls));
+    Ok(Config {
+        data_dir: r
+            .optional("data-dir", |s| Ok(PathBuf::from(s)))?
+            .unwrap_or_else(|| format!("{name}.corekv").into()),
+        listen_client_urls: r.value("listen-client-urls", parse_url_list)?,
+        advertise_client_urls: r.value("advertise-client-urls", parse_url_list)?,
+        listen_peer_urls: r.value("listen-peer-urls", parse_url_list)?,
+        initial_cluster_state: r.value("initial-cluster-state", parse_cluster_state)?,
+        initial_cluster_token: r.value("initial-cluster-token", |s| Ok(s.to_string()))?,
+        snapshot_count: r.value("snapshot-count", parse_u64)?,
+        heartbeat_interval_ms: r.value("heartbeat-interval", parse_u64)?,
+        election_timeout_ms: r.value("election-timeout", parse_u64)?,
+        quota_backend_bytes: r.value("quota-backend-bytes", parse_quota)?,
+        max_request_bytes: r.value("max-request-bytes", parse_u64)?,
+        max_txn_ops: r.value("max-txn-ops", parse_u64)?,
+        log_level: r.value("log-level", parse_log_level)?,
+        listen_metrics_urls: r.value("listen-metrics-urls", parse_url_list)?,
+        cores: r
+            .optional("cores", |s| parse_cores(s, online))?
+            .unwrap_or(online),
+        name,
+        initial_advertise_peer_urls,
+        initial_cluster,
+    })
+}
+
+/// Looks up raw values and parses them, naming flag, value and source on error.
+struct Resolver<'a> {
+    raw: &'a RawMap,
+}
+
+impl Resolver<'_> {
+    /// The parsed value of `flag` if it was set.
+    fn optional<T>(
+        &self,
+        flag: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(raw) = self.raw.get(flag) else {
+            return Ok(None);
+        };
+        parse(&raw.value)
+            .map(Some)
+            .map_err(|why| bad_value(flag, raw, &why))
+    }
+
+    /// The parsed value of `flag`, or of its literal default.
+    fn value<T>(
+        &self,
+        flag: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        if let Some(value) = self.optional(flag, &parse)? {
+            return Ok(value);
+        }
+        let default = flags::literal_default(flag).expect("flag with a literal default");
+        parse(default).map_err(|why| {
+            ConfigError(format!(
+                "built-in default {default:?} of --{flag} is invalid: {why}"
+            ))
+        })
+    }
+}
+
+/// `invalid value "x" for --flag: why`, naming the variable or file it came from.
+fn bad_value(flag: &str, raw: &Raw, why: &str) -> ConfigError {
+    let value = &raw.value;
+    ConfigError(match &raw.source {
+        Source::Flag => format!("invalid value {value:?} for --{flag}: {why}"),
+        Source::Env(key) => format!("invalid value {value:?} for {key} (--{flag}): {why}"),
+        Source::File(path) => format!(
+            "invalid value {value:?} for {flag} in config file {}: {why}",
+            path.display()
+        ),
+    })
+}
+
+fn parse_u64(text: &str) -> Result<u64, String> {
+    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) {
+        return Err("expected a non-negative integer".into());
+    }
+    text.parse().map_err(|_| "number too large".into())
+}
+
+/// etcd's `0` means the default quota; values above 8 GiB are allowed with a warning.
+fn parse_quota(text: &str) -> Result<u64, String> {
+    let quota = parse_u64(text)?;
+    if quota > MAX_RECOMMENDED_QUOTA_BYTES {
+        log::warn!("--quota-backend-bytes={quota} exceeds the maximum recommended {MAX_RECOMMENDED_QUOTA_BYTES} bytes");
+    }
+    Ok(if quota == 0 {
+        DEFAULT_QUOTA_BYTES
+    } else {
+        quota
+    })
+}
+
+fn parse_cores(text: &str, online: usize) -> Result<usize, String> {
+    let cores = parse_u64(text)?;
+    if cores == 0 {
+        return Err("must be at least 1".into());
+    }
+    match usize::try_from(cores) {
+        Ok(n) if n <= online => Ok(n),
+        _ => Err(format!("this machine has only {online} online cores")),
+    }
+}
+
+fn parse_cluster_state(text: &str) -> Result<ClusterState, String> {
+    match text {
+        "new" => Ok(ClusterState::New),
+        "existing" => Ok(ClusterState::Existing),
+        _ => Err("expected \"new\" or \"existing\"".into()),
+    }
+}
+
+fn parse_log_level(text: &str) -> Result<LogLevel, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "debug" => Ok(LogLevel::Debug),
+        "info" => Ok(LogLevel::Info),
+        "warn" => Ok(LogLevel::Warn),
+        "error" => Ok(LogLevel::Error),
+        "panic" => Ok(LogLevel::Panic),
+        "fatal" => Ok(LogLevel::Fatal),
+        _ => Err("expected one of debug, info, warn, error, panic, fatal".into()),
+    }
+}
+
+/// Parses `name=url,name=url,...` (a name may repeat; an empty string is empty).
+fn parse_cluster(text: &str) -> Result<Vec<(String, Url)>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|pair| parse_member(pair.trim()))
+        .collect()
+}
+
+fn parse_member(pair: &str) -> Result<(String, Url), String> {
+    match pair.split_once('=') {
+        Some((name, url)) if !name.is_empty() => Ok((name.to_string(), parse_item(url.trim())?)),
+        _ => Err(format!("{pair:?} is not of the form name=url")),
+    }
+}
+
+/// etcd's default `--initial-cluster`: this member with its advertised peer URLs.
+fn default_cluster(name: &str, peer_urls: &[Url]) -> Vec<(String, Url)> {
+    peer_urls
+        .iter()
+        .map(|u| (name.to_string(), u.clone()))
+        .collect()
+}

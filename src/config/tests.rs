@@ -1,0 +1,1031 @@
+//! Table-driven tests for command-line, environment and config-file handling.
+
+use super::build::DEFAULT_QUOTA_BYTES;
+use super::flags::FLAGS;
+use super::*;
+use std::path::{Path, PathBuf};
+
+/// Online cores assumed by [`load`], so `--cores` checks do not depend on the machine.
+const ONLINE: usize = 4;
+
+fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Action, ConfigError> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load_with_cores(&args, &env, ONLINE)
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Config {
+    match load(args, env) {
+        Ok(Action::Run(config)) => config,
+        other => panic!("{args:?} {env:?}: expected a config, got {other:?}"),
+    }
+}
+
+fn error(args: &[&str], env: &[(&str, &str)]) -> String {
+    match load(args, env) {
+        Err(e) => e.to_string(),
+        other => panic!("{args:?} {env:?}: expected an error, got {other:?}"),
+    }
+}
+
+fn url(text: &str) -> Url {
+    Url::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn join(urls: &[Url]) -> String {
+    urls.iter()
+        .map(Url::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn assert_contains(haystack: &str, needle: &str, context: &str) {
+    assert!(
+        haystack.contains(needle),
+        "{context}: {haystack:?} does not contain {needle:?}"
+    );
+}
+
+/// Captures log records of the current thread (tests run on their own threads).
+mod capture {
+    use std::cell::RefCell;
+    use std::sync::Once;
+
+    thread_local! {
+        static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            LINES.with(|l| {
+                l.borrow_mut()
+                    .push(format!("{} {}", record.level(), record.args()))
+            });
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture;
+    static INIT: Once = Once::new();
+
+    /// Runs `f` and returns its result with the warnings it logged.
+    pub fn warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        INIT.call_once(|| {
+            log::set_logger(&CAPTURE).expect("no other logger in the test binary");
+            log::set_max_level(log::LevelFilter::Trace);
+        });
+        LINES.with(|l| l.borrow_mut().clear());
+        let result = f();
+        let lines = LINES.with(|l| l.take());
+        (
+            result,
+            lines
+                .into_iter()
+                .filter(|l| l.starts_with("WARN"))
+                .collect(),
+        )
+    }
+}
+
+/// A uniquely named file in the temp directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(contents: &str) -> TempFile {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "corekv-config-test-{}-{n}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(&path, contents).expect("write temp config file");
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn defaults_match_etcd() {
+    let expected = Config {
+        name: "default".into(),
+        data_dir: PathBuf::from("default.corekv"),
+        listen_client_urls: vec![url("http://localhost:2379")],
+        advertise_client_urls: vec![url("http://localhost:2379")],
+        listen_peer_urls: vec![url("http://localhost:2380")],
+        initial_advertise_peer_urls: vec![url("http://localhost:2380")],
+        initial_cluster: vec![("default".into(), url("http://localhost:2380"))],
+        initial_cluster_state: ClusterState::New,
+        initial_cluster_token: "etcd-cluster".into(),
+        snapshot_count: 100_000,
+        heartbeat_interval_ms: 100,
+        election_timeout_ms: 1000,
+        quota_backend_bytes: 2 * 1024 * 1024 * 1024,
+        max_request_bytes: 1_572_864,
+        max_txn_ops: 128,
+        log_level: LogLevel::Info,
+        listen_metrics_urls: vec![],
+        cores: ONLINE,
+    };
+    assert_eq!(run(&[], &[]), expected);
+    assert_eq!(DEFAULT_QUOTA_BYTES, 2_147_483_648);
+}
+
+#[test]
+fn public_load_defaults_to_all_online_cores() {
+    let online = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    match Config::load(vec![], vec![]) {
+        Ok(Action::Run(config)) => assert_eq!(config.cores, online),
+        other => panic!("expected a config, got {other:?}"),
+    }
+}
+
+type Getter = fn(&Config) -> String;
+
+/// One sample value per flag (except --config-file), and how to read it back.
+const SAMPLES: &[(&str, &str, Getter)] = &[
+    ("name", "n9", |c| c.name.clone()),
+    ("data-dir", "/var/lib/kv", |c| {
+        c.data_dir.display().to_string()
+    }),
+    (
+        "listen-client-urls",
+        "http://10.0.0.1:1234,https://[::1]:99",
+        |c| join(&c.listen_client_urls),
+    ),
+    (
+        "advertise-client-urls",
+        "https://kv.example.com:2379",
+        |c| join(&c.advertise_client_urls),
+    ),
+    ("listen-peer-urls", "http://0.0.0.0:7001", |c| {
+        join(&c.listen_peer_urls)
+    }),
+    (
+        "initial-advertise-peer-urls",
+        "http://127.0.0.1:7001",
+        |c| join(&c.initial_advertise_peer_urls),
+    ),
+    ("initial-cluster", "default=http://localhost:2380", |c| {
+        c.initial_cluster
+            .iter()
+            .map(|(n, u)| format!("{n}={u}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }),
+    ("initial-cluster-state", "new", |c| {
+        format!("{:?}", c.initial_cluster_state).to_lowercase()
+    }),
+    ("initial-cluster-token", "tok-1", |c| {
+        c.initial_cluster_token.clone()
+    }),
+    ("snapshot-count", "42", |c| c.snapshot_count.to_string()),
+    ("heartbeat-interval", "50", |c| {
+        c.heartbeat_interval_ms.to_string()
+    }),
+    ("election-timeout", "2000", |c| {
+        c.election_timeout_ms.to_string()
+    }),
+    ("quota-backend-bytes", "1048576", |c| {
+        c.quota_backend_bytes.to_string()
+    }),
+    ("max-request-bytes", "10", |c| {
+        c.max_request_bytes.to_string()
+    }),
+    ("max-txn-ops", "5", |c| c.max_txn_ops.to_string()),
+    ("log-level", "debug", |c| {
+        format!("{:?}", c.log_level).to_lowercase()
+    }),
+    ("listen-metrics-urls", "http://127.0.0.1:9000", |c| {
+        join(&c.listen_metrics_urls)
+    }),
+    ("cores", "1", |c| c.cores.to_string()),
+];
+
+#[test]
+fn samples_cover_every_flag() {
+    for spec in FLAGS.iter().filter(|f| f.name != "config-file") {
+        assert!(
+            SAMPLES.iter().any(|(f, _, _)| *f == spec.name),
+            "no sample for --{}",
+            spec.name
+        );
+    }
+}
+
+#[test]
+fn every_flag_in_every_go_syntax() {
+    for (flag, value, get) in SAMPLES {
+        let forms: [Vec<String>; 4] = [
+            vec![format!("--{flag}={value}")],
+            vec![format!("--{flag}"), value.to_string()],
+            vec![format!("-{flag}={value}")],
+            vec![format!("-{flag}"), value.to_string()],
+        ];
+        for args in &forms {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert_eq!(get(&run(&args, &[])), *value, "{args:?}");
+        }
+    }
+}
+
+#[test]
+fn every_flag_from_corekv_and_etcd_environment() {
+    for (flag, value, get) in SAMPLES {
+        let suffix = flag.to_uppercase().replace('-', "_");
+        for prefix in ["COREKV_", "ETCD_"] {
+            let key = format!("{prefix}{suffix}");
+            assert_eq!(get(&run(&[], &[(&key, value)])), *value, "{key}");
+        }
+    }
+}
+
+#[test]
+fn environment_precedence() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("ETCD_NAME", "e")], "e"),
+        (&[("COREKV_NAME", "c")], "c"),
+        (&[("ETCD_NAME", "e"), ("COREKV_NAME", "c")], "c"),
+        (&[("COREKV_NAME", "c"), ("ETCD_NAME", "e")], "c"),
+        (&[("COREKV_NAME", ""), ("ETCD_NAME", "e")], "e"),
+        (&[("ETCD_NAME", "")], "default"),
+        (&[("PATH", "/bin"), ("ETCDCTL_API", "3")], "default"),
+    ];
+    for (env, name) in cases {
+        let config = run(&[], env);
+        assert_eq!(config.name, *name, "{env:?}");
+        assert_eq!(
+            config.data_dir,
+            PathBuf::from(format!("{name}.corekv")),
+            "{env:?}"
+        );
+        assert_eq!(
+            config.initial_cluster,
+            vec![(name.to_string(), url("http://localhost:2380"))]
+        );
+    }
+}
+
+#[test]
+fn command_line_beats_environment() {
+    let env = [
+        ("COREKV_NAME", "c"),
+        ("ETCD_NAME", "e"),
+        ("ETCD_SNAPSHOT_COUNT", "7"),
+    ];
+    let (config, warnings) = capture::warnings(|| run(&["--name", "cli"], &env));
+    assert_eq!(config.name, "cli");
+    assert_eq!(
+        config.snapshot_count, 7,
+        "env still applies to flags not on the command line"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("COREKV_NAME") && w.contains("--name")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn last_occurrence_of_a_flag_wins() {
+    assert_eq!(run(&["--name", "a", "-name=b"], &[]).name, "b");
+}
+
+#[test]
+fn unknown_etcd_environment_variables_warn_and_are_ignored() {
+    let env = [
+        ("ETCD_AUTO_COMPACTION_RETENTION", "1"),
+        ("COREKV_NO_SUCH_THING", "x"),
+    ];
+    let (config, warnings) = capture::warnings(|| run(&[], &env));
+    assert_eq!(config.name, "default");
+    for key in ["ETCD_AUTO_COMPACTION_RETENTION", "COREKV_NO_SUCH_THING"] {
+        assert!(
+            warnings.iter().any(|w| w.contains(key)),
+            "{key} not warned: {warnings:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_environment_value_names_variable_flag_and_value() {
+    for key in ["COREKV_SNAPSHOT_COUNT", "ETCD_SNAPSHOT_COUNT"] {
+        let message = error(&[], &[(key, "abc")]);
+        for needle in [key, "--snapshot-count", "\"abc\""] {
+            assert_contains(&message, needle, key);
+        }
+    }
+}
+
+const FULL_FILE: &str = "\
+name: filenode
+data-dir: /tmp/filenode-data
+listen-client-urls: http://127.0.0.1:12379,http://[::1]:12379
+advertise-client-urls: http://127.0.0.1:12379
+listen-peer-urls: http://127.0.0.1:12380
+initial-advertise-peer-urls: http://127.0.0.1:12380
+initial-cluster: filenode=http://127.0.0.1:12380
+initial-cluster-state: 'new'
+initial-cluster-token: file-token
+snapshot-count: 5000
+heartbeat-interval: 50
+election-timeout: 500
+quota-backend-bytes: 4294967296
+max-request-bytes: 2097152
+max-txn-ops: 64
+log-level: warn
+listen-metrics-urls: http://127.0.0.1:12381
+cores: 2
+";
+
+fn full_file_config() -> Config {
+    Config {
+        name: "filenode".into(),
+        data_dir: PathBuf::from("/tmp/filenode-data"),
+        listen_client_urls: vec![url("http://127.0.0.1:12379"), url("http://[::1]:12379")],
+        advertise_client_urls: vec![url("http://127.0.0.1:12379")],
+        listen_peer_urls: vec![url("http://127.0.0.1:12380")],
+        initial_advertise_peer_urls: vec![url("http://127.0.0.1:12380")],
+        initial_cluster: vec![("filenode".into(), url("http://127.0.0.1:12380"))],
+        initial_cluster_state: ClusterState::New,
+        initial_cluster_token: "file-token".into(),
+        snapshot_count: 5000,
+        heartbeat_interval_ms: 50,
+        election_timeout_ms: 500,
+        quota_backend_bytes: 4_294_967_296,
+        max_request_bytes: 2_097_152,
+        max_txn_ops: 64,
+        log_level: LogLevel::Warn,
+        listen_metrics_urls: vec![url("http://127.0.0.1:12381")],
+        cores: 2,
+    }
+}
+
+#[test]
+fn config_file_is_read_in_every_way_it_can_be_named() {
+    let file = TempFile::new(FULL_FILE);
+    let p = file.path();
+    let eq = format!("--config-file={p}");
+    let single = format!("-config-file={p}");
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: &[Case] = &[
+        (&["--config-file", p], &[]),
+        (&[&eq], &[]),
+        (&["-config-file", p], &[]),
+        (&[&single], &[]),
+        (&[], &[("COREKV_CONFIG_FILE", p)]),
+        (&[], &[("ETCD_CONFIG_FILE", p)]),
+    ];
+    for (args, env) in cases {
+        assert_eq!(run(args, env), full_file_config(), "{args:?} {env:?}");
+    }
+}
+
+#[test]
+fn config_file_ignores_flags_and_environment_with_a_warning() {
+    let file = TempFile::new(FULL_FILE);
+    let args = [
+        "--name",
+        "ignored",
+        "--config-file",
+        file.path(),
+        "--snapshot-count",
+        "1",
+    ];
+    let env = [("COREKV_MAX_TXN_OPS", "9"), ("ETCD_LOG_LEVEL", "debug")];
+    let (config, warnings) = capture::warnings(|| run(&args, &env));
+    assert_eq!(config, full_file_config());
+    let warning = warnings
+        .iter()
+        .find(|w| w.contains("ignoring"))
+        .expect("an ignored-flags warning");
+    for needle in [
+        "--name",
+        "--snapshot-count",
+        "COREKV_MAX_TXN_OPS",
+        "ETCD_LOG_LEVEL",
+    ] {
+        assert_contains(warning, needle, "ignored-flags warning");
+    }
+    let (_, quiet) = capture::warnings(|| run(&["--config-file", file.path()], &[]));
+    assert!(
+        quiet.is_empty(),
+        "no flags to ignore, yet warned: {quiet:?}"
+    );
+}
+
+#[test]
+fn config_file_partial_values_and_yaml_forms() {
+    let cases: &[(&str, Getter, &str)] = &[
+        (
+            "name: solo\n",
+            |c| c.data_dir.display().to_string(),
+            "solo.corekv",
+        ),
+        (
+            "name: solo\n",
+            |c| format!("{}={}", c.initial_cluster[0].0, c.initial_cluster[0].1),
+            "solo=http://localhost:2380",
+        ),
+        ("", |c| c.name.clone(), "default"),
+        ("name: ~\n", |c| c.name.clone(), "default"),
+        (
+            "listen-client-urls: [http://a:1, 'http://b:2']\n",
+            |c| join(&c.listen_client_urls),
+            "http://a:1,http://b:2",
+        ),
+        (
+            "snapshot-count: '77'\n",
+            |c| c.snapshot_count.to_string(),
+            "77",
+        ),
+        (
+            "quota-backend-bytes: 0\n",
+            |c| c.quota_backend_bytes.to_string(),
+            "2147483648",
+        ),
+    ];
+    for (yaml, get, want) in cases {
+        let file = TempFile::new(yaml);
+        assert_eq!(
+            get(&run(&["--config-file", file.path()], &[])),
+            *want,
+            "{yaml:?}"
+        );
+    }
+}
+
+#[test]
+fn empty_config_file_flag_means_no_file() {
+    assert_eq!(run(&["--config-file=", "--name", "x"], &[]).name, "x");
+}
+
+#[test]
+fn config_file_errors() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "auto-compaction-retention: 1\n",
+            &[
+                "unknown key \"auto-compaction-retention\"",
+                "supported keys: name,",
+            ],
+        ),
+        (
+            "config-file: other.yaml\n",
+            &["unknown key \"config-file\""],
+        ),
+        (
+            "snapshot-count: lots\n",
+            &["invalid value \"lots\" for snapshot-count in config file"],
+        ),
+        (
+            "listen-client-urls: http://localhost\n",
+            &["listen-client-urls", "missing port"],
+        ),
+        ("log-level: {a: 1}\n", &["log-level", "expected a string"]),
+        ("- name\n", &["expected a mapping"]),
+        ("name: [unclosed\n", &["invalid YAML"]),
+        (
+            "heartbeat-interval: 0\n",
+            &["--heartbeat-interval must be greater than 0"],
+        ),
+        ("name: a\nname: b\n", &["invalid YAML"]),
+    ];
+    for (yaml, needles) in cases {
+        let file = TempFile::new(yaml);
+        let message = error(&["--config-file", file.path()], &[]);
+        for needle in needles.iter() {
+            assert_contains(&message, needle, yaml);
+        }
+        if message.starts_with("config file") || message.starts_with("invalid value") {
+            assert_contains(&message, file.path(), yaml);
+        }
+    }
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let path = std::env::temp_dir().join(format!(
+        "corekv-config-test-{}-missing.yaml",
+        std::process::id()
+    ));
+    let path = path.to_str().unwrap();
+    let message = error(&["--config-file", path], &[]);
+    assert_contains(&message, "cannot read config file", path);
+    assert_contains(&message, path, path);
+}
+
+#[test]
+fn validation_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--name", "x", "--initial-cluster", "default=http://localhost:2380"],
+            "couldn't find local name \"x\" in the initial cluster configuration"),
+        (&["--initial-cluster", ""], "couldn't find local name \"default\" in the initial cluster configuration"),
+        (&["--name", "n1", "--initial-cluster", "n1=http://a:1", "--initial-advertise-peer-urls", "http://b:2"],
+            "--initial-cluster has n1=http://a:1 but missing from --initial-advertise-peer-urls=http://b:2"),
+        (&["--name", "n1", "--initial-cluster", "n1=http://a:1", "--initial-advertise-peer-urls", "http://a:1,http://b:2"],
+            "--initial-advertise-peer-urls has http://a:1,http://b:2 but missing from --initial-cluster=n1=http://a:1"),
+        (&["--initial-cluster", "default=http://localhost:2380,n2=http://10.0.0.2:2380"],
+            "--initial-cluster names other members (n2): multi-member clusters are not supported yet by this corekv build"),
+        (&["--initial-cluster", "default=http://localhost:2380,default=http://localhost:2380"],
+            "--initial-cluster lists the URL http://localhost:2380 more than once"),
+        (&["--initial-cluster-state", "existing"],
+            "--initial-cluster-state=existing (joining an existing cluster) is not supported yet by this corekv build"),
+        (&["--heartbeat-interval", "0"], "--heartbeat-interval must be greater than 0"),
+        (&["--heartbeat-interval", "300"],
+            "--election-timeout[1000ms] should be at least as 5 times as --heartbeat-interval[300ms]"),
+        (&["--election-timeout", "499"],
+            "--election-timeout[499ms] should be at least as 5 times as --heartbeat-interval[100ms]"),
+        (&["--election-timeout", "50001"], "--election-timeout[50001ms] is too long"),
+        (&["--max-txn-ops", "0"], "--max-txn-ops must be greater than 0"),
+        (&["--max-request-bytes", "0"], "--max-request-bytes must be greater than 0"),
+        (&["--name", ""], "--name must not be empty"),
+        (&["--data-dir", ""], "--data-dir must not be empty"),
+        (&["--listen-client-urls", ""], "--listen-client-urls must list at least one URL"),
+        (&["--advertise-client-urls", ""], "--advertise-client-urls must list at least one URL"),
+        (&["--listen-peer-urls", ""], "--listen-peer-urls must list at least one URL"),
+        (&["--initial-advertise-peer-urls", "", "--initial-cluster", "default=http://a:1"],
+            "--initial-advertise-peer-urls must list at least one URL"),
+    ];
+    for (args, want) in cases {
+        assert_contains(&error(args, &[]), want, &format!("{args:?}"));
+    }
+}
+
+#[test]
+fn validation_boundaries_pass() {
+    let cases: &[&[&str]] = &[
+        &["--election-timeout", "500"],
+        &["--election-timeout", "50000"],
+        &["--heartbeat-interval", "1", "--election-timeout", "5"],
+        &["--max-txn-ops", "1", "--max-request-bytes", "1"],
+        &[
+            "--initial-advertise-peer-urls",
+            "http://a:1,http://b:2",
+            "--initial-cluster",
+            "default=http://b:2,default=http://a:1",
+        ],
+        &["--name", "x"],
+    ];
+    for args in cases {
+        run(args, &[]);
+    }
+}
+
+#[test]
+fn bad_values_name_the_flag_and_the_value() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--snapshot-count", "ten"],
+            "expected a non-negative integer",
+        ),
+        (
+            &["--heartbeat-interval=-5"],
+            "expected a non-negative integer",
+        ),
+        (
+            &["--election-timeout", "1.5"],
+            "expected a non-negative integer",
+        ),
+        (
+            &["--quota-backend-bytes", "-1"],
+            "expected a non-negative integer",
+        ),
+        (
+            &["--max-request-bytes", "1MB"],
+            "expected a non-negative integer",
+        ),
+        (
+            &["--max-txn-ops", "99999999999999999999999"],
+            "number too large",
+        ),
+        (
+            &["--log-level", "verbose"],
+            "expected one of debug, info, warn, error, panic, fatal",
+        ),
+        (
+            &["--initial-cluster-state", "old"],
+            "expected \"new\" or \"existing\"",
+        ),
+        (
+            &["--listen-client-urls", "localhost:2379"],
+            "expected scheme://host:port",
+        ),
+        (
+            &["--listen-client-urls", "http://localhost"],
+            "missing port",
+        ),
+        (
+            &["--advertise-client-urls", "ftp://a:1"],
+            "unsupported URL scheme \"ftp\"",
+        ),
+        (
+            &["--listen-peer-urls", "http://a:1/path"],
+            "must not contain a path",
+        ),
+        (
+            &["--initial-advertise-peer-urls", "http://a:99999"],
+            "invalid port \"99999\"",
+        ),
+        (
+            &["--listen-metrics-urls", "http://::1:2379"],
+            "must be enclosed in brackets",
+        ),
+        (
+            &["--listen-client-urls", "http://a:1,,http://b:2"],
+            "URL \"\"",
+        ),
+        (
+            &["--initial-cluster", "n1"],
+            "\"n1\" is not of the form name=url",
+        ),
+        (
+            &["--initial-cluster", "=http://a:1"],
+            "is not of the form name=url",
+        ),
+        (&["--initial-cluster", "n1=http://a"], "missing port"),
+        (&["--cores", "0"], "must be at least 1"),
+        (&["--cores", "5"], "this machine has only 4 online cores"),
+        (&["--cores", "x"], "expected a non-negative integer"),
+    ];
+    for (args, why) in cases {
+        let (flag, value) = match args {
+            [arg] => arg.split_once('=').unwrap(),
+            [flag, value] => (*flag, *value),
+            _ => unreachable!(),
+        };
+        let message = error(args, &[]);
+        let context = format!("{args:?}");
+        assert_contains(
+            &message,
+            &format!("invalid value {value:?} for {flag}: "),
+            &context,
+        );
+        assert_contains(&message, why, &context);
+    }
+}
+
+#[test]
+fn command_line_syntax_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--bogus"], "unknown flag: --bogus"),
+        (&["-bogus=1"], "unknown flag: --bogus"),
+        (
+            &["--name", "x", "--enable-v2", "true"],
+            "unknown flag: --enable-v2",
+        ),
+        (&["--name"], "flag needs an argument: --name"),
+        (&["-data-dir"], "flag needs an argument: --data-dir"),
+        (&["positional"], "unexpected argument \"positional\""),
+        (&["--", "extra"], "unexpected argument \"extra\""),
+        (&["---name=x"], "bad flag syntax: ---name=x"),
+        (&["--=x"], "bad flag syntax: --=x"),
+        (&["-"], "bad flag syntax: -"),
+        (
+            &["--version=maybe"],
+            "invalid boolean value \"maybe\" for --version",
+        ),
+    ];
+    for (args, want) in cases {
+        assert_contains(&error(args, &[]), want, &format!("{args:?}"));
+    }
+    assert_eq!(run(&["--name", "x", "--"], &[]).name, "x");
+}
+
+#[test]
+fn help_and_version_actions() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--help"], "help"),
+        (&["-h"], "help"),
+        (&["-help"], "help"),
+        (&["--name", "x", "--help", "--bogus"], "help"),
+        (&["--version"], "version"),
+        (&["-version"], "version"),
+        (&["--version=true"], "version"),
+        (&["--version=false"], "run"),
+    ];
+    for (args, want) in cases {
+        let got = match load(args, &[]) {
+            Ok(Action::Help(_)) => "help",
+            Ok(Action::Version) => "version",
+            Ok(Action::Run(_)) => "run",
+            Err(e) => panic!("{args:?}: {e}"),
+        };
+        assert_eq!(got, *want, "{args:?}");
+    }
+    assert_contains(&version_text(), env!("CARGO_PKG_VERSION"), "version text");
+}
+
+#[test]
+fn help_lists_every_flag_with_its_default() {
+    let Ok(Action::Help(text)) = load(&["--help"], &[]) else {
+        panic!("expected help")
+    };
+    let expected = [
+        ("name", "\"default\""),
+        ("data-dir", "<name>.corekv"),
+        ("listen-client-urls", "\"http://localhost:2379\""),
+        ("advertise-client-urls", "\"http://localhost:2379\""),
+        ("listen-peer-urls", "\"http://localhost:2380\""),
+        ("initial-advertise-peer-urls", "\"http://localhost:2380\""),
+        ("initial-cluster", "default=http://localhost:2380"),
+        ("initial-cluster-state", "\"new\""),
+        ("initial-cluster-token", "\"etcd-cluster\""),
+        ("snapshot-count", "\"100000\""),
+        ("heartbeat-interval", "\"100\""),
+        ("election-timeout", "\"1000\""),
+        ("quota-backend-bytes", "\"0\""),
+        ("max-request-bytes", "\"1572864\""),
+        ("max-txn-ops", "\"128\""),
+        ("log-level", "\"info\""),
+        ("listen-metrics-urls", "none"),
+        ("config-file", "none"),
+        ("cores", "all online cores"),
+    ];
+    for (flag, default) in expected {
+        let entry = text
+            .split(&format!("  --{flag} <value>\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("--{flag} missing"));
+        let entry = entry.lines().next().unwrap_or("");
+        assert_contains(
+            entry,
+            &format!(
+                "(default{}",
+                if default.starts_with('"') { " " } else { ": " }
+            ),
+            flag,
+        );
+        assert_contains(entry, default, flag);
+    }
+    for needle in ["-h, --help", "--version", "COREKV_<FLAG>", "ETCD_<FLAG>"] {
+        assert_contains(&text, needle, "usage");
+    }
+}
+
+#[test]
+fn held_out_invocation_parses() {
+    let dir = std::env::temp_dir().join("corekv-held-out-n1");
+    let d = dir.to_str().unwrap();
+    let (p, q) = ("http://127.0.0.1:23791", "http://127.0.0.1:23801");
+    let cluster = format!("n1={q}");
+    let args = [
+        "--name",
+        "n1",
+        "--data-dir",
+        d,
+        "--listen-client-urls",
+        p,
+        "--advertise-client-urls",
+        p,
+        "--listen-peer-urls",
+        q,
+        "--initial-advertise-peer-urls",
+        q,
+        "--initial-cluster",
+        &cluster,
+    ];
+    let config = run(&args, &[]);
+    assert_eq!(config.name, "n1");
+    assert_eq!(config.data_dir, dir);
+    assert_eq!(config.listen_client_urls, vec![url(p)]);
+    assert_eq!(
+        config.listen_client_urls[0].socket_addr_string(),
+        "127.0.0.1:23791"
+    );
+    assert_eq!(config.advertise_client_urls, vec![url(p)]);
+    assert_eq!(config.listen_peer_urls, vec![url(q)]);
+    assert_eq!(config.initial_advertise_peer_urls, vec![url(q)]);
+    assert_eq!(config.initial_cluster, vec![("n1".to_string(), url(q))]);
+    assert_eq!(config.cores, ONLINE);
+    assert!(Path::new(d).is_absolute());
+}
+
+#[test]
+fn url_parsing_accepts() {
+    let cases: &[(&str, Scheme, &str, u16, &str, &str)] = &[
+        (
+            "http://localhost:2379",
+            Scheme::Http,
+            "localhost",
+            2379,
+            "http://localhost:2379",
+            "localhost:2379",
+        ),
+        (
+            "https://127.0.0.1:443",
+            Scheme::Https,
+            "127.0.0.1",
+            443,
+            "https://127.0.0.1:443",
+            "127.0.0.1:443",
+        ),
+        (
+            "http://[::1]:2379",
+            Scheme::Http,
+            "::1",
+            2379,
+            "http://[::1]:2379",
+            "[::1]:2379",
+        ),
+        (
+            "http://[FE80::1]:1",
+            Scheme::Http,
+            "fe80::1",
+            1,
+            "http://[fe80::1]:1",
+            "[fe80::1]:1",
+        ),
+        (
+            "HTTP://LocalHost:1",
+            Scheme::Http,
+            "localhost",
+            1,
+            "http://localhost:1",
+            "localhost:1",
+        ),
+        (
+            "http://0.0.0.0:0",
+            Scheme::Http,
+            "0.0.0.0",
+            0,
+            "http://0.0.0.0:0",
+            "0.0.0.0:0",
+        ),
+        (
+            "http://kv-1.example_x.com:80",
+            Scheme::Http,
+            "kv-1.example_x.com",
+            80,
+            "http://kv-1.example_x.com:80",
+            "kv-1.example_x.com:80",
+        ),
+    ];
+    for (text, scheme, host, port, display, addr) in cases {
+        let u = url(text);
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port),
+            (*scheme, *host, *port),
+            "{text}"
+        );
+        assert_eq!(u.to_string(), *display, "{text}");
+        assert_eq!(u.socket_addr_string(), *addr, "{text}");
+        assert_eq!(text.parse::<Url>(), Ok(u), "{text}");
+    }
+}
+
+#[test]
+fn url_parsing_rejects() {
+    let cases: &[(&str, &str)] = &[
+        ("localhost:2379", "expected scheme://host:port"),
+        ("http://localhost", "missing port"),
+        ("http://localhost:", "missing port"),
+        ("http://:2379", "missing host"),
+        ("http://[::1]", "missing port"),
+        ("http://[::1:2379", "missing ']'"),
+        ("http://[zz]:1", "invalid IPv6 address \"zz\""),
+        ("http://a:1/", "must not contain a path"),
+        ("http://a:1?x=1", "must not contain a query or fragment"),
+        ("http://u@a:1", "must not contain user information"),
+        ("unix://sock:1", "unsupported URL scheme \"unix\""),
+        ("http://a:65536", "invalid port \"65536\""),
+        ("http://a:x", "invalid port \"x\""),
+        ("http://a:+1", "invalid port \"+1\""),
+        ("http://a b:1", "invalid host \"a b\""),
+        ("http://300.1.1.1:1", "invalid host \"300.1.1.1\""),
+    ];
+    for (text, want) in cases {
+        let message = Url::parse(text).expect_err(text);
+        assert_contains(&message, want, text);
+    }
+}
+
+#[test]
+fn url_lists() {
+    use super::url::parse_url_list;
+    let cases: &[(&str, Result<&str, &str>)] = &[
+        ("", Ok("")),
+        ("http://a:1", Ok("http://a:1")),
+        ("http://a:1, http://b:2", Ok("http://a:1,http://b:2")),
+        (
+            "http://a:1,,http://b:2",
+            Err("URL \"\": expected scheme://host:port"),
+        ),
+        ("http://a:1,http://b", Err("URL \"http://b\": missing port")),
+    ];
+    for (text, want) in cases {
+        let got = parse_url_list(text).map(|urls| join(&urls));
+        match (got, want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, *want, "{text}"),
+            (Err(got), Err(want)) => assert_contains(&got, want, text),
+            (got, _) => panic!("{text}: unexpected {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn ids_are_derived_like_etcd() {
+    let default_member = member_id(&[url("http://localhost:2380")], "etcd-cluster");
+    assert_eq!(
+        default_member, 0x8e9e05c52164694d,
+        "etcd's default member ID"
+    );
+    assert_eq!(
+        cluster_id(&[default_member]),
+        0xcdf818194e3a8c32,
+        "etcd's default cluster ID"
+    );
+    let config = run(&[], &[]);
+    assert_eq!(
+        (config.member_id(), config.cluster_id()),
+        (default_member, 0xcdf818194e3a8c32)
+    );
+
+    let (a, b) = (url("http://a:1"), url("http://b:2"));
+    assert_eq!(
+        member_id(&[a.clone(), b.clone()], "t"),
+        member_id(&[b.clone(), a.clone()], "t")
+    );
+    let one = std::slice::from_ref(&a);
+    assert_ne!(member_id(one, "t"), member_id(one, "u"));
+    assert_ne!(member_id(&[a], "t"), member_id(&[b], "t"));
+    assert_eq!(cluster_id(&[1, 2, 3]), cluster_id(&[3, 1, 2]));
+    assert_ne!(cluster_id(&[1, 2]), cluster_id(&[1, 3]));
+}
+
+#[test]
+fn log_levels_map_to_log_filters() {
+    let cases = [
+        ("debug", LogLevel::Debug, log::LevelFilter::Debug),
+        ("info", LogLevel::Info, log::LevelFilter::Info),
+        ("warn", LogLevel::Warn, log::LevelFilter::Warn),
+        ("error", LogLevel::Error, log::LevelFilter::Error),
+        ("panic", LogLevel::Panic, log::LevelFilter::Error),
+        ("fatal", LogLevel::Fatal, log::LevelFilter::Error),
+        ("WARN", LogLevel::Warn, log::LevelFilter::Warn),
+    ];
+    for (text, level, filter) in cases {
+        let config = run(&["--log-level", text], &[]);
+        assert_eq!(
+            (config.log_level, config.log_level.to_log_filter()),
+            (level, filter),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn quota_backend_bytes_stores_the_effective_value() {
+    let cases = [
+        ("0", DEFAULT_QUOTA_BYTES),
+        ("1", 1),
+        ("8589934592", 8_589_934_592),
+    ];
+    for (text, want) in cases {
+        assert_eq!(
+            run(&["--quota-backend-bytes", text], &[]).quota_backend_bytes,
+            want,
+            "{text}"
+        );
+    }
+    let (config, warnings) =
+        capture::warnings(|| run(&["--quota-backend-bytes", "8589934593"], &[]));
+    assert_eq!(config.quota_backend_bytes, 8_589_934_593);
+    assert!(
+        warnings.iter().any(|w| w.contains("maximum recommended")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn cores_range() {
+    for (text, want) in [("1", 1), ("4", 4)] {
+        assert_eq!(run(&["--cores", text], &[]).cores, want);
+    }
+}
+
+#[test]
+fn config_error_displays_its_message() {
+    let e = ConfigError("boom".into());
+    assert_eq!((e.to_string(), e.message()), ("boom".to_string(), "boom"));
+}

@@ -1,0 +1,1 @@
+//! Integration tests for corekv live in tests/tests.
