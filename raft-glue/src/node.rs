@@ -73,6 +73,9 @@ pub struct ReadReady {
     pub read_states: Vec<(Vec<u8>, u64)>,
     /// Messages for peers (empty on a single member).
     pub messages: Vec<Message>,
+    /// The commit index, when it advanced after this cycle was persisted. raft-rs does not
+    /// put this advance in a later cycle's hard state, so the caller records it itself.
+    pub commit_advanced: Option<u64>,
 }
 
 /// One member's raft, without I/O.
@@ -153,6 +156,7 @@ impl RaftNode {
             committed: ready.take_committed_entries(),
             read_states: take_read_states(&mut ready),
             messages: ready.take_messages(),
+            commit_advanced: None,
         };
         out.messages.extend(ready.take_persisted_messages());
         {
@@ -166,6 +170,7 @@ impl RaftNode {
         let mut light = self.raw.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.store().wl().mut_hard_state().commit = commit;
+            out.commit_advanced = Some(commit);
         }
         out.committed.extend(light.take_committed_entries());
         out.messages.extend(light.take_messages());
@@ -184,6 +189,10 @@ impl RaftNode {
         }
     }
 
+    /// The durable raft state as it stands (term, vote, commit).
+    pub fn hard_state(&self) -> HardState {
+        self.raw.raft.hard_state()
+    }
     /// The current term.
     pub fn term(&self) -> u64 {
         self.raw.raft.term

@@ -13,6 +13,7 @@
 //! included (see the submodules), because clients and tests compare us with real etcd.
 
 mod compact;
+mod compare;
 mod gosort;
 mod range;
 mod state;

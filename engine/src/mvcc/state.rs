@@ -35,6 +35,9 @@ pub(super) struct State {
     pub compact_revision: i64,
 }
 
+/// Bounds on `latest`'s keys.
+type ByteBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// The keys a request names: etcd's key + range_end encoding.
 #[derive(Clone, Debug)]
 pub(super) enum KeyRange {
@@ -69,7 +72,7 @@ impl KeyRange {
         }
     }
 
-    fn bounds(&self) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+    fn bounds(&self) -> Option<ByteBounds<'_>> {
         match self {
             KeyRange::Single(k) => Some((Bound::Included(k), Bound::Included(k))),
             KeyRange::From(k) => Some((Bound::Included(k), Bound::Unbounded)),

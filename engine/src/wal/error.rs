@@ -7,9 +7,17 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub enum WalError {
     /// A system call failed. `op` says which step ("open", "write+fdatasync", ...).
-    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
     /// Bytes on disk that cannot be a WAL written by us, outside a repairable torn tail.
-    Corrupt { path: PathBuf, offset: u64, reason: String },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     /// An earlier I/O error left the on-disk state unknown; the WAL refuses further appends.
     Poisoned,
     /// A record payload (or the metadata) is over `WalOptions::record_size_bytes_max`.
@@ -24,11 +32,19 @@ pub enum WalError {
 
 impl WalError {
     pub(crate) fn io(path: &Path, op: &'static str, source: std::io::Error) -> WalError {
-        WalError::Io { path: path.to_path_buf(), op, source }
+        WalError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
     }
 
     pub(crate) fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> WalError {
-        WalError::Corrupt { path: path.to_path_buf(), offset, reason: reason.into() }
+        WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -38,14 +54,28 @@ impl fmt::Display for WalError {
             WalError::Io { path, op, source } => {
                 write!(f, "wal: {op} {}: {source}", path.display())
             }
-            WalError::Corrupt { path, offset, reason } => {
-                write!(f, "wal: corrupt {} at offset {offset}: {reason}", path.display())
+            WalError::Corrupt {
+                path,
+                offset,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "wal: corrupt {} at offset {offset}: {reason}",
+                    path.display()
+                )
             }
             WalError::Poisoned => {
-                write!(f, "wal: poisoned by an earlier I/O error; refusing to append")
+                write!(
+                    f,
+                    "wal: poisoned by an earlier I/O error; refusing to append"
+                )
             }
             WalError::RecordTooLarge { size_bytes } => {
-                write!(f, "wal: record of {size_bytes} bytes is over the maximum record size")
+                write!(
+                    f,
+                    "wal: record of {size_bytes} bytes is over the maximum record size"
+                )
             }
             WalError::AlreadyExists(dir) => {
                 write!(f, "wal: {} already holds a WAL", dir.display())

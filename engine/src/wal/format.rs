@@ -41,9 +41,13 @@ pub(crate) fn decode_segment_header(data: &[u8]) -> Result<u64, String> {
     }
     let version = read_u32(data, 8);
     if version != FORMAT_VERSION {
-        return Err(format!("unsupported format version {version} (expected {FORMAT_VERSION})"));
+        return Err(format!(
+            "unsupported format version {version} (expected {FORMAT_VERSION})"
+        ));
     }
-    Ok(u64::from_le_bytes(data[12..20].try_into().expect("8 bytes")))
+    Ok(u64::from_le_bytes(
+        data[12..20].try_into().expect("8 bytes"),
+    ))
 }
 
 /// Bytes one record occupies on disk.
@@ -72,10 +76,17 @@ pub(crate) enum Frame<'a> {
     /// End of data: zero header or all-zero bytes up to the end of the file.
     End,
     /// A valid record; `end` is the offset right after it.
-    Record { kind: RecordKind, payload: &'a [u8], end: usize },
+    Record {
+        kind: RecordKind,
+        payload: &'a [u8],
+        end: usize,
+    },
     /// Not a valid record. `claimed_end` is where the record would end if its length field
     /// were right (None when not even the length could be read).
-    Invalid { reason: String, claimed_end: Option<u64> },
+    Invalid {
+        reason: String,
+        claimed_end: Option<u64>,
+    },
 }
 
 /// Parses the frame at `offset` of a segment image, bounding the payload by `record_bytes_max`.
@@ -86,7 +97,10 @@ pub(crate) fn parse_frame(data: &[u8], offset: usize, record_bytes_max: u32) -> 
         return if rest.iter().all(|&b| b == 0) {
             Frame::End
         } else {
-            Frame::Invalid { reason: "truncated record header".to_string(), claimed_end: None }
+            Frame::Invalid {
+                reason: "truncated record header".to_string(),
+                claimed_end: None,
+            }
         };
     }
     let len = read_u32(rest, 0);
@@ -96,9 +110,14 @@ pub(crate) fn parse_frame(data: &[u8], offset: usize, record_bytes_max: u32) -> 
         return Frame::End;
     }
     let claimed_end = offset as u64 + FRAME_HEADER_BYTES as u64 + u64::from(len);
-    let invalid = |reason: String| Frame::Invalid { reason, claimed_end: Some(claimed_end) };
+    let invalid = |reason: String| Frame::Invalid {
+        reason,
+        claimed_end: Some(claimed_end),
+    };
     if len > record_bytes_max {
-        return invalid(format!("record length {len} over the maximum {record_bytes_max}"));
+        return invalid(format!(
+            "record length {len} over the maximum {record_bytes_max}"
+        ));
     }
     if claimed_end > data.len() as u64 {
         return invalid(format!("record length {len} runs past the end of the file"));
@@ -110,7 +129,11 @@ pub(crate) fn parse_frame(data: &[u8], offset: usize, record_bytes_max: u32) -> 
     if record_crc(kind_byte, payload) != crc {
         return invalid("record checksum mismatch".to_string());
     }
-    Frame::Record { kind, payload, end: claimed_end as usize }
+    Frame::Record {
+        kind,
+        payload,
+        end: claimed_end as usize,
+    }
 }
 
 fn read_u32(data: &[u8], at: usize) -> u32 {
@@ -127,7 +150,9 @@ mod tests {
         assert_eq!(decode_segment_header(&header), Ok(0x1234));
         let mut bad = header;
         bad[13] ^= 1;
-        assert!(decode_segment_header(&bad).unwrap_err().contains("checksum"));
+        assert!(decode_segment_header(&bad)
+            .unwrap_err()
+            .contains("checksum"));
         assert!(decode_segment_header(&header[..10]).is_err());
     }
 
@@ -137,9 +162,13 @@ mod tests {
         encode_record(&mut buf, RecordKind::Entry, b"hello");
         encode_record(&mut buf, RecordKind::HardState, b"");
         buf.extend_from_slice(&[0u8; 20]);
-        let Frame::Record { kind, payload, end } = parse_frame(&buf, 0, 100) else { panic!() };
+        let Frame::Record { kind, payload, end } = parse_frame(&buf, 0, 100) else {
+            panic!()
+        };
         assert_eq!((kind, payload, end), (RecordKind::Entry, &b"hello"[..], 14));
-        let Frame::Record { kind, payload, end } = parse_frame(&buf, 14, 100) else { panic!() };
+        let Frame::Record { kind, payload, end } = parse_frame(&buf, 14, 100) else {
+            panic!()
+        };
         assert_eq!((kind, payload, end), (RecordKind::HardState, &b""[..], 23));
         assert!(matches!(parse_frame(&buf, 23, 100), Frame::End));
         assert!(matches!(parse_frame(&buf, buf.len() - 3, 100), Frame::End));
@@ -160,12 +189,30 @@ mod tests {
         encode_record(&mut buf, RecordKind::Entry, b"hello");
         let mut flipped = buf.clone();
         flipped[10] ^= 0x40;
-        assert!(matches!(parse_frame(&flipped, 0, 100), Frame::Invalid { claimed_end: Some(14), .. }));
+        assert!(matches!(
+            parse_frame(&flipped, 0, 100),
+            Frame::Invalid {
+                claimed_end: Some(14),
+                ..
+            }
+        ));
         assert!(matches!(parse_frame(&buf, 0, 4), Frame::Invalid { .. }));
-        assert!(matches!(parse_frame(&buf[..12], 0, 100), Frame::Invalid { .. }));
-        assert!(matches!(parse_frame(&buf[..5], 0, 100), Frame::Invalid { claimed_end: None, .. }));
+        assert!(matches!(
+            parse_frame(&buf[..12], 0, 100),
+            Frame::Invalid { .. }
+        ));
+        assert!(matches!(
+            parse_frame(&buf[..5], 0, 100),
+            Frame::Invalid {
+                claimed_end: None,
+                ..
+            }
+        ));
         let mut bad_type = buf.clone();
         bad_type[8] = 9;
-        assert!(matches!(parse_frame(&bad_type, 0, 100), Frame::Invalid { .. }));
+        assert!(matches!(
+            parse_frame(&bad_type, 0, 100),
+            Frame::Invalid { .. }
+        ));
     }
 }

@@ -82,12 +82,7 @@ impl BatchWriter {
     }
 
     fn write_uring(&mut self, file: &File, offset: u64) -> Result<(), UringError> {
-        let total = self.buf.len();
-        let mut len = total.min(URING_WRITE_BYTES_MAX);
-        #[cfg(test)]
-        if let Some(cap) = self.uring_write_cap_bytes {
-            len = len.min(cap);
-        }
+        let len = self.uring_write_len();
         let ring = self.ring.as_mut().expect("checked by caller");
         let fd = types::Fd(file.as_raw_fd());
         let write = opcode::Write::new(fd, self.buf.as_ptr(), len as u32)
@@ -105,6 +100,18 @@ impl BatchWriter {
     }
 }
 
+impl BatchWriter {
+    /// Bytes the Write SQE asks for; anything beyond goes through the short-write path.
+    fn uring_write_len(&self) -> usize {
+        let len = self.buf.len().min(URING_WRITE_BYTES_MAX);
+        #[cfg(test)]
+        if let Some(cap) = self.uring_write_cap_bytes {
+            return len.min(cap);
+        }
+        len
+    }
+}
+
 enum UringError {
     /// Nothing is in flight; the buffer is free again.
     Failed(WriteError),
@@ -118,14 +125,24 @@ fn setup_ring() -> io::Result<IoUring> {
     let mut probe = io_uring::Probe::new();
     ring.submitter().register_probe(&mut probe)?;
     if !probe.is_supported(opcode::Write::CODE) || !probe.is_supported(opcode::Fsync::CODE) {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring lacks write or fsync"));
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks write or fsync",
+        ));
     }
     Ok(ring)
 }
 
-fn push_pair(ring: &mut IoUring, write: &squeue::Entry, fsync: &squeue::Entry) -> Result<(), UringError> {
+fn push_pair(
+    ring: &mut IoUring,
+    write: &squeue::Entry,
+    fsync: &squeue::Entry,
+) -> Result<(), UringError> {
     let mut sq = ring.submission();
-    let full = || WriteError { op: "io_uring push", source: io::Error::other("submission queue full") };
+    let full = || WriteError {
+        op: "io_uring push",
+        source: io::Error::other("submission queue full"),
+    };
     if sq.capacity() - sq.len() < 2 {
         return Err(UringError::Failed(full()));
     }
@@ -147,7 +164,12 @@ fn wait_pair(ring: &mut IoUring) -> Result<(i32, i32), UringError> {
         match ring.submit_and_wait(2 - reaped) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(source) => return Err(UringError::InFlight(WriteError { op: "io_uring submit", source })),
+            Err(source) => {
+                return Err(UringError::InFlight(WriteError {
+                    op: "io_uring submit",
+                    source,
+                }))
+            }
         }
         for cqe in ring.completion() {
             match cqe.user_data() {
@@ -163,21 +185,40 @@ fn wait_pair(ring: &mut IoUring) -> Result<(i32, i32), UringError> {
 
 /// Interprets the two completions. A short write breaks the link, so the fsync comes back
 /// cancelled: the rest is written with pwrite and synced with fdatasync.
-fn finish(file: &File, offset: u64, buf: &[u8], write_res: i32, fsync_res: i32) -> Result<(), WriteError> {
+fn finish(
+    file: &File,
+    offset: u64,
+    buf: &[u8],
+    write_res: i32,
+    fsync_res: i32,
+) -> Result<(), WriteError> {
     if write_res < 0 {
-        return Err(WriteError { op: "io_uring write", source: io::Error::from_raw_os_error(-write_res) });
+        return Err(WriteError {
+            op: "io_uring write",
+            source: io::Error::from_raw_os_error(-write_res),
+        });
     }
     let written = write_res as usize;
     if written < buf.len() {
         return write_sync_fallback(file, offset + written as u64, &buf[written..]);
     }
     if fsync_res < 0 {
-        return Err(WriteError { op: "io_uring fdatasync", source: io::Error::from_raw_os_error(-fsync_res) });
+        return Err(WriteError {
+            op: "io_uring fdatasync",
+            source: io::Error::from_raw_os_error(-fsync_res),
+        });
     }
     Ok(())
 }
 
 fn write_sync_fallback(file: &File, offset: u64, buf: &[u8]) -> Result<(), WriteError> {
-    file.write_all_at(buf, offset).map_err(|source| WriteError { op: "pwrite", source })?;
-    file.sync_data().map_err(|source| WriteError { op: "fdatasync", source })
+    file.write_all_at(buf, offset)
+        .map_err(|source| WriteError {
+            op: "pwrite",
+            source,
+        })?;
+    file.sync_data().map_err(|source| WriteError {
+        op: "fdatasync",
+        source,
+    })
 }

@@ -47,7 +47,10 @@ pub struct WalOptions {
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { segment_size_bytes: 64 << 20, record_size_bytes_max: 64 << 20 }
+        WalOptions {
+            segment_size_bytes: 64 << 20,
+            record_size_bytes_max: 64 << 20,
+        }
     }
 }
 
@@ -190,7 +193,10 @@ impl Wal {
         segment::remove_tmp_segments(dir)?;
         let mut records = Vec::new();
         let scan = recover::scan_dir(dir, &opts, &mut |kind, payload| {
-            records.push(Record { kind, payload: payload.to_vec() });
+            records.push(Record {
+                kind,
+                payload: payload.to_vec(),
+            });
         })?;
         let last = scan.last();
         let file = OpenOptions::new()
@@ -217,7 +223,14 @@ impl Wal {
             _lock: lock,
         };
         let truncated_tail = scan.tail.map(|t| (last.path.clone(), t.offset_bytes));
-        Ok((wal, Recovered { metadata: scan.metadata, records, truncated_tail }))
+        Ok((
+            wal,
+            Recovered {
+                metadata: scan.metadata,
+                records,
+                truncated_tail,
+            },
+        ))
     }
 
     /// Appends the records as one write + one fdatasync. Returns only after the data is
@@ -236,9 +249,13 @@ impl Wal {
         self.encode_batch(records);
         let batch_bytes = self.writer.buf.len() as u64;
         if self.write_offset_bytes + batch_bytes > self.allocated_bytes {
-            self.start_next_segment(batch_bytes).map_err(|e| self.poison(e))?;
+            self.start_next_segment(batch_bytes)
+                .map_err(|e| self.poison(e))?;
         }
-        if let Err(e) = self.writer.write_durable(&self.file, self.write_offset_bytes) {
+        if let Err(e) = self
+            .writer
+            .write_durable(&self.file, self.write_offset_bytes)
+        {
             return Err(self.poison(WalError::io(&self.path, e.op, e.source)));
         }
         self.write_offset_bytes += batch_bytes;
@@ -263,7 +280,12 @@ impl Wal {
     fn encode_batch(&mut self, records: &[(RecordKind, &[u8])]) {
         let buf = &mut self.writer.buf;
         buf.clear();
-        buf.reserve(records.iter().map(|(_, p)| format::frame_bytes(p.len())).sum());
+        buf.reserve(
+            records
+                .iter()
+                .map(|(_, p)| format::frame_bytes(p.len()))
+                .sum(),
+        );
         for &(kind, payload) in records {
             format::encode_record(buf, kind, payload);
         }
@@ -329,16 +351,22 @@ fn drop_tail(file: &File, path: &Path, tail: Tail) -> Result<(), WalError> {
         tail.dirty_end_bytes
     );
     let zeros = vec![0u8; (tail.dirty_end_bytes - tail.offset_bytes) as usize];
-    file.write_all_at(&zeros, tail.offset_bytes).map_err(|e| WalError::io(path, "pwrite", e))?;
-    file.sync_data().map_err(|e| WalError::io(path, "fdatasync", e))
+    file.write_all_at(&zeros, tail.offset_bytes)
+        .map_err(|e| WalError::io(path, "pwrite", e))?;
+    file.sync_data()
+        .map_err(|e| WalError::io(path, "fdatasync", e))
 }
 
 /// Restores the preallocation of the live segment (a cut file may be shorter than the
 /// segment size) and returns its length.
 fn prepare_for_appends(file: &File, path: &Path, opts: &WalOptions) -> Result<u64, WalError> {
     if segment::preallocate(file, path, opts.segment_size_bytes)? {
-        file.sync_all().map_err(|e| WalError::io(path, "fsync", e))?;
+        file.sync_all()
+            .map_err(|e| WalError::io(path, "fsync", e))?;
     }
-    let len = file.metadata().map_err(|e| WalError::io(path, "stat", e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| WalError::io(path, "stat", e))?
+        .len();
     Ok(len)
 }

@@ -24,7 +24,9 @@ pub(crate) struct DirScan {
 
 impl DirScan {
     pub fn last(&self) -> &ScannedSegment {
-        self.segments.last().expect("a scan has at least one segment")
+        self.segments
+            .last()
+            .expect("a scan has at least one segment")
     }
 
     pub fn data_bytes(&self) -> u64 {
@@ -55,19 +57,35 @@ pub(crate) fn scan_dir(
         let scan = segment::scan_segment(&path, seq, &data, is_last, opts, on_record)?;
         check_same_metadata(&path, &mut metadata, scan.metadata)?;
         tail = scan.tail;
-        segments.push(ScannedSegment { seq, path, data_end_bytes: scan.data_end_bytes });
+        segments.push(ScannedSegment {
+            seq,
+            path,
+            data_end_bytes: scan.data_end_bytes,
+        });
     }
-    Ok(DirScan { metadata: metadata.expect("at least one segment"), segments, tail })
+    Ok(DirScan {
+        metadata: metadata.expect("at least one segment"),
+        segments,
+        tail,
+    })
 }
 
 /// Every segment repeats the metadata written at creation; a different copy is damage.
-fn check_same_metadata(path: &Path, first: &mut Option<Vec<u8>>, this: Vec<u8>) -> Result<(), WalError> {
+fn check_same_metadata(
+    path: &Path,
+    first: &mut Option<Vec<u8>>,
+    this: Vec<u8>,
+) -> Result<(), WalError> {
     match first {
         None => *first = Some(this),
         Some(first) if *first == this => {}
         Some(_) => {
             let offset = super::format::SEGMENT_HEADER_BYTES as u64;
-            return Err(WalError::corrupt(path, offset, "metadata differs from the first segment's"));
+            return Err(WalError::corrupt(
+                path,
+                offset,
+                "metadata differs from the first segment's",
+            ));
         }
     }
     Ok(())
@@ -83,6 +101,8 @@ pub fn verify(dir: &Path, opts: &WalOptions) -> Result<VerifyReport, WalError> {
         segments: scan.segments.len(),
         records,
         bytes: scan.data_bytes(),
-        torn_tail: scan.tail.map(|t| (scan.last().path.clone(), t.offset_bytes)),
+        torn_tail: scan
+            .tail
+            .map(|t| (scan.last().path.clone(), t.offset_bytes)),
     })
 }

@@ -57,7 +57,10 @@ pub(crate) fn remove_tmp_segments(dir: &Path) -> Result<(), WalError> {
     for name in dir_file_names(dir)? {
         if name.ends_with(TMP_SUFFIX) {
             let path = dir.join(&name);
-            log::warn!("wal: removing {} left by an interrupted segment creation", path.display());
+            log::warn!(
+                "wal: removing {} left by an interrupted segment creation",
+                path.display()
+            );
             fs::remove_file(&path).map_err(|e| WalError::io(&path, "remove", e))?;
         }
     }
@@ -70,7 +73,11 @@ pub(crate) fn check_contiguous(dir: &Path, seqs: &[u64]) -> Result<(), WalError>
     for pair in seqs.windows(2) {
         if pair[1] != pair[0] + 1 {
             let missing = dir.join(segment_name(pair[0] + 1));
-            return Err(WalError::corrupt(&missing, 0, "segment missing from the sequence"));
+            return Err(WalError::corrupt(
+                &missing,
+                0,
+                "segment missing from the sequence",
+            ));
         }
     }
     Ok(())
@@ -110,20 +117,30 @@ pub(crate) fn create_segment(
         .truncate(true)
         .open(&tmp_path)
         .map_err(|e| WalError::io(&tmp_path, "create", e))?;
-    file.write_all_at(&image, 0).map_err(|e| WalError::io(&tmp_path, "write", e))?;
+    file.write_all_at(&image, 0)
+        .map_err(|e| WalError::io(&tmp_path, "write", e))?;
     preallocate(&file, &tmp_path, allocated_bytes)?;
     // sync_all, not sync_data: the new length must be durable along with the data.
-    file.sync_all().map_err(|e| WalError::io(&tmp_path, "fsync", e))?;
+    file.sync_all()
+        .map_err(|e| WalError::io(&tmp_path, "fsync", e))?;
     fs::rename(&tmp_path, &path).map_err(|e| WalError::io(&path, "rename", e))?;
     sync_dir(dir)?;
-    Ok(NewSegment { file, path, data_end_bytes, allocated_bytes })
+    Ok(NewSegment {
+        file,
+        path,
+        data_end_bytes,
+        allocated_bytes,
+    })
 }
 
 /// Extends `file` to `len_bytes` with allocated zeros, so appends do not change the file
 /// size (and fdatasync need not write inode metadata) and cannot hit ENOSPC mid-batch.
 /// Returns whether the file grew (its new length then still needs an fsync).
 pub(crate) fn preallocate(file: &File, path: &Path, len_bytes: u64) -> Result<bool, WalError> {
-    let current = file.metadata().map_err(|e| WalError::io(path, "stat", e))?.len();
+    let current = file
+        .metadata()
+        .map_err(|e| WalError::io(path, "stat", e))?
+        .len();
     if current >= len_bytes {
         return Ok(false);
     }
@@ -137,7 +154,8 @@ pub(crate) fn preallocate(file: &File, path: &Path, len_bytes: u64) -> Result<bo
     let err = std::io::Error::last_os_error();
     if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
         // Some filesystems cannot preallocate; a sparse extension still reads as zeros.
-        file.set_len(len_bytes).map_err(|e| WalError::io(path, "ftruncate", e))?;
+        file.set_len(len_bytes)
+            .map_err(|e| WalError::io(path, "ftruncate", e))?;
         return Ok(true);
     }
     Err(WalError::io(path, "fallocate", err))
@@ -146,7 +164,9 @@ pub(crate) fn preallocate(file: &File, path: &Path, len_bytes: u64) -> Result<bo
 /// Makes directory entries (new files, renames) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
     let handle = File::open(dir).map_err(|e| WalError::io(dir, "open dir", e))?;
-    handle.sync_all().map_err(|e| WalError::io(dir, "fsync dir", e))
+    handle
+        .sync_all()
+        .map_err(|e| WalError::io(dir, "fsync dir", e))
 }
 
 /// Takes an exclusive advisory lock on `dir`, held as long as the returned handle lives:
@@ -205,16 +225,24 @@ pub(crate) fn scan_segment(
                 offset = end;
             }
             Frame::End => return after_end(path, data, offset, is_last, metadata),
-            Frame::Invalid { reason, claimed_end } => {
+            Frame::Invalid {
+                reason,
+                claimed_end,
+            } => {
                 let tail = invalid_record(path, data, offset, is_last, opts, reason, claimed_end)?;
-                return Ok(SegmentScan { metadata, data_end_bytes: offset as u64, tail: Some(tail) });
+                return Ok(SegmentScan {
+                    metadata,
+                    data_end_bytes: offset as u64,
+                    tail: Some(tail),
+                });
             }
         }
     }
 }
 
 fn check_header(path: &Path, seq: u64, data: &[u8]) -> Result<(), WalError> {
-    let header_seq = format::decode_segment_header(data).map_err(|r| WalError::corrupt(path, 0, r))?;
+    let header_seq =
+        format::decode_segment_header(data).map_err(|r| WalError::corrupt(path, 0, r))?;
     if header_seq != seq {
         return Err(WalError::corrupt(
             path,
@@ -227,17 +255,33 @@ fn check_header(path: &Path, seq: u64, data: &[u8]) -> Result<(), WalError> {
 
 /// Every segment starts with a valid metadata record: segments only become visible (by
 /// rename) once it is durable, so a bad one is corruption even in the last segment.
-fn read_metadata(path: &Path, data: &[u8], opts: &WalOptions) -> Result<(Vec<u8>, usize), WalError> {
+fn read_metadata(
+    path: &Path,
+    data: &[u8],
+    opts: &WalOptions,
+) -> Result<(Vec<u8>, usize), WalError> {
     let offset = SEGMENT_HEADER_BYTES;
     match format::parse_frame(data, offset, opts.record_size_bytes_max) {
-        Frame::Record { kind: RecordKind::Metadata, payload, end } => Ok((payload.to_vec(), end)),
-        Frame::Record { kind, .. } => {
-            Err(WalError::corrupt(path, offset as u64, format!("first record is {kind:?}, not Metadata")))
-        }
-        Frame::End => Err(WalError::corrupt(path, offset as u64, "segment has no metadata record")),
-        Frame::Invalid { reason, .. } => {
-            Err(WalError::corrupt(path, offset as u64, format!("bad metadata record: {reason}")))
-        }
+        Frame::Record {
+            kind: RecordKind::Metadata,
+            payload,
+            end,
+        } => Ok((payload.to_vec(), end)),
+        Frame::Record { kind, .. } => Err(WalError::corrupt(
+            path,
+            offset as u64,
+            format!("first record is {kind:?}, not Metadata"),
+        )),
+        Frame::End => Err(WalError::corrupt(
+            path,
+            offset as u64,
+            "segment has no metadata record",
+        )),
+        Frame::Invalid { reason, .. } => Err(WalError::corrupt(
+            path,
+            offset as u64,
+            format!("bad metadata record: {reason}"),
+        )),
     }
 }
 
@@ -254,18 +298,32 @@ fn after_end(
     let data_end_bytes = offset as u64;
     let rest = &data[offset.min(data.len())..];
     let Some(last_nonzero) = rest.iter().rposition(|&b| b != 0) else {
-        return Ok(SegmentScan { metadata, data_end_bytes, tail: None });
+        return Ok(SegmentScan {
+            metadata,
+            data_end_bytes,
+            tail: None,
+        });
     };
     if !is_last {
-        let first_nonzero = rest.iter().position(|&b| b != 0).expect("has a non-zero byte");
+        let first_nonzero = rest
+            .iter()
+            .position(|&b| b != 0)
+            .expect("has a non-zero byte");
         return Err(WalError::corrupt(
             path,
             (offset + first_nonzero) as u64,
             format!("non-zero bytes after the end of data at offset {offset}"),
         ));
     }
-    let tail = Tail { offset_bytes: data_end_bytes, dirty_end_bytes: (offset + last_nonzero + 1) as u64 };
-    Ok(SegmentScan { metadata, data_end_bytes, tail: Some(tail) })
+    let tail = Tail {
+        offset_bytes: data_end_bytes,
+        dirty_end_bytes: (offset + last_nonzero + 1) as u64,
+    };
+    Ok(SegmentScan {
+        metadata,
+        data_end_bytes,
+        tail: Some(tail),
+    })
 }
 
 /// Applies the torn-tail rule to an invalid record at `offset`.
@@ -295,5 +353,8 @@ fn invalid_record(
     }
     let rest = &data[offset..];
     let last_nonzero = rest.iter().rposition(|&b| b != 0).unwrap_or(0);
-    Ok(Tail { offset_bytes: offset as u64, dirty_end_bytes: (offset + last_nonzero + 1) as u64 })
+    Ok(Tail {
+        offset_bytes: offset as u64,
+        dirty_end_bytes: (offset + last_nonzero + 1) as u64,
+    })
 }

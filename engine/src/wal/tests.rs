@@ -9,30 +9,45 @@ use super::*;
 const METADATA: &[u8] = b"cluster-id=7 member-id=3";
 
 fn small_opts() -> WalOptions {
-    WalOptions { segment_size_bytes: 4096, record_size_bytes_max: 1 << 20 }
+    WalOptions {
+        segment_size_bytes: 4096,
+        record_size_bytes_max: 1 << 20,
+    }
 }
 
 /// Deterministic payload of `len_bytes` bytes, distinct per `seed`.
 fn payload(seed: usize, len_bytes: usize) -> Vec<u8> {
-    (0..len_bytes).map(|i| (seed * 31 + i * 7 + 1) as u8).collect()
+    (0..len_bytes)
+        .map(|i| (seed * 31 + i * 7 + 1) as u8)
+        .collect()
 }
 
-const KINDS: [RecordKind; 4] =
-    [RecordKind::Entry, RecordKind::HardState, RecordKind::ConfState, RecordKind::Snapshot];
+const KINDS: [RecordKind; 4] = [
+    RecordKind::Entry,
+    RecordKind::HardState,
+    RecordKind::ConfState,
+    RecordKind::Snapshot,
+];
 
 /// `count` batches of 1..=3 records of 0..~250 bytes.
 fn make_batches(first_seed: usize, count: usize) -> Vec<Vec<Record>> {
     (first_seed..first_seed + count)
         .map(|b| {
             (0..1 + b % 3)
-                .map(|r| Record { kind: KINDS[(b + r) % 4], payload: payload(b * 5 + r, (b * 37 + r * 91) % 250) })
+                .map(|r| Record {
+                    kind: KINDS[(b + r) % 4],
+                    payload: payload(b * 5 + r, (b * 37 + r * 91) % 250),
+                })
                 .collect()
         })
         .collect()
 }
 
 fn append_batch(wal: &mut Wal, batch: &[Record]) -> Result<(), WalError> {
-    let refs: Vec<(RecordKind, &[u8])> = batch.iter().map(|r| (r.kind, r.payload.as_slice())).collect();
+    let refs: Vec<(RecordKind, &[u8])> = batch
+        .iter()
+        .map(|r| (r.kind, r.payload.as_slice()))
+        .collect();
     wal.append(&refs)
 }
 
@@ -76,7 +91,12 @@ fn flip_byte(path: &Path, offset: u64) {
 }
 
 fn truncate_file(path: &Path, len_bytes: u64) {
-    OpenOptions::new().write(true).open(path).unwrap().set_len(len_bytes).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len_bytes)
+        .unwrap();
 }
 
 fn copy_dir(src: &Path, dst: &Path) {
@@ -97,13 +117,21 @@ fn populated_wal(dir: &Path, batches: usize) -> Vec<Record> {
 fn expect_corrupt(err: WalError, path: &Path, offset: u64) {
     let text = err.to_string();
     match err {
-        WalError::Corrupt { path: p, offset: o, .. } => {
+        WalError::Corrupt {
+            path: p, offset: o, ..
+        } => {
             assert_eq!((p.as_path(), o), (path, offset), "{text}");
         }
-        other => panic!("expected Corrupt at {} offset {offset}, got {other}", path.display()),
+        other => panic!(
+            "expected Corrupt at {} offset {offset}, got {other}",
+            path.display()
+        ),
     }
     let name = path.file_name().unwrap().to_str().unwrap();
-    assert!(text.contains(name) && text.contains(&format!("offset {offset}")), "{text}");
+    assert!(
+        text.contains(name) && text.contains(&format!("offset {offset}")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -114,7 +142,11 @@ fn round_trip_across_segments_then_reopen_and_append() {
     let mut expected = populated_wal(&dir, 120);
     assert!(Wal::exists(&dir));
     let segments = segment::list_segments(&dir).unwrap();
-    assert!(segments.len() >= 4, "expected several segments, got {}", segments.len());
+    assert!(
+        segments.len() >= 4,
+        "expected several segments, got {}",
+        segments.len()
+    );
 
     let (mut wal, recovered) = Wal::open(&dir, small_opts()).unwrap();
     assert_eq!(recovered.metadata, METADATA);
@@ -142,7 +174,8 @@ fn size_bytes_counts_headers_metadata_and_records() {
     let mut wal = Wal::create(tmp.path(), METADATA, small_opts()).unwrap();
     let base = (SEGMENT_HEADER_BYTES + 9 + METADATA.len()) as u64;
     assert_eq!(wal.size_bytes(), base);
-    wal.append(&[(RecordKind::Entry, b"abc"), (RecordKind::HardState, b"")]).unwrap();
+    wal.append(&[(RecordKind::Entry, b"abc"), (RecordKind::HardState, b"")])
+        .unwrap();
     assert_eq!(wal.size_bytes(), base + 12 + 9);
     wal.append(&[]).unwrap();
     assert_eq!(wal.size_bytes(), base + 21);
@@ -170,11 +203,16 @@ fn batch_larger_than_a_segment_gets_its_own_segment() {
     let mut wal = Wal::create(tmp.path(), METADATA, small_opts()).unwrap();
     wal.append(&[(RecordKind::Entry, b"small")]).unwrap();
     let big = payload(1, 10_000);
-    wal.append(&[(RecordKind::Entry, &big), (RecordKind::Entry, &big)]).unwrap();
+    wal.append(&[(RecordKind::Entry, &big), (RecordKind::Entry, &big)])
+        .unwrap();
     wal.append(&[(RecordKind::Entry, b"after")]).unwrap();
     drop(wal);
     let (_, recovered) = Wal::open(tmp.path(), small_opts()).unwrap();
-    let payloads: Vec<&[u8]> = recovered.records.iter().map(|r| r.payload.as_slice()).collect();
+    let payloads: Vec<&[u8]> = recovered
+        .records
+        .iter()
+        .map(|r| r.payload.as_slice())
+        .collect();
     assert_eq!(payloads, vec![&b"small"[..], &big, &big, &b"after"[..]]);
     assert!(fs::metadata(seg_path(tmp.path(), 1)).unwrap().len() >= 20_018);
 }
@@ -183,17 +221,29 @@ fn batch_larger_than_a_segment_gets_its_own_segment() {
 fn create_refuses_existing_wal_and_open_refuses_missing() {
     let tmp = tempfile::tempdir().unwrap();
     drop(Wal::create(tmp.path(), METADATA, small_opts()).unwrap());
-    assert!(matches!(Wal::create(tmp.path(), METADATA, small_opts()), Err(WalError::AlreadyExists(_))));
+    assert!(matches!(
+        Wal::create(tmp.path(), METADATA, small_opts()),
+        Err(WalError::AlreadyExists(_))
+    ));
     let empty = tmp.path().join("empty");
-    assert!(matches!(Wal::open(&empty, small_opts()), Err(WalError::NotFound(_))));
-    assert!(matches!(verify(&empty, &small_opts()), Err(WalError::NotFound(_))));
+    assert!(matches!(
+        Wal::open(&empty, small_opts()),
+        Err(WalError::NotFound(_))
+    ));
+    assert!(matches!(
+        verify(&empty, &small_opts()),
+        Err(WalError::NotFound(_))
+    ));
 }
 
 #[test]
 fn a_second_open_of_the_same_dir_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let _wal = Wal::create(tmp.path(), METADATA, small_opts()).unwrap();
-    assert!(matches!(Wal::open(tmp.path(), small_opts()), Err(WalError::Locked(_))));
+    assert!(matches!(
+        Wal::open(tmp.path(), small_opts()),
+        Err(WalError::Locked(_))
+    ));
 }
 
 #[test]
@@ -235,13 +285,20 @@ fn torn_tail_flipped_bytes_is_truncated_zeroed_and_verify_changes_nothing() {
     let report = verify(tmp.path(), &small_opts()).unwrap();
     assert_eq!(report.torn_tail, Some((last.clone(), start)));
     assert_eq!(report.records, expected.len() as u64);
-    assert_eq!(fs::read(&last).unwrap(), before, "verify must not modify the WAL");
+    assert_eq!(
+        fs::read(&last).unwrap(),
+        before,
+        "verify must not modify the WAL"
+    );
 
     let (mut wal, recovered) = Wal::open(tmp.path(), small_opts()).unwrap();
     assert_eq!(recovered.truncated_tail, Some((last.clone(), start)));
     assert_eq!(recovered.records, expected);
     let after = fs::read(&last).unwrap();
-    assert!(after[start as usize..].iter().all(|&b| b == 0), "torn bytes must be zeroed");
+    assert!(
+        after[start as usize..].iter().all(|&b| b == 0),
+        "torn bytes must be zeroed"
+    );
 
     wal.append(&[(RecordKind::Entry, b"x")]).unwrap();
     drop(wal);
@@ -274,7 +331,9 @@ fn garbage_after_the_end_marker_of_the_last_segment_is_a_torn_tail() {
     let (_, recovered) = Wal::open(tmp.path(), small_opts()).unwrap();
     assert_eq!(recovered.truncated_tail, Some((last.clone(), end)));
     assert_eq!(recovered.records, expected);
-    assert!(fs::read(&last).unwrap()[end as usize..].iter().all(|&b| b == 0));
+    assert!(fs::read(&last).unwrap()[end as usize..]
+        .iter()
+        .all(|&b| b == 0));
 }
 
 #[test]
@@ -286,8 +345,16 @@ fn corruption_in_a_non_last_segment_is_an_error_naming_file_and_offset() {
     // The last record of a sealed segment must not be mistaken for a torn tail either.
     let &(start, end) = extents.last().unwrap();
     flip_byte(&first, end - 1);
-    expect_corrupt(Wal::open(tmp.path(), small_opts()).unwrap_err(), &first, start);
-    expect_corrupt(verify(tmp.path(), &small_opts()).unwrap_err(), &first, start);
+    expect_corrupt(
+        Wal::open(tmp.path(), small_opts()).unwrap_err(),
+        &first,
+        start,
+    );
+    expect_corrupt(
+        verify(tmp.path(), &small_opts()).unwrap_err(),
+        &first,
+        start,
+    );
 }
 
 #[test]
@@ -303,7 +370,11 @@ fn non_zero_bytes_after_the_end_of_a_sealed_segment_are_corruption() {
         .expect("a sealed segment with unused space");
     let offset = end + (4096 - end) / 2;
     flip_byte(&seg, offset);
-    expect_corrupt(Wal::open(tmp.path(), small_opts()).unwrap_err(), &seg, offset);
+    expect_corrupt(
+        Wal::open(tmp.path(), small_opts()).unwrap_err(),
+        &seg,
+        offset,
+    );
 }
 
 #[test]
@@ -316,9 +387,17 @@ fn corruption_in_the_middle_of_the_last_segment_is_an_error() {
     let (start, end) = extents[1]; // first record after the metadata
     flip_byte(&last, end - 1);
     let before = fs::read(&last).unwrap();
-    expect_corrupt(Wal::open(tmp.path(), small_opts()).unwrap_err(), &last, start);
+    expect_corrupt(
+        Wal::open(tmp.path(), small_opts()).unwrap_err(),
+        &last,
+        start,
+    );
     expect_corrupt(verify(tmp.path(), &small_opts()).unwrap_err(), &last, start);
-    assert_eq!(fs::read(&last).unwrap(), before, "a failed open must not modify the WAL");
+    assert_eq!(
+        fs::read(&last).unwrap(),
+        before,
+        "a failed open must not modify the WAL"
+    );
 }
 
 #[test]
@@ -332,18 +411,30 @@ fn bad_headers_missing_segments_and_bad_metadata_are_corruption() {
     copy_dir(tmp.path(), bad_header.path());
     let seg = seg_path(bad_header.path(), count - 1);
     flip_byte(&seg, 2);
-    expect_corrupt(Wal::open(bad_header.path(), small_opts()).unwrap_err(), &seg, 0);
+    expect_corrupt(
+        Wal::open(bad_header.path(), small_opts()).unwrap_err(),
+        &seg,
+        0,
+    );
 
     let gap = tempfile::tempdir().unwrap();
     copy_dir(tmp.path(), gap.path());
     fs::remove_file(seg_path(gap.path(), 1)).unwrap();
-    expect_corrupt(Wal::open(gap.path(), small_opts()).unwrap_err(), &seg_path(gap.path(), 1), 0);
+    expect_corrupt(
+        Wal::open(gap.path(), small_opts()).unwrap_err(),
+        &seg_path(gap.path(), 1),
+        0,
+    );
 
     let bad_meta = tempfile::tempdir().unwrap();
     copy_dir(tmp.path(), bad_meta.path());
     let seg = seg_path(bad_meta.path(), count - 1);
     flip_byte(&seg, SEGMENT_HEADER_BYTES as u64 + 10);
-    expect_corrupt(Wal::open(bad_meta.path(), small_opts()).unwrap_err(), &seg, SEGMENT_HEADER_BYTES as u64);
+    expect_corrupt(
+        Wal::open(bad_meta.path(), small_opts()).unwrap_err(),
+        &seg,
+        SEGMENT_HEADER_BYTES as u64,
+    );
 
     // Segments released from the front leave a WAL that still opens.
     let released = tempfile::tempdir().unwrap();
@@ -367,15 +458,27 @@ fn interrupted_segment_creation_is_cleaned_up() {
 #[test]
 fn record_over_the_max_is_refused_at_append_and_corrupt_at_read() {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = WalOptions { segment_size_bytes: 4096, record_size_bytes_max: 100 };
+    let opts = WalOptions {
+        segment_size_bytes: 4096,
+        record_size_bytes_max: 100,
+    };
     let mut wal = Wal::create(tmp.path(), METADATA, opts).unwrap();
-    let err = wal.append(&[(RecordKind::Entry, b"ok"), (RecordKind::Entry, &[7u8; 101])]).unwrap_err();
-    assert!(matches!(err, WalError::RecordTooLarge { size_bytes: 101 }), "{err}");
+    let err = wal
+        .append(&[(RecordKind::Entry, b"ok"), (RecordKind::Entry, &[7u8; 101])])
+        .unwrap_err();
+    assert!(
+        matches!(err, WalError::RecordTooLarge { size_bytes: 101 }),
+        "{err}"
+    );
     assert!(!wal.is_poisoned(), "a refused record is not an I/O error");
     wal.append(&[(RecordKind::Entry, &[7u8; 100])]).unwrap();
     drop(wal);
     let (_, recovered) = Wal::open(tmp.path(), opts).unwrap();
-    assert_eq!(recovered.records.len(), 1, "the refused batch must not be written at all");
+    assert_eq!(
+        recovered.records.len(),
+        1,
+        "the refused batch must not be written at all"
+    );
 
     let big = tempfile::tempdir().unwrap();
     let mut wal = Wal::create(big.path(), METADATA, small_opts()).unwrap();
@@ -405,11 +508,20 @@ fn check_poisoning(use_io_uring: bool) {
     assert!(matches!(err, WalError::Io { .. }), "{err}");
     assert!(err.to_string().contains("0000000000000000.wal"), "{err}");
     assert!(wal.is_poisoned());
-    assert!(matches!(wal.append(&[(RecordKind::Entry, b"x")]), Err(WalError::Poisoned)));
+    assert!(matches!(
+        wal.append(&[(RecordKind::Entry, b"x")]),
+        Err(WalError::Poisoned)
+    ));
     assert!(matches!(wal.append(&[]), Err(WalError::Poisoned)));
     drop(wal);
     let (_, recovered) = Wal::open(tmp.path(), small_opts()).unwrap();
-    assert_eq!(recovered.records, vec![Record { kind: RecordKind::Entry, payload: b"durable".to_vec() }]);
+    assert_eq!(
+        recovered.records,
+        vec![Record {
+            kind: RecordKind::Entry,
+            payload: b"durable".to_vec()
+        }]
+    );
 }
 
 #[test]
@@ -431,9 +543,14 @@ fn failed_segment_creation_poisons_the_wal() {
     let moved = tmp.path().join("moved");
     fs::rename(&dir, &moved).unwrap();
     fs::write(&dir, b"not a directory").unwrap();
-    let err = wal.append(&[(RecordKind::Entry, &[1u8; 5000])]).unwrap_err();
+    let err = wal
+        .append(&[(RecordKind::Entry, &[1u8; 5000])])
+        .unwrap_err();
     assert!(matches!(err, WalError::Io { .. }), "{err}");
-    assert!(matches!(wal.append(&[(RecordKind::Entry, b"x")]), Err(WalError::Poisoned)));
+    assert!(matches!(
+        wal.append(&[(RecordKind::Entry, b"x")]),
+        Err(WalError::Poisoned)
+    ));
 }
 
 #[test]
@@ -453,6 +570,13 @@ fn fallback_and_short_write_paths_round_trip() {
         let (_, recovered) = Wal::open(tmp.path(), small_opts()).unwrap();
         assert_eq!(recovered.records, flatten(&batches), "{mode}");
     }
+}
+
+#[test]
+fn wal_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Wal>();
+    assert_send::<WalError>();
 }
 
 #[test]
@@ -483,16 +607,45 @@ fn crash_at_every_byte_of_the_last_segment_recovers_the_complete_records() {
         let seg = copy.path().join(&last_name);
         truncate_file(&seg, cut);
         let complete = extents[1..].iter().filter(|&&(_, end)| end <= cut).count();
-        let torn_start = extents[1..].iter().find(|&&(s, e)| s < cut && cut < e).map(|&(s, _)| s);
+        // A partial frame whose surviving bytes are all zero reads as the end marker.
+        let original = fs::read(&last).unwrap();
+        let torn_start = extents[1..]
+            .iter()
+            .find(|&&(s, e)| s < cut && cut < e)
+            .map(|&(s, _)| s)
+            .filter(|&s| original[s as usize..cut as usize].iter().any(|&b| b != 0));
 
         let (mut wal, recovered) = Wal::open(copy.path(), small_opts()).unwrap();
-        assert_eq!(recovered.records, all[..before_last + complete], "cut at {cut}");
-        assert_eq!(recovered.truncated_tail, torn_start.map(|s| (seg.clone(), s)), "cut at {cut}");
+        assert_eq!(
+            recovered.records,
+            all[..before_last + complete],
+            "cut at {cut}"
+        );
+        assert_eq!(
+            recovered.truncated_tail,
+            torn_start.map(|s| (seg.clone(), s)),
+            "cut at {cut}"
+        );
+        let repaired = fs::read(&seg).unwrap();
+        let valid_end = extents
+            .iter()
+            .map(|&(_, e)| e)
+            .filter(|&e| e <= cut)
+            .max()
+            .unwrap();
+        assert!(
+            repaired[valid_end as usize..].iter().all(|&b| b == 0),
+            "cut at {cut}: tail not zeroed"
+        );
         if cut % 97 == 0 {
             wal.append(&[(RecordKind::Entry, b"after-crash")]).unwrap();
             drop(wal);
             let (_, again) = Wal::open(copy.path(), small_opts()).unwrap();
-            assert_eq!(again.records.len(), before_last + complete + 1, "cut at {cut}");
+            assert_eq!(
+                again.records.len(),
+                before_last + complete + 1,
+                "cut at {cut}"
+            );
             assert_eq!(again.truncated_tail, None);
         }
     }

@@ -1,0 +1,203 @@
+//! Writes: Put, DeleteRange and Txn, as etcd's applierV3backend runs them on a write txn.
+//!
+//! Every change of one command shares main revision `begin + 1` and takes sub revisions
+//! 0, 1, 2... in order. Once the first change is made the working state's revision becomes
+//! `begin + 1`, so later reads in the same txn see its own writes (etcd's storeTxnWrite).
+
+use bytes::Bytes;
+
+use super::compare::{branch, Path};
+use super::header;
+use super::range;
+use super::state::{KeyRange, Record, State};
+use super::{Event, EventKind, KeyValue};
+use crate::pb::{
+    PbDeleteRequest, PbDeleteResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
+    PbRangeResponse, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
+};
+use crate::KvError;
+
+/// A top-level Put.
+pub(super) fn apply_put(
+    state: &mut State,
+    r: &PbPutRequest,
+) -> Result<(PbPutResponse, Vec<Event>), KvError> {
+    let mut w = Writer::new(state);
+    let resp = w.put(r)?;
+    Ok((resp, w.events))
+}
+
+/// A top-level DeleteRange.
+pub(super) fn apply_delete(
+    state: &mut State,
+    r: &PbDeleteRequest,
+) -> Result<(PbDeleteResponse, Vec<Event>), KvError> {
+    let mut w = Writer::new(state);
+    let resp = w.delete_range(r)?;
+    Ok((resp, w.events))
+}
+
+/// A Txn: choose the path against the state before the txn, check it, then run it.
+pub(super) fn apply_txn(
+    state: &mut State,
+    r: &PbTxnRequest,
+) -> Result<(PbTxnResponse, Vec<Event>), KvError> {
+    let path = Path::evaluate(state, r);
+    // etcd checks every put on the path first, then every range, both before any write.
+    for_each_op(r, &path, &mut |op| check_put(state, op))?;
+    for_each_op(r, &path, &mut |op| check_range(state, op))?;
+    let mut w = Writer::new(state);
+    let mut resp = w.txn(r, &path)?;
+    resp.header = header(w.state.revision);
+    Ok((resp, w.events))
+}
+
+/// Calls `f` on every non-txn op on the chosen path, depth first in op order.
+fn for_each_op(
+    r: &PbTxnRequest,
+    path: &Path,
+    f: &mut impl FnMut(&PbTxnOpRequest) -> Result<(), KvError>,
+) -> Result<(), KvError> {
+    let mut nested = path.nested.iter();
+    for op in branch(r, path.succeeded) {
+        match &op.request {
+            Some(PbTxnOpRequest::RequestTxn(t)) => {
+                for_each_op(t, nested.next().expect("a path per nested txn"), f)?
+            }
+            Some(op) => f(op)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// etcd's checkPut: ignore_value/ignore_lease need the key to exist before the txn.
+fn check_put(state: &State, op: &PbTxnOpRequest) -> Result<(), KvError> {
+    if let PbTxnOpRequest::RequestPut(p) = op {
+        if (p.ignore_value || p.ignore_lease) && !state.latest.contains_key(p.key.as_slice()) {
+            return Err(KvError::KeyNotFound);
+        }
+    }
+    Ok(())
+}
+
+/// etcd's checkRange: revision 0 is always fine; otherwise it must lie in
+/// [compacted, current] of the state before the txn. A negative revision is therefore
+/// "compacted" once anything was compacted, exactly as in etcd.
+fn check_range(state: &State, op: &PbTxnOpRequest) -> Result<(), KvError> {
+    if let PbTxnOpRequest::RequestRange(q) = op {
+        if q.revision == 0 {
+            return Ok(());
+        }
+        if q.revision > state.revision {
+            return Err(KvError::FutureRevision);
+        }
+        if q.revision < state.compact_revision {
+            return Err(KvError::Compacted);
+        }
+    }
+    Ok(())
+}
+
+/// Runs ops on a working state and collects their events.
+struct Writer<'a> {
+    state: &'a mut State,
+    /// The revision before this command.
+    begin: i64,
+    events: Vec<Event>,
+}
+
+impl<'a> Writer<'a> {
+    fn new(state: &'a mut State) -> Writer<'a> {
+        let begin = state.revision;
+        Writer { state, begin, events: Vec::new() }
+    }
+
+    /// The revision every change of this command gets.
+    fn write_revision(&self) -> i64 {
+        self.begin + 1
+    }
+
+    /// Applies one change: the next sub revision, and the state now reads at the new revision.
+    fn record(&mut self, record: Record, event: Event) {
+        let sub = self.events.len() as i64;
+        self.state.write(record, sub);
+        self.state.revision = self.write_revision();
+        self.events.push(event);
+    }
+
+    /// etcd's Put: create_revision and version continue the key's live generation.
+    fn put(&mut self, r: &PbPutRequest) -> Result<PbPutResponse, KvError> {
+        let key = Bytes::copy_from_slice(&r.key);
+        let prev = self.state.latest.get(&key).map(|rec| rec.kv.clone());
+        if (r.ignore_value || r.ignore_lease) && prev.is_none() {
+            return Err(KvError::KeyNotFound);
+        }
+        let rev = self.write_revision();
+        let kv = KeyValue {
+            key,
+            value: match (&prev, r.ignore_value) {
+                (Some(p), true) => p.value.clone(),
+                _ => Bytes::copy_from_slice(&r.value),
+            },
+            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            mod_revision: rev,
+            version: prev.as_ref().map_or(0, |p| p.version) + 1,
+            lease: match (&prev, r.ignore_lease) {
+                (Some(p), true) => p.lease,
+                _ => r.lease,
+            },
+        };
+        let prev_kv = if r.prev_kv { prev.as_ref().map(KeyValue::to_pb) } else { None };
+        let event = Event { kind: EventKind::Put, kv: kv.clone(), prev_kv: prev };
+        self.record(Record { kv, tombstone: false }, event);
+        Ok(PbPutResponse { header: header(rev), prev_kv })
+    }
+
+    /// etcd's DeleteRange: a tombstone per live key in the range, in key order.
+    fn delete_range(&mut self, r: &PbDeleteRequest) -> Result<PbDeleteResponse, KvError> {
+        let victims = self.state.live_in(&KeyRange::new(&r.key, &r.range_end));
+        let rev = self.write_revision();
+        for victim in &victims {
+            let kv = KeyValue { key: victim.kv.key.clone(), mod_revision: rev, ..Default::default() };
+            let event = Event { kind: EventKind::Delete, kv: kv.clone(), prev_kv: Some(victim.kv.clone()) };
+            self.record(Record { kv, tombstone: true }, event);
+        }
+        let prev_kvs = if r.prev_kv { victims.iter().map(|v| v.kv.to_pb()).collect() } else { Vec::new() };
+        // Deleting nothing reports the current revision: begin, or begin + 1 if this txn
+        // already wrote (etcd's storeTxnWrite.DeleteRange).
+        Ok(PbDeleteResponse {
+            header: header(self.state.revision),
+            deleted: victims.len() as i64,
+            prev_kvs,
+        })
+    }
+
+    fn range(&self, r: &PbRangeRequest) -> Result<PbRangeResponse, KvError> {
+        range::range(self.state, r)
+    }
+
+    /// Runs the chosen branch. A nested txn's header is empty (revision 0), as etcd's
+    /// newTxnResp leaves it; only the top-level one gets a revision.
+    fn txn(&mut self, r: &PbTxnRequest, path: &Path) -> Result<PbTxnResponse, KvError> {
+        let ops = branch(r, path.succeeded);
+        let mut nested = path.nested.iter();
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(PbTxnOpRequest::RequestRange(q)) => Some(PbTxnOpResponse::ResponseRange(self.range(q)?)),
+                Some(PbTxnOpRequest::RequestPut(q)) => Some(PbTxnOpResponse::ResponsePut(self.put(q)?)),
+                Some(PbTxnOpRequest::RequestDeleteRange(q)) => {
+                    Some(PbTxnOpResponse::ResponseDeleteRange(self.delete_range(q)?))
+                }
+                Some(PbTxnOpRequest::RequestTxn(t)) => {
+                    let path = nested.next().expect("a path per nested txn");
+                    Some(PbTxnOpResponse::ResponseTxn(self.txn(t, path)?))
+                }
+                None => None,
+            };
+            responses.push(PbResponseOp { response });
+        }
+        Ok(PbTxnResponse { header: Some(Default::default()), succeeded: path.succeeded, responses })
+    }
+}

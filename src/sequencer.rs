@@ -1,0 +1,375 @@
+//! The write path: the sequencer owns raft, the WAL and the key space's single writer.
+//!
+//! One loop, on its own thread pinned to core 0:
+//! 1. wait for a message (or the next raft tick);
+//! 2. drain everything else that arrived, up to the batch bounds: this is group commit with
+//!    no timer: all proposals that arrived while the previous batch was being made durable
+//!    go into the next one;
+//! 3. raft cycle: append the batch's entries (and hard state) to the WAL with one write and
+//!    one fdatasync (io_uring, linked), then apply the committed entries in log order;
+//! 4. publish the new read view to every core, and only then answer the writers, so a
+//!    client that saw its write acknowledged reads it on any core afterwards.
+//!
+//! The thread blocks in the WAL's fdatasync on purpose: that wait is the batching window.
+//! Keeping it off the shards' executors means reads keep being served meanwhile.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use corekv_engine::mvcc::{CommandResponse, ReadView, Store};
+use corekv_engine::request::{Command, InternalRequest};
+use corekv_engine::wal::{RecordKind, Wal};
+use corekv_engine::KvError;
+use corekv_net::metrics;
+use corekv_net::shard_api::{Reply, StatusInfo};
+use corekv_raft::{codec, Entry, ProposeError, RaftNode};
+use prost::Message;
+use tokio::sync::oneshot;
+
+/// Most proposals folded into one WAL batch.
+pub const BATCH_PROPOSALS_MAX: usize = 4096;
+/// Most proposal bytes folded into one WAL batch (~1 MiB, as the architecture says).
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Proposals waiting in the sequencer's queue before senders wait (backpressure).
+pub const QUEUE_DEPTH_MAX: usize = 8192;
+/// Raft cycles run per loop turn before the loop looks at its queue again.
+const CYCLES_PER_TURN_MAX: usize = 8;
+
+/// The reply channel of a proposal.
+pub type WriteReply = oneshot::Sender<Result<Reply<CommandResponse>, KvError>>;
+/// The reply channel of a read-index request: a view at or after the read index.
+pub type ReadReply = oneshot::Sender<Result<(ReadView, u64), KvError>>;
+
+/// What shards send to the sequencer.
+pub enum SequencerMsg {
+    Propose { command: Command, reply: WriteReply },
+    ReadIndex { reply: ReadReply },
+    Status { reply: oneshot::Sender<StatusInfo> },
+}
+
+/// A new state of the key space, sent to every shard after each applied batch.
+#[derive(Clone)]
+pub struct Publication {
+    /// Increases with every publication; a shard never goes back to an older one.
+    pub seq: u64,
+    pub view: ReadView,
+    pub raft_term: u64,
+}
+
+/// The sequencer's state. See the module docs for the loop.
+pub struct Sequencer {
+    raft: RaftNode,
+    wal: Wal,
+    store: Store,
+    inbox: flume::Receiver<SequencerMsg>,
+    shards: Vec<flume::Sender<Publication>>,
+    tick: Duration,
+    /// Proposals in the log, not yet applied: (log index, reply), in index order.
+    waiting_writes: VecDeque<(u64, WriteReply)>,
+    /// Reads that arrived this turn and have no read index yet.
+    reads_unissued: Vec<ReadReply>,
+    /// Reads whose read index was requested: (context sequence, replies).
+    reads_issued: VecDeque<(u64, Vec<ReadReply>)>,
+    /// Reads with a known read index, waiting for apply to reach it.
+    reads_ready: VecDeque<(u64, Vec<ReadReply>)>,
+    read_seq: u64,
+    proposal_seq: u64,
+    /// Proposal bytes taken this loop turn (the batch-size bound).
+    turn_bytes: usize,
+    publication_seq: u64,
+    /// A commit index raft advanced to that no WAL record holds yet.
+    commit_unrecorded: Option<u64>,
+    applied_index: u64,
+    /// Set after a WAL failure: the member refuses all further work rather than guess.
+    failed: Option<String>,
+}
+
+impl Sequencer {
+    /// Builds the sequencer from recovered state.
+    pub fn new(
+        raft: RaftNode,
+        wal: Wal,
+        store: Store,
+        applied_index: u64,
+        inbox: flume::Receiver<SequencerMsg>,
+        shards: Vec<flume::Sender<Publication>>,
+        heartbeat_interval_ms: u64,
+    ) -> Sequencer {
+        Sequencer {
+            raft,
+            wal,
+            store,
+            inbox,
+            shards,
+            tick: Duration::from_millis(heartbeat_interval_ms.max(1)),
+            waiting_writes: VecDeque::new(),
+            reads_unissued: Vec::new(),
+            reads_issued: VecDeque::new(),
+            reads_ready: VecDeque::new(),
+            read_seq: 0,
+            proposal_seq: 0,
+            turn_bytes: 0,
+            publication_seq: 0,
+            commit_unrecorded: None,
+            applied_index,
+            failed: None,
+        }
+    }
+
+    /// Runs the loop until every sender is gone.
+    pub fn run(mut self) {
+        self.raft.applied(self.applied_index);
+        if let Err(err) = self.raft.campaign() {
+            log::error!("campaign failed: {err}");
+        }
+        self.drive();
+        self.publish();
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(timeout) {
+                Ok(msg) => {
+                    self.turn_bytes = 0;
+                    self.take(msg);
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => return,
+            }
+            self.drain_inbox();
+            if Instant::now() >= next_tick {
+                self.raft.tick();
+                next_tick = Instant::now() + self.tick;
+            }
+            self.drive();
+        }
+    }
+
+    /// Folds in whatever else is queued, up to the batch bounds.
+    fn drain_inbox(&mut self) {
+        let mut taken = 1;
+        while taken < BATCH_PROPOSALS_MAX {
+            match self.inbox.try_recv() {
+                Ok(msg) => self.take(msg),
+                Err(_) => break,
+            }
+            taken += 1;
+            if self.turn_bytes >= BATCH_BYTES_MAX {
+                break;
+            }
+        }
+    }
+
+    fn take(&mut self, msg: SequencerMsg) {
+        if let Some(reason) = &self.failed {
+            let err = KvError::Unavailable(reason.clone());
+            match msg {
+                SequencerMsg::Propose { reply, .. } => drop(reply.send(Err(err))),
+                SequencerMsg::ReadIndex { reply } => drop(reply.send(Err(err))),
+                SequencerMsg::Status { reply } => drop(reply.send(self.status())),
+            }
+            return;
+        }
+        match msg {
+            SequencerMsg::Propose { command, reply } => self.propose(command, reply),
+            SequencerMsg::ReadIndex { reply } => self.reads_unissued.push(reply),
+            SequencerMsg::Status { reply } => drop(reply.send(self.status())),
+        }
+    }
+
+    fn propose(&mut self, command: Command, reply: WriteReply) {
+        self.proposal_seq += 1;
+        let data = InternalRequest::new(self.proposal_seq, command).encode_to_vec();
+        self.turn_bytes += data.len();
+        match self.raft.propose(data) {
+            Ok(index) => {
+                debug_assert!(self.waiting_writes.back().is_none_or(|(last, _)| *last < index));
+                self.waiting_writes.push_back((index, reply));
+            }
+            Err(err) => {
+                metrics::global().proposals_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let reason = match err {
+                    ProposeError::NotLeader { .. } => "etcdserver: no leader".to_string(),
+                    ProposeError::Dropped(why) => format!("etcdserver: request dropped: {why}"),
+                };
+                let _ = reply.send(Err(KvError::Unavailable(reason)));
+            }
+        }
+    }
+
+    /// Runs raft cycles: persist, apply, answer. Bounded per turn so the queue is looked at.
+    fn drive(&mut self) {
+        if !self.reads_unissued.is_empty() {
+            self.read_seq += 1;
+            self.raft.read_index(self.read_seq.to_le_bytes().to_vec());
+            let batch = std::mem::take(&mut self.reads_unissued);
+            self.reads_issued.push_back((self.read_seq, batch));
+        }
+        let mut answered = Vec::new();
+        let mut applied_any = false;
+        for _ in 0..CYCLES_PER_TURN_MAX {
+            if self.failed.is_some() {
+                break;
+            }
+            let Some(cycle) = self.raft.cycle() else { break };
+            // A commit advance raft reported earlier rides along with the next write; it
+            // never costs an fdatasync of its own (recovery re-derives it if lost).
+            let mut hard_state = cycle.hard_state().cloned();
+            if !cycle.entries().is_empty() || hard_state.is_some() {
+                if self.commit_unrecorded.take().is_some() && hard_state.is_none() {
+                    hard_state = Some(self.raft.hard_state());
+                }
+            }
+            if let Err(err) = self.persist(cycle.entries(), hard_state.as_ref()) {
+                self.fail(err);
+                break;
+            }
+            let ready = self.raft.persisted(cycle);
+            if ready.commit_advanced.is_some() {
+                self.commit_unrecorded = ready.commit_advanced;
+            }
+            for (context, index) in ready.read_states {
+                self.read_index_known(&context, index);
+            }
+            if let Some(last) = ready.committed.last().map(|e| e.index) {
+                for entry in &ready.committed {
+                    self.apply(entry, &mut answered);
+                }
+                self.raft.applied(last);
+                applied_any = true;
+            }
+        }
+        if applied_any {
+            self.publish();
+        }
+        // Writers hear back only after every core can read what they wrote.
+        for (reply, result) in answered {
+            let _ = reply.send(result);
+        }
+        self.serve_ready_reads();
+    }
+
+    fn persist(&mut self, entries: &[Entry], hard_state: Option<&corekv_raft::HardState>) -> Result<(), String> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let mut payloads: Vec<(RecordKind, Vec<u8>)> = Vec::with_capacity(entries.len() + 1);
+        let mut bytes = 0;
+        for entry in entries {
+            let mut buf = Vec::with_capacity(32 + entry.data.len());
+            codec::encode_entry(entry, &mut buf);
+            bytes += buf.len();
+            payloads.push((RecordKind::Entry, buf));
+        }
+        if let Some(hs) = hard_state {
+            payloads.push((RecordKind::HardState, codec::encode_hard_state(hs)));
+        }
+        let records: Vec<(RecordKind, &[u8])> = payloads.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+        let started = Instant::now();
+        self.wal.append(&records).map_err(|e| format!("etcdserver: WAL append failed: {e}"))?;
+        let m = metrics::global();
+        m.wal_fsync_seconds.observe_duration(started.elapsed());
+        if !entries.is_empty() {
+            m.batch_entries.observe(entries.len() as f64);
+            m.batch_bytes.observe(bytes as f64);
+        }
+        m.db_size_bytes.store(self.wal.size_bytes() as i64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After a storage failure nothing is acknowledged again: what is on disk is unknown.
+    fn fail(&mut self, reason: String) {
+        log::error!("{reason}; this member refuses further writes and linearizable reads");
+        let err = KvError::Unavailable(reason.clone());
+        for (_, reply) in self.waiting_writes.drain(..) {
+            let _ = reply.send(Err(err.clone()));
+        }
+        for (_, replies) in self.reads_issued.drain(..).chain(self.reads_ready.drain(..)) {
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+        self.failed = Some(reason);
+    }
+
+    fn apply(&mut self, entry: &Entry, answered: &mut Vec<(WriteReply, Result<Reply<CommandResponse>, KvError>)>) {
+        debug_assert!(entry.index > self.applied_index, "entries apply once, in order");
+        self.applied_index = entry.index;
+        let result = match crate::recovery::decode_command(entry) {
+            Ok(Some(command)) => Some(self.store.apply(&command)),
+            Ok(None) => None,
+            Err(err) => {
+                // A committed entry we cannot decode means a bug or corruption: stop.
+                self.fail(err);
+                return;
+            }
+        };
+        let m = metrics::global();
+        if result.is_some() {
+            m.proposals_applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Proposals below this index that were not applied were lost (e.g. leader change).
+        while self.waiting_writes.front().is_some_and(|(index, _)| *index < entry.index) {
+            let (_, reply) = self.waiting_writes.pop_front().expect("front exists");
+            let lost = KvError::Unavailable("etcdserver: request timed out, possibly due to previous leader failure".into());
+            answered.push((reply, Err(lost)));
+        }
+        if self.waiting_writes.front().is_some_and(|(index, _)| *index == entry.index) {
+            let (_, reply) = self.waiting_writes.pop_front().expect("front exists");
+            let outcome = match result {
+                Some(Ok(applied)) => Ok(Reply { body: applied.response, raft_term: self.raft.term() }),
+                Some(Err(err)) => Err(err),
+                None => Err(KvError::Unavailable("etcdserver: entry carried no request".into())),
+            };
+            answered.push((reply, outcome));
+        }
+    }
+
+    fn read_index_known(&mut self, context: &[u8], index: u64) {
+        let Ok(seq) = <[u8; 8]>::try_from(context).map(u64::from_le_bytes) else { return };
+        // Read indexes come back in request order; earlier unanswered batches share this one.
+        while let Some((issued, _)) = self.reads_issued.front() {
+            if *issued > seq {
+                break;
+            }
+            let (_, replies) = self.reads_issued.pop_front().expect("front exists");
+            self.reads_ready.push_back((index, replies));
+        }
+    }
+
+    fn serve_ready_reads(&mut self) {
+        while self.reads_ready.front().is_some_and(|(index, _)| *index <= self.applied_index) {
+            let (_, replies) = self.reads_ready.pop_front().expect("front exists");
+            let view = self.store.view();
+            for reply in replies {
+                let _ = reply.send(Ok((view.clone(), self.raft.term())));
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let view = self.store.view();
+        let m = metrics::global();
+        m.current_revision.store(view.revision(), std::sync::atomic::Ordering::Relaxed);
+        m.compact_revision.store(view.compact_revision(), std::sync::atomic::Ordering::Relaxed);
+        m.keys.store(view.key_count() as i64, std::sync::atomic::Ordering::Relaxed);
+        self.publication_seq += 1;
+        let publication = Publication { seq: self.publication_seq, view, raft_term: self.raft.term() };
+        for shard in &self.shards {
+            // Bounded: a shard that stops draining makes the sequencer wait, not grow memory.
+            let _ = shard.send(publication.clone());
+        }
+    }
+
+    fn status(&self) -> StatusInfo {
+        let size = self.wal.size_bytes() as i64;
+        StatusInfo {
+            leader: self.raft.leader_id(),
+            raft_index: self.raft.last_index(),
+            raft_term: self.raft.term(),
+            raft_applied_index: self.applied_index,
+            db_size_bytes: size,
+            db_size_in_use_bytes: size,
+            revision: self.store.revision(),
+        }
+    }
+}
