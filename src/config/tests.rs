@@ -169,7 +169,7 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
     }),
     (
         "listen-client-urls",
-        "http://10.0.0.1:1234,https://[::1]:99",
+        "http://10.0.0.1:1234,http://[::1]:99",
         |c| join(&c.listen_client_urls),
     ),
     (
@@ -1028,4 +1028,12 @@ fn cores_range() {
 fn config_error_displays_its_message() {
     let e = ConfigError("boom".into());
     assert_eq!((e.to_string(), e.message()), ("boom".to_string(), "boom"));
+}
+
+#[test]
+fn https_urls_are_refused_until_tls_exists() {
+    let msg = error(&["--listen-client-urls", "https://127.0.0.1:2379"], &[]);
+    assert_contains(&msg, "TLS (https) is not supported", "https client URL");
+    let msg = error(&["--listen-metrics-urls", "https://127.0.0.1:2381"], &[]);
+    assert_contains(&msg, "--listen-metrics-urls", "https metrics URL");
 }

@@ -15,7 +15,24 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     check_local_member(cfg)?;
     check_single_member(cfg)?;
     check_timing(cfg)?;
+    check_no_tls(cfg)?;
     check_limits(cfg)
+}
+
+/// Until TLS lands, an https:// URL is refused: serving plaintext on it would be a lie.
+fn check_no_tls(cfg: &Config) -> Result<(), ConfigError> {
+    let lists = [
+        ("listen-client-urls", &cfg.listen_client_urls),
+        ("listen-metrics-urls", &cfg.listen_metrics_urls),
+    ];
+    for (flag, urls) in lists {
+        if let Some(url) = urls.iter().find(|u| u.scheme == super::url::Scheme::Https) {
+            return fail(format!(
+                "--{flag}={url}: TLS (https) is not supported by this corekv build yet"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn fail<T>(message: String) -> Result<T, ConfigError> {

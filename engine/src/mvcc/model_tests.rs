@@ -5,9 +5,9 @@
 
 use super::*;
 use crate::pb::{
-    PbCompactionRequest, PbCompare, PbDeleteRequest, PbDeleteResponse, PbPutRequest,
-    PbPutResponse, PbRangeRequest, PbRangeResponse, PbResponseHeader, PbResponseOp,
-    PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
+    PbCompactionRequest, PbCompare, PbDeleteRequest, PbDeleteResponse, PbPutRequest, PbPutResponse,
+    PbRangeRequest, PbRangeResponse, PbResponseHeader, PbResponseOp, PbTargetUnion, PbTxnOpRequest,
+    PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
 };
 
 /// A small deterministic generator (xorshift64).
@@ -88,7 +88,8 @@ impl Model {
     }
 
     fn live_at(&self, start: &[u8], end: &[u8], rev: i64) -> Vec<KeyValue> {
-        let mut names: Vec<&Vec<u8>> = self.keys.iter().map(|(k, _)| k).filter(|k| in_range(k, start, end)).collect();
+        let mut names: Vec<&Vec<u8>> =
+            self.keys.iter().map(|(k, _)| k).filter(|k| in_range(k, start, end)).collect();
         names.sort();
         names.iter().filter_map(|k| self.get_at(k, rev)).collect()
     }
@@ -113,7 +114,10 @@ impl Model {
         let live = self.live_at(&r.key, &r.range_end, rev);
         let count = live.len() as i64;
         let mut kvs = if r.count_only { Vec::new() } else { live };
-        let filtered = r.min_mod_revision != 0 || r.max_mod_revision != 0 || r.min_create_revision != 0 || r.max_create_revision != 0;
+        let filtered = r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0;
         if r.sort_order == 0 && !filtered && r.limit > 0 {
             kvs.truncate(r.limit as usize + 1);
         }
@@ -152,7 +156,11 @@ impl Model {
         let rev = ctx.begin + 1;
         let kv = KeyValue {
             key: r.key.clone().into(),
-            value: if r.ignore_value { prev.as_ref().unwrap().value.clone() } else { r.value.clone().into() },
+            value: if r.ignore_value {
+                prev.as_ref().unwrap().value.clone()
+            } else {
+                r.value.clone().into()
+            },
             create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
             mod_revision: rev,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
@@ -166,13 +174,18 @@ impl Model {
     fn delete(&mut self, ctx: &mut Ctx, r: &PbDeleteRequest) -> PbDeleteResponse {
         let victims = self.live_at(&r.key, &r.range_end, ctx.current());
         for v in &victims {
-            let tomb = KeyValue { key: v.key.clone(), mod_revision: ctx.begin + 1, ..Default::default() };
+            let tomb =
+                KeyValue { key: v.key.clone(), mod_revision: ctx.begin + 1, ..Default::default() };
             self.push(ctx, &v.key, None, (EventKind::Delete, tomb, Some(v.clone())));
         }
         PbDeleteResponse {
             header: hdr(ctx.current()),
             deleted: victims.len() as i64,
-            prev_kvs: if r.prev_kv { victims.iter().map(KeyValue::to_pb).collect() } else { Vec::new() },
+            prev_kvs: if r.prev_kv {
+                victims.iter().map(KeyValue::to_pb).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -200,11 +213,15 @@ impl Model {
         let mut used = 1;
         for op in if path[0] { &t.success } else { &t.failure } {
             match &op.request {
-                Some(PbTxnOpRequest::RequestTxn(n)) => used += self.check(n, &path[used..], ranges)?,
-                Some(PbTxnOpRequest::RequestPut(p)) if !ranges => {
-                    if (p.ignore_value || p.ignore_lease) && self.get_at(&p.key, self.revision).is_none() {
-                        return Err(KvError::KeyNotFound);
-                    }
+                Some(PbTxnOpRequest::RequestTxn(n)) => {
+                    used += self.check(n, &path[used..], ranges)?
+                }
+                Some(PbTxnOpRequest::RequestPut(p))
+                    if !ranges
+                        && (p.ignore_value || p.ignore_lease)
+                        && self.get_at(&p.key, self.revision).is_none() =>
+                {
+                    return Err(KvError::KeyNotFound);
                 }
                 Some(PbTxnOpRequest::RequestRange(q)) if ranges && q.revision != 0 => {
                     if q.revision > self.revision {
@@ -220,14 +237,25 @@ impl Model {
         Ok(used)
     }
 
-    fn run(&mut self, ctx: &mut Ctx, t: &PbTxnRequest, path: &[bool]) -> Result<(PbTxnResponse, usize), KvError> {
+    fn run(
+        &mut self,
+        ctx: &mut Ctx,
+        t: &PbTxnRequest,
+        path: &[bool],
+    ) -> Result<(PbTxnResponse, usize), KvError> {
         let mut used = 1;
         let mut responses = Vec::new();
         for op in if path[0] { &t.success } else { &t.failure } {
             let response = match &op.request {
-                Some(PbTxnOpRequest::RequestRange(q)) => PbTxnOpResponse::ResponseRange(self.range(q, ctx.current())?),
-                Some(PbTxnOpRequest::RequestPut(p)) => PbTxnOpResponse::ResponsePut(self.put(ctx, p)?),
-                Some(PbTxnOpRequest::RequestDeleteRange(d)) => PbTxnOpResponse::ResponseDeleteRange(self.delete(ctx, d)),
+                Some(PbTxnOpRequest::RequestRange(q)) => {
+                    PbTxnOpResponse::ResponseRange(self.range(q, ctx.current())?)
+                }
+                Some(PbTxnOpRequest::RequestPut(p)) => {
+                    PbTxnOpResponse::ResponsePut(self.put(ctx, p)?)
+                }
+                Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
+                    PbTxnOpResponse::ResponseDeleteRange(self.delete(ctx, d))
+                }
                 Some(PbTxnOpRequest::RequestTxn(n)) => {
                     let (resp, n_used) = self.run(ctx, n, &path[used..])?;
                     used += n_used;
@@ -237,7 +265,10 @@ impl Model {
             };
             responses.push(PbResponseOp { response: Some(response) });
         }
-        Ok((PbTxnResponse { header: Some(Default::default()), succeeded: path[0], responses }, used))
+        Ok((
+            PbTxnResponse { header: Some(Default::default()), succeeded: path[0], responses },
+            used,
+        ))
     }
 
     fn apply(&mut self, command: &Command) -> Result<(CommandResponse, Vec<MEvent>), KvError> {
@@ -249,7 +280,10 @@ impl Model {
         result
     }
 
-    fn apply_inner(&mut self, command: &Command) -> Result<(CommandResponse, Vec<MEvent>), KvError> {
+    fn apply_inner(
+        &mut self,
+        command: &Command,
+    ) -> Result<(CommandResponse, Vec<MEvent>), KvError> {
         let mut ctx = Ctx { begin: self.revision, events: Vec::new() };
         let response = match command {
             Command::Put(p) => CommandResponse::Put(self.put(&mut ctx, p)?),
@@ -271,7 +305,9 @@ impl Model {
                     return Err(KvError::FutureRevision);
                 }
                 self.compacted = c.revision;
-                CommandResponse::Compact(crate::pb::PbCompactionResponse { header: hdr(self.revision) })
+                CommandResponse::Compact(crate::pb::PbCompactionResponse {
+                    header: hdr(self.revision),
+                })
             }
         };
         self.revision = ctx.current();
@@ -300,9 +336,21 @@ fn compare_one(c: &PbCompare, kv: &KeyValue) -> bool {
     use std::cmp::Ordering;
     let int = |v: Option<i64>| v.unwrap_or(0);
     let ord = match (c.target, &c.target_union) {
-        (0, u) => kv.version.cmp(&int(if let Some(PbTargetUnion::Version(v)) = u { Some(*v) } else { None })),
-        (1, u) => kv.create_revision.cmp(&int(if let Some(PbTargetUnion::CreateRevision(v)) = u { Some(*v) } else { None })),
-        (2, u) => kv.mod_revision.cmp(&int(if let Some(PbTargetUnion::ModRevision(v)) = u { Some(*v) } else { None })),
+        (0, u) => kv.version.cmp(&int(if let Some(PbTargetUnion::Version(v)) = u {
+            Some(*v)
+        } else {
+            None
+        })),
+        (1, u) => kv.create_revision.cmp(&int(if let Some(PbTargetUnion::CreateRevision(v)) = u {
+            Some(*v)
+        } else {
+            None
+        })),
+        (2, u) => kv.mod_revision.cmp(&int(if let Some(PbTargetUnion::ModRevision(v)) = u {
+            Some(*v)
+        } else {
+            None
+        })),
         (3, Some(PbTargetUnion::Value(v))) => kv.value.as_ref().cmp(v.as_slice()),
         (3, _) => kv.value.as_ref().cmp(&b""[..]),
         _ => Ordering::Equal,
@@ -411,7 +459,10 @@ fn gen_command(rng: &mut Rng, model: &Model) -> Command {
         0..=7 => Command::Put(gen_put(rng)),
         8..=10 => Command::DeleteRange(gen_delete(rng)),
         11..=18 => Command::Txn(gen_txn(rng, 0, rev, compacted)),
-        _ => Command::Compact(PbCompactionRequest { revision: rng.between(compacted - 1, rev + 1), physical: false }),
+        _ => Command::Compact(PbCompactionRequest {
+            revision: rng.between(compacted - 1, rev + 1),
+            physical: false,
+        }),
     }
 }
 
@@ -446,11 +497,17 @@ fn run_seed(seed: u64, steps: usize) {
                 assert_eq!(applied.revision, model.revision, "step {step}");
             }
             (Err(e), Err(expected)) => assert_eq!(e, expected, "step {step}: {command:?}"),
-            (got, expected) => panic!("step {step}: {command:?}\n got {got:?}\n expected {expected:?}"),
+            (got, expected) => {
+                panic!("step {step}: {command:?}\n got {got:?}\n expected {expected:?}")
+            }
         }
-        assert_eq!((store.revision(), store.compact_revision()), (model.revision, model.compacted.max(0)));
+        assert_eq!(
+            (store.revision(), store.compact_revision()),
+            (model.revision, model.compacted.max(0))
+        );
         check_reads(&mut rng, &store.view(), &model, step);
-        let retained: Vec<(Vec<u8>, i64)> = store.state.history.keys().map(|(k, m, _)| (k.to_vec(), *m)).collect();
+        let retained: Vec<(Vec<u8>, i64)> =
+            store.state.history.keys().map(|(k, m, _)| (k.to_vec(), *m)).collect();
         let mut retained = retained;
         retained.sort();
         assert_eq!(retained, model.retained(), "step {step}: retained history");

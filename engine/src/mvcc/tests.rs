@@ -3,9 +3,8 @@
 
 use super::*;
 use crate::pb::{
-    PbCompactionRequest, PbCompare, PbDeleteRequest, PbPutRequest, PbRangeRequest,
-    PbRangeResponse, PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest,
-    PbTxnRequestOp, PbTxnResponse,
+    PbCompactionRequest, PbCompare, PbDeleteRequest, PbPutRequest, PbRangeRequest, PbRangeResponse,
+    PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
 };
 
 // ---- request builders -------------------------------------------------------------------
@@ -130,7 +129,11 @@ fn op_header_rev(r: &PbTxnOpResponse) -> i64 {
     h.expect("header").revision
 }
 
-fn txn_cmd(compare: Vec<PbCompare>, success: Vec<PbTxnRequestOp>, failure: Vec<PbTxnRequestOp>) -> Command {
+fn txn_cmd(
+    compare: Vec<PbCompare>,
+    success: Vec<PbTxnRequestOp>,
+    failure: Vec<PbTxnRequestOp>,
+) -> Command {
     Command::Txn(txn_req(compare, success, failure))
 }
 
@@ -176,7 +179,8 @@ fn revision_bumps_only_when_something_changes() {
 fn create_mod_version_follow_generations() {
     let mut s = Store::new();
     // (command, expected (create, mod, version) of "k" afterwards; None = absent)
-    let steps: Vec<(Command, Option<(i64, i64, i64)>)> = vec![
+    type Revisions = Option<(i64, i64, i64)>;
+    let steps: Vec<(Command, Revisions)> = vec![
         (put("k", "a"), Some((2, 2, 1))),
         (put("k", "b"), Some((2, 3, 2))),
         (put("other", "x"), Some((2, 3, 2))),
@@ -187,7 +191,10 @@ fn create_mod_version_follow_generations() {
     ];
     for (i, (command, expected)) in steps.into_iter().enumerate() {
         s.apply(&command).unwrap();
-        let got = get(&s, &range_req("k", "")).kvs.first().map(|kv| (kv.create_revision, kv.mod_revision, kv.version));
+        let got = get(&s, &range_req("k", ""))
+            .kvs
+            .first()
+            .map(|kv| (kv.create_revision, kv.mod_revision, kv.version));
         assert_eq!(got, expected, "step {i}");
     }
 }
@@ -195,7 +202,8 @@ fn create_mod_version_follow_generations() {
 #[test]
 fn events_describe_each_change_in_order() {
     let mut s = store_with(&[put("a", "1"), put("b", "2")]);
-    let applied = s.apply(&txn_cmd(vec![], vec![op_del("a", "c"), op_put("c", "4")], vec![])).unwrap();
+    let applied =
+        s.apply(&txn_cmd(vec![], vec![op_del("a", "c"), op_put("c", "4")], vec![])).unwrap();
     let summary: Vec<(EventKind, String, i64, Option<String>)> = applied
         .events
         .iter()
@@ -215,7 +223,10 @@ fn events_describe_each_change_in_order() {
     );
     let del_pb = applied.events[0].to_pb(true);
     assert_eq!(del_pb.r#type, 1);
-    assert_eq!(del_pb.kv, Some(pb::PbKeyValue { key: b"a".to_vec(), mod_revision: 4, ..Default::default() }));
+    assert_eq!(
+        del_pb.kv,
+        Some(pb::PbKeyValue { key: b"a".to_vec(), mod_revision: 4, ..Default::default() })
+    );
     assert_eq!(del_pb.prev_kv.as_ref().map(|p| p.value.clone()), Some(b"1".to_vec()));
     assert_eq!(applied.events[0].to_pb(false).prev_kv, None);
     let put_pb = applied.events[2].to_pb(true);
@@ -227,7 +238,8 @@ fn put_then_delete_then_put_in_one_unvalidated_txn() {
     // validate rejects this txn, but apply must still handle it: ops run in order with
     // increasing sub revisions, and the re-created key starts a new generation.
     let mut s = store_with(&[put("a", "1")]);
-    let applied = s.apply(&txn_cmd(vec![], vec![op_del("a", ""), op_put("a", "2")], vec![])).unwrap();
+    let applied =
+        s.apply(&txn_cmd(vec![], vec![op_del("a", ""), op_put("a", "2")], vec![])).unwrap();
     assert_eq!(applied.events.len(), 2);
     let kv = get(&s, &range_req("a", "")).kvs[0].clone();
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (3, 3, 1));
@@ -239,13 +251,13 @@ fn put_then_delete_then_put_in_one_unvalidated_txn() {
 #[test]
 fn reads_at_past_revisions() {
     let s = store_with(&[
-        put("a", "1"),       // 2
-        put("b", "1"),       // 3
-        put("a", "2"),       // 4
-        del("b", ""),        // 5
-        put("c", "1"),       // 6
-        del("a", "\0"),      // 7: deletes a, c
-        put("a", "3"),       // 8
+        put("a", "1"),  // 2
+        put("b", "1"),  // 3
+        put("a", "2"),  // 4
+        del("b", ""),   // 5
+        put("c", "1"),  // 6
+        del("a", "\0"), // 7: deletes a, c
+        put("a", "3"),  // 8
     ]);
     // (revision, keys=values visible in [a, \0))
     let cases: Vec<(i64, Vec<(&str, &str)>)> = vec![
@@ -265,9 +277,15 @@ fn reads_at_past_revisions() {
         let got: Vec<(String, String)> = resp
             .kvs
             .iter()
-            .map(|kv| (String::from_utf8(kv.key.clone()).unwrap(), String::from_utf8(kv.value.clone()).unwrap()))
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.key.clone()).unwrap(),
+                    String::from_utf8(kv.value.clone()).unwrap(),
+                )
+            })
             .collect();
-        let expected: Vec<(String, String)> = expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let expected: Vec<(String, String)> =
+            expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(got, expected, "revision {revision}");
         assert_eq!(resp.count, expected.len() as i64);
         assert_eq!(resp.header.unwrap().revision, 8, "header is the current revision");
@@ -280,7 +298,13 @@ fn reads_at_past_revisions() {
 
 #[test]
 fn range_end_forms() {
-    let s = store_with(&[put("a", "1"), put("b", "1"), put("ba", "1"), put("c", "1"), put("\u{1}", "x")]);
+    let s = store_with(&[
+        put("a", "1"),
+        put("b", "1"),
+        put("ba", "1"),
+        put("c", "1"),
+        put("\u{1}", "x"),
+    ]);
     let cases: Vec<(&str, &str, Vec<&str>)> = vec![
         ("b", "", vec!["b"]),
         ("bb", "", vec![]),
@@ -294,7 +318,8 @@ fn range_end_forms() {
     for (key, end, expected) in cases {
         for revision in [0, 5] {
             let resp = get(&s, &PbRangeRequest { revision, ..range_req(key, end) });
-            let expected_now: Vec<&str> = expected.iter().copied().filter(|k| revision == 0 || *k != "\u{1}").collect();
+            let expected_now: Vec<&str> =
+                expected.iter().copied().filter(|k| revision == 0 || *k != "\u{1}").collect();
             assert_eq!(keys(&resp), expected_now, "{key:?}..{end:?} @ {revision}");
         }
     }
@@ -303,13 +328,18 @@ fn range_end_forms() {
 #[test]
 fn range_revision_errors() {
     let mut s = store_with(&[put("a", "1"), put("a", "2"), put("a", "3")]); // rev 4
-    let at = |s: &Store, revision| s.view().range(&PbRangeRequest { revision, ..range_req("a", "") });
+    let at =
+        |s: &Store, revision| s.view().range(&PbRangeRequest { revision, ..range_req("a", "") });
     assert_eq!(at(&s, 5).unwrap_err(), KvError::FutureRevision);
     assert!(at(&s, 4).is_ok());
     s.apply(&compact_cmd(3)).unwrap();
     assert_eq!(at(&s, 2).unwrap_err(), KvError::Compacted);
     assert_eq!(at(&s, 1).unwrap_err(), KvError::Compacted);
-    assert_eq!(value_at(&s, "a", 3).as_deref(), Some("2"), "the compacted revision itself is readable");
+    assert_eq!(
+        value_at(&s, "a", 3).as_deref(),
+        Some("2"),
+        "the compacted revision itself is readable"
+    );
     assert_eq!(value_at(&s, "a", 0).as_deref(), Some("3"));
     assert_eq!(at(&s, 5).unwrap_err(), KvError::FutureRevision);
 }
@@ -335,27 +365,81 @@ fn count_limit_more_sort_and_filters() {
     let cases: Vec<(PbRangeRequest, Vec<&str>, bool, i64)> = vec![
         (base.clone(), vec!["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"], false, 10),
         (PbRangeRequest { limit: 3, ..base.clone() }, vec!["k0", "k1", "k2"], true, 10),
-        (PbRangeRequest { limit: 10, ..base.clone() }, vec!["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"], false, 10),
-        (PbRangeRequest { limit: 11, ..base.clone() }, vec!["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"], false, 10),
-        (PbRangeRequest { limit: -1, ..base.clone() }, vec!["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"], false, 10),
+        (
+            PbRangeRequest { limit: 10, ..base.clone() },
+            vec!["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"],
+            false,
+            10,
+        ),
+        (
+            PbRangeRequest { limit: 11, ..base.clone() },
+            vec!["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"],
+            false,
+            10,
+        ),
+        (
+            PbRangeRequest { limit: -1, ..base.clone() },
+            vec!["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"],
+            false,
+            10,
+        ),
         // Descending by key.
         (PbRangeRequest { limit: 2, sort_order: 2, ..base.clone() }, vec!["k9", "k8"], true, 10),
         // etcd quirk: target VERSION with order NONE and limit 2 fetches 3 keys in key
         // order (k0 v1, k1 v2, k2 v3), then sorts them ascending by version.
         (PbRangeRequest { limit: 2, sort_target: 1, ..base.clone() }, vec!["k0", "k1"], true, 10),
         // Same with DESCEND: the whole range is fetched first (k2, k5, k8 have version 3).
-        (PbRangeRequest { limit: 2, sort_target: 1, sort_order: 2, ..base.clone() }, vec!["k2", "k5"], true, 10),
+        (
+            PbRangeRequest { limit: 2, sort_target: 1, sort_order: 2, ..base.clone() },
+            vec!["k2", "k5"],
+            true,
+            10,
+        ),
         // By value ascending: value of ki is v(9-i).
-        (PbRangeRequest { limit: 3, sort_target: 4, sort_order: 1, ..base.clone() }, vec!["k9", "k8", "k7"], true, 10),
-        (PbRangeRequest { sort_target: 3, sort_order: 2, limit: 1, ..base.clone() }, vec!["k9"], true, 10),
-        (PbRangeRequest { sort_target: 2, sort_order: 1, limit: 1, ..base.clone() }, vec!["k0"], true, 10),
+        (
+            PbRangeRequest { limit: 3, sort_target: 4, sort_order: 1, ..base.clone() },
+            vec!["k9", "k8", "k7"],
+            true,
+            10,
+        ),
+        (
+            PbRangeRequest { sort_target: 3, sort_order: 2, limit: 1, ..base.clone() },
+            vec!["k9"],
+            true,
+            10,
+        ),
+        (
+            PbRangeRequest { sort_target: 2, sort_order: 1, limit: 1, ..base.clone() },
+            vec!["k0"],
+            true,
+            10,
+        ),
         // Filters apply after counting and before the limit.
-        (PbRangeRequest { min_mod_revision: all_mods[7], ..base.clone() }, vec!["k7", "k8", "k9"], false, 10),
-        (PbRangeRequest { max_mod_revision: all_mods[1], ..base.clone() }, vec!["k0", "k1"], false, 10),
-        (PbRangeRequest { min_create_revision: creates[8], limit: 1, ..base.clone() }, vec!["k8"], true, 10),
+        (
+            PbRangeRequest { min_mod_revision: all_mods[7], ..base.clone() },
+            vec!["k7", "k8", "k9"],
+            false,
+            10,
+        ),
+        (
+            PbRangeRequest { max_mod_revision: all_mods[1], ..base.clone() },
+            vec!["k0", "k1"],
+            false,
+            10,
+        ),
+        (
+            PbRangeRequest { min_create_revision: creates[8], limit: 1, ..base.clone() },
+            vec!["k8"],
+            true,
+            10,
+        ),
         (PbRangeRequest { max_create_revision: creates[0], ..base.clone() }, vec!["k0"], false, 10),
         (
-            PbRangeRequest { min_mod_revision: all_mods[2], max_mod_revision: all_mods[4], ..base.clone() },
+            PbRangeRequest {
+                min_mod_revision: all_mods[2],
+                max_mod_revision: all_mods[4],
+                ..base.clone()
+            },
             vec!["k2", "k3", "k4"],
             false,
             10,
@@ -391,16 +475,49 @@ fn sort_ties_come_out_as_in_etcd() {
     }
     let n = |v: &[u32]| v.iter().map(|i| format!("s{i:02}")).collect::<Vec<_>>();
     let cases: Vec<(i32, i32, i64, Vec<String>)> = vec![
-        (1, 1, 0, n(&[8, 28, 0, 16, 4, 24, 12, 20, 3, 7, 19, 11, 23, 15, 27, 14, 22, 2, 18, 10, 26, 6, 13, 21, 5, 25, 9, 17, 1, 29])),
-        (1, 4, 0, n(&[12, 27, 24, 3, 21, 18, 6, 15, 0, 9, 14, 20, 29, 26, 8, 11, 2, 17, 5, 23, 7, 4, 22, 19, 16, 25, 13, 1, 28, 10])),
-        (2, 1, 0, n(&[9, 1, 29, 25, 21, 5, 17, 13, 14, 18, 10, 22, 2, 6, 26, 15, 27, 7, 11, 19, 3, 23, 0, 4, 24, 20, 16, 8, 28, 12])),
-        (2, 4, 0, n(&[10, 1, 28, 25, 4, 22, 19, 7, 16, 13, 14, 20, 29, 2, 26, 11, 8, 17, 23, 5, 15, 21, 6, 18, 24, 3, 0, 27, 9, 12])),
+        (
+            1,
+            1,
+            0,
+            n(&[
+                8, 28, 0, 16, 4, 24, 12, 20, 3, 7, 19, 11, 23, 15, 27, 14, 22, 2, 18, 10, 26, 6,
+                13, 21, 5, 25, 9, 17, 1, 29,
+            ]),
+        ),
+        (
+            1,
+            4,
+            0,
+            n(&[
+                12, 27, 24, 3, 21, 18, 6, 15, 0, 9, 14, 20, 29, 26, 8, 11, 2, 17, 5, 23, 7, 4, 22,
+                19, 16, 25, 13, 1, 28, 10,
+            ]),
+        ),
+        (
+            2,
+            1,
+            0,
+            n(&[
+                9, 1, 29, 25, 21, 5, 17, 13, 14, 18, 10, 22, 2, 6, 26, 15, 27, 7, 11, 19, 3, 23, 0,
+                4, 24, 20, 16, 8, 28, 12,
+            ]),
+        ),
+        (
+            2,
+            4,
+            0,
+            n(&[
+                10, 1, 28, 25, 4, 22, 19, 7, 16, 13, 14, 20, 29, 2, 26, 11, 8, 17, 23, 5, 15, 21,
+                6, 18, 24, 3, 0, 27, 9, 12,
+            ]),
+        ),
         (1, 2, 0, n(&(0..30).collect::<Vec<_>>())),
         (2, 3, 0, n(&(0..30).rev().collect::<Vec<_>>())),
         (0, 1, 20, n(&[20, 4, 16, 8, 12, 0, 11, 19, 3, 15, 7, 10, 14, 6, 18, 2, 9, 13, 5, 17])),
     ];
     for (order, target, limit, expected) in cases {
-        let req = PbRangeRequest { sort_order: order, sort_target: target, limit, ..range_req("s", "t") };
+        let req =
+            PbRangeRequest { sort_order: order, sort_target: target, limit, ..range_req("s", "t") };
         assert_eq!(keys(&get(&s, &req)), expected, "order {order} target {target}");
     }
 }
@@ -416,8 +533,14 @@ fn put_options() {
         (PbPutRequest { prev_kv: true, ..put_req("a", "2") }, Ok(("2", 0, Some("1")))),
         (PbPutRequest { prev_kv: true, ..put_req("new", "x") }, Ok(("x", 0, None))),
         (PbPutRequest { ignore_value: true, lease: 5, ..put_req("a", "") }, Ok(("2", 5, None))),
-        (PbPutRequest { ignore_lease: true, prev_kv: true, ..put_req("a", "3") }, Ok(("3", 5, Some("2")))),
-        (PbPutRequest { ignore_value: true, ignore_lease: true, ..put_req("a", "") }, Ok(("3", 5, None))),
+        (
+            PbPutRequest { ignore_lease: true, prev_kv: true, ..put_req("a", "3") },
+            Ok(("3", 5, Some("2"))),
+        ),
+        (
+            PbPutRequest { ignore_value: true, ignore_lease: true, ..put_req("a", "") },
+            Ok(("3", 5, None)),
+        ),
         (PbPutRequest { ignore_value: true, ..put_req("missing", "") }, Err(KvError::KeyNotFound)),
         (PbPutRequest { ignore_lease: true, ..put_req("missing", "v") }, Err(KvError::KeyNotFound)),
     ];
@@ -445,7 +568,9 @@ fn put_options() {
 #[test]
 fn delete_range_reports_what_it_deleted() {
     let mut s = store_with(&[put("a", "1"), put("b", "2"), put("c", "3")]);
-    let applied = s.apply(&Command::DeleteRange(PbDeleteRequest { prev_kv: true, ..del_req("a", "c") })).unwrap();
+    let applied = s
+        .apply(&Command::DeleteRange(PbDeleteRequest { prev_kv: true, ..del_req("a", "c") }))
+        .unwrap();
     let CommandResponse::DeleteRange(resp) = applied.response else { panic!() };
     assert_eq!((resp.deleted, resp.header.unwrap().revision), (2, 5));
     let prev: Vec<&[u8]> = resp.prev_kvs.iter().map(|kv| kv.key.as_slice()).collect();
@@ -480,20 +605,24 @@ fn compaction_errors() {
 
 /// Every (key, main, sub) left in the history.
 fn history(s: &Store) -> Vec<(String, i64, i64)> {
-    s.state.history.keys().map(|(k, m, sub)| (String::from_utf8(k.to_vec()).unwrap(), *m, *sub)).collect()
+    s.state
+        .history
+        .keys()
+        .map(|(k, m, sub)| (String::from_utf8(k.to_vec()).unwrap(), *m, *sub))
+        .collect()
 }
 
 #[test]
 fn compaction_removes_history_physically() {
     let mut s = store_with(&[
-        put("a", "1"),  // 2
-        put("a", "2"),  // 3
-        put("b", "1"),  // 4
-        del("b", ""),   // 5
-        put("c", "1"),  // 6
-        del("c", ""),   // 7
-        put("c", "2"),  // 8
-        put("a", "3"),  // 9
+        put("a", "1"), // 2
+        put("a", "2"), // 3
+        put("b", "1"), // 4
+        del("b", ""),  // 5
+        put("c", "1"), // 6
+        del("c", ""),  // 7
+        put("c", "2"), // 8
+        put("a", "3"), // 9
     ]);
     let view_before = s.view();
     s.apply(&compact_cmd(7)).unwrap();
@@ -527,14 +656,18 @@ fn txn_sees_its_own_writes() {
             op_range("a", ""),
             op(PbTxnOpRequest::RequestRange(PbRangeRequest { revision: 2, ..range_req("a", "") })),
             op(PbTxnOpRequest::RequestPut(PbPutRequest { prev_kv: true, ..put_req("b", "1") })),
-            op(PbTxnOpRequest::RequestDeleteRange(PbDeleteRequest { prev_kv: true, ..del_req("b", "") })),
+            op(PbTxnOpRequest::RequestDeleteRange(PbDeleteRequest {
+                prev_kv: true,
+                ..del_req("b", "")
+            })),
             op_del("zz", ""),
         ],
         vec![],
     );
     let resp = txn_resp(s.apply(&Command::Txn(req)).unwrap());
     assert_eq!(resp.header.unwrap().revision, 3);
-    let revs: Vec<i64> = resp.responses.iter().map(|r| op_header_rev(r.response.as_ref().unwrap())).collect();
+    let revs: Vec<i64> =
+        resp.responses.iter().map(|r| op_header_rev(r.response.as_ref().unwrap())).collect();
     assert_eq!(revs, vec![2, 2, 3, 3, 3, 3, 3, 3]);
     let value = |i: usize| match resp.responses[i].response.as_ref().unwrap() {
         PbTxnOpResponse::ResponseRange(r) => r.kvs[0].value.clone(),
@@ -543,29 +676,43 @@ fn txn_sees_its_own_writes() {
     assert_eq!((value(0), value(3), value(4)), (b"1".to_vec(), b"2".to_vec(), b"1".to_vec()));
     match resp.responses[6].response.as_ref().unwrap() {
         PbTxnOpResponse::ResponseDeleteRange(d) => {
-            assert_eq!((d.deleted, d.prev_kvs[0].value.as_slice(), d.prev_kvs[0].mod_revision), (1, &b"1"[..], 3))
+            assert_eq!(
+                (d.deleted, d.prev_kvs[0].value.as_slice(), d.prev_kvs[0].mod_revision),
+                (1, &b"1"[..], 3)
+            )
         }
         _ => panic!(),
     }
     // One main revision, sub revisions in op order.
-    let subs: Vec<(String, i64, i64)> = history(&s).into_iter().filter(|(_, m, _)| *m == 3).collect();
+    let subs: Vec<(String, i64, i64)> =
+        history(&s).into_iter().filter(|(_, m, _)| *m == 3).collect();
     assert_eq!(subs, vec![("a".into(), 3, 0), ("b".into(), 3, 1), ("b".into(), 3, 2)]);
 }
 
 #[test]
 fn nested_compares_see_the_state_before_the_txn() {
-    let mut s = store_with(&[put("a", "1")]); // rev 2
-    // The outer success puts "n"; the nested compare "n has version 0" is evaluated before
-    // the txn runs, so it succeeds even though "n" exists by the time the nested txn runs.
-    let nested = txn_req(vec![cmp_version("n", EQUAL, 0)], vec![op_put("m", "1"), op_range("n", "")], vec![op_put("f", "1")]);
-    let req = txn_req(vec![cmp_version("a", EQUAL, 1)], vec![op_put("n", "1"), op_txn(nested)], vec![]);
+    // Revision 2. The outer success puts "n"; the nested compare "n has version 0" is
+    // evaluated before the txn runs, so it succeeds although "n" exists when the nested
+    // txn runs.
+    let mut s = store_with(&[put("a", "1")]);
+    let nested = txn_req(
+        vec![cmp_version("n", EQUAL, 0)],
+        vec![op_put("m", "1"), op_range("n", "")],
+        vec![op_put("f", "1")],
+    );
+    let req =
+        txn_req(vec![cmp_version("a", EQUAL, 1)], vec![op_put("n", "1"), op_txn(nested)], vec![]);
     let resp = txn_resp(s.apply(&Command::Txn(req)).unwrap());
     assert!(resp.succeeded);
     assert_eq!(resp.header.unwrap().revision, 3);
-    let PbTxnOpResponse::ResponseTxn(inner) = resp.responses[1].response.as_ref().unwrap() else { panic!() };
+    let PbTxnOpResponse::ResponseTxn(inner) = resp.responses[1].response.as_ref().unwrap() else {
+        panic!()
+    };
     assert!(inner.succeeded);
     assert_eq!(inner.header, Some(Default::default()), "etcd leaves nested txn headers empty");
-    let PbTxnOpResponse::ResponseRange(r) = inner.responses[1].response.as_ref().unwrap() else { panic!() };
+    let PbTxnOpResponse::ResponseRange(r) = inner.responses[1].response.as_ref().unwrap() else {
+        panic!()
+    };
     assert_eq!((r.count, r.header.unwrap().revision), (1, 3));
     assert_eq!(keys(&get(&s, &range_req("a", "\0"))), vec!["a", "m", "n"]);
 }
@@ -573,13 +720,22 @@ fn nested_compares_see_the_state_before_the_txn() {
 #[test]
 fn failure_branch_and_nested_failure() {
     let mut s = store_with(&[put("a", "1")]);
-    let nested = txn_req(vec![cmp_version("a", GREATER, 5)], vec![op_put("x", "1")], vec![op_put("y", "1")]);
-    let req = txn_req(vec![cmp_version("a", EQUAL, 2)], vec![op_put("s", "1")], vec![op_txn(nested), op_range("y", "")]);
+    let nested =
+        txn_req(vec![cmp_version("a", GREATER, 5)], vec![op_put("x", "1")], vec![op_put("y", "1")]);
+    let req = txn_req(
+        vec![cmp_version("a", EQUAL, 2)],
+        vec![op_put("s", "1")],
+        vec![op_txn(nested), op_range("y", "")],
+    );
     let resp = txn_resp(s.apply(&Command::Txn(req)).unwrap());
     assert!(!resp.succeeded);
-    let PbTxnOpResponse::ResponseTxn(inner) = resp.responses[0].response.as_ref().unwrap() else { panic!() };
+    let PbTxnOpResponse::ResponseTxn(inner) = resp.responses[0].response.as_ref().unwrap() else {
+        panic!()
+    };
     assert!(!inner.succeeded);
-    let PbTxnOpResponse::ResponseRange(r) = resp.responses[1].response.as_ref().unwrap() else { panic!() };
+    let PbTxnOpResponse::ResponseRange(r) = resp.responses[1].response.as_ref().unwrap() else {
+        panic!()
+    };
     assert_eq!(r.count, 1, "the range after the nested txn sees its write");
     assert_eq!(keys(&get(&s, &range_req("a", "\0"))), vec!["a", "y"]);
 }
@@ -588,10 +744,13 @@ fn failure_branch_and_nested_failure() {
 fn compare_rules() {
     let s0 = store_with(&[
         Command::Put(PbPutRequest { lease: 9, ..put_req("a", "m") }), // 2
-        put("b", "m"),                                                  // 3
-        put("b", "n"),                                                  // 4: b version 2
+        put("b", "m"),                                                // 3
+        put("b", "n"),                                                // 4: b version 2
     ]);
-    let range_cmp = |key: &str, end: &str, target, result, union| PbCompare { range_end: end.into(), ..cmp(key, target, result, union) };
+    let range_cmp = |key: &str, end: &str, target, result, union| PbCompare {
+        range_end: end.into(),
+        ..cmp(key, target, result, union)
+    };
     let cases: Vec<(PbCompare, bool)> = vec![
         (cmp_version("a", EQUAL, 1), true),
         (cmp_version("a", NOT_EQUAL, 1), false),
@@ -633,28 +792,66 @@ fn compare_rules() {
 fn txn_checks_fail_the_whole_txn() {
     let mut s = store_with(&[put("a", "1"), put("a", "2"), put("a", "3")]); // rev 4
     s.apply(&compact_cmd(2)).unwrap();
-    let range_at = |revision| op(PbTxnOpRequest::RequestRange(PbRangeRequest { revision, ..range_req("a", "") }));
-    let ignore_missing = op(PbTxnOpRequest::RequestPut(PbPutRequest { ignore_value: true, ..put_req("nope", "") }));
+    let range_at = |revision| {
+        op(PbTxnOpRequest::RequestRange(PbRangeRequest { revision, ..range_req("a", "") }))
+    };
+    let ignore_missing =
+        op(PbTxnOpRequest::RequestPut(PbPutRequest { ignore_value: true, ..put_req("nope", "") }));
     let cases: Vec<(PbTxnRequest, Result<(), KvError>)> = vec![
-        (txn_req(vec![], vec![op_put("b", "1"), range_at(5)], vec![]), Err(KvError::FutureRevision)),
+        (
+            txn_req(vec![], vec![op_put("b", "1"), range_at(5)], vec![]),
+            Err(KvError::FutureRevision),
+        ),
         (txn_req(vec![], vec![op_put("b", "1"), range_at(1)], vec![]), Err(KvError::Compacted)),
         // Negative revisions fail once anything was compacted (etcd's checkRange).
         (txn_req(vec![], vec![range_at(-1)], vec![]), Err(KvError::Compacted)),
         (txn_req(vec![], vec![range_at(2), range_at(4), range_at(0)], vec![]), Ok(())),
         // Only the chosen path is checked.
-        (txn_req(vec![cmp_version("a", EQUAL, 0)], vec![range_at(9)], vec![op_put("b", "1")]), Ok(())),
-        (txn_req(vec![], vec![op_txn(txn_req(vec![], vec![range_at(9)], vec![]))], vec![]), Err(KvError::FutureRevision)),
-        (txn_req(vec![], vec![op_put("b", "1"), ignore_missing.clone()], vec![]), Err(KvError::KeyNotFound)),
+        (
+            txn_req(vec![cmp_version("a", EQUAL, 0)], vec![range_at(9)], vec![op_put("b", "1")]),
+            Ok(()),
+        ),
+        (
+            txn_req(vec![], vec![op_txn(txn_req(vec![], vec![range_at(9)], vec![]))], vec![]),
+            Err(KvError::FutureRevision),
+        ),
+        (
+            txn_req(vec![], vec![op_put("b", "1"), ignore_missing.clone()], vec![]),
+            Err(KvError::KeyNotFound),
+        ),
         // Put checks come before range checks.
-        (txn_req(vec![], vec![range_at(9), ignore_missing.clone()], vec![]), Err(KvError::KeyNotFound)),
+        (
+            txn_req(vec![], vec![range_at(9), ignore_missing.clone()], vec![]),
+            Err(KvError::KeyNotFound),
+        ),
         // ignore_value needs the key to exist before the txn, not just earlier in it.
         (
-            txn_req(vec![], vec![op_put("new", "1"), op(PbTxnOpRequest::RequestPut(PbPutRequest { ignore_value: true, ..put_req("new", "") }))], vec![]),
+            txn_req(
+                vec![],
+                vec![
+                    op_put("new", "1"),
+                    op(PbTxnOpRequest::RequestPut(PbPutRequest {
+                        ignore_value: true,
+                        ..put_req("new", "")
+                    })),
+                ],
+                vec![],
+            ),
             Err(KvError::KeyNotFound),
         ),
         // A key deleted earlier in the same txn fails at execution time; still atomic.
         (
-            txn_req(vec![], vec![op_del("a", ""), op(PbTxnOpRequest::RequestPut(PbPutRequest { ignore_lease: true, ..put_req("a", "x") }))], vec![]),
+            txn_req(
+                vec![],
+                vec![
+                    op_del("a", ""),
+                    op(PbTxnOpRequest::RequestPut(PbPutRequest {
+                        ignore_lease: true,
+                        ..put_req("a", "x")
+                    })),
+                ],
+                vec![],
+            ),
             Err(KvError::KeyNotFound),
         ),
     ];
@@ -676,7 +873,18 @@ fn failed_applies_change_nothing() {
     let view = s.view();
     let snapshot = history(&s);
     let failing = vec![
-        txn_cmd(vec![], vec![op_put("c", "1"), op_del("a", "\0"), op(PbTxnOpRequest::RequestPut(PbPutRequest { ignore_value: true, ..put_req("a", "") }))], vec![]),
+        txn_cmd(
+            vec![],
+            vec![
+                op_put("c", "1"),
+                op_del("a", "\0"),
+                op(PbTxnOpRequest::RequestPut(PbPutRequest {
+                    ignore_value: true,
+                    ..put_req("a", "")
+                })),
+            ],
+            vec![],
+        ),
         Command::Put(PbPutRequest { ignore_lease: true, ..put_req("zz", "1") }),
         compact_cmd(10),
     ];
@@ -690,7 +898,10 @@ fn failed_applies_change_nothing() {
     s.apply(&del("a", "")).unwrap();
     assert_eq!((view.revision(), view.key_count()), (3, 2));
     assert_eq!(keys(&view.range(&range_req("a", "\0")).unwrap()), vec!["a", "b"]);
-    assert_eq!(view.range(&PbRangeRequest { revision: 4, ..range_req("a", "") }).unwrap_err(), KvError::FutureRevision);
+    assert_eq!(
+        view.range(&PbRangeRequest { revision: 4, ..range_req("a", "") }).unwrap_err(),
+        KvError::FutureRevision
+    );
 }
 
 #[test]
@@ -700,7 +911,8 @@ fn read_view_is_shareable() {
     assert_shareable::<Event>();
     let s = store_with(&[put("a", "1")]);
     let view = s.view();
-    let count = std::thread::spawn(move || view.range(&range_req("a", "")).unwrap().count).join().unwrap();
+    let count =
+        std::thread::spawn(move || view.range(&range_req("a", "")).unwrap().count).join().unwrap();
     assert_eq!(count, 1);
 }
 
@@ -718,9 +930,15 @@ fn validate_single_requests() {
         (put_req("k", ""), Ok(())),
         (PbPutRequest { ignore_value: true, ..put_req("k", "v") }, Err(KvError::ValueProvided)),
         (PbPutRequest { ignore_value: true, ..put_req("k", "") }, Ok(())),
-        (PbPutRequest { ignore_lease: true, lease: 3, ..put_req("k", "v") }, Err(KvError::LeaseProvided)),
+        (
+            PbPutRequest { ignore_lease: true, lease: 3, ..put_req("k", "v") },
+            Err(KvError::LeaseProvided),
+        ),
         (PbPutRequest { ignore_lease: true, ..put_req("k", "v") }, Ok(())),
-        (PbPutRequest { ignore_value: true, ignore_lease: true, lease: 3, ..put_req("k", "v") }, Err(KvError::ValueProvided)),
+        (
+            PbPutRequest { ignore_value: true, ignore_lease: true, lease: 3, ..put_req("k", "v") },
+            Err(KvError::ValueProvided),
+        ),
     ];
     for (i, (req, expected)) in cases.into_iter().enumerate() {
         assert_eq!(check_put(&req), expected, "case {i}");
@@ -731,7 +949,8 @@ fn validate_single_requests() {
 fn validate_txn_structure() {
     let check = |t: &PbTxnRequest, max| validate::check_txn(t, max);
     let puts = |n: usize| (0..n).map(|i| op_put(&format!("k{i}"), "v")).collect::<Vec<_>>();
-    let cmps = |n: usize| (0..n).map(|i| cmp_version(&format!("k{i}"), EQUAL, 0)).collect::<Vec<_>>();
+    let cmps =
+        |n: usize| (0..n).map(|i| cmp_version(&format!("k{i}"), EQUAL, 0)).collect::<Vec<_>>();
     let cases: Vec<(PbTxnRequest, usize, Result<(), KvError>)> = vec![
         (txn_req(vec![], puts(3), vec![]), 3, Ok(())),
         (txn_req(vec![], puts(4), vec![]), 3, Err(KvError::TooManyOps)),
@@ -740,20 +959,47 @@ fn validate_txn_structure() {
         (txn_req(cmps(3), puts(3), puts(3)), 3, Ok(())),
         // A nested txn gets the budget left over (max - opc), as etcd passes it down.
         (txn_req(vec![], vec![op_txn(txn_req(vec![], puts(2), vec![]))], vec![]), 3, Ok(())),
-        (txn_req(vec![], vec![op_txn(txn_req(vec![], puts(3), vec![]))], vec![]), 3, Err(KvError::TooManyOps)),
+        (
+            txn_req(vec![], vec![op_txn(txn_req(vec![], puts(3), vec![]))], vec![]),
+            3,
+            Err(KvError::TooManyOps),
+        ),
         (txn_req(vec![cmp_version("", EQUAL, 0)], vec![], vec![]), 3, Err(KvError::EmptyKey)),
         (txn_req(vec![], vec![op_put("", "v")], vec![]), 3, Err(KvError::EmptyKey)),
         (txn_req(vec![], vec![], vec![op_range("", "")]), 3, Err(KvError::EmptyKey)),
         (txn_req(vec![], vec![op_del("", "")], vec![]), 3, Err(KvError::EmptyKey)),
         (
-            txn_req(vec![], vec![op(PbTxnOpRequest::RequestPut(PbPutRequest { ignore_value: true, ..put_req("k", "v") }))], vec![]),
+            txn_req(
+                vec![],
+                vec![op(PbTxnOpRequest::RequestPut(PbPutRequest {
+                    ignore_value: true,
+                    ..put_req("k", "v")
+                }))],
+                vec![],
+            ),
             3,
             Err(KvError::ValueProvided),
         ),
-        (txn_req(vec![], vec![PbTxnRequestOp { request: None }], vec![]), 3, Err(KvError::KeyNotFound)),
-        (txn_req(vec![], vec![op_txn(txn_req(vec![], vec![], vec![PbTxnRequestOp { request: None }]))], vec![]), 3, Err(KvError::KeyNotFound)),
+        (
+            txn_req(vec![], vec![PbTxnRequestOp { request: None }], vec![]),
+            3,
+            Err(KvError::KeyNotFound),
+        ),
+        (
+            txn_req(
+                vec![],
+                vec![op_txn(txn_req(vec![], vec![], vec![PbTxnRequestOp { request: None }]))],
+                vec![],
+            ),
+            3,
+            Err(KvError::KeyNotFound),
+        ),
         // Structural errors win over duplicate keys.
-        (txn_req(vec![], vec![op_put("a", "1"), op_put("a", "2"), op_put("", "")], vec![]), 3, Err(KvError::EmptyKey)),
+        (
+            txn_req(vec![], vec![op_put("a", "1"), op_put("a", "2"), op_put("", "")], vec![]),
+            3,
+            Err(KvError::EmptyKey),
+        ),
     ];
     for (i, (req, max, expected)) in cases.into_iter().enumerate() {
         assert_eq!(check(&req, max), expected, "case {i}");
@@ -782,17 +1028,32 @@ fn validate_txn_duplicate_keys() {
         (vec![nested(vec![op_put("a", "1")], vec![op_put("a", "2")])], ok.clone()),
         (vec![nested(vec![op_put("a", "1")], vec![]), op_put("a", "2")], dup.clone()),
         (vec![nested(vec![], vec![op_put("a", "1")]), op_put("a", "2")], dup.clone()),
-        (vec![nested(vec![op_put("a", "1")], vec![]), nested(vec![op_put("a", "2")], vec![])], dup.clone()),
-        (vec![nested(vec![op_put("a", "1")], vec![]), nested(vec![], vec![op_put("a", "2")])], dup.clone()),
+        (
+            vec![nested(vec![op_put("a", "1")], vec![]), nested(vec![op_put("a", "2")], vec![])],
+            dup.clone(),
+        ),
+        (
+            vec![nested(vec![op_put("a", "1")], vec![]), nested(vec![], vec![op_put("a", "2")])],
+            dup.clone(),
+        ),
         (vec![op_del("a", "b"), nested(vec![op_put("a", "1")], vec![])], dup.clone()),
         (vec![op_del("a", "b"), nested(vec![], vec![op_put("a", "1")])], dup.clone()),
         (vec![nested(vec![op_del("a", "")], vec![]), op_put("a", "1")], dup.clone()),
         (vec![nested(vec![], vec![op_del("a", "c")]), op_put("b", "1")], dup.clone()),
         // A nested txn's deletes join this level's before the next nested txn is checked.
-        (vec![nested(vec![op_del("a", "")], vec![]), nested(vec![op_put("a", "1")], vec![])], dup.clone()),
-        (vec![nested(vec![op_put("a", "1")], vec![]), nested(vec![op_del("a", "")], vec![])], ok.clone()),
+        (
+            vec![nested(vec![op_del("a", "")], vec![]), nested(vec![op_put("a", "1")], vec![])],
+            dup.clone(),
+        ),
+        (
+            vec![nested(vec![op_put("a", "1")], vec![]), nested(vec![op_del("a", "")], vec![])],
+            ok.clone(),
+        ),
         (vec![nested(vec![op_put("a", "1"), op_put("a", "2")], vec![])], dup.clone()),
-        (vec![nested(vec![nested(vec![op_put("a", "1")], vec![])], vec![]), op_put("a", "1")], dup.clone()),
+        (
+            vec![nested(vec![nested(vec![op_put("a", "1")], vec![])], vec![]), op_put("a", "1")],
+            dup.clone(),
+        ),
     ];
     for (i, (success, expected)) in cases.into_iter().enumerate() {
         let as_success = txn_req(vec![], success.clone(), vec![]);

@@ -159,11 +159,14 @@ impl<'a> Writer<'a> {
         let victims = self.state.live_in(&KeyRange::new(&r.key, &r.range_end));
         let rev = self.write_revision();
         for victim in &victims {
-            let kv = KeyValue { key: victim.kv.key.clone(), mod_revision: rev, ..Default::default() };
-            let event = Event { kind: EventKind::Delete, kv: kv.clone(), prev_kv: Some(victim.kv.clone()) };
+            let kv =
+                KeyValue { key: victim.kv.key.clone(), mod_revision: rev, ..Default::default() };
+            let event =
+                Event { kind: EventKind::Delete, kv: kv.clone(), prev_kv: Some(victim.kv.clone()) };
             self.record(Record { kv, tombstone: true }, event);
         }
-        let prev_kvs = if r.prev_kv { victims.iter().map(|v| v.kv.to_pb()).collect() } else { Vec::new() };
+        let prev_kvs =
+            if r.prev_kv { victims.iter().map(|v| v.kv.to_pb()).collect() } else { Vec::new() };
         // Deleting nothing reports the current revision: begin, or begin + 1 if this txn
         // already wrote (etcd's storeTxnWrite.DeleteRange).
         Ok(PbDeleteResponse {
@@ -185,8 +188,12 @@ impl<'a> Writer<'a> {
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
-                Some(PbTxnOpRequest::RequestRange(q)) => Some(PbTxnOpResponse::ResponseRange(self.range(q)?)),
-                Some(PbTxnOpRequest::RequestPut(q)) => Some(PbTxnOpResponse::ResponsePut(self.put(q)?)),
+                Some(PbTxnOpRequest::RequestRange(q)) => {
+                    Some(PbTxnOpResponse::ResponseRange(self.range(q)?))
+                }
+                Some(PbTxnOpRequest::RequestPut(q)) => {
+                    Some(PbTxnOpResponse::ResponsePut(self.put(q)?))
+                }
                 Some(PbTxnOpRequest::RequestDeleteRange(q)) => {
                     Some(PbTxnOpResponse::ResponseDeleteRange(self.delete_range(q)?))
                 }
