@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use corekv_engine::KvError;
-use corekv_net::shard_api::{Reply, ShardRequest};
+use corekv_engine::mvcc::ReadView;
+use corekv_net::shard_api::{ReadOp, ReadResult, Reply, ShardRequest};
 use glommio::{LocalExecutorBuilder, Placement};
 use tokio::sync::oneshot;
 
@@ -66,17 +67,16 @@ fn adopt(current: &Rc<RefCell<Publication>>, publication: Publication) {
 
 async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequencer: &flume::Sender<SequencerMsg>) {
     match request {
-        ShardRequest::Range { request, reply } if request.serializable => {
+        ShardRequest::Read { op, serializable: true, reply } => {
             let now = current.borrow();
-            let result = now.view.range(&request).map(|body| Reply { body, raft_term: now.raft_term });
-            let _ = reply.send(result);
+            let _ = reply.send(read(&now.view, &op, now.raft_term));
         }
-        ShardRequest::Range { request, reply } => {
+        ShardRequest::Read { op, serializable: false, reply } => {
             // Linearizable: wait for a read index without holding up this core's other work.
             let sequencer = sequencer.clone();
             glommio::spawn_local(async move {
                 let result = match read_index(&sequencer).await {
-                    Ok((view, raft_term)) => view.range(&request).map(|body| Reply { body, raft_term }),
+                    Ok((view, raft_term)) => read(&view, &op, raft_term),
                     Err(err) => Err(err),
                 };
                 let _ = reply.send(result);
@@ -97,7 +97,15 @@ async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequen
     }
 }
 
-async fn read_index(sequencer: &flume::Sender<SequencerMsg>) -> Result<(corekv_engine::mvcc::ReadView, u64), KvError> {
+fn read(view: &ReadView, op: &ReadOp, raft_term: u64) -> Result<Reply<ReadResult>, KvError> {
+    let body = match op {
+        ReadOp::Range(request) => ReadResult::Range(view.range(request)?),
+        ReadOp::Txn(request) => ReadResult::Txn(view.txn_read_only(request)?),
+    };
+    Ok(Reply { body, raft_term })
+}
+
+async fn read_index(sequencer: &flume::Sender<SequencerMsg>) -> Result<(ReadView, u64), KvError> {
     let (reply, rx) = oneshot::channel();
     sequencer.send_async(SequencerMsg::ReadIndex { reply }).await.map_err(|_| stopped())?;
     rx.await.map_err(|_| stopped())?

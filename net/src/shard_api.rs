@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use corekv_engine::mvcc::CommandResponse;
-use corekv_engine::pb::{PbRangeRequest, PbRangeResponse};
+use corekv_engine::pb::{PbRangeRequest, PbRangeResponse, PbTxnRequest, PbTxnResponse};
 use corekv_engine::request::Command;
 use corekv_engine::KvError;
 use tokio::sync::oneshot;
@@ -20,11 +20,26 @@ pub struct Reply<T> {
     pub raft_term: u64,
 }
 
+/// A request that only reads: served from a view, never through the log.
+#[derive(Debug)]
+pub enum ReadOp {
+    Range(PbRangeRequest),
+    /// A txn whose every op is a range (etcd serves these without raft too).
+    Txn(PbTxnRequest),
+}
+
+/// The answer to a [`ReadOp`], of the same kind.
+#[derive(Debug)]
+pub enum ReadResult {
+    Range(PbRangeResponse),
+    Txn(PbTxnResponse),
+}
+
 /// Requests a shard serves.
 pub enum ShardRequest {
     /// A read. `serializable` reads use the latest view on the core; others wait for a
     /// read index first.
-    Range { request: PbRangeRequest, reply: oneshot::Sender<Result<Reply<PbRangeResponse>, KvError>> },
+    Read { op: ReadOp, serializable: bool, reply: oneshot::Sender<Result<Reply<ReadResult>, KvError>> },
     /// A write, proposed through raft; answered after it is durable and applied.
     Write { command: Command, reply: oneshot::Sender<Result<Reply<CommandResponse>, KvError>> },
     /// Raft and storage status for Maintenance.Status.
@@ -83,10 +98,10 @@ impl ShardClient {
         ShardClient { tx, cluster }
     }
 
-    /// Serves a range through the shard.
-    pub async fn range(&self, request: PbRangeRequest) -> Result<Reply<PbRangeResponse>, KvError> {
+    /// Serves a read (a range, or a read-only txn) through the shard.
+    pub async fn read(&self, op: ReadOp, serializable: bool) -> Result<Reply<ReadResult>, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Range { request, reply }).await?;
+        self.send(ShardRequest::Read { op, serializable, reply }).await?;
         rx.await.map_err(|_| closed())?
     }
 

@@ -168,6 +168,16 @@ impl ReadView {
         range::range(&self.state, req)
     }
 
+    /// etcd's Txn for a read-only txn (see [`validate::is_read_only`]), read from this
+    /// snapshot: compares and ranges see this view; nothing is written.
+    pub fn txn_read_only(&self, req: &pb::PbTxnRequest) -> Result<pb::PbTxnResponse, KvError> {
+        debug_assert!(validate::is_read_only(req), "only read-only txns are served from a view");
+        let mut work = self.state.clone();
+        let (resp, events) = txn::apply_txn(&mut work, req)?;
+        assert!(events.is_empty(), "a read-only txn produced events");
+        Ok(resp)
+    }
+
     /// Number of live keys in this snapshot.
     pub fn key_count(&self) -> usize {
         self.state.latest.len()

@@ -1065,3 +1065,27 @@ fn validate_txn_duplicate_keys() {
     let split = txn_req(vec![], vec![op_put("a", "1")], vec![op_put("a", "2")]);
     assert_eq!(validate::check_txn(&split, 128), Ok(()));
 }
+
+/// A read-only txn served from a view answers exactly as applying it through the log would.
+#[test]
+fn read_only_txn_from_a_view_matches_apply() {
+    let mut store = Store::new();
+    for (k, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        store.apply(&put(k, v)).unwrap();
+    }
+    let nested = txn_req(vec![cmp_version("b", EQUAL, 1)], vec![op_range("a", "z")], vec![op_range("c", "")]);
+    let cases = vec![
+        txn_req(vec![cmp_version("a", EQUAL, 1)], vec![op_range("a", "")], vec![op_range("b", "")]),
+        txn_req(vec![cmp_version("a", GREATER, 5)], vec![op_range("a", "")], vec![op_range("b", "c")]),
+        txn_req(vec![], vec![op_txn(nested.clone()), op_range("a", "c")], vec![]),
+        txn_req(vec![cmp_version("zz", EQUAL, 0)], vec![], vec![op_txn(nested)]),
+    ];
+    for (i, txn) in cases.into_iter().enumerate() {
+        assert!(validate::is_read_only(&txn), "case {i}");
+        let from_view = store.view().txn_read_only(&txn).unwrap();
+        let before = store.revision();
+        let applied = store.apply(&Command::Txn(txn)).unwrap();
+        assert_eq!(store.revision(), before, "case {i}: a read-only txn must not bump the revision");
+        assert_eq!(CommandResponse::Txn(from_view), applied.response, "case {i}");
+    }
+}

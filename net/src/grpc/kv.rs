@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::{fill_header, to_status, unimplemented, Timer};
 use crate::metrics::Method;
-use crate::shard_api::ShardClient;
+use crate::shard_api::{ReadOp, ReadResult, ShardClient};
 
 pub(crate) struct KvService {
     shard: ShardClient,
@@ -48,10 +48,15 @@ impl PbKvService for KvService {
         let result = async {
             let req = request.into_inner();
             validate::check_range(&req).map_err(to_status)?;
-            let reply = self.shard.range(req).await.map_err(to_status)?;
-            let mut resp = reply.body;
-            fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
-            Ok(Response::new(resp))
+            let serializable = req.serializable;
+            let reply = self.shard.read(ReadOp::Range(req), serializable).await.map_err(to_status)?;
+            match reply.body {
+                ReadResult::Range(mut resp) => {
+                    fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
+                    Ok(Response::new(resp))
+                }
+                ReadResult::Txn(_) => Err(mismatch()),
+            }
         }
         .await;
         timer.finish(result)
@@ -105,6 +110,18 @@ impl PbKvService for KvService {
             let req = request.into_inner();
             validate::check_txn(&req, self.shard.cluster.max_txn_ops).map_err(to_status)?;
             self.check_size(req.encoded_len())?;
+            if validate::is_read_only(&req) {
+                // As etcd: a txn that only reads is served from a view, not the log.
+                let serializable = validate::is_serializable(&req);
+                let reply = self.shard.read(ReadOp::Txn(req), serializable).await.map_err(to_status)?;
+                return match reply.body {
+                    ReadResult::Txn(mut resp) => {
+                        fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
+                        Ok(Response::new(resp))
+                    }
+                    ReadResult::Range(_) => Err(mismatch()),
+                };
+            }
             match self.write(Command::Txn(req)).await? {
                 (CommandResponse::Txn(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
