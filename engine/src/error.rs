@@ -33,6 +33,8 @@ pub enum KvError {
     DuplicateKey,
     /// The request, encoded, is larger than --max-request-bytes.
     RequestTooLarge,
+    /// A put names a lease that does not exist.
+    LeaseNotFound,
     /// A read or compaction at a revision below the compacted revision.
     Compacted,
     /// A read or compaction at a revision above the current revision.
@@ -52,6 +54,7 @@ impl KvError {
             KvError::TooManyOps => "etcdserver: too many operations in txn request",
             KvError::DuplicateKey => "etcdserver: duplicate key given in txn request",
             KvError::RequestTooLarge => "etcdserver: request is too large",
+            KvError::LeaseNotFound => "etcdserver: requested lease not found",
             KvError::Compacted => "etcdserver: mvcc: required revision has been compacted",
             KvError::FutureRevision => "etcdserver: mvcc: required revision is a future revision",
             KvError::Unavailable(reason) => reason,
@@ -69,6 +72,7 @@ impl KvError {
             | KvError::DuplicateKey
             | KvError::RequestTooLarge => StatusCode::InvalidArgument,
             KvError::Compacted | KvError::FutureRevision => StatusCode::OutOfRange,
+            KvError::LeaseNotFound => StatusCode::NotFound,
             KvError::Unavailable(_) => StatusCode::Unavailable,
         }
     }

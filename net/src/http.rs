@@ -45,3 +45,17 @@ async fn metrics_text() -> Response {
     let body = metrics::global().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
+
+/// Unknown paths: gRPC clients get UNIMPLEMENTED (what etcd's gRPC server answers for an
+/// unknown method), everyone else Go's plain 404.
+pub(crate) async fn not_found(request: axum::extract::Request) -> Response {
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if is_grpc {
+        let method = request.uri().path().to_string();
+        return tonic::Status::unimplemented(format!("unknown method {method}")).into_http();
+    }
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "404 page not found\n").into_response()
+}

@@ -34,14 +34,15 @@ pub fn bind_reuseport(host_port: &str) -> io::Result<StdListener> {
 }
 
 /// The full router of a client port: etcd's gRPC services plus the HTTP endpoints.
+/// Unknown paths answer as etcd: gRPC UNIMPLEMENTED to gRPC clients, 404 to the rest.
 pub fn client_router(shard: ShardClient) -> axum::Router {
-    let grpc = crate::grpc::routes(shard.clone()).prepare().into_axum_router();
-    grpc.merge(crate::http::routes(shard))
+    let grpc = crate::grpc::routes(shard.clone()).into_axum_router();
+    grpc.merge(crate::http::routes(shard)).fallback(crate::http::not_found).with_state(())
 }
 
 /// The router of a metrics port: only the HTTP endpoints.
 pub fn metrics_router(shard: ShardClient) -> axum::Router {
-    crate::http::routes(shard)
+    crate::http::routes(shard).fallback(crate::http::not_found)
 }
 
 /// Serves `router` on every listener until the runtime stops. Must run inside a tokio

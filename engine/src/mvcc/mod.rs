@@ -146,6 +146,23 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+impl Store {
+    /// Grants leases directly, so tests can attach them before the Lease service exists.
+    pub(crate) fn grant_leases_for_tests(&mut self, ids: impl IntoIterator<Item = i64>) {
+        for id in ids {
+            self.state.leases.insert(id);
+        }
+    }
+
+    /// A store where leases 1..=16 exist.
+    pub(crate) fn with_test_leases() -> Store {
+        let mut store = Store::new();
+        store.grant_leases_for_tests(1..=16);
+        store
+    }
+}
+
 impl Default for Store {
     fn default() -> Self {
         Store::new()

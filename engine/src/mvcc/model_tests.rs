@@ -482,7 +482,7 @@ fn check_reads(rng: &mut Rng, view: &ReadView, model: &Model, step: usize) {
 
 fn run_seed(seed: u64, steps: usize) {
     let mut rng = Rng(seed);
-    let mut store = Store::new();
+    let mut store = Store::with_test_leases();
     let mut model = Model::new();
     let mut snapshots: Vec<(ReadView, Model)> = Vec::new();
     for step in 0..steps {

@@ -33,6 +33,9 @@ pub(super) struct State {
     /// etcd's `compactMainRev`: -1 until the first compaction, which is why a fresh
     /// etcd accepts `compact 0` once.
     pub compact_revision: i64,
+    /// IDs of granted leases. A put naming any other lease fails as in etcd. Nothing grants
+    /// leases until the Lease service lands, so until then every non-zero lease is unknown.
+    pub leases: imbl::OrdSet<i64>,
 }
 
 /// Bounds on `latest`'s keys.
@@ -84,7 +87,13 @@ impl KeyRange {
 
 impl State {
     pub fn new() -> State {
-        State { latest: OrdMap::new(), history: OrdMap::new(), revision: 1, compact_revision: -1 }
+        State {
+            latest: OrdMap::new(),
+            history: OrdMap::new(),
+            revision: 1,
+            compact_revision: -1,
+            leases: imbl::OrdSet::new(),
+        }
     }
 
     /// The compacted revision as the API shows it (0 before any compaction).

@@ -82,7 +82,7 @@ fn cmp_version(key: &str, result: i32, v: i64) -> PbCompare {
 // ---- result helpers ---------------------------------------------------------------------
 
 fn store_with(commands: &[Command]) -> Store {
-    let mut s = Store::new();
+    let mut s = Store::with_test_leases();
     for c in commands {
         s.apply(c).expect("setup command");
     }
@@ -141,7 +141,7 @@ fn txn_cmd(
 
 #[test]
 fn new_store_is_empty_at_revision_one() {
-    let s = Store::new();
+    let s = Store::with_test_leases();
     assert_eq!((s.revision(), s.compact_revision()), (1, 0));
     let v = s.view();
     assert_eq!((v.revision(), v.compact_revision(), v.key_count()), (1, 0, 0));
@@ -165,7 +165,7 @@ fn revision_bumps_only_when_something_changes() {
         (del("a", "\0"), 5, 5, 3),
         (compact_cmd(4), 5, 5, 0),
     ];
-    let mut s = Store::new();
+    let mut s = Store::with_test_leases();
     for (i, (command, revision, header_rev, events)) in cases.into_iter().enumerate() {
         let applied = s.apply(&command).unwrap();
         assert_eq!(applied.revision, revision, "case {i}");
@@ -177,7 +177,7 @@ fn revision_bumps_only_when_something_changes() {
 
 #[test]
 fn create_mod_version_follow_generations() {
-    let mut s = Store::new();
+    let mut s = Store::with_test_leases();
     // (command, expected (create, mod, version) of "k" afterwards; None = absent)
     type Revisions = Option<(i64, i64, i64)>;
     let steps: Vec<(Command, Revisions)> = vec![
@@ -346,7 +346,7 @@ fn range_revision_errors() {
 
 /// Ten keys k0..k9, key ki has version (i % 3) + 1 and value "v(9-i)".
 fn numbered_store() -> Store {
-    let mut s = Store::new();
+    let mut s = Store::with_test_leases();
     for i in 0..10 {
         for _ in 0..(i % 3) + 1 {
             s.apply(&put(&format!("k{i}"), &format!("v{}", 9 - i))).unwrap();
@@ -467,7 +467,7 @@ fn keys_only_drops_values() {
 fn sort_ties_come_out_as_in_etcd() {
     // 30 keys s00..s29, key i put ((i*7) % 4) + 1 times with value v((i*5) % 3), in key
     // order. Expected orders were read from etcd 3.4.23 (Go's unstable pdqsort).
-    let mut s = Store::new();
+    let mut s = Store::with_test_leases();
     for i in 0..30 {
         for _ in 0..((i * 7) % 4) + 1 {
             s.apply(&put(&format!("s{i:02}"), &format!("v{}", (i * 5) % 3))).unwrap();
@@ -588,7 +588,7 @@ fn delete_range_reports_what_it_deleted() {
 
 #[test]
 fn compaction_errors() {
-    let mut s = Store::new();
+    let mut s = Store::with_test_leases();
     // A fresh etcd (compactMainRev = -1) accepts compact 0 once.
     assert!(s.apply(&compact_cmd(0)).is_ok());
     assert_eq!(s.apply(&compact_cmd(0)).unwrap_err(), KvError::Compacted);
@@ -1069,7 +1069,7 @@ fn validate_txn_duplicate_keys() {
 /// A read-only txn served from a view answers exactly as applying it through the log would.
 #[test]
 fn read_only_txn_from_a_view_matches_apply() {
-    let mut store = Store::new();
+    let mut store = Store::with_test_leases();
     for (k, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
         store.apply(&put(k, v)).unwrap();
     }
@@ -1088,4 +1088,21 @@ fn read_only_txn_from_a_view_matches_apply() {
         assert_eq!(store.revision(), before, "case {i}: a read-only txn must not bump the revision");
         assert_eq!(CommandResponse::Txn(from_view), applied.response, "case {i}");
     }
+}
+
+/// etcd refuses a put naming a lease that does not exist, in a txn only on the path taken,
+/// and a refused txn changes nothing.
+#[test]
+fn unknown_lease_is_refused() {
+    let mut s = Store::with_test_leases();
+    s.apply(&put("k", "v")).unwrap();
+    let unknown = PbPutRequest { lease: 999, ..put_req("a", "1") };
+    assert_eq!(s.apply(&Command::Put(unknown.clone())).unwrap_err(), KvError::LeaseNotFound);
+    let on_path = txn_req(vec![], vec![op_put("b", "1"), op(PbTxnOpRequest::RequestPut(unknown.clone()))], vec![]);
+    assert_eq!(s.apply(&Command::Txn(on_path)).unwrap_err(), KvError::LeaseNotFound);
+    assert_eq!(s.revision(), 2, "a refused txn must not write");
+    let off_path = txn_req(vec![cmp_version("k", EQUAL, 1)], vec![op_put("b", "1")], vec![op(PbTxnOpRequest::RequestPut(unknown))]);
+    assert!(s.apply(&Command::Txn(off_path)).is_ok(), "only the branch taken is checked");
+    assert_eq!(KvError::LeaseNotFound.message(), "etcdserver: requested lease not found");
+    assert_eq!(KvError::LeaseNotFound.code(), crate::StatusCode::NotFound);
 }

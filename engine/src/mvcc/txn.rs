@@ -77,6 +77,15 @@ fn check_put(state: &State, op: &PbTxnOpRequest) -> Result<(), KvError> {
         if (p.ignore_value || p.ignore_lease) && !state.latest.contains_key(p.key.as_slice()) {
             return Err(KvError::KeyNotFound);
         }
+        check_lease(state, p.lease)?;
+    }
+    Ok(())
+}
+
+/// etcd's lessor lookup: a put may only attach a lease that exists.
+fn check_lease(state: &State, lease: i64) -> Result<(), KvError> {
+    if lease != 0 && !state.leases.contains(&lease) {
+        return Err(KvError::LeaseNotFound);
     }
     Ok(())
 }
@@ -133,6 +142,7 @@ impl<'a> Writer<'a> {
         if (r.ignore_value || r.ignore_lease) && prev.is_none() {
             return Err(KvError::KeyNotFound);
         }
+        check_lease(self.state, r.lease)?;
         let rev = self.write_revision();
         let kv = KeyValue {
             key,

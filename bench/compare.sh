@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# compare.sh: run the same corekv-bench scenarios against a real etcd and against corekv,
+# interleaved (for each scenario and round: etcd, then corekv), and print a markdown table.
+#
+# Every run gets a freshly started server with a fresh data dir on free loopback ports,
+# and only that one server runs while it is measured (the machine has 2 cores: an idle
+# second server would still cost CPU). Servers are stopped by PID, also on error or ^C,
+# and the temp dirs are removed.
+#
+# Usage: bench/compare.sh [--rounds N] [--scenarios LIST] [--scale F] [--total N]
+#                         [--warmup-pct P] [--no-build] [--keep-logs] [--raw FILE]
+#
+#   --rounds N        rounds per scenario (cells show the median; with N > 1 also min..max) [1]
+#   --scenarios LIST  comma-separated subset of: put-lat, put-tput, range-s, range-l, txn-put
+#                     [all]
+#   --scale F         multiply every scenario's request count by F (e.g. 0.05 for a smoke run)
+#   --total N         use N requests for every scenario instead
+#   --warmup-pct P    uncounted warmup requests, as a percentage of the measured ones [5]
+#   --no-build        do not run cargo; use the binaries as they are
+#   --keep-logs       keep the temp dir (server logs, raw JSON) and print its path
+#   --raw FILE        also append every run's JSON (with scenario/system/round) to FILE
+#
+# Environment: COREKV_BIN (default target/release/corekv), BENCH_BIN (default
+# target/release/corekv-bench), ETCD_BIN (default: etcd on PATH), ROUNDS, SCENARIOS, SCALE,
+# KEY_SPACE (key space of the put scenarios, default 100000), PREFILL (keys put before the
+# range scenarios, default 1000), READY_TIMEOUT (s to wait for a server, default 30),
+# WORK_PARENT (where the temp dir goes, default ${TMPDIR:-/tmp}; put it on the disk you
+# mean to measure), ETCD_EXTRA_FLAGS, COREKV_EXTRA_FLAGS.
+#
+# Needs: etcd (Debian package etcd-server), jq (or python3), cargo unless --no-build.
+#
+# Ratio is corekv / etcd for every row: above 1 is better for throughput rows (req/s),
+# below 1 is better for latency rows (ms).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROUNDS=${ROUNDS:-1}
+SCENARIOS=${SCENARIOS:-put-lat,put-tput,range-s,range-l,txn-put}
+SCALE=${SCALE:-1}
+TOTAL_OVERRIDE=""
+WARMUP_PCT=${WARMUP_PCT:-5}
+BUILD=1
+KEEP_LOGS=0
+RAW_OUT=""
+KEY_SPACE=${KEY_SPACE:-100000}
+PREFILL=${PREFILL:-1000}
+READY_TIMEOUT=${READY_TIMEOUT:-30}
+COREKV_BIN=${COREKV_BIN:-$ROOT/target/release/corekv}
+BENCH_BIN=${BENCH_BIN:-$ROOT/target/release/corekv-bench}
+ETCD_BIN=${ETCD_BIN:-etcd}
+ALL_SCENARIOS="put-lat put-tput range-s range-l txn-put"
+
+die() { echo "compare.sh: $*" >&2; exit 2; }
+log() { echo "compare.sh: $*" >&2; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) ROUNDS=${2:?--rounds needs a value}; shift 2 ;;
+        --scenarios) SCENARIOS=${2:?--scenarios needs a value}; shift 2 ;;
+        --scale) SCALE=${2:?--scale needs a value}; shift 2 ;;
+        --total) TOTAL_OVERRIDE=${2:?--total needs a value}; shift 2 ;;
+        --warmup-pct) WARMUP_PCT=${2:?--warmup-pct needs a value}; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        --keep-logs) KEEP_LOGS=1; shift ;;
+        --raw) RAW_OUT=${2:?--raw needs a value}; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
+[[ "$WARMUP_PCT" =~ ^[0-9]+$ ]] || die "--warmup-pct must be a non-negative integer"
+[[ -z "$TOTAL_OVERRIDE" || "$TOTAL_OVERRIDE" =~ ^[1-9][0-9]*$ ]] || die "--total must be a positive integer"
+awk -v s="$SCALE" 'BEGIN { exit !(s + 0 > 0) }' || die "--scale must be > 0"
+SCENARIO_LIST=()
+for s in ${SCENARIOS//,/ }; do
+    case " $ALL_SCENARIOS " in *" $s "*) SCENARIO_LIST+=("$s") ;; *) die "unknown scenario $s (known: $ALL_SCENARIOS)" ;; esac
+done
+[ ${#SCENARIO_LIST[@]} -gt 0 ] || die "no scenario selected"
+
+# --- prerequisites -----------------------------------------------------------------------
+ETCD_PATH=$(command -v "$ETCD_BIN" || true)
+[ -n "$ETCD_PATH" ] || die "etcd not found (ETCD_BIN=$ETCD_BIN); install it: apt-get install etcd-server"
+if command -v jq >/dev/null; then
+    jget() { jq -r "$2" "$1"; }
+elif command -v python3 >/dev/null; then
+    jget() {
+        python3 - "$1" "$2" <<'EOF'
+import json, sys
+v = json.load(open(sys.argv[1]))
+for part in sys.argv[2].lstrip('.').split('.'):
+    v = v[part]
+print('null' if v is None else v)
+EOF
+    }
+else
+    die "need jq (apt-get install jq) or python3 to read the bench's JSON"
+fi
+
+if [ "$BUILD" = 1 ]; then
+    command -v cargo >/dev/null || die "cargo not found (or pass --no-build)"
+    log "building corekv and corekv-bench (release)"
+    (cd "$ROOT" && cargo build --release -p corekv -p corekv-bench) >&2 || die "cargo build failed"
+fi
+[ -x "$COREKV_BIN" ] || die "corekv binary not found: $COREKV_BIN (set COREKV_BIN)"
+[ -x "$BENCH_BIN" ] || die "corekv-bench binary not found: $BENCH_BIN (set BENCH_BIN)"
+
+# --- process and temp dir bookkeeping ------------------------------------------------------
+WORK=$(mktemp -d "${WORK_PARENT:-${TMPDIR:-/tmp}}/corekv-compare.XXXXXX")
+SERVER_PID=""
+BENCH_PID=""
+
+stop_server() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid did not stop on SIGTERM within 10 s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    if [ -n "$BENCH_PID" ]; then
+        kill -TERM "$BENCH_PID" 2>/dev/null || true
+        wait "$BENCH_PID" 2>/dev/null || true
+        BENCH_PID=""
+    fi
+    if [ -n "$SERVER_PID" ]; then
+        stop_server "$SERVER_PID"
+        SERVER_PID=""
+    fi
+    if [ "$KEEP_LOGS" = 1 ]; then
+        log "kept logs and raw results in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- servers ---------------------------------------------------------------------------
+# start_server SYSTEM RUNDIR: starts etcd or corekv, sets SERVER_PID and ENDPOINT; returns
+# non-zero (with the log's tail on stderr) when it does not come up.
+start_server() {
+    local sys=$1 dir=$2 bin extra ports p q deadline
+    case "$sys" in
+        etcd) bin=$ETCD_PATH; extra=${ETCD_EXTRA_FLAGS:-} ;;
+        corekv) bin=$COREKV_BIN; extra=${COREKV_EXTRA_FLAGS:-} ;;
+    esac
+    ports=$("$BENCH_BIN" free-ports 2) || return 1
+    read -r p q <<<"$ports"
+    mkdir -p "$dir"
+    # shellcheck disable=SC2086 # extra flags are meant to split
+    "$bin" --name n1 --data-dir "$dir/data" \
+        --listen-client-urls "http://127.0.0.1:$p" --advertise-client-urls "http://127.0.0.1:$p" \
+        --listen-peer-urls "http://127.0.0.1:$q" --initial-advertise-peer-urls "http://127.0.0.1:$q" \
+        --initial-cluster "n1=http://127.0.0.1:$q" $extra >"$dir/server.log" 2>&1 &
+    SERVER_PID=$!
+    ENDPOINT="127.0.0.1:$p"
+    deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            log "$sys exited during startup; last log lines:"
+            tail -n 15 "$dir/server.log" >&2
+            wait "$SERVER_PID" 2>/dev/null || true
+            SERVER_PID=""
+            return 1
+        fi
+        # Ready = answers a linearizable read (needs a leader).
+        if "$BENCH_BIN" range --endpoints "$ENDPOINT" --key corekv-compare-ready --total 1 --timeout 2 \
+            --json >/dev/null 2>"$dir/ready.err"; then
+            return 0
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            log "$sys not ready after ${READY_TIMEOUT}s: $(tail -n 1 "$dir/ready.err")"
+            log "last log lines:"
+            tail -n 15 "$dir/server.log" >&2
+            stop_server "$SERVER_PID"
+            SERVER_PID=""
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# --- scenarios -------------------------------------------------------------------------
+# scenario_total NAME DEFAULT
+scaled() {
+    if [ -n "$TOTAL_OVERRIDE" ]; then echo "$TOTAL_OVERRIDE"; return; fi
+    awk -v n="$1" -v s="$SCALE" 'BEGIN { t = int(n * s + 0.5); print (t < 1 ? 1 : t) }'
+}
+
+# scenario_args NAME: the corekv-bench arguments (without endpoints/json/warmup)
+scenario_args() {
+    local common="--key-size 8 --val-size 256"
+    case "$1" in
+        put-lat) echo "put --conns 1 --clients 1 --total $(scaled 2000) $common --key-space-size $KEY_SPACE" ;;
+        put-tput) echo "put --conns 16 --clients 256 --total $(scaled 50000) $common --key-space-size $KEY_SPACE" ;;
+        range-s) echo "range --conns 16 --clients 256 --total $(scaled 100000) $common --consistency s --prefill $PREFILL --key 00000000" ;;
+        range-l) echo "range --conns 16 --clients 256 --total $(scaled 100000) $common --consistency l --prefill $PREFILL --key 00000000" ;;
+        txn-put) echo "txn-put --conns 4 --clients 16 --total $(scaled 20000) $common --txn-ops 1 --key-space-size $KEY_SPACE" ;;
+    esac
+}
+
+# scenario_rows NAME: lines "label|jq-path|kind" (kind: tput or lat)
+scenario_rows() {
+    case "$1" in
+        put-lat)
+            echo "put, 1 conn / 1 client, p50 latency (ms)|.latency_ms.p50|lat"
+            echo "put, 1 conn / 1 client, p99 latency (ms)|.latency_ms.p99|lat" ;;
+        put-tput) echo "put, 16 conns / 256 clients (req/s)|.rps|tput" ;;
+        range-s) echo "range serializable, 16 conns / 256 clients (req/s)|.rps|tput" ;;
+        range-l) echo "range linearizable, 16 conns / 256 clients (req/s)|.rps|tput" ;;
+        txn-put) echo "txn-put 1 op, 4 conns / 16 clients (req/s)|.rps|tput" ;;
+    esac
+}
+
+declare -A VALUES   # "scenario|system|jqpath" -> space-separated values, one per good round
+NOTES=()
+FAILED=0
+
+run_one() {
+    local scen=$1 sys=$2 round=$3 dir args total warmup out rc errors
+    dir="$WORK/$scen-r$round-$sys"
+    args=$(scenario_args "$scen")
+    total=$(sed -E 's/.*--total ([0-9]+).*/\1/' <<<"$args")
+    warmup=$((total * WARMUP_PCT / 100))
+    log "[$scen round $round] $sys: starting server"
+    if ! start_server "$sys" "$dir"; then
+        NOTES+=("$scen round $round, $sys: server did not start")
+        FAILED=1
+        return
+    fi
+    out="$dir/result.json"
+    log "[$scen round $round] $sys: corekv-bench $args --warmup $warmup"
+    rc=0
+    # In the background + wait, so that a signal to this script is handled at once
+    # (bash defers traps while a foreground command runs); cleanup stops it too.
+    # shellcheck disable=SC2086 # args are meant to split
+    "$BENCH_BIN" --endpoints "$ENDPOINT" $args --warmup "$warmup" --json >"$out" 2>"$dir/bench.err" &
+    BENCH_PID=$!
+    wait "$BENCH_PID" || rc=$?
+    BENCH_PID=""
+    stop_server "$SERVER_PID"
+    SERVER_PID=""
+    rm -rf "$dir/data"
+    if [ $rc -ne 0 ] || ! [ -s "$out" ]; then
+        NOTES+=("$scen round $round, $sys: corekv-bench failed (exit $rc): $(tail -n 1 "$dir/bench.err")")
+        FAILED=1
+        return
+    fi
+    if [ -n "$RAW_OUT" ]; then
+        jq -c --arg s "$scen" --arg y "$sys" --argjson r "$round" '. + {scenario: $s, system: $y, round: $r}' \
+            "$out" >>"$RAW_OUT" 2>/dev/null || cat "$out" >>"$RAW_OUT"
+    fi
+    errors=$(jget "$out" .errors)
+    if [ "$errors" != 0 ]; then
+        NOTES+=("$scen round $round, $sys: $errors errors; first: $(jget "$out" .first_error)")
+    fi
+    log "[$scen round $round] $sys: $(jget "$out" .rps) req/s, p50 $(jget "$out" .latency_ms.p50) ms, p99 $(jget "$out" .latency_ms.p99) ms, $errors errors"
+    local path
+    while IFS='|' read -r _ path _; do
+        VALUES["$scen|$sys|$path"]+="$(jget "$out" "$path") "
+    done < <(scenario_rows "$scen")
+}
+
+log "work dir $WORK ($(df -T "$WORK" | awk 'NR==2 { print $2 }')), etcd: $("$ETCD_PATH" --version | head -n 1), corekv: $COREKV_BIN"
+for scen in "${SCENARIO_LIST[@]}"; do
+    for round in $(seq 1 "$ROUNDS"); do
+        for sys in etcd corekv; do
+            run_one "$scen" "$sys" "$round"
+        done
+    done
+done
+
+# --- table -----------------------------------------------------------------------------
+# cell VALUES KIND: median (and min..max when several) formatted for the kind
+cell() {
+    local vals=$1 kind=$2
+    [ -n "${vals// /}" ] || { echo "FAIL"; return; }
+    tr ' ' '\n' <<<"$vals" | grep -v '^$' | sort -g | awk -v kind="$kind" '
+        { a[NR] = $1 }
+        END {
+            med = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+            fmt = (kind == "lat") ? "%.4f" : "%.0f"
+            s = sprintf(fmt, med)
+            if (NR > 1) s = s sprintf(" (" fmt ".." fmt ")", a[1], a[NR])
+            print s
+        }'
+}
+median() {
+    [ -n "${1// /}" ] || return 0
+    tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+echo
+echo "| scenario | etcd | corekv | ratio |"
+echo "|---|---:|---:|---:|"
+for scen in "${SCENARIO_LIST[@]}"; do
+    while IFS='|' read -r label path kind; do
+        e=${VALUES["$scen|etcd|$path"]:-}
+        c=${VALUES["$scen|corekv|$path"]:-}
+        em=$(median "$e"); cm=$(median "$c")
+        ratio="-"
+        if [ -n "$em" ] && [ -n "$cm" ]; then
+            ratio=$(awk -v a="$cm" -v b="$em" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+        fi
+        echo "| $label | $(cell "$e" "$kind") | $(cell "$c" "$kind") | $ratio |"
+    done < <(scenario_rows "$scen")
+done
+echo
+echo "ratio = corekv / etcd (higher is better for req/s, lower is better for ms); $ROUNDS round(s), median shown; keys 8 B, values 256 B; warmup ${WARMUP_PCT}%."
+if [ ${#NOTES[@]} -gt 0 ]; then
+    echo
+    echo "Notes:"
+    for n in "${NOTES[@]}"; do echo "- $n"; done
+fi
+[ "$FAILED" = 0 ] || exit 1
