@@ -68,8 +68,9 @@ fn big_stdin(cmd: &str, byte: u8, len: usize) -> Step {
 /// Runs `steps` against a fresh etcd and a fresh server under test and
 /// compares every step; reports all differing steps at once.
 fn run_parity(name: &str, steps: &[Step]) {
-    let reference = Server::start(Kind::Etcd);
-    let subject = Server::start(target_kind());
+    let mut reference = Server::start(Kind::Etcd);
+    let mut subject = Server::start(target_kind());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
     let rports = [
         (reference.client_port, "client-port"),
         (reference.peer_port, "peer-port"),
@@ -100,11 +101,26 @@ fn run_parity(name: &str, steps: &[Step]) {
                 step.cmd, subject.kind
             ));
         }
+        assert!(reference.is_running(), "etcd exited during step {i} `{}`", step.cmd);
+        if !subject.is_running() || std::time::Instant::now() > deadline {
+            let why = if subject.is_running() {
+                "scenario exceeded its 150 s budget"
+            } else {
+                "the server under test exited"
+            };
+            panic!(
+                "{name}: {why} at step {i} `{}`; {} differing step(s) so far:\n\n{}",
+                step.cmd,
+                diffs.len(),
+                diffs.join("\n")
+            );
+        }
     }
     println!("===== {name}: etcd transcript =====\n{transcript}");
     if !diffs.is_empty() {
         panic!(
-            "{name}: {} of {} steps differ between etcd and {}:\n\n{}",
+            "{name}: {} of {} steps differ between etcd and {} \
+             (later differences may follow from the first one: revisions diverge):\n\n{}",
             diffs.len(),
             steps.len(),
             subject.kind,
