@@ -7,6 +7,7 @@
 //! - [`serve`]: one core's accept loop: HTTP/1.1 and HTTP/2 (gRPC) on the same port.
 //! - [`metrics`]: lock-free counters and histograms rendered as Prometheus text.
 
+mod authority;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

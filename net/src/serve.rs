@@ -75,6 +75,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, router: axum::Router) {
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
             builder.http2().max_concurrent_streams(H2_STREAMS_PER_CONNECTION_MAX);
+            let stream = crate::authority::AuthorityRepair::new(stream);
             if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
                 log::debug!("connection ended: {err}");
             }
