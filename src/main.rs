@@ -13,6 +13,7 @@ mod logger;
 mod recovery;
 mod sequencer;
 mod shard;
+mod watch;
 
 use std::sync::Arc;
 
@@ -74,7 +75,12 @@ fn run(config: Config) {
     .unwrap_or_else(|e| fatal("cannot start raft", e));
 
     let (seq_tx, seq_rx) = flume::bounded(sequencer::QUEUE_DEPTH_MAX);
-    let initial = sequencer::Publication { seq: 0, view: recovered.store.view(), raft_term: recovered.raft.hard_state.term };
+    let initial = sequencer::Publication {
+        seq: 0,
+        view: recovered.store.view(),
+        raft_term: recovered.raft.hard_state.term,
+        events: Default::default(),
+    };
     let mut publication_txs = Vec::new();
     let mut shard_clients = Vec::new();
     for (core, cpu) in cpus.iter().copied().enumerate() {
@@ -89,6 +95,7 @@ fn run(config: Config) {
             publications: pub_rx,
             sequencer: seq_tx.clone(),
             initial: initial.clone(),
+            max_request_bytes: config.max_request_bytes as usize,
         };
         if let Err(err) = shard::spawn(setup) {
             fatal("cannot start shard executor (glommio)", err);

@@ -16,7 +16,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use corekv_engine::mvcc::{CommandResponse, ReadView, Store};
+use std::sync::Arc;
+
+use corekv_engine::mvcc::{CommandResponse, Event, ReadView, Store};
 use corekv_engine::request::{Command, InternalRequest};
 use corekv_engine::wal::{RecordKind, Wal};
 use corekv_engine::KvError;
@@ -54,6 +56,9 @@ pub struct Publication {
     pub seq: u64,
     pub view: ReadView,
     pub raft_term: u64,
+    /// The batch's changes in revision order (shared, not copied, across shards): every
+    /// event with a revision above the previous publication's view, up to this view's.
+    pub events: Arc<Vec<Event>>,
 }
 
 /// The sequencer's state. See the module docs for the loop.
@@ -77,6 +82,8 @@ pub struct Sequencer {
     /// Proposal bytes taken this loop turn (the batch-size bound).
     turn_bytes: usize,
     publication_seq: u64,
+    /// Events applied since the last publication, in revision order.
+    unpublished_events: Vec<Event>,
     /// A commit index raft advanced to that no WAL record holds yet.
     commit_unrecorded: Option<u64>,
     applied_index: u64,
@@ -111,6 +118,7 @@ impl Sequencer {
             turn_bytes: 0,
             publication_seq: 0,
             commit_unrecorded: None,
+            unpublished_events: Vec::new(),
             applied_index,
             failed: None,
         }
@@ -295,7 +303,10 @@ impl Sequencer {
         debug_assert!(entry.index > self.applied_index, "entries apply once, in order");
         self.applied_index = entry.index;
         let result = match crate::recovery::decode_command(entry) {
-            Ok(Some(command)) => Some(self.store.apply(&command)),
+            Ok(Some(command)) => Some(self.store.apply(&command).map(|mut applied| {
+                self.unpublished_events.append(&mut applied.events);
+                applied
+            })),
             Ok(None) => None,
             Err(err) => {
                 // A committed entry we cannot decode means a bug or corruption: stop.
@@ -353,7 +364,8 @@ impl Sequencer {
         m.compact_revision.store(view.compact_revision(), std::sync::atomic::Ordering::Relaxed);
         m.keys.store(view.key_count() as i64, std::sync::atomic::Ordering::Relaxed);
         self.publication_seq += 1;
-        let publication = Publication { seq: self.publication_seq, view, raft_term: self.raft.term() };
+        let events = Arc::new(std::mem::take(&mut self.unpublished_events));
+        let publication = Publication { seq: self.publication_seq, view, raft_term: self.raft.term(), events };
         for shard in &self.shards {
             // Bounded: a shard that stops draining makes the sequencer wait, not grow memory.
             let _ = shard.send(publication.clone());

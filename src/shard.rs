@@ -12,6 +12,10 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tokio::sync::oneshot;
 
 use crate::sequencer::{Publication, SequencerMsg};
+use crate::watch::{HeaderFacts, WatchHub};
+
+/// How often a shard flushes watch streams and advances unsynced watchers.
+const WATCH_TICK_MS: u64 = 50;
 
 /// Memory glommio registers for its io_uring buffers. Small so the server starts under the
 /// common 8 MiB RLIMIT_MEMLOCK; the shards do no bulk file I/O of their own.
@@ -25,6 +29,8 @@ pub struct ShardSetup {
     pub publications: flume::Receiver<Publication>,
     pub sequencer: flume::Sender<SequencerMsg>,
     pub initial: Publication,
+    /// --max-request-bytes: the size past which a fragmenting watcher's batch is split.
+    pub max_request_bytes: usize,
 }
 
 /// Starts the shard on its own pinned thread.
@@ -36,14 +42,27 @@ pub fn spawn(setup: ShardSetup) -> glommio::Result<glommio::ExecutorJoinHandle<(
 }
 
 async fn run(setup: ShardSetup) {
-    let ShardSetup { requests, publications, sequencer, initial, .. } = setup;
+    let ShardSetup { requests, publications, sequencer, initial, max_request_bytes, .. } = setup;
+    let facts = HeaderFacts { raft_term: initial.raft_term, fragment_bytes_max: max_request_bytes };
+    let hub = Rc::new(RefCell::new(WatchHub::new(initial.view.clone(), facts)));
     let current = Rc::new(RefCell::new(initial));
+    let started = std::time::Instant::now();
+    let now_ms = move || started.elapsed().as_millis() as u64;
     let follower = {
-        let current = current.clone();
+        let (current, hub) = (current.clone(), hub.clone());
         let publications = publications.clone();
         glommio::spawn_local(async move {
             while let Ok(publication) = publications.recv_async().await {
-                adopt(&current, publication);
+                adopt(&current, &hub, publication, now_ms());
+            }
+        })
+    };
+    let ticker = {
+        let hub = hub.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(std::time::Duration::from_millis(WATCH_TICK_MS)).await;
+                hub.borrow_mut().tick(now_ms());
             }
         })
     };
@@ -51,18 +70,33 @@ async fn run(setup: ShardSetup) {
         // Publications are sent before writers are answered, so catching up here first
         // means a client always reads its own acknowledged writes on any core.
         while let Ok(publication) = publications.try_recv() {
-            adopt(&current, publication);
+            adopt(&current, &hub, publication, now_ms());
         }
-        serve(request, &current, &sequencer).await;
+        if let Some(request) = serve_watch(request, &hub, now_ms()) {
+            serve(request, &current, &sequencer).await;
+        }
     }
-    drop(follower);
+    drop((follower, ticker));
 }
 
-fn adopt(current: &Rc<RefCell<Publication>>, publication: Publication) {
+/// Takes a publication: the new view for reads, and its events for this core's watchers.
+fn adopt(current: &Rc<RefCell<Publication>>, hub: &Rc<RefCell<WatchHub>>, publication: Publication, now_ms: u64) {
     let mut slot = current.borrow_mut();
-    if publication.seq > slot.seq {
-        *slot = publication;
+    // Publications arrive in order on one channel; each is taken exactly once.
+    assert!(publication.seq > slot.seq, "publications are taken once, in order");
+    hub.borrow_mut().publish(publication.view.clone(), publication.raft_term, &publication.events, now_ms);
+    *slot = publication;
+}
+
+/// Serves watch-stream requests; hands every other request back.
+fn serve_watch(request: ShardRequest, hub: &Rc<RefCell<WatchHub>>, now_ms: u64) -> Option<ShardRequest> {
+    match request {
+        ShardRequest::WatchOpen { stream_id, responses } => hub.borrow_mut().open(stream_id, responses),
+        ShardRequest::Watch { stream_id, request } => hub.borrow_mut().request(stream_id, request, now_ms),
+        ShardRequest::WatchClose { stream_id } => hub.borrow_mut().close(stream_id),
+        other => return Some(other),
     }
+    None
 }
 
 async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequencer: &flume::Sender<SequencerMsg>) {
@@ -90,6 +124,9 @@ async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequen
             {
                 let _ = reply.send(Err(stopped()));
             }
+        }
+        ShardRequest::WatchOpen { .. } | ShardRequest::Watch { .. } | ShardRequest::WatchClose { .. } => {
+            debug_assert!(false, "watch requests are served by serve_watch");
         }
         ShardRequest::Status { reply } => {
             let _ = sequencer.send_async(SequencerMsg::Status { reply }).await;

@@ -33,8 +33,12 @@ pub enum KvError {
     DuplicateKey,
     /// The request, encoded, is larger than --max-request-bytes.
     RequestTooLarge,
-    /// A put names a lease that does not exist.
+    /// A put, revoke or grant names a lease that does not exist.
     LeaseNotFound,
+    /// A grant names a lease ID that is already granted.
+    LeaseExists,
+    /// A grant asks for a TTL above etcd's maximum (9,000,000,000 seconds).
+    LeaseTtlTooLarge,
     /// A read or compaction at a revision below the compacted revision.
     Compacted,
     /// A read or compaction at a revision above the current revision.
@@ -55,6 +59,8 @@ impl KvError {
             KvError::DuplicateKey => "etcdserver: duplicate key given in txn request",
             KvError::RequestTooLarge => "etcdserver: request is too large",
             KvError::LeaseNotFound => "etcdserver: requested lease not found",
+            KvError::LeaseExists => "etcdserver: lease already exists",
+            KvError::LeaseTtlTooLarge => "etcdserver: too large lease TTL",
             KvError::Compacted => "etcdserver: mvcc: required revision has been compacted",
             KvError::FutureRevision => "etcdserver: mvcc: required revision is a future revision",
             KvError::Unavailable(reason) => reason,
@@ -71,8 +77,9 @@ impl KvError {
             | KvError::TooManyOps
             | KvError::DuplicateKey
             | KvError::RequestTooLarge => StatusCode::InvalidArgument,
-            KvError::Compacted | KvError::FutureRevision => StatusCode::OutOfRange,
+            KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => StatusCode::OutOfRange,
             KvError::LeaseNotFound => StatusCode::NotFound,
+            KvError::LeaseExists => StatusCode::FailedPrecondition,
             KvError::Unavailable(_) => StatusCode::Unavailable,
         }
     }

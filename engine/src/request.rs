@@ -3,7 +3,10 @@
 //! Encoded with prost (protobuf wire format), like etcd's `InternalRaftRequest`, so a WAL dump
 //! can decode any entry without knowing which server version wrote it.
 
-use crate::pb::{PbCompactionRequest, PbDeleteRequest, PbPutRequest, PbTxnRequest};
+use crate::pb::{
+    PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest,
+    PbTxnRequest,
+};
 
 /// A write request as it is proposed to raft and recorded in the WAL.
 /// Exactly one of the request fields is set.
@@ -20,6 +23,30 @@ pub struct InternalRequest {
     pub txn: Option<PbTxnRequest>,
     #[prost(message, optional, tag = "5")]
     pub compaction: Option<PbCompactionRequest>,
+    #[prost(message, optional, tag = "6")]
+    pub lease_grant: Option<PbLeaseGrantRequest>,
+    #[prost(message, optional, tag = "7")]
+    pub lease_revoke: Option<PbLeaseRevokeRequest>,
+    #[prost(message, optional, tag = "8")]
+    pub lease_checkpoint: Option<LeaseCheckpointRequest>,
+}
+
+/// Remaining TTLs the leader records in the log so that a restart (or a new leader) does not
+/// hand leases a fresh TTL. Same wire format as etcd's `LeaseCheckpointRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpointRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub checkpoints: Vec<LeaseCheckpoint>,
+}
+
+/// One lease's remaining TTL at checkpoint time.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpoint {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    /// Seconds left; 0 clears a previous checkpoint (the lease was renewed).
+    #[prost(int64, tag = "2")]
+    pub remaining_ttl: i64,
 }
 
 /// The one request an [`InternalRequest`] carries, by value.
@@ -29,6 +56,13 @@ pub enum Command {
     DeleteRange(PbDeleteRequest),
     Txn(PbTxnRequest),
     Compact(PbCompactionRequest),
+    /// Grant a lease. The proposer has already chosen a non-zero ID and applied the
+    /// minimum TTL, so applying it is deterministic.
+    LeaseGrant(PbLeaseGrantRequest),
+    /// Revoke a lease, deleting its keys.
+    LeaseRevoke(PbLeaseRevokeRequest),
+    /// Record remaining TTLs (no revision change).
+    LeaseCheckpoint(LeaseCheckpointRequest),
 }
 
 impl InternalRequest {
@@ -40,6 +74,9 @@ impl InternalRequest {
             Command::DeleteRange(r) => request.delete_range = Some(r),
             Command::Txn(r) => request.txn = Some(r),
             Command::Compact(r) => request.compaction = Some(r),
+            Command::LeaseGrant(r) => request.lease_grant = Some(r),
+            Command::LeaseRevoke(r) => request.lease_revoke = Some(r),
+            Command::LeaseCheckpoint(r) => request.lease_checkpoint = Some(r),
         }
         request
     }
@@ -55,6 +92,15 @@ impl InternalRequest {
         if let Some(r) = self.txn {
             return Some(Command::Txn(r));
         }
-        self.compaction.map(Command::Compact)
+        if let Some(r) = self.compaction {
+            return Some(Command::Compact(r));
+        }
+        if let Some(r) = self.lease_grant {
+            return Some(Command::LeaseGrant(r));
+        }
+        if let Some(r) = self.lease_revoke {
+            return Some(Command::LeaseRevoke(r));
+        }
+        self.lease_checkpoint.map(Command::LeaseCheckpoint)
     }
 }

@@ -143,6 +143,14 @@ pub struct Metrics {
     pub proposals_failed: AtomicU64,
     /// Proposals applied.
     pub proposals_applied: AtomicU64,
+    /// Open watch streams.
+    pub watch_streams: AtomicI64,
+    /// Watchers on all streams.
+    pub watchers: AtomicI64,
+    /// Watchers currently catching up from history (their stream was too slow).
+    pub slow_watchers: AtomicI64,
+    /// Events sent to watchers.
+    pub watch_events_sent: AtomicU64,
 }
 
 impl Metrics {
@@ -165,6 +173,10 @@ impl Metrics {
             keys: AtomicI64::new(0),
             proposals_failed: AtomicU64::new(0),
             proposals_applied: AtomicU64::new(0),
+            watch_streams: AtomicI64::new(0),
+            watchers: AtomicI64::new(0),
+            slow_watchers: AtomicI64::new(0),
+            watch_events_sent: AtomicU64::new(0),
         }
     }
 
@@ -210,6 +222,10 @@ impl Metrics {
         gauge(&mut out, "corekv_db_size_bytes", "Bytes on disk.", self.db_size_bytes.load(Relaxed));
         counter(&mut out, "corekv_proposals_applied_total", "Proposals applied.", self.proposals_applied.load(Relaxed));
         counter(&mut out, "corekv_proposals_failed_total", "Proposals that failed before apply.", self.proposals_failed.load(Relaxed));
+        gauge(&mut out, "corekv_watch_streams", "Open watch streams.", self.watch_streams.load(Relaxed));
+        gauge(&mut out, "corekv_watchers", "Watchers on all streams.", self.watchers.load(Relaxed));
+        gauge(&mut out, "corekv_slow_watchers", "Watchers catching up from history.", self.slow_watchers.load(Relaxed));
+        counter(&mut out, "corekv_watch_events_sent_total", "Events sent to watchers.", self.watch_events_sent.load(Relaxed));
         out
     }
 }

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use corekv_engine::mvcc::CommandResponse;
-use corekv_engine::pb::{PbRangeRequest, PbRangeResponse, PbTxnRequest, PbTxnResponse};
+use corekv_engine::pb::{
+    PbRangeRequest, PbRangeResponse, PbTxnRequest, PbTxnResponse, PbWatchRequest, PbWatchResponse,
+};
 use corekv_engine::request::Command;
 use corekv_engine::KvError;
 use tokio::sync::oneshot;
@@ -42,6 +44,12 @@ pub enum ShardRequest {
     Read { op: ReadOp, serializable: bool, reply: oneshot::Sender<Result<Reply<ReadResult>, KvError>> },
     /// A write, proposed through raft; answered after it is durable and applied.
     Write { command: Command, reply: oneshot::Sender<Result<Reply<CommandResponse>, KvError>> },
+    /// A new watch stream; its responses go out through `responses` (bounded).
+    WatchOpen { stream_id: u64, responses: flume::Sender<PbWatchResponse> },
+    /// A request on a watch stream (create, cancel, progress).
+    Watch { stream_id: u64, request: PbWatchRequest },
+    /// The client ended its side of a watch stream.
+    WatchClose { stream_id: u64 },
     /// Raft and storage status for Maintenance.Status.
     Status { reply: oneshot::Sender<StatusInfo> },
 }
@@ -117,6 +125,21 @@ impl ShardClient {
         let (reply, rx) = oneshot::channel();
         self.send(ShardRequest::Status { reply }).await?;
         rx.await.map_err(|_| closed())
+    }
+
+    /// Registers a watch stream with the shard.
+    pub async fn watch_open(&self, stream_id: u64, responses: flume::Sender<PbWatchResponse>) -> Result<(), KvError> {
+        self.send(ShardRequest::WatchOpen { stream_id, responses }).await
+    }
+
+    /// Passes one watch-stream request to the shard.
+    pub async fn watch_request(&self, stream_id: u64, request: PbWatchRequest) -> Result<(), KvError> {
+        self.send(ShardRequest::Watch { stream_id, request }).await
+    }
+
+    /// Tells the shard a watch stream ended.
+    pub async fn watch_close(&self, stream_id: u64) -> Result<(), KvError> {
+        self.send(ShardRequest::WatchClose { stream_id }).await
     }
 
     async fn send(&self, request: ShardRequest) -> Result<(), KvError> {

@@ -13,6 +13,7 @@
 //! included (see the submodules), because clients and tests compare us with real etcd.
 
 mod compact;
+pub mod lease;
 mod compare;
 mod gosort;
 mod range;
@@ -22,6 +23,8 @@ pub mod validate;
 
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod tests;
 
@@ -59,6 +62,22 @@ pub enum CommandResponse {
     DeleteRange(pb::PbDeleteResponse),
     Txn(pb::PbTxnResponse),
     Compact(pb::PbCompactionResponse),
+    LeaseGrant(pb::PbLeaseGrantResponse),
+    LeaseRevoke(pb::PbLeaseRevokeResponse),
+    /// A checkpoint has no etcd response message; the header carries the revision.
+    LeaseCheckpoint(Option<pb::PbResponseHeader>),
+}
+
+/// A lease as a [`ReadView`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: i64,
+    /// The TTL granted, in seconds.
+    pub ttl_secs: i64,
+    /// The remaining TTL recorded by the last checkpoint; 0 if none.
+    pub remaining_ttl_secs: i64,
+    /// The live keys attached to the lease, in key order.
+    pub keys: Vec<Bytes>,
 }
 
 /// One change to one key, cheap to clone (the bytes are shared), for watch fan-out.
@@ -125,6 +144,15 @@ impl Store {
                 let resp = compact::compact(&mut work, r.revision)?;
                 (CommandResponse::Compact(resp), Vec::new())
             }
+            Command::LeaseGrant(r) => (CommandResponse::LeaseGrant(lease::grant(&mut work, r)?), Vec::new()),
+            Command::LeaseRevoke(r) => {
+                let (resp, events) = lease::revoke(&mut work, r)?;
+                (CommandResponse::LeaseRevoke(resp), events)
+            }
+            Command::LeaseCheckpoint(r) => {
+                let revision = lease::checkpoint(&mut work, r);
+                (CommandResponse::LeaseCheckpoint(header(revision)), Vec::new())
+            }
         };
         self.state = work;
         Ok(Applied { response, events, revision: self.state.revision })
@@ -148,14 +176,15 @@ impl Store {
 
 #[cfg(test)]
 impl Store {
-    /// Grants leases directly, so tests can attach them before the Lease service exists.
+    /// Grants leases (TTL 60 s) directly, without a command, so key-space tests can attach
+    /// them without going through grant.
     pub(crate) fn grant_leases_for_tests(&mut self, ids: impl IntoIterator<Item = i64>) {
         for id in ids {
-            self.state.leases.insert(id);
+            self.state.leases.insert(id, state::LeaseRecord::new(60));
         }
     }
 
-    /// A store where leases 1..=16 exist.
+    /// A store where leases 1..=16 exist (TTL 60 s).
     pub(crate) fn with_test_leases() -> Store {
         let mut store = Store::new();
         store.grant_leases_for_tests(1..=16);
@@ -193,6 +222,53 @@ impl ReadView {
         let (resp, events) = txn::apply_txn(&mut work, req)?;
         assert!(events.is_empty(), "a read-only txn produced events");
         Ok(resp)
+    }
+
+    /// The changes a watcher of `key`/`range_end` (etcd's range encoding) missed: every
+    /// event with `after < revision <= up_to` (clamped to this view), in revision order, at
+    /// most `events_max`. Fails with `Compacted` if history after `after` is gone.
+    pub fn changes(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        after: i64,
+        up_to: i64,
+        events_max: usize,
+    ) -> Result<Vec<Event>, KvError> {
+        if after + 1 < self.state.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        let up_to = up_to.min(self.state.revision);
+        if up_to <= after {
+            return Ok(Vec::new());
+        }
+        Ok(self.state.changes(&state::KeyRange::new(key, range_end), after, up_to, events_max))
+    }
+
+    /// The IDs of every granted lease, ascending.
+    pub fn leases(&self) -> Vec<i64> {
+        self.state.leases.keys().copied().collect()
+    }
+
+    /// Number of granted leases.
+    pub fn lease_count(&self) -> usize {
+        self.state.leases.len()
+    }
+
+    /// One lease with its attached keys, if granted.
+    pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
+        self.state.leases.get(&id).map(|l| LeaseInfo {
+            id,
+            ttl_secs: l.ttl_secs,
+            remaining_ttl_secs: l.remaining_ttl_secs,
+            keys: l.keys.iter().cloned().collect(),
+        })
+    }
+
+    /// Every lease as `(id, granted TTL, checkpointed remaining TTL or 0)`, ascending by ID,
+    /// without the key sets (what the lessor needs to take over deadlines).
+    pub fn lease_ttls(&self) -> Vec<(i64, i64, i64)> {
+        self.state.leases.iter().map(|(id, l)| (*id, l.ttl_secs, l.remaining_ttl_secs)).collect()
     }
 
     /// Number of live keys in this snapshot.

@@ -309,6 +309,10 @@ impl Model {
                     header: hdr(self.revision),
                 })
             }
+            // The model covers the key space only; lease_tests.rs covers leases.
+            Command::LeaseGrant(_) | Command::LeaseRevoke(_) | Command::LeaseCheckpoint(_) => {
+                unreachable!("the model generates no lease commands")
+            }
         };
         self.revision = ctx.current();
         Ok((response, ctx.events))

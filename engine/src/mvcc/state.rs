@@ -33,9 +33,27 @@ pub(super) struct State {
     /// etcd's `compactMainRev`: -1 until the first compaction, which is why a fresh
     /// etcd accepts `compact 0` once.
     pub compact_revision: i64,
-    /// IDs of granted leases. A put naming any other lease fails as in etcd. Nothing grants
-    /// leases until the Lease service lands, so until then every non-zero lease is unknown.
-    pub leases: imbl::OrdSet<i64>,
+    /// Granted leases by ID. A put naming any other lease fails as in etcd.
+    pub leases: OrdMap<i64, LeaseRecord>,
+}
+
+/// A granted lease as the replicated state holds it. Cloning is O(1) (the key set is shared).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LeaseRecord {
+    /// The TTL granted, in seconds.
+    pub ttl_secs: i64,
+    /// The remaining TTL recorded by the last checkpoint; 0 means none (a restart then
+    /// starts the lease over with its full TTL).
+    pub remaining_ttl_secs: i64,
+    /// The live keys attached to the lease.
+    pub keys: imbl::OrdSet<Bytes>,
+}
+
+impl LeaseRecord {
+    /// A fresh lease with no keys and no checkpoint.
+    pub fn new(ttl_secs: i64) -> LeaseRecord {
+        LeaseRecord { ttl_secs, remaining_ttl_secs: 0, keys: imbl::OrdSet::new() }
+    }
 }
 
 /// Bounds on `latest`'s keys.
@@ -92,7 +110,7 @@ impl State {
             history: OrdMap::new(),
             revision: 1,
             compact_revision: -1,
-            leases: imbl::OrdSet::new(),
+            leases: OrdMap::new(),
         }
     }
 
@@ -174,10 +192,59 @@ impl State {
         out
     }
 
-    /// Records one change at sub revision `sub` and keeps `latest` in step.
+    /// Every change to a key in `range` with `after < main revision <= up_to`, in revision
+    /// order, the earliest `events_max` of them. Each carries the key's previous revision
+    /// when history still holds it (a watcher's prev_kv). Callers bound `up_to - after`:
+    /// the changes in that window are gathered before they are ordered.
+    pub fn changes(&self, range: &KeyRange, after: i64, up_to: i64, events_max: usize) -> Vec<super::Event> {
+        let mut found: Vec<(i64, i64, super::Event)> = Vec::new();
+        let mut each_key = |key: &Bytes| {
+            let lower = (key.clone(), after.saturating_add(1), i64::MIN);
+            let upper = (key.clone(), up_to, i64::MAX);
+            let mut prev: Option<Arc<Record>> = self
+                .history
+                .range(..lower.clone())
+                .next_back()
+                .filter(|((k, _, _), _)| k == key)
+                .map(|(_, r)| r.clone());
+            for ((_, main, sub), record) in self.history.range(lower..=upper) {
+                let kind = if record.tombstone { super::EventKind::Delete } else { super::EventKind::Put };
+                let prev_kv = prev.as_ref().filter(|p| !p.tombstone).map(|p| p.kv.clone());
+                found.push((*main, *sub, super::Event { kind, kv: record.kv.clone(), prev_kv }));
+                prev = Some(record.clone());
+            }
+        };
+        match range {
+            KeyRange::Empty => {}
+            KeyRange::Single(k) => each_key(k),
+            KeyRange::From(k) | KeyRange::Between(k, _) => {
+                let mut lower = Bound::Included((k.clone(), i64::MIN, i64::MIN));
+                while let Some(((key, _, _), _)) = self.history.range((lower, Bound::Unbounded)).next() {
+                    if !range.before_end(key) {
+                        break;
+                    }
+                    let key = key.clone();
+                    each_key(&key);
+                    lower = Bound::Excluded((key, i64::MAX, i64::MAX));
+                }
+            }
+        }
+        found.sort_by_key(|(main, sub, _)| (*main, *sub));
+        found.truncate(events_max);
+        found.into_iter().map(|(_, _, event)| event).collect()
+    }
+
+    /// Records one change at sub revision `sub` and keeps `latest` and the leases' key
+    /// sets in step: a put moves the key to its new lease, a delete detaches it.
     pub fn write(&mut self, record: Record, sub: i64) {
         let key = record.kv.key.clone();
         let main = record.kv.mod_revision;
+        let old_lease = self.latest.get(&key).map_or(0, |r| r.kv.lease);
+        let new_lease = if record.tombstone { 0 } else { record.kv.lease };
+        if old_lease != new_lease {
+            self.detach(old_lease, &key);
+            self.attach(new_lease, &key);
+        }
         let record = Arc::new(record);
         if record.tombstone {
             self.latest.remove(&key);
@@ -185,5 +252,20 @@ impl State {
             self.latest.insert(key.clone(), record.clone());
         }
         self.history.insert((key, main, sub), record);
+    }
+
+    /// Adds `key` to lease `id`'s keys. Lease 0 (none) and unknown leases are skipped:
+    /// puts check their lease exists before writing.
+    fn attach(&mut self, id: i64, key: &Bytes) {
+        if let Some(lease) = self.leases.get_mut(&id) {
+            lease.keys.insert(key.clone());
+        }
+    }
+
+    /// Removes `key` from lease `id`'s keys, if both exist.
+    fn detach(&mut self, id: i64, key: &Bytes) {
+        if let Some(lease) = self.leases.get_mut(&id) {
+            lease.keys.remove(key);
+        }
     }
 }

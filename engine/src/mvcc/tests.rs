@@ -115,6 +115,9 @@ fn rev_of(resp: &CommandResponse) -> i64 {
         CommandResponse::DeleteRange(r) => r.header,
         CommandResponse::Txn(r) => r.header,
         CommandResponse::Compact(r) => r.header,
+        CommandResponse::LeaseGrant(r) => r.header,
+        CommandResponse::LeaseRevoke(r) => r.header,
+        CommandResponse::LeaseCheckpoint(h) => *h,
     };
     h.expect("header").revision
 }
@@ -1105,4 +1108,57 @@ fn unknown_lease_is_refused() {
     assert!(s.apply(&Command::Txn(off_path)).is_ok(), "only the branch taken is checked");
     assert_eq!(KvError::LeaseNotFound.message(), "etcdserver: requested lease not found");
     assert_eq!(KvError::LeaseNotFound.code(), crate::StatusCode::NotFound);
+}
+
+/// What a watcher catches up on from history equals what apply reported when it happened.
+#[test]
+fn changes_replay_the_events_apply_reported() {
+    let mut s = Store::with_test_leases();
+    let mut seen: Vec<(i64, Event)> = Vec::new();
+    let commands = vec![
+        put("a", "1"),
+        put("b", "1"),
+        put("a", "2"),
+        del("a", ""),
+        Command::Txn(txn_req(vec![], vec![op_put("c", "1"), op_put("a", "3"), op_del("b", "")], vec![])),
+        put("ab", "1"),
+        del("a", "b"),
+        put("b", "2"),
+    ];
+    for command in commands {
+        let applied = s.apply(&command).unwrap();
+        seen.extend(applied.events.into_iter().map(|e| (e.kv.mod_revision, e)));
+    }
+    let view = s.view();
+    let ranges: [(&str, &str); 5] = [("a", ""), ("a", "b"), ("a", "\0"), ("b", "d"), ("zz", "")];
+    for (key, end) in ranges {
+        for after in 0..view.revision() {
+            for up_to in after..=view.revision() + 1 {
+                let got = view.changes(key.as_bytes(), end.as_bytes(), after, up_to, usize::MAX).unwrap();
+                let want: Vec<&Event> = seen
+                    .iter()
+                    .filter(|(rev, e)| *rev > after && *rev <= up_to && in_range(&e.kv.key, key, end))
+                    .map(|(_, e)| e)
+                    .collect();
+                let got_view: Vec<(&[u8], i64, EventKind, Option<&[u8]>)> =
+                    got.iter().map(|e| (&e.kv.key[..], e.kv.mod_revision, e.kind, e.prev_kv.as_ref().map(|p| &p.value[..]))).collect();
+                let want_view: Vec<(&[u8], i64, EventKind, Option<&[u8]>)> =
+                    want.iter().map(|e| (&e.kv.key[..], e.kv.mod_revision, e.kind, e.prev_kv.as_ref().map(|p| &p.value[..]))).collect();
+                assert_eq!(got_view, want_view, "range {key:?}..{end:?} after {after} up to {up_to}");
+            }
+        }
+    }
+    let limited = view.changes(b"a", b"\0", 0, i64::MAX, 2).unwrap();
+    assert_eq!(limited.len(), 2, "events_max bounds the answer");
+    s.apply(&compact_cmd(5)).unwrap();
+    assert_eq!(s.view().changes(b"a", b"", 3, 10, 10).unwrap_err(), KvError::Compacted);
+    assert!(s.view().changes(b"a", b"", 4, 10, 10).is_ok(), "history from the compact revision on is kept");
+}
+
+fn in_range(key: &[u8], start: &str, end: &str) -> bool {
+    match end {
+        "" => key == start.as_bytes(),
+        "\0" => key >= start.as_bytes(),
+        end => key >= start.as_bytes() && key < end.as_bytes(),
+    }
 }

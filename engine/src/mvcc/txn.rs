@@ -37,6 +37,16 @@ pub(super) fn apply_delete(
     Ok((resp, w.events))
 }
 
+/// Deletes each of `keys` that is live, in the given order, all in one new revision
+/// (sub revisions in that order), as etcd's lease revoke does in one write txn.
+pub(super) fn delete_keys(state: &mut State, keys: &[Bytes]) -> Vec<Event> {
+    let mut w = Writer::new(state);
+    for key in keys {
+        w.delete_live(&KeyRange::Single(key.clone()));
+    }
+    w.events
+}
+
 /// A Txn: choose the path against the state before the txn, check it, then run it.
 pub(super) fn apply_txn(
     state: &mut State,
@@ -84,7 +94,7 @@ fn check_put(state: &State, op: &PbTxnOpRequest) -> Result<(), KvError> {
 
 /// etcd's lessor lookup: a put may only attach a lease that exists.
 fn check_lease(state: &State, lease: i64) -> Result<(), KvError> {
-    if lease != 0 && !state.leases.contains(&lease) {
+    if lease != 0 && !state.leases.contains_key(&lease) {
         return Err(KvError::LeaseNotFound);
     }
     Ok(())
@@ -166,15 +176,7 @@ impl<'a> Writer<'a> {
 
     /// etcd's DeleteRange: a tombstone per live key in the range, in key order.
     fn delete_range(&mut self, r: &PbDeleteRequest) -> Result<PbDeleteResponse, KvError> {
-        let victims = self.state.live_in(&KeyRange::new(&r.key, &r.range_end));
-        let rev = self.write_revision();
-        for victim in &victims {
-            let kv =
-                KeyValue { key: victim.kv.key.clone(), mod_revision: rev, ..Default::default() };
-            let event =
-                Event { kind: EventKind::Delete, kv: kv.clone(), prev_kv: Some(victim.kv.clone()) };
-            self.record(Record { kv, tombstone: true }, event);
-        }
+        let victims = self.delete_live(&KeyRange::new(&r.key, &r.range_end));
         let prev_kvs =
             if r.prev_kv { victims.iter().map(|v| v.kv.to_pb()).collect() } else { Vec::new() };
         // Deleting nothing reports the current revision: begin, or begin + 1 if this txn
@@ -184,6 +186,20 @@ impl<'a> Writer<'a> {
             deleted: victims.len() as i64,
             prev_kvs,
         })
+    }
+
+    /// Writes a tombstone for every live key in `range`, in key order; returns what died.
+    fn delete_live(&mut self, range: &KeyRange) -> Vec<std::sync::Arc<Record>> {
+        let victims = self.state.live_in(range);
+        let rev = self.write_revision();
+        for victim in &victims {
+            let kv =
+                KeyValue { key: victim.kv.key.clone(), mod_revision: rev, ..Default::default() };
+            let event =
+                Event { kind: EventKind::Delete, kv: kv.clone(), prev_kv: Some(victim.kv.clone()) };
+            self.record(Record { kv, tombstone: true }, event);
+        }
+        victims
     }
 
     fn range(&self, r: &PbRangeRequest) -> Result<PbRangeResponse, KvError> {

@@ -3,11 +3,12 @@
 mod cluster;
 mod kv;
 mod maintenance;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use corekv_engine::pb::{PbClusterServer, PbKvServer, PbMaintenanceServer, PbResponseHeader};
+use corekv_engine::pb::{PbClusterServer, PbKvServer, PbMaintenanceServer, PbResponseHeader, PbWatchServer};
 use corekv_engine::{KvError, StatusCode};
 use tonic::service::Routes;
 
@@ -27,9 +28,12 @@ pub fn routes(shard: ShardClient) -> Routes {
         .max_encoding_message_size(encode_max);
     let maintenance = PbMaintenanceServer::new(maintenance::MaintenanceService::new(shard.clone()))
         .max_decoding_message_size(decode_max);
+    let watch = PbWatchServer::new(watch::WatchService::new(shard.clone()))
+        .max_decoding_message_size(decode_max)
+        .max_encoding_message_size(encode_max);
     let cluster = PbClusterServer::new(cluster::ClusterService::new(shard))
         .max_decoding_message_size(decode_max);
-    Routes::new(kv).add_service(maintenance).add_service(cluster)
+    Routes::new(kv).add_service(maintenance).add_service(cluster).add_service(watch)
 }
 
 /// Maps an engine error to the gRPC status etcd sends for it.
