@@ -11,8 +11,8 @@
 #                         [--warmup-pct P] [--no-build] [--keep-logs] [--raw FILE]
 #
 #   --rounds N        rounds per scenario (cells show the median; with N > 1 also min..max) [1]
-#   --scenarios LIST  comma-separated subset of: put-lat, put-tput, range-s, range-l, txn-put
-#                     [all]
+#   --scenarios LIST  comma-separated subset of: put-lat, put-tput, range-s, range-l, txn-put,
+#                     watch-latency [all]
 #   --scale F         multiply every scenario's request count by F (e.g. 0.05 for a smoke run)
 #   --total N         use N requests for every scenario instead
 #   --warmup-pct P    uncounted warmup requests, as a percentage of the measured ones [5]
@@ -35,7 +35,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROUNDS=${ROUNDS:-1}
-SCENARIOS=${SCENARIOS:-put-lat,put-tput,range-s,range-l,txn-put}
+SCENARIOS=${SCENARIOS:-put-lat,put-tput,range-s,range-l,txn-put,watch-latency}
 SCALE=${SCALE:-1}
 TOTAL_OVERRIDE=""
 WARMUP_PCT=${WARMUP_PCT:-5}
@@ -48,7 +48,7 @@ READY_TIMEOUT=${READY_TIMEOUT:-30}
 COREKV_BIN=${COREKV_BIN:-$ROOT/target/release/corekv}
 BENCH_BIN=${BENCH_BIN:-$ROOT/target/release/corekv-bench}
 ETCD_BIN=${ETCD_BIN:-etcd}
-ALL_SCENARIOS="put-lat put-tput range-s range-l txn-put"
+ALL_SCENARIOS="put-lat put-tput range-s range-l txn-put watch-latency"
 
 die() { echo "compare.sh: $*" >&2; exit 2; }
 log() { echo "compare.sh: $*" >&2; }
@@ -207,6 +207,9 @@ scenario_args() {
         range-s) echo "range --conns 16 --clients 256 --total $(scaled 100000) $common --consistency s --prefill $PREFILL --key 00000000" ;;
         range-l) echo "range --conns 16 --clients 256 --total $(scaled 100000) $common --consistency l --prefill $PREFILL --key 00000000" ;;
         txn-put) echo "txn-put --conns 4 --clients 16 --total $(scaled 20000) $common --txn-ops 1 --key-space-size $KEY_SPACE" ;;
+        # One watcher on one key; one writer on its own connection, paced. Latency is put
+        # sent -> event received; the bench fails the run if an event is lost or repeated.
+        watch-latency) echo "watch-latency --watchers 1 --conns 1 --total $(scaled 2000) --rate 200 $common" ;;
     esac
 }
 
@@ -220,6 +223,9 @@ scenario_rows() {
         range-s) echo "range serializable, 16 conns / 256 clients (req/s)|.rps|tput" ;;
         range-l) echo "range linearizable, 16 conns / 256 clients (req/s)|.rps|tput" ;;
         txn-put) echo "txn-put 1 op, 4 conns / 16 clients (req/s)|.rps|tput" ;;
+        watch-latency)
+            echo "watch, 1 watcher, puts at 200/s, p50 put-to-event latency (ms)|.latency_ms.p50|lat"
+            echo "watch, 1 watcher, puts at 200/s, p99 put-to-event latency (ms)|.latency_ms.p99|lat" ;;
     esac
 }
 

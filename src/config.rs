@@ -72,6 +72,9 @@ pub struct Config {
     pub listen_metrics_urls: Vec<Url>,
     /// `--cores` (corekv only): number of cores to run on, 1..=online cores.
     pub cores: usize,
+    /// `--lease-checkpoint-interval` (corekv only) in milliseconds: how often the leader
+    /// records leases' remaining TTLs in the log (etcd's fixed 5 minutes by default).
+    pub lease_checkpoint_interval_ms: u64,
 }
 
 /// `--initial-cluster-state`.

@@ -10,6 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod config;
 mod cores;
 mod logger;
+mod lessor;
 mod recovery;
 mod sequencer;
 mod shard;
@@ -111,7 +112,11 @@ fn run(config: Config) {
         seq_rx,
         publication_txs,
         heartbeat_ms,
-    );
+    )
+    .with_lease_options(sequencer::LeaseOptions::for_election_timeout(
+        config.election_timeout_ms,
+        std::time::Duration::from_millis(config.lease_checkpoint_interval_ms),
+    ));
     let sequencer_cpu = cpus[0];
     std::thread::Builder::new()
         .name("sequencer".into())

@@ -28,6 +28,9 @@ use corekv_raft::{codec, Entry, ProposeError, RaftNode};
 use prost::Message;
 use tokio::sync::oneshot;
 
+mod lease;
+pub use lease::{LeaseOptions, CHECKPOINT_INTERVAL};
+
 /// Most proposals folded into one WAL batch.
 pub const BATCH_PROPOSALS_MAX: usize = 4096;
 /// Most proposal bytes folded into one WAL batch (~1 MiB, as the architecture says).
@@ -47,6 +50,8 @@ pub enum SequencerMsg {
     Propose { command: Command, reply: WriteReply },
     ReadIndex { reply: ReadReply },
     Status { reply: oneshot::Sender<StatusInfo> },
+    /// Keep-alive, time-to-live or lease list, answered by the lessor (no log entry).
+    Lease { op: corekv_net::shard_api::LeaseOp, reply: lease::LeaseReply },
 }
 
 /// A new state of the key space, sent to every shard after each applied batch.
@@ -89,6 +94,8 @@ pub struct Sequencer {
     applied_index: u64,
     /// Set after a WAL failure: the member refuses all further work rather than guess.
     failed: Option<String>,
+    /// Lease deadlines (while leading) and the timers that revoke and checkpoint.
+    leases: lease::LeaseDriver,
 }
 
 impl Sequencer {
@@ -121,6 +128,7 @@ impl Sequencer {
             unpublished_events: Vec::new(),
             applied_index,
             failed: None,
+            leases: lease::LeaseDriver::new(LeaseOptions::for_election_timeout(1000, CHECKPOINT_INTERVAL)),
         }
     }
 
@@ -148,6 +156,7 @@ impl Sequencer {
                 self.raft.tick();
                 next_tick = Instant::now() + self.tick;
             }
+            self.lease_turn(Instant::now());
             self.drive();
         }
     }
@@ -174,13 +183,18 @@ impl Sequencer {
                 SequencerMsg::Propose { reply, .. } => drop(reply.send(Err(err))),
                 SequencerMsg::ReadIndex { reply } => drop(reply.send(Err(err))),
                 SequencerMsg::Status { reply } => drop(reply.send(self.status())),
+                SequencerMsg::Lease { reply, .. } => drop(reply.send(Err(err))),
             }
             return;
         }
         match msg {
-            SequencerMsg::Propose { command, reply } => self.propose(command, reply),
+            SequencerMsg::Propose { mut command, reply } => {
+                self.prepare_lease_grant(&mut command);
+                self.propose(command, reply)
+            }
             SequencerMsg::ReadIndex { reply } => self.reads_unissued.push(reply),
             SequencerMsg::Status { reply } => drop(reply.send(self.status())),
+            SequencerMsg::Lease { op, reply } => self.serve_lease(op, reply),
         }
     }
 
@@ -303,10 +317,14 @@ impl Sequencer {
         debug_assert!(entry.index > self.applied_index, "entries apply once, in order");
         self.applied_index = entry.index;
         let result = match crate::recovery::decode_command(entry) {
-            Ok(Some(command)) => Some(self.store.apply(&command).map(|mut applied| {
-                self.unpublished_events.append(&mut applied.events);
-                applied
-            })),
+            Ok(Some(command)) => {
+                let result = self.store.apply(&command).map(|mut applied| {
+                    self.unpublished_events.append(&mut applied.events);
+                    applied
+                });
+                self.lease_applied(&command, &result);
+                Some(result)
+            }
             Ok(None) => None,
             Err(err) => {
                 // A committed entry we cannot decode means a bug or corruption: stop.

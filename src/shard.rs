@@ -131,6 +131,13 @@ async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequen
         ShardRequest::Status { reply } => {
             let _ = sequencer.send_async(SequencerMsg::Status { reply }).await;
         }
+        ShardRequest::Lease { op, reply } => {
+            if let Err(flume::SendError(SequencerMsg::Lease { reply, .. })) =
+                sequencer.send_async(SequencerMsg::Lease { op, reply }).await
+            {
+                let _ = reply.send(Err(stopped()));
+            }
+        }
     }
 }
 

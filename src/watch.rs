@@ -127,6 +127,11 @@ impl Outlet {
         self.flush_control().map(|_| ())
     }
 
+    /// Whether an event response could be sent now.
+    fn has_room(&self) -> bool {
+        self.control.is_empty() && !self.responses.is_full()
+    }
+
     /// Sends event responses if nothing is queued ahead of them; false if the stream is full.
     fn send_events(&mut self, responses: Vec<PbWatchResponse>) -> Result<bool, Closed> {
         if !self.flush_control()? || self.responses.capacity().is_some_and(|cap| cap - self.responses.len() < responses.len()) {
@@ -322,9 +327,11 @@ impl WatchHub {
         let mut closed = Vec::new();
         for (stream_id, stream) in self.streams.iter_mut() {
             for (id, watcher) in stream.watchers.iter_mut().filter(|(_, w)| w.synced) {
-                let mine: Vec<&Event> = events.iter().filter(|e| watcher.wants(e)).collect();
+                // A watcher created with a future start revision skips what precedes it.
+                let from = watcher.next_revision;
+                let mine: Vec<&Event> = events.iter().filter(|e| e.kv.mod_revision >= from && watcher.wants(e)).collect();
                 if mine.is_empty() {
-                    watcher.next_revision = revision + 1;
+                    watcher.next_revision = from.max(revision + 1);
                     continue;
                 }
                 let responses = event_responses(*id, watcher, &mine, revision, &self.facts);
@@ -408,6 +415,10 @@ impl WatchHub {
         let mut result = Ok(());
         let mut cancelled = Vec::new();
         for (id, watcher) in stream.watchers.iter_mut().filter(|(_, w)| !w.synced).take(CATCH_UP_WATCHERS_PER_PASS_MAX) {
+            // Reading history for a stream that cannot take the answer would be wasted work.
+            if !stream.outlet.has_room() {
+                break;
+            }
             let after = watcher.next_revision - 1;
             let up_to = current.min(after.saturating_add(CATCH_UP_REVISIONS_MAX));
             let (key, end) = watcher.keys.as_request();
@@ -634,6 +645,18 @@ mod tests {
         assert_eq!((r[0].watch_id, r[0].canceled), (7, false));
         assert_eq!((r[1].watch_id, r[1].canceled, r[1].cancel_reason.as_str()), (-1, true, ERR_DUPLICATE_ID));
         assert_eq!((r[2].watch_id, r[2].canceled, r[2].cancel_reason.as_str()), (-1, true, ERR_EMPTY_RANGE));
+    }
+
+    #[test]
+    fn future_start_revision_skips_earlier_events() {
+        let mut h = Harness::new();
+        let rx = h.open(1, 64);
+        h.create(1, "k", "", 4);
+        for i in 0..4 {
+            h.put("k", &i.to_string());
+        }
+        let revisions: Vec<i64> = drain(&rx).into_iter().flat_map(|(_, r)| r).collect();
+        assert_eq!(revisions, vec![4, 5]);
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //!
 //! `fsync-floor` measures the disk's write+fdatasync latency, the floor that any
 //! durable single-node write path is judged against.
+//!
+//! `watch-latency` and `watch` (module `watch`) put watchers on a key or prefix and time
+//! and check the events the writers' puts produce.
+
+mod watch;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -35,6 +40,7 @@ corekv-bench: load generator for etcd-v3-compatible servers (corekv, etcd)
 
 USAGE:
   corekv-bench [global flags] <put|range|txn-put> [flags]
+  corekv-bench [global flags] <watch-latency|watch> [flags]
   corekv-bench fsync-floor --dir D [--count 2000] [--size 512] [--json]
 
 GLOBAL FLAGS (accepted before or after the command):
@@ -70,6 +76,37 @@ txn-put:
   --txn-ops N          puts per transaction, distinct random keys, no compares [1]
   --key-size, --val-size, --key-space-size, --sequential-keys, --key-encoding as put
 
+watch-latency:
+  Watch streams on one key (or a prefix) and one writer on its own connection putting
+  to it at a fixed rate; times every event from just before its put was sent to its
+  arrival at each watcher. Defaults differ from the other commands: --rate 100,
+  --key /corekv-bench/watch/, one stream per watcher.
+  --watchers N         watchers [1]
+  --streams N          watch streams the watchers are spread over [= --watchers]
+  --prefix             watch the prefix KEY and put keys KEY+<key> (as for put) instead
+                       of putting KEY itself
+  --key K              the watched key or prefix
+  --val-size N         value bytes, at least 16 (they carry the put's number) [256]
+  --conns N            connections the watch streams are spread over (writers have
+                       their own) [1]
+  --clients N          writers [1]
+  --key-size, --key-space-size, --key-encoding as put (with --prefix)
+
+watch:
+  Throughput: --watchers watchers on the prefix --key, on --streams streams over --conns
+  connections; --clients writers (on min(conns, clients) connections of their own) put
+  --total keys under the prefix, unpaced unless --rate. Reports events received per
+  second (first measured put to last event) and latency as watch-latency does.
+  --watchers N [1], --streams N [= --conns], --key, --key-size, --val-size,
+  --key-space-size, --key-encoding as above
+
+  Both watch commands check that every watcher got every put's event exactly once and
+  in revision order, and exit 1 (listing the failures on stderr) when one did not. They
+  wait for delivery up to --timeout after the writes end (longer while events still
+  arrive). JSON: op, total_requests (puts), errors, rps (puts/s), latency_ms (watch
+  latency), latency_count, put_latency_ms, events, events_expected, events_per_s,
+  watchers, watchers_ok, watchers_failed, problems, ok, ...
+
 fsync-floor:
   --dir D              directory on the disk to measure (a temp file is made there)
   --count N            write+fdatasync rounds [2000]
@@ -91,6 +128,8 @@ enum Command {
     TxnPut,
     FsyncFloor,
     FreePorts,
+    WatchLatency,
+    Watch,
 }
 
 impl Command {
@@ -101,6 +140,8 @@ impl Command {
             Command::TxnPut => "txn-put",
             Command::FsyncFloor => "fsync-floor",
             Command::FreePorts => "free-ports",
+            Command::WatchLatency => "watch-latency",
+            Command::Watch => "watch",
         }
     }
 }
@@ -138,6 +179,12 @@ struct Opts {
     dir: Option<String>,
     count: u64,
     size: usize,
+    watchers: usize,
+    /// 0 = the command's default.
+    streams: usize,
+    prefix: bool,
+    rate_given: bool,
+    key_given: bool,
     positional: Vec<String>,
 }
 
@@ -169,6 +216,11 @@ impl Default for Opts {
             dir: None,
             count: 2000,
             size: 512,
+            watchers: 1,
+            streams: 0,
+            prefix: false,
+            rate_given: false,
+            key_given: false,
             positional: Vec::new(),
         }
     }
@@ -194,6 +246,8 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
                     "txn-put" => Command::TxnPut,
                     "fsync-floor" => Command::FsyncFloor,
                     "free-ports" => Command::FreePorts,
+                    "watch-latency" => Command::WatchLatency,
+                    "watch" => Command::Watch,
                     other => return Err(format!("unknown command {other:?}")),
                 });
             } else {
@@ -207,7 +261,7 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
         };
         // Boolean flags.
         match name.as_str() {
-            "--json" | "--sequential-keys" => {
+            "--json" | "--sequential-keys" | "--prefix" => {
                 let on = match inline.as_deref() {
                     None | Some("true") | Some("1") => true,
                     Some("false") | Some("0") => false,
@@ -215,6 +269,8 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
                 };
                 if name == "--json" {
                     o.json = on;
+                } else if name == "--prefix" {
+                    o.prefix = on;
                 } else {
                     o.sequential_keys = on;
                 }
@@ -246,6 +302,7 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
             }
             "--rate" => {
                 o.rate = parse_num(n, &v)?;
+                o.rate_given = true;
                 if !(o.rate >= 0.0 && o.rate.is_finite()) {
                     return Err("--rate must be >= 0".into());
                 }
@@ -269,7 +326,10 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
                     _ => return Err(format!("--key-encoding: expected decimal or binary, got {v:?}")),
                 }
             }
-            "--key" => o.key = v,
+            "--key" => {
+                o.key = v;
+                o.key_given = true;
+            }
             "--end" => o.end = Some(v),
             "--consistency" => {
                 o.serializable = match v.as_str() {
@@ -284,12 +344,44 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--dir" => o.dir = Some(v),
             "--count" => o.count = parse_num(n, &v)?,
             "--size" => o.size = parse_num(n, &v)?,
+            "--watchers" => o.watchers = parse_num(n, &v)?,
+            "--streams" => o.streams = parse_num(n, &v)?,
             _ => return Err(format!("unknown flag {name}")),
         }
     }
-    o.command = command.ok_or("no command given (put, range, txn-put or fsync-floor)")?;
+    o.command = command.ok_or("no command given (put, range, txn-put, watch-latency, watch or fsync-floor)")?;
     validate(&mut o)?;
     Ok(Some(o))
+}
+
+fn validate_watch(o: &mut Opts) -> Result<(), String> {
+    if o.command == Command::Watch {
+        // The throughput command always watches a prefix.
+        o.prefix = true;
+    }
+    if o.command == Command::WatchLatency && !o.rate_given {
+        o.rate = 100.0;
+    }
+    if !o.key_given {
+        o.key = "/corekv-bench/watch/".into();
+    }
+    if o.duration.is_some() {
+        return Err(format!("{} runs --total puts; --duration is not supported", o.command.name()));
+    }
+    if o.watchers == 0 {
+        return Err("--watchers must be > 0".into());
+    }
+    if o.streams == 0 {
+        o.streams = if o.command == Command::WatchLatency { o.watchers } else { o.conns.max(1) };
+    }
+    o.streams = o.streams.min(o.watchers);
+    if o.val_size < watch::SEQ_DIGITS {
+        return Err(format!("--val-size must be >= {} for watch commands (values carry the put's number)", watch::SEQ_DIGITS));
+    }
+    if o.key.is_empty() {
+        return Err("--key must not be empty for watch commands".into());
+    }
+    Ok(())
 }
 
 /// Number of bytes `idx` needs in the given encoding.
@@ -330,6 +422,7 @@ fn validate(o: &mut Opts) -> Result<(), String> {
             return Ok(());
         }
         Command::FreePorts => return Ok(()),
+        Command::WatchLatency | Command::Watch => validate_watch(o)?,
         _ => {}
     }
     if o.conns == 0 || o.clients == 0 || o.threads == 0 {
@@ -341,13 +434,13 @@ fn validate(o: &mut Opts) -> Result<(), String> {
     if o.key_size == 0 {
         return Err("--key-size must be > 0".into());
     }
-    let keyed = matches!(o.command, Command::Put | Command::TxnPut);
+    let keyed = matches!(o.command, Command::Put | Command::TxnPut) || o.prefix;
     if keyed && o.key_space_size == 0 {
         return Err("--key-space-size must be > 0".into());
     }
     let highest = match o.command {
         Command::Range => o.prefill.saturating_sub(1),
-        _ => o.key_space_size - 1,
+        _ => o.key_space_size.saturating_sub(1),
     };
     let need = key_width(highest, o.key_encoding);
     if (keyed || o.prefill > 0) && need > o.key_size {
@@ -503,7 +596,9 @@ impl Workload {
                     .collect();
                 kv.txn(Txn::new().and_then(ops)).await?;
             }
-            Command::FsyncFloor | Command::FreePorts => unreachable!("not a gRPC workload"),
+            Command::FsyncFloor | Command::FreePorts | Command::WatchLatency | Command::Watch => {
+                unreachable!("not a closed-loop workload")
+            }
         }
         Ok(())
     }
@@ -1123,6 +1218,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(format!("cannot start tokio runtime: {e}")));
+    if matches!(opts.command, Command::WatchLatency | Command::Watch) {
+        let report = runtime.block_on(watch::bench(opts.clone())).unwrap_or_else(|e| fail(e));
+        if opts.json {
+            watch::print_json(&opts, &report);
+        } else {
+            watch::print_text(&opts, &report);
+        }
+        let _ = std::io::stdout().flush();
+        watch::complain(&report);
+        // Stream tasks may still hold connections; do not wait for them.
+        std::process::exit(if report.passed() { 0 } else { 1 });
+    }
     let report = runtime.block_on(bench(opts.clone())).unwrap_or_else(|e| fail(e));
     if opts.json {
         print_json(&opts, &report);

@@ -10,6 +10,7 @@
 //! Requests and responses are etcd's own protobuf messages (re-exported as [`pb`]), so the
 //! engine's semantics can be read side by side with etcd's applier.
 
+pub mod btree;
 pub mod error;
 pub mod mvcc;
 pub mod request;

@@ -88,10 +88,16 @@ pub enum Method {
     Status,
     MemberList,
     Alarm,
+    LeaseGrant,
+    LeaseRevoke,
+    /// One keep-alive request on a LeaseKeepAlive stream.
+    LeaseKeepAlive,
+    LeaseTimeToLive,
+    LeaseLeases,
 }
 
 impl Method {
-    const ALL: [Method; 8] = [
+    const ALL: [Method; 13] = [
         Method::Range,
         Method::Put,
         Method::DeleteRange,
@@ -100,6 +106,11 @@ impl Method {
         Method::Status,
         Method::MemberList,
         Method::Alarm,
+        Method::LeaseGrant,
+        Method::LeaseRevoke,
+        Method::LeaseKeepAlive,
+        Method::LeaseTimeToLive,
+        Method::LeaseLeases,
     ];
 
     fn service_and_name(self) -> (&'static str, &'static str) {
@@ -112,6 +123,11 @@ impl Method {
             Method::Status => ("etcdserverpb.Maintenance", "Status"),
             Method::MemberList => ("etcdserverpb.Cluster", "MemberList"),
             Method::Alarm => ("etcdserverpb.Maintenance", "Alarm"),
+            Method::LeaseGrant => ("etcdserverpb.Lease", "LeaseGrant"),
+            Method::LeaseRevoke => ("etcdserverpb.Lease", "LeaseRevoke"),
+            Method::LeaseKeepAlive => ("etcdserverpb.Lease", "LeaseKeepAlive"),
+            Method::LeaseTimeToLive => ("etcdserverpb.Lease", "LeaseTimeToLive"),
+            Method::LeaseLeases => ("etcdserverpb.Lease", "LeaseLeases"),
         }
     }
 }
@@ -151,6 +167,12 @@ pub struct Metrics {
     pub slow_watchers: AtomicI64,
     /// Events sent to watchers.
     pub watch_events_sent: AtomicU64,
+    /// Leases granted (applied grants).
+    pub leases_granted: AtomicU64,
+    /// Leases currently granted.
+    pub leases_live: AtomicI64,
+    /// Leases revoked because they expired.
+    pub lease_expirations: AtomicU64,
 }
 
 impl Metrics {
@@ -177,6 +199,9 @@ impl Metrics {
             watchers: AtomicI64::new(0),
             slow_watchers: AtomicI64::new(0),
             watch_events_sent: AtomicU64::new(0),
+            leases_granted: AtomicU64::new(0),
+            leases_live: AtomicI64::new(0),
+            lease_expirations: AtomicU64::new(0),
         }
     }
 
@@ -226,6 +251,9 @@ impl Metrics {
         gauge(&mut out, "corekv_watchers", "Watchers on all streams.", self.watchers.load(Relaxed));
         gauge(&mut out, "corekv_slow_watchers", "Watchers catching up from history.", self.slow_watchers.load(Relaxed));
         counter(&mut out, "corekv_watch_events_sent_total", "Events sent to watchers.", self.watch_events_sent.load(Relaxed));
+        counter(&mut out, "corekv_lease_granted_total", "Leases granted.", self.leases_granted.load(Relaxed));
+        gauge(&mut out, "corekv_leases", "Leases currently granted.", self.leases_live.load(Relaxed));
+        counter(&mut out, "corekv_lease_expired_total", "Leases revoked because they expired.", self.lease_expirations.load(Relaxed));
         out
     }
 }

@@ -37,6 +37,26 @@ pub enum ReadResult {
     Txn(PbTxnResponse),
 }
 
+/// A Lease request served by the leader's lessor, without a log entry (grant and revoke
+/// are writes: they travel as [`Command`]s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// Renew lease `id` (one message of a LeaseKeepAlive stream).
+    KeepAlive { id: i64 },
+    /// Remaining and granted TTL of lease `id`, with its keys if `keys`.
+    TimeToLive { id: i64, keys: bool },
+    /// Every granted lease.
+    Leases,
+}
+
+/// The answer to a [`LeaseOp`], of the same kind. Headers carry the revision only.
+#[derive(Debug)]
+pub enum LeaseResult {
+    KeepAlive(corekv_engine::pb::PbLeaseKeepAliveResponse),
+    TimeToLive(corekv_engine::pb::PbLeaseTimeToLiveResponse),
+    Leases(corekv_engine::pb::PbLeaseLeasesResponse),
+}
+
 /// Requests a shard serves.
 pub enum ShardRequest {
     /// A read. `serializable` reads use the latest view on the core; others wait for a
@@ -52,6 +72,8 @@ pub enum ShardRequest {
     WatchClose { stream_id: u64 },
     /// Raft and storage status for Maintenance.Status.
     Status { reply: oneshot::Sender<StatusInfo> },
+    /// A lease request for the lessor (keep-alive, time-to-live, list).
+    Lease { op: LeaseOp, reply: oneshot::Sender<Result<Reply<LeaseResult>, KvError>> },
 }
 
 /// Raft and storage figures reported by Maintenance.Status.
@@ -140,6 +162,13 @@ impl ShardClient {
     /// Tells the shard a watch stream ended.
     pub async fn watch_close(&self, stream_id: u64) -> Result<(), KvError> {
         self.send(ShardRequest::WatchClose { stream_id }).await
+    }
+
+    /// Serves a lease request through the leader's lessor.
+    pub async fn lease(&self, op: LeaseOp) -> Result<Reply<LeaseResult>, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ShardRequest::Lease { op, reply }).await?;
+        rx.await.map_err(|_| closed())?
     }
 
     async fn send(&self, request: ShardRequest) -> Result<(), KvError> {

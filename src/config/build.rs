@@ -36,6 +36,7 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         max_txn_ops: r.value("max-txn-ops", parse_u64)?,
         log_level: r.value("log-level", parse_log_level)?,
         listen_metrics_urls: r.value("listen-metrics-urls", parse_url_list)?,
+        lease_checkpoint_interval_ms: r.value("lease-checkpoint-interval", parse_u64)?,
         cores: r
             .optional("cores", |s| parse_cores(s, online))?
             .unwrap_or(online),

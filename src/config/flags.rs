@@ -42,6 +42,7 @@ pub(super) const FLAGS: &[FlagSpec] = &[
     FlagSpec { name: "listen-metrics-urls", default: Value(""), help: "List of URLs to listen on for the /metrics and /health endpoints (comma separated)." },
     FlagSpec { name: "config-file", default: Value(""), help: "Path to the server configuration file (YAML with etcd's keys). When set, other flags and environment variables are ignored." },
     FlagSpec { name: "cores", default: Derived("all online cores"), help: "corekv: number of cores to run on (1 up to the number of online cores)." },
+    FlagSpec { name: "lease-checkpoint-interval", default: Value("300000"), help: "corekv: time (in milliseconds) between lease checkpoints, which record remaining TTLs so a restart does not renew leases." },
 ];
 
 /// Looks a flag up by its name (without dashes).

@@ -143,6 +143,7 @@ fn defaults_match_etcd() {
         log_level: LogLevel::Info,
         listen_metrics_urls: vec![],
         cores: ONLINE,
+        lease_checkpoint_interval_ms: 300_000,
     };
     assert_eq!(run(&[], &[]), expected);
     assert_eq!(DEFAULT_QUOTA_BYTES, 2_147_483_648);
@@ -219,6 +220,7 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
         join(&c.listen_metrics_urls)
     }),
     ("cores", "1", |c| c.cores.to_string()),
+    ("lease-checkpoint-interval", "1500", |c| c.lease_checkpoint_interval_ms.to_string()),
 ];
 
 #[test]
@@ -378,6 +380,7 @@ fn full_file_config() -> Config {
         log_level: LogLevel::Warn,
         listen_metrics_urls: vec![url("http://127.0.0.1:12381")],
         cores: 2,
+        lease_checkpoint_interval_ms: 300_000,
     }
 }
 
@@ -559,6 +562,7 @@ fn validation_errors() {
         (&["--election-timeout", "50001"], "--election-timeout[50001ms] is too long"),
         (&["--max-txn-ops", "0"], "--max-txn-ops must be greater than 0"),
         (&["--max-request-bytes", "0"], "--max-request-bytes must be greater than 0"),
+        (&["--lease-checkpoint-interval", "0"], "--lease-checkpoint-interval must be greater than 0"),
         (&["--name", ""], "--name must not be empty"),
         (&["--data-dir", ""], "--data-dir must not be empty"),
         (&["--listen-client-urls", ""], "--listen-client-urls must list at least one URL"),
@@ -761,6 +765,7 @@ fn help_lists_every_flag_with_its_default() {
         ("listen-metrics-urls", "none"),
         ("config-file", "none"),
         ("cores", "all online cores"),
+        ("lease-checkpoint-interval", "\"300000\""),
     ];
     for (flag, default) in expected {
         let entry = text

@@ -164,6 +164,9 @@ fn check_limits(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.max_request_bytes == 0 {
         return fail("--max-request-bytes must be greater than 0".into());
     }
+    if cfg.lease_checkpoint_interval_ms == 0 {
+        return fail("--lease-checkpoint-interval must be greater than 0".into());
+    }
     Ok(())
 }
 

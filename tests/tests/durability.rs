@@ -18,6 +18,7 @@ const MAX_PUTS_PER_WRITER: usize = 5000;
 const MAX_WRITER_TIME: Duration = Duration::from_secs(10);
 const KILL_AFTER: Duration = Duration::from_millis(1500);
 const KILL_AFTER_ACKS: usize = 2000;
+const KILL_AFTER_MAX: Duration = Duration::from_secs(8);
 const PUT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Value derived from the key, so any key read back can be checked.
@@ -100,7 +101,15 @@ async fn load_and_kill(server: &mut Server, cycle: usize) -> CycleResult {
         }));
     }
 
-    while start.elapsed() < KILL_AFTER && ack_count.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
+    // Kill mid-load: after KILL_AFTER once some puts were acknowledged (a loaded machine
+    // can be slow to take the first ones), or at KILL_AFTER_ACKS, and never later than
+    // KILL_AFTER_MAX.
+    loop {
+        let acks = ack_count.load(Ordering::SeqCst);
+        let elapsed = start.elapsed();
+        if acks >= KILL_AFTER_ACKS || (elapsed >= KILL_AFTER && acks > 0) || elapsed >= KILL_AFTER_MAX {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let writers_running_at_kill = running.load(Ordering::SeqCst);

@@ -18,6 +18,7 @@ pub(super) fn compact(state: &mut State, rev: i64) -> Result<PbCompactionRespons
         return Err(KvError::FutureRevision);
     }
     for key in obsolete(state, rev) {
+        state.by_revision.remove(&(key.1, key.2));
         state.history.remove(&key);
     }
     state.compact_revision = rev;

@@ -96,7 +96,8 @@ fn three_leases() -> Store {
 #[test]
 fn grant_rules() {
     // (setup, grant (id, ttl), expected Ok((id, ttl)) or the error)
-    let cases: Vec<(Vec<Command>, (i64, i64), Result<(i64, i64), KvError>)> = vec![
+    type Case = (Vec<Command>, (i64, i64), Result<(i64, i64), KvError>);
+    let cases: Vec<Case> = vec![
         (vec![], (5, 10), Ok((5, 10))),
         (vec![], (i64::MAX, 1), Ok((i64::MAX, 1))),
         (vec![], (5, lease::MAX_LEASE_TTL_SECS), Ok((5, lease::MAX_LEASE_TTL_SECS))),
@@ -141,9 +142,10 @@ fn grant_rules() {
 #[test]
 fn keys_follow_their_lease() {
     type Keys = Vec<(i64, Vec<&'static str>)>;
+    type Steps = Vec<(Command, Option<KvError>)>;
     // (commands after leases 1..=3 are granted, expected keys per lease; a failing
     // command is listed with the error it must fail with)
-    let cases: Vec<(&str, Vec<(Command, Option<KvError>)>, Keys)> = vec![
+    let cases: Vec<(&str, Steps, Keys)> = vec![
         ("put attaches", vec![(put("a", 1), None)], vec![(1, vec!["a"])]),
         ("puts keep key order", vec![(put("b", 1), None), (put("a", 1), None)], vec![(1, vec!["a", "b"])]),
         ("another lease moves the key", vec![(put("a", 1), None), (put("a", 2), None)], vec![(1, vec![]), (2, vec!["a"])]),
@@ -196,7 +198,8 @@ fn revoke_deletes_attached_keys_in_one_revision() {
     let applied = s.apply(&revoke(1)).unwrap();
     assert_eq!(applied.revision, 6);
     assert_eq!(header_revision(&applied.response), 6, "header is the deleting revision");
-    let events: Vec<(EventKind, &[u8], i64, Option<&[u8]>)> = applied
+    type Seen<'a> = (EventKind, &'a [u8], i64, Option<&'a [u8]>);
+    let events: Vec<Seen> = applied
         .events
         .iter()
         .map(|e| (e.kind, &e.kv.key[..], e.kv.mod_revision, e.prev_kv.as_ref().map(|p| &p.key[..])))
@@ -245,7 +248,8 @@ fn checkpoints_record_remaining_ttls() {
     let mut s = three_leases();
     s.apply(&put("a", 1)).unwrap();
     // (checkpoint, expected remaining TTL of leases 1, 2, 3 afterwards)
-    let cases: Vec<(Vec<(i64, i64)>, [i64; 3])> = vec![
+    type Case = (Vec<(i64, i64)>, [i64; 3]);
+    let cases: Vec<Case> = vec![
         (vec![(1, 40)], [40, 0, 0]),
         (vec![(2, 7), (99, 5), (3, 59)], [40, 7, 59]),
         (vec![(1, 0)], [0, 7, 59]),

@@ -265,6 +265,11 @@ impl ReadView {
         })
     }
 
+    /// `(granted TTL, checkpointed remaining TTL or 0)` of lease `id`, without its keys.
+    pub fn lease_ttl(&self, id: i64) -> Option<(i64, i64)> {
+        self.state.leases.get(&id).map(|l| (l.ttl_secs, l.remaining_ttl_secs))
+    }
+
     /// Every lease as `(id, granted TTL, checkpointed remaining TTL or 0)`, ascending by ID,
     /// without the key sets (what the lessor needs to take over deadlines).
     pub fn lease_ttls(&self) -> Vec<(i64, i64, i64)> {

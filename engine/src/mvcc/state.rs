@@ -27,6 +27,9 @@ pub(super) struct State {
     pub latest: OrdMap<Bytes, Arc<Record>>,
     /// Every revision of every key not yet compacted away, tombstones included.
     pub history: OrdMap<HistKey, Arc<Record>>,
+    /// The same records as `history`, ordered by `(main, sub)` revision: what a watcher
+    /// catching up reads, in time order, without visiting every key of its range.
+    pub by_revision: OrdMap<(i64, i64), Arc<Record>>,
     /// The current revision. Inside a txn that already wrote, this is the txn's revision,
     /// so reads at "current" see the txn's own writes, as etcd's write txn does.
     pub revision: i64,
@@ -83,6 +86,16 @@ impl KeyRange {
         }
     }
 
+    /// True if `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Single(k) => key == k.as_ref(),
+            KeyRange::From(k) => key >= k.as_ref(),
+            KeyRange::Between(k, end) => key >= k.as_ref() && key < end.as_ref(),
+            KeyRange::Empty => false,
+        }
+    }
+
     /// True if `key` is not past the end of the range (the start is checked by the seek).
     fn before_end(&self, key: &[u8]) -> bool {
         match self {
@@ -108,6 +121,7 @@ impl State {
         State {
             latest: OrdMap::new(),
             history: OrdMap::new(),
+            by_revision: OrdMap::new(),
             revision: 1,
             compact_revision: -1,
             leases: OrdMap::new(),
@@ -197,41 +211,27 @@ impl State {
     /// when history still holds it (a watcher's prev_kv). Callers bound `up_to - after`:
     /// the changes in that window are gathered before they are ordered.
     pub fn changes(&self, range: &KeyRange, after: i64, up_to: i64, events_max: usize) -> Vec<super::Event> {
-        let mut found: Vec<(i64, i64, super::Event)> = Vec::new();
-        let mut each_key = |key: &Bytes| {
-            let lower = (key.clone(), after.saturating_add(1), i64::MIN);
-            let upper = (key.clone(), up_to, i64::MAX);
-            let mut prev: Option<Arc<Record>> = self
+        let window = (after.saturating_add(1), i64::MIN)..=(up_to, i64::MAX);
+        let mut out = Vec::new();
+        for ((main, sub), record) in self.by_revision.range(window) {
+            if out.len() >= events_max {
+                break;
+            }
+            if !range.contains(&record.kv.key) {
+                continue;
+            }
+            let kind = if record.tombstone { super::EventKind::Delete } else { super::EventKind::Put };
+            // The key's previous revision, if history still holds it and it was live.
+            let before = (record.kv.key.clone(), *main, *sub);
+            let prev_kv = self
                 .history
-                .range(..lower.clone())
+                .range(..before)
                 .next_back()
-                .filter(|((k, _, _), _)| k == key)
-                .map(|(_, r)| r.clone());
-            for ((_, main, sub), record) in self.history.range(lower..=upper) {
-                let kind = if record.tombstone { super::EventKind::Delete } else { super::EventKind::Put };
-                let prev_kv = prev.as_ref().filter(|p| !p.tombstone).map(|p| p.kv.clone());
-                found.push((*main, *sub, super::Event { kind, kv: record.kv.clone(), prev_kv }));
-                prev = Some(record.clone());
-            }
-        };
-        match range {
-            KeyRange::Empty => {}
-            KeyRange::Single(k) => each_key(k),
-            KeyRange::From(k) | KeyRange::Between(k, _) => {
-                let mut lower = Bound::Included((k.clone(), i64::MIN, i64::MIN));
-                while let Some(((key, _, _), _)) = self.history.range((lower, Bound::Unbounded)).next() {
-                    if !range.before_end(key) {
-                        break;
-                    }
-                    let key = key.clone();
-                    each_key(&key);
-                    lower = Bound::Excluded((key, i64::MAX, i64::MAX));
-                }
-            }
+                .filter(|((k, _, _), p)| *k == record.kv.key && !p.tombstone)
+                .map(|(_, p)| p.kv.clone());
+            out.push(super::Event { kind, kv: record.kv.clone(), prev_kv });
         }
-        found.sort_by_key(|(main, sub, _)| (*main, *sub));
-        found.truncate(events_max);
-        found.into_iter().map(|(_, _, event)| event).collect()
+        out
     }
 
     /// Records one change at sub revision `sub` and keeps `latest` and the leases' key
@@ -251,6 +251,7 @@ impl State {
         } else {
             self.latest.insert(key.clone(), record.clone());
         }
+        self.by_revision.insert((main, sub), record.clone());
         self.history.insert((key, main, sub), record);
     }
 

@@ -1,8 +1,13 @@
 //! etcd's gRPC services, served at etcd's method paths with etcd's error codes and texts.
 
 mod cluster;
+mod concurrency;
+mod election;
 mod kv;
+mod lease;
+mod lock;
 mod maintenance;
+mod v3pb;
 mod watch;
 
 use std::sync::Arc;
@@ -31,9 +36,16 @@ pub fn routes(shard: ShardClient) -> Routes {
     let watch = PbWatchServer::new(watch::WatchService::new(shard.clone()))
         .max_decoding_message_size(decode_max)
         .max_encoding_message_size(encode_max);
+    let lease = corekv_engine::pb::PbLeaseServer::new(lease::LeaseService::new(shard.clone()))
+        .max_decoding_message_size(decode_max);
+    let limits = v3pb::Limits { decode_max, encode_max };
+    let lock = lock::LockServer::new(shard.clone(), limits);
+    let election = election::ElectionServer::new(shard.clone(), limits);
     let cluster = PbClusterServer::new(cluster::ClusterService::new(shard))
         .max_decoding_message_size(decode_max);
-    Routes::new(kv).add_service(maintenance).add_service(cluster).add_service(watch)
+    Routes::new(kv).add_service(maintenance).add_service(cluster).add_service(watch).add_service(lease)
+        .add_service(lock)
+        .add_service(election)
 }
 
 /// Maps an engine error to the gRPC status etcd sends for it.
