@@ -54,6 +54,8 @@ async fn run(setup: ShardSetup) {
         glommio::spawn_local(async move {
             while let Ok(publication) = publications.recv_async().await {
                 adopt(&current, &hub, publication, now_ms());
+                // Watch fan-out can be long: let this core's requests in between batches.
+                glommio::yield_if_needed().await;
             }
         })
     };

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use corekv_engine::mvcc::{Event, EventKind, ReadView};
 use corekv_engine::pb::{PbResponseHeader, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse};
 use corekv_engine::KvError;
+use corekv_net::shard_api::WatchSender;
 use prost::Message;
 
 /// Control responses (created/canceled/progress) held for a stream that is not reading;
@@ -98,7 +99,7 @@ struct Stream {
 
 /// Where a stream's responses go, in order.
 struct Outlet {
-    responses: flume::Sender<PbWatchResponse>,
+    responses: WatchSender,
     /// Responses that must precede any further events of this stream.
     control: VecDeque<PbWatchResponse>,
 }
@@ -106,17 +107,11 @@ struct Outlet {
 impl Outlet {
     /// Sends queued control responses; true when none is left.
     fn flush_control(&mut self) -> Result<bool, Closed> {
-        while let Some(front) = self.control.pop_front() {
-            match self.responses.try_send(front) {
-                Ok(()) => {}
-                Err(flume::TrySendError::Full(back)) => {
-                    self.control.push_front(back);
-                    return Ok(false);
-                }
-                Err(flume::TrySendError::Disconnected(_)) => return Err(Closed),
-            }
+        while self.responses.has_room() {
+            let Some(front) = self.control.pop_front() else { return Ok(true) };
+            self.responses.send(front).map_err(|_| Closed)?;
         }
-        Ok(true)
+        Ok(self.control.is_empty())
     }
 
     fn control(&mut self, response: PbWatchResponse) -> Result<(), Closed> {
@@ -129,20 +124,17 @@ impl Outlet {
 
     /// Whether an event response could be sent now.
     fn has_room(&self) -> bool {
-        self.control.is_empty() && !self.responses.is_full()
+        self.control.is_empty() && self.responses.has_room()
     }
 
-    /// Sends event responses if nothing is queued ahead of them; false if the stream is full.
+    /// Sends event responses if nothing is queued ahead of them; false if the stream is full
+    /// (nothing sent then: a watcher's batch goes whole or not at all).
     fn send_events(&mut self, responses: Vec<PbWatchResponse>) -> Result<bool, Closed> {
-        if !self.flush_control()? || self.responses.capacity().is_some_and(|cap| cap - self.responses.len() < responses.len()) {
+        if !self.flush_control()? || !self.responses.has_room() {
             return Ok(false);
         }
         for response in responses {
-            match self.responses.try_send(response) {
-                Ok(()) => {}
-                // Room was checked above; only a disconnect can land here.
-                Err(_) => return Err(Closed),
-            }
+            self.responses.send(response).map_err(|_| Closed)?;
         }
         Ok(true)
     }
@@ -191,14 +183,16 @@ pub struct WatchHub {
     facts: HeaderFacts,
     /// Unsynced watchers exist somewhere (skip catch-up passes otherwise).
     unsynced: usize,
-    /// (watchers, unsynced) as last added to the process-wide metrics.
-    reported: (i64, i64),
+    /// The stream id the next catch-up pass starts at (round robin across passes).
+    catch_up_cursor: u64,
+    /// (streams, watchers, unsynced) as last added to the process-wide metrics.
+    reported: (i64, i64, i64),
 }
 
 impl WatchHub {
     /// An empty hub reading history from `view`.
     pub fn new(view: ReadView, facts: HeaderFacts) -> WatchHub {
-        WatchHub { streams: HashMap::new(), view, facts, unsynced: 0, reported: (0, 0) }
+        WatchHub { streams: HashMap::new(), view, facts, unsynced: 0, catch_up_cursor: 0, reported: (0, 0, 0) }
     }
 
     /// Number of watchers on this core.
@@ -213,7 +207,7 @@ impl WatchHub {
     }
 
     /// A new stream; its responses go to `responses` (bounded).
-    pub fn open(&mut self, stream_id: u64, responses: flume::Sender<PbWatchResponse>) {
+    pub fn open(&mut self, stream_id: u64, responses: WatchSender) {
         let outlet = Outlet { responses, control: VecDeque::new() };
         let stream = Stream { outlet, watchers: BTreeMap::new(), next_auto_id: 0 };
         self.streams.insert(stream_id, stream);
@@ -295,7 +289,8 @@ impl WatchHub {
         }
         stream.watchers.insert(id, watcher);
         stream.outlet.control(PbWatchResponse { header, watch_id: id, created: true, ..Default::default() })?;
-        self.catch_up_stream(stream_id, now_ms);
+        // A new watcher starting in the past gets its first chunk at once.
+        self.catch_up_stream(stream_id, now_ms, 16);
         Ok(())
     }
 
@@ -389,10 +384,11 @@ impl WatchHub {
 
     /// Adds this core's change in watcher counts to the process-wide gauges.
     fn report_metrics(&mut self) {
-        let now = (self.watchers() as i64, self.unsynced as i64);
+        let now = (self.streams.len() as i64, self.watchers() as i64, self.unsynced as i64);
         let m = corekv_net::metrics::global();
-        m.watchers.fetch_add(now.0 - self.reported.0, std::sync::atomic::Ordering::Relaxed);
-        m.slow_watchers.fetch_add(now.1 - self.reported.1, std::sync::atomic::Ordering::Relaxed);
+        m.watch_streams.fetch_add(now.0 - self.reported.0, std::sync::atomic::Ordering::Relaxed);
+        m.watchers.fetch_add(now.1 - self.reported.1, std::sync::atomic::Ordering::Relaxed);
+        m.slow_watchers.fetch_add(now.2 - self.reported.2, std::sync::atomic::Ordering::Relaxed);
         self.reported = now;
     }
 
@@ -400,25 +396,38 @@ impl WatchHub {
         if self.unsynced == 0 {
             return;
         }
-        let ids: Vec<u64> = self.streams.keys().copied().collect();
-        for stream_id in ids {
-            self.catch_up_stream(stream_id, now_ms);
+        // One budget for the whole pass, starting where the last pass stopped, so a core
+        // with many lagging streams still gets back to its other work promptly.
+        let mut ids: Vec<u64> = self.streams.keys().copied().collect();
+        ids.sort_unstable();
+        let start = ids.partition_point(|id| *id < self.catch_up_cursor);
+        let mut budget = CATCH_UP_WATCHERS_PER_PASS_MAX;
+        for stream_id in ids[start..].iter().chain(&ids[..start]).copied() {
+            if budget == 0 {
+                self.catch_up_cursor = stream_id;
+                return;
+            }
+            budget -= self.catch_up_stream(stream_id, now_ms, budget);
         }
+        self.catch_up_cursor = 0;
     }
 
-    /// Advances the stream's unsynced watchers by at most one bounded chunk each.
-    fn catch_up_stream(&mut self, stream_id: u64, now_ms: u64) {
+    /// Advances at most `budget` of the stream's unsynced watchers by one bounded chunk
+    /// each; returns how many it looked at.
+    fn catch_up_stream(&mut self, stream_id: u64, now_ms: u64, budget: usize) -> usize {
         let current = self.view.revision();
         let compacted = self.view.compact_revision();
-        let Some(stream) = self.streams.get_mut(&stream_id) else { return };
+        let Some(stream) = self.streams.get_mut(&stream_id) else { return 0 };
         let mut became_synced = 0;
+        let mut visited = 0;
         let mut result = Ok(());
         let mut cancelled = Vec::new();
-        for (id, watcher) in stream.watchers.iter_mut().filter(|(_, w)| !w.synced).take(CATCH_UP_WATCHERS_PER_PASS_MAX) {
+        for (id, watcher) in stream.watchers.iter_mut().filter(|(_, w)| !w.synced).take(budget) {
             // Reading history for a stream that cannot take the answer would be wasted work.
             if !stream.outlet.has_room() {
                 break;
             }
+            visited += 1;
             let after = watcher.next_revision - 1;
             let up_to = current.min(after.saturating_add(CATCH_UP_REVISIONS_MAX));
             let (key, end) = watcher.keys.as_request();
@@ -464,6 +473,7 @@ impl WatchHub {
         if result.is_err() {
             self.close(stream_id);
         }
+        visited
     }
 }
 
@@ -518,6 +528,7 @@ mod tests {
     use super::*;
     use corekv_engine::mvcc::{CommandResponse, Store};
     use corekv_engine::pb::{PbCompactionRequest, PbPutRequest};
+    use corekv_net::shard_api::{watch_channel, WatchReceiver};
     use corekv_engine::request::Command;
 
     const FACTS: HeaderFacts = HeaderFacts { raft_term: 1, fragment_bytes_max: 1 << 20 };
@@ -535,8 +546,9 @@ mod tests {
             Harness { store, hub, now_ms: 0 }
         }
 
-        fn open(&mut self, id: u64, queue: usize) -> flume::Receiver<PbWatchResponse> {
-            let (tx, rx) = flume::bounded(queue);
+        /// A stream whose queue holds about `queue` small responses.
+        fn open(&mut self, id: u64, queue: usize) -> WatchReceiver {
+            let (tx, rx) = watch_channel(queue * 40);
             self.hub.open(id, tx);
             rx
         }
@@ -562,8 +574,8 @@ mod tests {
     }
 
     /// (watch id, revisions of events) of every non-control response.
-    fn drain(rx: &flume::Receiver<PbWatchResponse>) -> Vec<(i64, Vec<i64>)> {
-        rx.drain().filter(|r| !r.created && !r.canceled).map(|r| (r.watch_id, r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect())).collect()
+    fn drain(rx: &WatchReceiver) -> Vec<(i64, Vec<i64>)> {
+        rx.drain().into_iter().filter(|r| !r.created && !r.canceled).map(|r| (r.watch_id, r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect())).collect()
     }
 
     #[test]
@@ -572,7 +584,7 @@ mod tests {
         let rx = h.open(1, 64);
         h.create(1, "a", "", 0);
         h.create(1, "a", "b", 0);
-        let created: Vec<PbWatchResponse> = rx.drain().collect();
+        let created: Vec<PbWatchResponse> = rx.drain();
         assert_eq!(created.iter().map(|r| (r.watch_id, r.created, r.header.as_ref().unwrap().revision)).collect::<Vec<_>>(), vec![(0, true, 1), (1, true, 1)]);
         h.put("a", "1");
         h.put("ab", "1");
@@ -625,7 +637,7 @@ mod tests {
         h.hub.publish(h.store.view(), 1, &[], 0);
         let rx = h.open(1, 64);
         h.create(1, "k", "", 2);
-        let responses: Vec<PbWatchResponse> = rx.drain().collect();
+        let responses: Vec<PbWatchResponse> = rx.drain();
         assert_eq!(responses.len(), 2);
         assert!(responses[0].created && !responses[0].canceled);
         assert!(responses[1].canceled);
@@ -641,7 +653,7 @@ mod tests {
         for spec in [create(7, "a", ""), create(7, "a", ""), create(0, "b", "a")] {
             assert!(h.hub.create(1, spec, 0).is_ok());
         }
-        let r: Vec<PbWatchResponse> = rx.drain().collect();
+        let r: Vec<PbWatchResponse> = rx.drain();
         assert_eq!((r[0].watch_id, r[0].canceled), (7, false));
         assert_eq!((r[1].watch_id, r[1].canceled, r[1].cancel_reason.as_str()), (-1, true, ERR_DUPLICATE_ID));
         assert_eq!((r[2].watch_id, r[2].canceled, r[2].cancel_reason.as_str()), (-1, true, ERR_EMPTY_RANGE));
@@ -684,7 +696,7 @@ mod tests {
         let txn = corekv_engine::pb::PbTxnRequest { success: puts, ..Default::default() };
         let applied = h.store.apply(&Command::Txn(txn)).unwrap();
         h.hub.publish(h.store.view(), 1, &applied.events, 0);
-        let responses: Vec<PbWatchResponse> = rx.drain().collect();
+        let responses: Vec<PbWatchResponse> = rx.drain();
         assert!(responses.len() > 1);
         assert!(responses[..responses.len() - 1].iter().all(|r| r.fragment));
         assert!(!responses.last().unwrap().fragment);

@@ -65,7 +65,7 @@ pub enum ShardRequest {
     /// A write, proposed through raft; answered after it is durable and applied.
     Write { command: Command, reply: oneshot::Sender<Result<Reply<CommandResponse>, KvError>> },
     /// A new watch stream; its responses go out through `responses` (bounded).
-    WatchOpen { stream_id: u64, responses: flume::Sender<PbWatchResponse> },
+    WatchOpen { stream_id: u64, responses: WatchSender },
     /// A request on a watch stream (create, cancel, progress).
     Watch { stream_id: u64, request: PbWatchRequest },
     /// The client ended its side of a watch stream.
@@ -150,7 +150,7 @@ impl ShardClient {
     }
 
     /// Registers a watch stream with the shard.
-    pub async fn watch_open(&self, stream_id: u64, responses: flume::Sender<PbWatchResponse>) -> Result<(), KvError> {
+    pub async fn watch_open(&self, stream_id: u64, responses: WatchSender) -> Result<(), KvError> {
         self.send(ShardRequest::WatchOpen { stream_id, responses }).await
     }
 
@@ -173,5 +173,91 @@ impl ShardClient {
 
     async fn send(&self, request: ShardRequest) -> Result<(), KvError> {
         self.tx.send_async(request).await.map_err(|_| closed())
+    }
+}
+
+/// Bytes of responses a watch stream may have queued towards its connection. The shard
+/// stops adding once it is reached (a watcher then catches up from history later), so the
+/// queue holds at most this plus one response.
+pub const WATCH_STREAM_QUEUED_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// A watch stream's response queue, bounded in bytes rather than responses: one batch may
+/// carry one response per watcher of the stream, and those vary from bytes to megabytes.
+pub fn watch_channel(queued_bytes_max: usize) -> (WatchSender, WatchReceiver) {
+    let (tx, rx) = flume::unbounded();
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (
+        WatchSender { tx, queued_bytes: queued.clone(), queued_bytes_max },
+        WatchReceiver { rx, queued_bytes: queued },
+    )
+}
+
+/// The shard's end of a watch stream's queue.
+#[derive(Debug)]
+pub struct WatchSender {
+    tx: flume::Sender<(PbWatchResponse, usize)>,
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    queued_bytes_max: usize,
+}
+
+/// The connection's end was dropped.
+#[derive(Debug)]
+pub struct WatchDisconnected(pub PbWatchResponse);
+
+impl WatchSender {
+    /// Whether another response may be queued now.
+    pub fn has_room(&self) -> bool {
+        self.queued_bytes.load(std::sync::atomic::Ordering::Acquire) < self.queued_bytes_max
+    }
+
+    /// Queues a response. Callers check [`WatchSender::has_room`] first: the bound is theirs
+    /// to keep (it is exceeded by at most the response that crossed it).
+    pub fn send(&self, response: PbWatchResponse) -> Result<(), WatchDisconnected> {
+        let size = prost::Message::encoded_len(&response);
+        self.queued_bytes.fetch_add(size, std::sync::atomic::Ordering::AcqRel);
+        self.tx.send((response, size)).map_err(|e| {
+            self.queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
+            WatchDisconnected(e.0 .0)
+        })
+    }
+
+    /// Whether the connection's end is gone.
+    pub fn is_disconnected(&self) -> bool {
+        self.tx.is_disconnected()
+    }
+}
+
+/// The connection's end of a watch stream's queue.
+pub struct WatchReceiver {
+    rx: flume::Receiver<(PbWatchResponse, usize)>,
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl WatchReceiver {
+    /// The next response, once one is queued; `Err` when the shard dropped the stream.
+    pub async fn recv_async(&self) -> Result<PbWatchResponse, flume::RecvError> {
+        let (response, size) = self.rx.recv_async().await?;
+        self.queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
+        Ok(response)
+    }
+
+    /// Every response queued now (tests).
+    pub fn drain(&self) -> Vec<PbWatchResponse> {
+        self.rx
+            .drain()
+            .map(|(response, size)| {
+                self.queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
+                response
+            })
+            .collect()
+    }
+
+    /// The responses as a stream, in order.
+    pub fn into_stream(self) -> impl tonic::codegen::tokio_stream::Stream<Item = PbWatchResponse> + Send + 'static {
+        let WatchReceiver { rx, queued_bytes } = self;
+        tonic::codegen::tokio_stream::StreamExt::map(rx.into_stream(), move |(response, size)| {
+            queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
+            response
+        })
     }
 }

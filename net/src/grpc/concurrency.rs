@@ -25,7 +25,7 @@ pub(crate) const SESSION_TTL_SECS: i64 = 60;
 /// Responses queued from the shard for one internal watch: it follows one key (or one
 /// prefix until its first put), so a handful is plenty; a slower reader only falls back
 /// to catch-up from history on the shard.
-const WATCH_QUEUED_MAX: usize = 16;
+const WATCH_QUEUED_BYTES_MAX: usize = 256 * 1024;
 
 /// Internal watch streams take ids from the top half of the id space so they never meet
 /// the Watch service's streams (which count up from 1) in the shard's stream table.
@@ -220,14 +220,14 @@ pub(crate) enum Watched {
 pub(crate) struct KeyWatch {
     shard: ShardClient,
     stream_id: u64,
-    responses: flume::Receiver<PbWatchResponse>,
+    responses: crate::shard_api::WatchReceiver,
 }
 
 impl KeyWatch {
     /// Watches `key` (to `range_end`, as etcd ranges) from revision `start`.
     pub(crate) async fn open(shard: &ShardClient, key: Vec<u8>, range_end: Vec<u8>, start: i64) -> Result<KeyWatch, Status> {
         let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
-        let (tx, responses) = flume::bounded(WATCH_QUEUED_MAX);
+        let (tx, responses) = crate::shard_api::watch_channel(WATCH_QUEUED_BYTES_MAX);
         shard.watch_open(stream_id, tx).await.map_err(client_error)?;
         // Built before the create request goes out, so that a failure below still closes.
         let watch = KeyWatch { shard: shard.clone(), stream_id, responses };

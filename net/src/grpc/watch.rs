@@ -11,12 +11,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::to_status;
 use crate::metrics;
-use crate::shard_api::ShardClient;
+use crate::shard_api::{watch_channel, ShardClient, WATCH_STREAM_QUEUED_BYTES_MAX};
 
-/// Responses queued from the shard towards one stream's connection. A client that reads
-/// slower than this falls back to catch-up from history on the shard: it costs a position,
-/// not memory.
-pub const WATCH_RESPONSES_QUEUED_MAX: usize = 64;
 
 /// Stream ids are unique per process (the shard keys its streams by them).
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
@@ -38,21 +34,30 @@ impl PbWatchService for WatchService {
     async fn watch(&self, request: Request<Streaming<PbWatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let mut inbound = request.into_inner();
         let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
-        let (responses, outbound) = flume::bounded(WATCH_RESPONSES_QUEUED_MAX);
+        // A client that reads slower than the queue's byte bound falls back to catch-up
+        // from history on the shard: it costs a position, not memory.
+        let (responses, outbound) = watch_channel(WATCH_STREAM_QUEUED_BYTES_MAX);
         self.shard.watch_open(stream_id, responses).await.map_err(to_status)?;
-        let m = metrics::global();
-        m.watch_streams.fetch_add(1, Ordering::Relaxed);
         let shard = self.shard.clone();
         tokio::spawn(async move {
             // Each request is handed over before the next is read: the shard's bounded
             // queue paces a client that floods its stream with requests.
-            while let Ok(Some(request)) = inbound.message().await {
-                if shard.watch_request(stream_id, request).await.is_err() {
+            let mut failed = false;
+            while let Some(next) = inbound.message().await.transpose() {
+                let handed = match next {
+                    Ok(request) => shard.watch_request(stream_id, request).await.is_ok(),
+                    Err(_) => false,
+                };
+                if !handed {
+                    failed = true;
                     break;
                 }
             }
-            let _ = shard.watch_close(stream_id).await;
-            metrics::global().watch_streams.fetch_sub(1, Ordering::Relaxed);
+            // A client that only closes its sending side keeps receiving, as with etcd; the
+            // shard drops the stream once its response side is gone.
+            if failed {
+                let _ = shard.watch_close(stream_id).await;
+            }
         });
         let cluster = self.shard.cluster.clone();
         let out = outbound.into_stream().map(move |mut response: PbWatchResponse| {
