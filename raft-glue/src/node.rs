@@ -29,8 +29,12 @@ pub struct NodeOptions {
 pub struct Restored {
     pub hard_state: HardState,
     pub conf_state: ConfState,
-    /// Log entries in index order, starting at index 1, conflicts already resolved.
+    /// Log entries in index order, conflicts already resolved: from index 1, or from just
+    /// after `snapshot` when there is one.
     pub entries: Vec<Entry>,
+    /// Where the log starts when its head was released: (index, term) of the last entry
+    /// whose effects a durable store already holds. Entries up to it are not in `entries`.
+    pub snapshot: Option<(u64, u64)>,
     /// Highest index already applied to the key space (entries up to it are not re-delivered).
     pub applied: u64,
 }
@@ -90,13 +94,26 @@ impl RaftNode {
     pub fn new(opts: NodeOptions, restored: Restored) -> Result<RaftNode, raft::Error> {
         assert!(opts.id != 0, "raft id 0 is reserved");
         assert!(!restored.conf_state.voters.is_empty(), "a raft group needs a voter");
-        assert!(restored.applied <= restored.entries.last().map_or(0, |e| e.index));
+        let log_start = restored.snapshot.map_or(0, |(index, _)| index);
+        assert!(restored.entries.first().is_none_or(|e| e.index == log_start + 1), "entries follow the snapshot");
+        assert!(restored.applied <= restored.entries.last().map_or(log_start, |e| e.index));
         let storage = MemStorage::new();
         {
             let mut core = storage.wl();
+            if let Some((index, term)) = restored.snapshot {
+                let mut snapshot = raft::eraftpb::Snapshot::default();
+                let meta = snapshot.metadata.get_or_insert_with(Default::default);
+                meta.index = index;
+                meta.term = term;
+                meta.conf_state = Some(restored.conf_state.clone());
+                core.apply_snapshot(snapshot)?;
+            }
             core.set_conf_state(restored.conf_state.clone());
             core.append(&restored.entries)?;
-            core.set_hardstate(restored.hard_state.clone());
+            let mut hard_state = restored.hard_state.clone();
+            hard_state.commit = hard_state.commit.max(log_start);
+            hard_state.term = hard_state.term.max(restored.snapshot.map_or(0, |(_, term)| term));
+            core.set_hardstate(hard_state);
         }
         let config = raft::Config {
             id: opts.id,
@@ -283,6 +300,28 @@ mod tests {
     }
 
     #[test]
+    fn restart_from_a_released_log_head_continues_after_it() {
+        let opts = NodeOptions { id: 3, heartbeat_ticks: 1, election_ticks: 10, entries_kept_max: 4 };
+        let tail: Vec<Entry> = (101..=103).map(|index| Entry { index, term: 2, data: vec![index as u8], ..Default::default() }).collect();
+        let restored = Restored {
+            hard_state: HardState { term: 2, vote: 3, commit: 103 },
+            conf_state: ConfState { voters: vec![3], ..Default::default() },
+            entries: tail,
+            snapshot: Some((100, 2)),
+            applied: 103,
+        };
+        let mut node = RaftNode::new(opts, restored).unwrap();
+        let mut log = Vec::new();
+        node.campaign().unwrap();
+        drain(&mut node, &mut log);
+        assert!(node.is_leader());
+        let index = node.propose(b"next".to_vec()).unwrap();
+        assert!(index > 104, "new entries follow the recovered tail (got {index})");
+        let out = drain(&mut node, &mut log);
+        assert_eq!(out.committed.last().unwrap().data, b"next".to_vec());
+    }
+
+    #[test]
     fn follower_refuses_proposals() {
         let mut node = single(1);
         assert_eq!(node.propose(vec![1]), Err(ProposeError::NotLeader { leader_id: 0 }));
@@ -303,6 +342,7 @@ mod tests {
             hard_state: HardState { term: node.term(), vote: 7, commit: applied },
             conf_state: ConfState { voters: vec![7], ..Default::default() },
             entries: log.clone(),
+            snapshot: None,
             applied,
         };
         let opts = NodeOptions { id: 7, heartbeat_ticks: 1, election_ticks: 10, entries_kept_max: 4 };

@@ -100,6 +100,10 @@ pub struct Recovered {
     pub metadata: Vec<u8>,
     /// Every valid record after the metadata, in write order, across segments.
     pub records: Vec<Record>,
+    /// Where each live segment's records start in `records`: (segment seq, first record
+    /// position), in segment order. Lets the caller learn what each segment holds, to
+    /// release segments later.
+    pub segment_starts: Vec<(u64, usize)>,
     /// Segment and offset where a torn tail was cut off, if there was one.
     pub truncated_tail: Option<(PathBuf, u64)>,
 }
@@ -132,6 +136,8 @@ pub struct Wal {
     allocated_bytes: u64,
     /// Valid data bytes in the segments before the live one.
     sealed_bytes: u64,
+    /// Valid data bytes of each sealed segment still on disk, by sequence number.
+    sealed_sizes: std::collections::BTreeMap<u64, u64>,
     poisoned: bool,
     writer: BatchWriter,
     /// Holds the directory's flock for as long as the WAL is open.
@@ -177,6 +183,7 @@ impl Wal {
             write_offset_bytes: seg.data_end_bytes,
             allocated_bytes: seg.allocated_bytes,
             sealed_bytes: 0,
+            sealed_sizes: Default::default(),
             poisoned: false,
             writer: BatchWriter::new(),
             _lock: lock,
@@ -192,12 +199,24 @@ impl Wal {
         let lock = segment::lock_dir(dir)?;
         segment::remove_tmp_segments(dir)?;
         let mut records = Vec::new();
-        let scan = recover::scan_dir(dir, &opts, &mut |kind, payload| {
+        let mut segment_starts: Vec<(u64, usize)> = Vec::new();
+        let scan = recover::scan_dir(dir, &opts, &mut |seq, kind, payload| {
+            if segment_starts.last().is_none_or(|(last, _)| *last != seq) {
+                segment_starts.push((seq, records.len()));
+            }
             records.push(Record {
                 kind,
                 payload: payload.to_vec(),
             });
         })?;
+        for segment in &scan.segments {
+            // Segments holding no record (only metadata) still count as live segments.
+            if !segment_starts.iter().any(|(seq, _)| *seq == segment.seq) {
+                let at = segment_starts.partition_point(|(seq, _)| *seq < segment.seq);
+                let first = segment_starts.get(at).map_or(records.len(), |(_, first)| *first);
+                segment_starts.insert(at, (segment.seq, first));
+            }
+        }
         let last = scan.last();
         let file = OpenOptions::new()
             .read(true)
@@ -218,6 +237,7 @@ impl Wal {
             write_offset_bytes: last.data_end_bytes,
             allocated_bytes,
             sealed_bytes: scan.data_bytes() - last.data_end_bytes,
+            sealed_sizes: scan.segments[..scan.segments.len() - 1].iter().map(|s| (s.seq, s.data_end_bytes)).collect(),
             poisoned: false,
             writer: BatchWriter::new(),
             _lock: lock,
@@ -228,6 +248,7 @@ impl Wal {
             Recovered {
                 metadata: scan.metadata,
                 records,
+                segment_starts,
                 truncated_tail,
             },
         ))
@@ -260,6 +281,34 @@ impl Wal {
         }
         self.write_offset_bytes += batch_bytes;
         Ok(())
+    }
+
+    /// The sequence number of the segment appends go to now.
+    pub fn segment_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Deletes every segment with a sequence number below `seq` (never the live one), once
+    /// the caller knows nothing in them is needed again (the revision store has durably
+    /// passed them). Returns how many files went. Recovery accepts a WAL whose first
+    /// segments are gone.
+    pub fn release_before(&mut self, seq: u64) -> Result<usize, WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let limit = seq.min(self.seq);
+        let mut released = 0;
+        for old in segment::list_segments(&self.dir)?.into_iter().filter(|s| *s < limit) {
+            let path = self.dir.join(segment::segment_name(old));
+            fs::remove_file(&path).map_err(|e| WalError::io(&path, "remove", e))?;
+            let data_bytes = self.sealed_sizes.remove(&old).unwrap_or(0);
+            self.sealed_bytes = self.sealed_bytes.saturating_sub(data_bytes);
+            released += 1;
+        }
+        if released > 0 {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(released)
     }
 
     /// Bytes written so far in all live segments (for metrics).
@@ -297,6 +346,7 @@ impl Wal {
         let seq = self.seq + 1;
         let seg = segment::create_segment(&self.dir, seq, &self.metadata, &self.opts, batch_bytes)?;
         self.sealed_bytes += self.write_offset_bytes;
+        self.sealed_sizes.insert(self.seq, self.write_offset_bytes);
         self.file = seg.file;
         self.path = seg.path;
         self.seq = seq;

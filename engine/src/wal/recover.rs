@@ -35,11 +35,11 @@ impl DirScan {
 }
 
 /// Reads every segment of `dir` in order without modifying anything, passing each record
-/// after the per-segment metadata to `on_record`.
+/// after the per-segment metadata to `on_record` with the segment's sequence number.
 pub(crate) fn scan_dir(
     dir: &Path,
     opts: &WalOptions,
-    on_record: &mut dyn FnMut(RecordKind, &[u8]),
+    on_record: &mut dyn FnMut(u64, RecordKind, &[u8]),
 ) -> Result<DirScan, WalError> {
     let seqs = segment::list_segments(dir)?;
     if seqs.is_empty() {
@@ -54,7 +54,9 @@ pub(crate) fn scan_dir(
         let is_last = i + 1 == seqs.len();
         // One segment in memory at a time: segments are bounded by the segment size.
         let data = fs::read(&path).map_err(|e| WalError::io(&path, "read", e))?;
-        let scan = segment::scan_segment(&path, seq, &data, is_last, opts, on_record)?;
+        let scan = segment::scan_segment(&path, seq, &data, is_last, opts, &mut |kind, payload| {
+            on_record(seq, kind, payload)
+        })?;
         check_same_metadata(&path, &mut metadata, scan.metadata)?;
         tail = scan.tail;
         segments.push(ScannedSegment {
@@ -96,7 +98,7 @@ fn check_same_metadata(
 /// `Wal::open` would truncate) is reported in `torn_tail`.
 pub fn verify(dir: &Path, opts: &WalOptions) -> Result<VerifyReport, WalError> {
     let mut records = 0u64;
-    let scan = scan_dir(dir, opts, &mut |_, _| records += 1)?;
+    let scan = scan_dir(dir, opts, &mut |_, _, _| records += 1)?;
     Ok(VerifyReport {
         segments: scan.segments.len(),
         records,
