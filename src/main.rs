@@ -14,6 +14,7 @@ mod lessor;
 mod recovery;
 mod sequencer;
 mod shard;
+mod store_writer;
 mod watch;
 
 use std::sync::Arc;
@@ -104,6 +105,8 @@ fn run(config: Config) {
     }
     drop(seq_tx);
 
+    let store_link = store_writer::spawn(recovered.backend, recovered.backend_index, cpus[cpus.len() - 1])
+        .unwrap_or_else(|e| fatal("cannot start the revision store writer", e));
     let seq = sequencer::Sequencer::new(
         raft,
         recovered.wal,
@@ -116,7 +119,8 @@ fn run(config: Config) {
     .with_lease_options(sequencer::LeaseOptions::for_election_timeout(
         config.election_timeout_ms,
         std::time::Duration::from_millis(config.lease_checkpoint_interval_ms),
-    ));
+    ))
+    .with_store_writer(store_link, recovered.segment_last_index);
     let sequencer_cpu = cpus[0];
     std::thread::Builder::new()
         .name("sequencer".into())

@@ -4,7 +4,10 @@
 //! log's entries are replayed into a fresh key space up to the recorded commit index (the
 //! rest is committed again by raft after the election and applied then).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use corekv_engine::backend::{Backend, BackendMeta};
 
 use corekv_engine::mvcc::Store;
 use corekv_engine::request::InternalRequest;
@@ -53,11 +56,31 @@ pub struct Recovered {
     pub wal: Wal,
     pub store: Store,
     pub raft: Restored,
+    /// The on-disk revision store, and the log index its last commit holds.
+    pub backend: Backend,
+    pub backend_index: u64,
+    /// Highest raft entry index in each live WAL segment (segment seq -> index).
+    pub segment_last_index: BTreeMap<u64, u64>,
 }
 
 /// The WAL directory inside a data directory.
 pub fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("wal")
+}
+
+/// The revision store file inside a data directory (where etcd keeps its bbolt db).
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("member").join("snap").join("db")
+}
+
+fn open_backend(data_dir: &Path) -> Result<(Backend, Store, BackendMeta), String> {
+    let path = db_path(data_dir);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let backend = Backend::open(&path).map_err(|e| format!("revision store {}: {e}", path.display()))?;
+    let (store, meta) = backend.load().map_err(|e| format!("revision store {}: {e}", path.display()))?;
+    Ok((backend, store, meta))
 }
 
 /// Opens the data directory, creating and bootstrapping it if it holds no WAL yet.
@@ -78,16 +101,59 @@ pub fn open(data_dir: &Path, fresh: Identity) -> Result<Recovered, String> {
             fresh.name
         );
     }
-    let raft = rebuild_raft_state(&recovered.records, identity.member_id)?;
-    let store = replay(&raft)?;
+    let (backend, mut store, meta) = open_backend(data_dir)?;
+    let mut raft = rebuild_raft_state(&recovered.records, identity.member_id)?;
+    start_after_store(&mut raft, meta.consistent_index, meta.term)?;
+    replay(&raft, &mut store)?;
+    let segment_last_index = segment_last_index(&recovered);
     log::info!(
-        "recovered {} entries (applied through index {}, term {}), revision {}",
+        "recovered: revision store at index {}, {} WAL entries after it (applied through index {}, term {}), revision {}",
+        meta.consistent_index,
         raft.entries.len(),
         raft.applied,
         raft.hard_state.term,
         store.revision()
     );
-    Ok(Recovered { identity, wal, store, raft })
+    Ok(Recovered { identity, wal, store, raft, backend, backend_index: meta.consistent_index, segment_last_index })
+}
+
+/// Drops the entries the store already holds and starts raft's log just after them.
+fn start_after_store(raft: &mut Restored, store_index: u64, store_term: u64) -> Result<(), String> {
+    if store_index == 0 {
+        if raft.entries.first().is_some_and(|e| e.index != 1) {
+            return Err(format!("WAL starts at index {} but the revision store holds nothing", raft.entries[0].index));
+        }
+        return Ok(());
+    }
+    if raft.entries.first().is_some_and(|e| e.index > store_index + 1) {
+        return Err(format!(
+            "WAL starts at index {} but the revision store only holds up to {store_index}: entries are missing",
+            raft.entries[0].index
+        ));
+    }
+    raft.entries.retain(|e| e.index > store_index);
+    raft.snapshot = Some((store_index, store_term));
+    raft.hard_state.commit = raft.hard_state.commit.max(store_index);
+    raft.applied = raft.applied.max(store_index);
+    Ok(())
+}
+
+/// The highest entry index each live segment holds (0 for a segment with no entry).
+fn segment_last_index(recovered: &corekv_engine::wal::Recovered) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    let starts = &recovered.segment_starts;
+    for (i, (seq, first)) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(recovered.records.len(), |(_, next)| *next);
+        let last = recovered.records[*first..end]
+            .iter()
+            .filter(|r| r.kind == RecordKind::Entry)
+            .filter_map(|r| codec::decode_entry(&r.payload).ok())
+            .map(|e| e.index)
+            .max()
+            .unwrap_or(0);
+        out.insert(*seq, last);
+    }
+    out
 }
 
 fn bootstrap(data_dir: &Path, dir: &Path, identity: Identity) -> Result<Recovered, String> {
@@ -98,7 +164,10 @@ fn bootstrap(data_dir: &Path, dir: &Path, identity: Identity) -> Result<Recovere
     wal.append(&[(RecordKind::ConfState, &codec::encode_conf_state(&conf_state))]).map_err(|e| e.to_string())?;
     log::info!("bootstrapped new member {:x} in {}", identity.member_id, data_dir.display());
     let raft = Restored { conf_state, ..Default::default() };
-    Ok(Recovered { identity, wal, store: Store::new(), raft })
+    // A store left from an earlier attempt without a WAL cannot be trusted to match.
+    let _ = std::fs::remove_file(db_path(data_dir));
+    let (backend, store, _) = open_backend(data_dir)?;
+    Ok(Recovered { identity, wal, store, raft, backend, backend_index: 0, segment_last_index: BTreeMap::new() })
 }
 
 /// etcd refuses world-readable data dirs; corekv tightens them to 0700 at creation.
@@ -137,7 +206,8 @@ fn append_entry(entries: &mut Vec<Entry>, entry: Entry) -> Result<(), String> {
     while entries.last().is_some_and(|last| last.index >= entry.index) {
         entries.pop();
     }
-    let expected = entries.last().map_or(1, |last| last.index + 1);
+    // The first entry may follow released segments; the store's index is checked later.
+    let expected = entries.last().map_or(entry.index, |last| last.index + 1);
     if entry.index != expected {
         return Err(format!("WAL entries are not contiguous: expected index {expected}, found {}", entry.index));
     }
@@ -145,16 +215,15 @@ fn append_entry(entries: &mut Vec<Entry>, entry: Entry) -> Result<(), String> {
     Ok(())
 }
 
-/// Applies every committed entry to a fresh key space. Apply is deterministic, so requests
-/// that failed the first time fail again and change nothing.
-fn replay(raft: &Restored) -> Result<Store, String> {
-    let mut store = Store::new();
+/// Applies every committed entry after the store's index. Apply is deterministic, so
+/// requests that failed the first time fail again and change nothing.
+fn replay(raft: &Restored, store: &mut Store) -> Result<(), String> {
     for entry in raft.entries.iter().take_while(|e| e.index <= raft.applied) {
         if let Some(command) = decode_command(entry)? {
             let _ = store.apply(&command);
         }
     }
-    Ok(store)
+    Ok(())
 }
 
 /// The client command an entry carries (`None` for raft's own empty entries).
@@ -190,5 +259,9 @@ mod tests {
         }
         assert_eq!(log.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 2), (3, 2)]);
         assert!(append_entry(&mut log, e(5, 2)).is_err(), "a gap is corruption");
+        let mut released = Vec::new();
+        append_entry(&mut released, e(40, 3)).unwrap();
+        append_entry(&mut released, e(41, 3)).unwrap();
+        assert_eq!(released.len(), 2, "a log may start after released segments");
     }
 }

@@ -96,7 +96,20 @@ pub struct Sequencer {
     failed: Option<String>,
     /// Lease deadlines (while leading) and the timers that revoke and checkpoint.
     leases: lease::LeaseDriver,
+    /// The revision store's writer and what the WAL may release once it is durable.
+    durability: Option<Durability>,
 }
+
+/// Hand-off of applied changes to the revision store, and WAL release behind it.
+pub struct Durability {
+    pub link: crate::store_writer::StoreLink,
+    /// Highest entry index in each live WAL segment.
+    pub segment_last_index: std::collections::BTreeMap<u64, u64>,
+    pub next_release_check: Instant,
+}
+
+/// How often the sequencer looks for WAL segments the store has passed.
+const RELEASE_CHECK_INTERVAL_MS: u64 = 1000;
 
 impl Sequencer {
     /// Builds the sequencer from recovered state.
@@ -129,6 +142,47 @@ impl Sequencer {
             applied_index,
             failed: None,
             leases: lease::LeaseDriver::new(LeaseOptions::for_election_timeout(1000, CHECKPOINT_INTERVAL)),
+            durability: None,
+        }
+    }
+
+    /// Commits applied changes to the revision store through `link`, and releases WAL
+    /// segments it has durably passed.
+    pub fn with_store_writer(mut self, link: crate::store_writer::StoreLink, segment_last_index: std::collections::BTreeMap<u64, u64>) -> Sequencer {
+        self.durability = Some(Durability { link, segment_last_index, next_release_check: Instant::now() });
+        self
+    }
+
+    /// Hands what was applied since the last hand-off to the store writer.
+    fn hand_off_changes(&mut self) {
+        let Some(durability) = &self.durability else { return };
+        let changes = self.store.take_changes();
+        let job = crate::store_writer::StoreJob { changes, applied_index: self.applied_index, term: self.raft.term() };
+        durability.link.submit(job);
+    }
+
+    /// Releases the WAL segments whose every entry the store durably holds.
+    fn release_wal(&mut self) {
+        let Some(durability) = &mut self.durability else { return };
+        if Instant::now() < durability.next_release_check || durability.link.failed() {
+            return;
+        }
+        durability.next_release_check = Instant::now() + Duration::from_millis(RELEASE_CHECK_INTERVAL_MS);
+        let durable = durability.link.durable_index();
+        let live = self.wal.segment_seq();
+        // The first segment still holding an entry the store lacks, or the live one.
+        let keep_from = durability
+            .segment_last_index
+            .iter()
+            .find(|(seq, last)| **seq >= live || **last > durable)
+            .map_or(live, |(seq, _)| *seq);
+        match self.wal.release_before(keep_from) {
+            Ok(0) => {}
+            Ok(released) => {
+                durability.segment_last_index.retain(|seq, _| *seq >= keep_from);
+                log::info!("released {released} WAL segment(s) below {keep_from}: the revision store holds index {durable}");
+            }
+            Err(err) => log::warn!("cannot release WAL segments: {err}"),
         }
     }
 
@@ -138,6 +192,8 @@ impl Sequencer {
         if let Err(err) = self.raft.campaign() {
             log::error!("campaign failed: {err}");
         }
+        // What recovery replayed from the WAL is not in the store yet.
+        self.hand_off_changes();
         self.drive();
         self.publish();
         let mut next_tick = Instant::now() + self.tick;
@@ -158,6 +214,7 @@ impl Sequencer {
             }
             self.lease_turn(Instant::now());
             self.drive();
+            self.release_wal();
         }
     }
 
@@ -262,6 +319,7 @@ impl Sequencer {
         }
         if applied_any {
             self.publish();
+            self.hand_off_changes();
         }
         // Writers hear back only after every core can read what they wrote.
         for (reply, result) in answered {
@@ -287,15 +345,34 @@ impl Sequencer {
         }
         let records: Vec<(RecordKind, &[u8])> = payloads.iter().map(|(k, p)| (*k, p.as_slice())).collect();
         let started = Instant::now();
+        let segment_before = self.wal.segment_seq();
         self.wal.append(&records).map_err(|e| format!("etcdserver: WAL append failed: {e}"))?;
+        if self.wal.segment_seq() != segment_before {
+            self.restate_in_new_segment()?;
+        }
+        if let (Some(durability), Some(last)) = (&mut self.durability, entries.last()) {
+            let seq = self.wal.segment_seq();
+            let slot = durability.segment_last_index.entry(seq).or_insert(0);
+            *slot = (*slot).max(last.index);
+        }
         let m = metrics::global();
         m.wal_fsync_seconds.observe_duration(started.elapsed());
         if !entries.is_empty() {
             m.batch_entries.observe(entries.len() as f64);
             m.batch_bytes.observe(bytes as f64);
         }
-        m.db_size_bytes.store(self.wal.size_bytes() as i64, std::sync::atomic::Ordering::Relaxed);
+        let db_bytes = self.durability.as_ref().map_or(self.wal.size_bytes(), |d| d.link.size_bytes().0);
+        m.db_size_bytes.store(db_bytes as i64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A new WAL segment restates the membership and hard state, so that releasing older
+    /// segments never takes the only copy with it.
+    fn restate_in_new_segment(&mut self) -> Result<(), String> {
+        let conf = codec::encode_conf_state(&self.raft.conf_state());
+        let hard = codec::encode_hard_state(&self.raft.hard_state());
+        let records = [(RecordKind::ConfState, conf.as_slice()), (RecordKind::HardState, hard.as_slice())];
+        self.wal.append(&records).map_err(|e| format!("etcdserver: WAL append failed: {e}"))
     }
 
     /// After a storage failure nothing is acknowledged again: what is on disk is unknown.
@@ -391,14 +468,21 @@ impl Sequencer {
     }
 
     fn status(&self) -> StatusInfo {
-        let size = self.wal.size_bytes() as i64;
+        // dbSize is the revision store's file, as etcd reports its bbolt file.
+        let (size, in_use) = match &self.durability {
+            Some(d) => {
+                let (file, used) = d.link.size_bytes();
+                (file as i64, used as i64)
+            }
+            None => (self.wal.size_bytes() as i64, self.wal.size_bytes() as i64),
+        };
         StatusInfo {
             leader: self.raft.leader_id(),
             raft_index: self.raft.last_index(),
             raft_term: self.raft.term(),
             raft_applied_index: self.applied_index,
             db_size_bytes: size,
-            db_size_in_use_bytes: size,
+            db_size_in_use_bytes: in_use,
             revision: self.store.revision(),
         }
     }

@@ -4,12 +4,15 @@
 //! - [`mvcc`]: the multi-version key space with etcd's revision semantics. One writer
 //!   ([`mvcc::Store`]) applies committed requests in log order; readers hold cheap immutable
 //!   snapshots ([`mvcc::ReadView`]) and never block the writer.
+//! - [`backend`]: the key space on disk: revision records and leases in the B+ tree
+//!   ([`btree`]), committed in batches with the raft index they include, loaded on start.
 //! - [`request`]: what travels through the raft log ([`request::InternalRequest`]).
 //! - [`error`]: the errors a client can see from the key space, with etcd's texts.
 //!
 //! Requests and responses are etcd's own protobuf messages (re-exported as [`pb`]), so the
 //! engine's semantics can be read side by side with etcd's applier.
 
+pub mod backend;
 pub mod btree;
 pub mod error;
 pub mod mvcc;

@@ -143,6 +143,8 @@ pub struct Metrics {
     methods: Vec<MethodStats>,
     /// Duration of the WAL's write + fdatasync per batch.
     pub wal_fsync_seconds: Histogram,
+    /// Duration of one revision store commit (a batch of applied changes).
+    pub backend_commit_seconds: Histogram,
     /// Proposals per WAL batch (the group-commit size).
     pub batch_entries: Histogram,
     /// Bytes per WAL batch.
@@ -187,6 +189,7 @@ impl Metrics {
                 })
                 .collect(),
             wal_fsync_seconds: Histogram::new(SECONDS_BUCKETS),
+            backend_commit_seconds: Histogram::new(SECONDS_BUCKETS),
             batch_entries: Histogram::new(COUNT_BUCKETS),
             batch_bytes: Histogram::new(BYTES_BUCKETS),
             current_revision: AtomicI64::new(1),
@@ -239,6 +242,7 @@ impl Metrics {
             stats.latency.render(&mut out, "corekv_grpc_request_duration_seconds", &labels);
         }
         histogram(&mut out, "corekv_wal_fsync_duration_seconds", "WAL write + fdatasync per batch.", &self.wal_fsync_seconds);
+        histogram(&mut out, "corekv_backend_commit_duration_seconds", "Revision store commit per batch.", &self.backend_commit_seconds);
         histogram(&mut out, "corekv_wal_batch_entries", "Proposals per WAL batch (group commit size).", &self.batch_entries);
         histogram(&mut out, "corekv_wal_batch_bytes", "Bytes per WAL batch.", &self.batch_bytes);
         gauge(&mut out, "corekv_mvcc_current_revision", "Current revision of the key space.", self.current_revision.load(Relaxed));

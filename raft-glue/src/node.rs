@@ -206,6 +206,11 @@ impl RaftNode {
         }
     }
 
+    /// The current membership (voters and learners).
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
     /// The durable raft state as it stands (term, vote, commit).
     pub fn hard_state(&self) -> HardState {
         self.raw.raft.hard_state()

@@ -9,20 +9,27 @@ use crate::KvError;
 
 /// Compacts at `rev` as etcd's store.Compact + keyIndex.compact do: for each key, every
 /// revision <= `rev` goes except the newest one <= `rev`, which stays unless it is a
-/// tombstone. Does not change the revision; the header reports the current one.
-pub(super) fn compact(state: &mut State, rev: i64) -> Result<PbCompactionResponse, KvError> {
+/// tombstone. Does not change the revision; the header reports the current one. Also
+/// returns the `(main, sub)` revisions it removed, for the on-disk store.
+pub(super) fn compact(
+    state: &mut State,
+    rev: i64,
+) -> Result<(PbCompactionResponse, Vec<(i64, i64)>), KvError> {
     if rev <= state.compact_revision {
         return Err(KvError::Compacted);
     }
     if rev > state.revision {
         return Err(KvError::FutureRevision);
     }
-    for key in obsolete(state, rev) {
+    let obsolete = obsolete(state, rev);
+    let mut removed = Vec::with_capacity(obsolete.len());
+    for key in obsolete {
         state.by_revision.remove(&(key.1, key.2));
+        removed.push((key.1, key.2));
         state.history.remove(&key);
     }
     state.compact_revision = rev;
-    Ok(PbCompactionResponse { header: header(state.revision) })
+    Ok((PbCompactionResponse { header: header(state.revision) }, removed))
 }
 
 /// The history entries compaction at `rev` removes, visiting each distinct key once.

@@ -9,14 +9,21 @@
 //! - `latest`: the live keys at the current revision (the fast path for ordinary reads);
 //! - `history`: every revision of every key, tombstones included, for reads in the past.
 //!
+//! Persistence: every applied command's changes are recorded (`changes.rs`) and drained
+//! with [`Store::take_changes`] for the on-disk revision store (`crate::backend`), which
+//! rebuilds a store on start through [`Store::restore`] / [`Restorer`] (`restore.rs`).
+//!
 //! Behaviour follows etcd's `applierV3backend` and `mvcc` packages rule by rule, quirks
 //! included (see the submodules), because clients and tests compare us with real etcd.
 
+mod changes;
 mod compact;
+mod hash;
 pub mod lease;
 mod compare;
 mod gosort;
 mod range;
+mod restore;
 mod state;
 mod txn;
 pub mod validate;
@@ -27,6 +34,8 @@ mod model_tests;
 mod lease_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod changes_tests;
 
 use bytes::Bytes;
 
@@ -35,13 +44,25 @@ use crate::request::Command;
 use crate::KvError;
 use state::State;
 
+pub use changes::{ChangeSet, LeaseTtl, WrittenRecord};
+pub use hash::KvHash;
+pub(crate) use hash::{resolve_hash_revision, Hasher, KvRef};
+pub use restore::{RestoreError, Restorer};
+
 /// `mvccpb.Event.EventType` values.
 const EVENT_PUT: i32 = 0;
 const EVENT_DELETE: i32 = 1;
 
 /// The single writer of the key space.
+///
+/// It also records what each applied command changed, for the on-disk revision store:
+/// drain it with [`Store::take_changes`] (see [`ChangeSet`] for the memory this holds).
 pub struct Store {
     state: State,
+    /// Changes since the last [`Store::take_changes`].
+    changes: ChangeSet,
+    /// Whether `apply` records changes (on unless switched off).
+    tracking: bool,
 }
 
 /// The outcome of one applied command.
@@ -120,13 +141,18 @@ pub struct ReadView {
 impl Store {
     /// An empty store: revision 1 and nothing compacted, as a fresh etcd.
     pub fn new() -> Store {
-        Store { state: State::new() }
+        Store::from_state(State::new())
+    }
+
+    fn from_state(state: State) -> Store {
+        Store { state, changes: ChangeSet::default(), tracking: true }
     }
 
     /// Applies one committed write atomically: on `Err` nothing changed.
     pub fn apply(&mut self, command: &Command) -> Result<Applied, KvError> {
         // Work on an O(1) copy and publish it only on success: that is the atomicity.
         let mut work = self.state.clone();
+        let mut removed = Vec::new();
         let (response, events) = match command {
             Command::Put(r) => {
                 let (resp, events) = txn::apply_put(&mut work, r)?;
@@ -141,7 +167,8 @@ impl Store {
                 (CommandResponse::Txn(resp), events)
             }
             Command::Compact(r) => {
-                let resp = compact::compact(&mut work, r.revision)?;
+                let (resp, gone) = compact::compact(&mut work, r.revision)?;
+                removed = gone;
                 (CommandResponse::Compact(resp), Vec::new())
             }
             Command::LeaseGrant(r) => (CommandResponse::LeaseGrant(lease::grant(&mut work, r)?), Vec::new()),
@@ -154,10 +181,65 @@ impl Store {
                 (CommandResponse::LeaseCheckpoint(header(revision)), Vec::new())
             }
         };
+        let before = self.state.revision;
         self.state = work;
+        if self.tracking {
+            self.track(command, before, removed);
+        }
         Ok(Applied { response, events, revision: self.state.revision })
     }
 
+    /// Notes what the command just applied changed: the records at the new revision (if
+    /// it moved: only a write moves it), compaction's removals, and the leases it touched.
+    fn track(&mut self, command: &Command, before: i64, removed: Vec<(i64, i64)>) {
+        let now = self.state.revision;
+        if now > before {
+            for ((_, sub), record) in self.state.by_revision.range((now, i64::MIN)..=(now, i64::MAX)) {
+                self.changes.note_written(*sub, record.clone());
+            }
+        }
+        if !removed.is_empty() {
+            self.changes.note_removed(removed);
+        }
+        let ttl = |state: &State, id: i64| {
+            state.leases.get(&id).map(|l| LeaseTtl {
+                id,
+                ttl_secs: l.ttl_secs,
+                remaining_ttl_secs: l.remaining_ttl_secs,
+            })
+        };
+        match command {
+            Command::LeaseGrant(r) => self.changes.note_lease(r.id, ttl(&self.state, r.id)),
+            Command::LeaseRevoke(r) => self.changes.note_lease(r.id, None),
+            Command::LeaseCheckpoint(r) => {
+                for cp in &r.checkpoints {
+                    if let Some(lease) = ttl(&self.state, cp.id) {
+                        self.changes.note_lease(cp.id, Some(lease));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Everything applied since the last call, for the on-disk revision store, stamped
+    /// with the current revision and compacted revision. Leaves an empty set behind.
+    pub fn take_changes(&mut self) -> ChangeSet {
+        let mut changes = std::mem::take(&mut self.changes);
+        changes.set_position(self.state.revision, self.state.compact_revision);
+        changes
+    }
+
+    /// Switches change tracking on or off (it is on from [`Store::new`] and
+    /// [`Store::restore`]). Off suits a store that is never persisted (tools, tests): a
+    /// store whose changes are not drained keeps them all. Switching off drops what is
+    /// pending; a store persisted by a backend must keep tracking on.
+    pub fn set_change_tracking(&mut self, on: bool) {
+        self.tracking = on;
+        if !on {
+            self.changes = ChangeSet::default();
+        }
+    }
     /// An O(1) immutable snapshot of the current state.
     pub fn view(&self) -> ReadView {
         ReadView { state: self.state.clone() }
@@ -279,6 +361,60 @@ impl ReadView {
     /// Number of live keys in this snapshot.
     pub fn key_count(&self) -> usize {
         self.state.latest.len()
+    }
+
+    /// etcd's HashKV at `revision` (0 = current) over this snapshot: the same CRC-32C etcd
+    /// computes over the same history (see `hash.rs` for what is hashed). Fails as etcd
+    /// does for `0 < revision <= compacted` and for a future revision.
+    pub fn hash_kv(&self, revision: i64) -> Result<KvHash, KvError> {
+        hash::hash_state(&self.state, revision)
+    }
+}
+
+/// Everything a snapshot holds, for tests that compare two stores structurally.
+#[cfg(test)]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Dump {
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// `(main, sub, kv, tombstone)` from `by_revision`.
+    pub by_revision: Vec<(i64, i64, KeyValue, bool)>,
+    /// `history`'s keys, and whether each maps to the same record as `by_revision`.
+    pub history: Vec<(Bytes, i64, i64, bool)>,
+    /// `latest`: key and mod_revision of its record.
+    pub latest: Vec<(Bytes, i64)>,
+    pub leases: Vec<(i64, i64, i64, Vec<Bytes>)>,
+}
+
+#[cfg(test)]
+impl ReadView {
+    pub(crate) fn dump(&self) -> Dump {
+        let s = &self.state;
+        let by_revision = s
+            .by_revision
+            .iter()
+            .map(|((m, sub), r)| (*m, *sub, r.kv.clone(), r.tombstone))
+            .collect();
+        let history = s
+            .history
+            .iter()
+            .map(|((k, m, sub), r)| {
+                let same = s.by_revision.get(&(*m, *sub)).is_some_and(|b| std::sync::Arc::ptr_eq(b, r));
+                (k.clone(), *m, *sub, same)
+            })
+            .collect();
+        Dump {
+            revision: s.revision,
+            compact_revision: s.compact_revision,
+            by_revision,
+            history,
+            latest: s.latest.iter().map(|(k, r)| (k.clone(), r.kv.mod_revision)).collect(),
+            leases: s
+                .leases
+                .iter()
+                .map(|(id, l)| (*id, l.ttl_secs, l.remaining_ttl_secs, l.keys.iter().cloned().collect()))
+                .collect(),
+        }
     }
 }
 

@@ -1,0 +1,171 @@
+//! The byte layout of the key space in the B+ tree (written down in
+//! `docs/storage-format.md`, "Key space"). Every decoder checks lengths and reserved bits, so
+//! a damaged record is a `Corrupt` error naming it, never a panic.
+
+use crate::btree::META_BYTES;
+use crate::mvcc::{KvRef, LeaseTtl, WrittenRecord};
+
+/// Tree keys of revision records: `k` + main u64 BE + sub u64 BE (revision order).
+pub(super) const REVISION_PREFIX: u8 = b'k';
+/// Tree keys of leases: `l` + ID (the i64's bits) u64 BE.
+pub(super) const LEASE_PREFIX: u8 = b'l';
+pub(super) const REVISION_KEY_BYTES: usize = 17;
+const LEASE_KEY_BYTES: usize = 9;
+const LEASE_VALUE_BYTES: usize = 16;
+/// flags, create_revision, mod_revision, version, lease, key_len.
+const RECORD_HEADER_BYTES: usize = 1 + 8 * 4 + 4;
+const FLAG_TOMBSTONE: u8 = 1;
+
+/// The meta record's `format` for this layout; 0 means no backend commit yet.
+pub(super) const FORMAT_VERSION: u32 = 1;
+
+/// The tree key of revision `(main, sub)`. Revisions are never negative, so their u64
+/// big-endian bytes sort as the numbers do.
+pub(super) fn revision_key(main: i64, sub: i64) -> [u8; REVISION_KEY_BYTES] {
+    let mut k = [0u8; REVISION_KEY_BYTES];
+    k[0] = REVISION_PREFIX;
+    k[1..9].copy_from_slice(&(main as u64).to_be_bytes());
+    k[9..17].copy_from_slice(&(sub as u64).to_be_bytes());
+    k
+}
+
+/// `(main, sub)` of a revision record's tree key.
+pub(super) fn decode_revision_key(k: &[u8]) -> Result<(i64, i64), String> {
+    if k.len() != REVISION_KEY_BYTES || k[0] != REVISION_PREFIX {
+        return Err(format!("revision key {k:02x?} is malformed"));
+    }
+    let main = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
+    let sub = u64::from_be_bytes(k[9..17].try_into().expect("8 bytes"));
+    match (i64::try_from(main), i64::try_from(sub)) {
+        (Ok(main), Ok(sub)) => Ok((main, sub)),
+        _ => Err(format!("revision key {k:02x?} is out of range")),
+    }
+}
+
+/// Encodes a revision record's value into `buf` (cleared first): flags u8 (bit 0
+/// tombstone), create_revision, mod_revision, version, lease (i64 LE each), key_len u32 LE,
+/// key, value.
+pub(super) fn encode_record(buf: &mut Vec<u8>, r: &WrittenRecord<'_>) {
+    let kv = r.kv;
+    buf.clear();
+    buf.reserve(RECORD_HEADER_BYTES + kv.key.len() + kv.value.len());
+    buf.push(if r.tombstone { FLAG_TOMBSTONE } else { 0 });
+    for field in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+        buf.extend_from_slice(&field.to_le_bytes());
+    }
+    buf.extend_from_slice(&(kv.key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&kv.key);
+    buf.extend_from_slice(&kv.value);
+}
+
+fn i64_at(v: &[u8], at: usize) -> i64 {
+    i64::from_le_bytes(v[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// A revision record's fields (borrowed from `v`) and its tombstone flag.
+pub(super) fn decode_record(v: &[u8]) -> Result<(KvRef<'_>, bool), String> {
+    if v.len() < RECORD_HEADER_BYTES {
+        return Err(format!("record of {} bytes is shorter than its header", v.len()));
+    }
+    let flags = v[0];
+    if flags & !FLAG_TOMBSTONE != 0 {
+        return Err(format!("record flags {flags:#04x} has unknown bits"));
+    }
+    let key_len = u32::from_le_bytes(v[33..37].try_into().expect("4 bytes")) as usize;
+    let rest = &v[RECORD_HEADER_BYTES..];
+    if key_len > rest.len() {
+        return Err(format!("record key of {key_len} bytes overruns its {} bytes", v.len()));
+    }
+    let (key, value) = rest.split_at(key_len);
+    let kv = KvRef {
+        key,
+        value,
+        create_revision: i64_at(v, 1),
+        mod_revision: i64_at(v, 9),
+        version: i64_at(v, 17),
+        lease: i64_at(v, 25),
+    };
+    Ok((kv, flags & FLAG_TOMBSTONE != 0))
+}
+
+/// The tree key of lease `id`.
+pub(super) fn lease_key(id: i64) -> [u8; LEASE_KEY_BYTES] {
+    let mut k = [0u8; LEASE_KEY_BYTES];
+    k[0] = LEASE_PREFIX;
+    k[1..].copy_from_slice(&(id as u64).to_be_bytes());
+    k
+}
+
+/// A lease's value: ttl_secs, remaining_ttl_secs (i64 LE each).
+pub(super) fn encode_lease(l: &LeaseTtl) -> [u8; LEASE_VALUE_BYTES] {
+    let mut v = [0u8; LEASE_VALUE_BYTES];
+    v[..8].copy_from_slice(&l.ttl_secs.to_le_bytes());
+    v[8..].copy_from_slice(&l.remaining_ttl_secs.to_le_bytes());
+    v
+}
+
+pub(super) fn decode_lease(k: &[u8], v: &[u8]) -> Result<LeaseTtl, String> {
+    if k.len() != LEASE_KEY_BYTES || k[0] != LEASE_PREFIX || v.len() != LEASE_VALUE_BYTES {
+        return Err(format!("lease entry {k:02x?} ({} bytes) is malformed", v.len()));
+    }
+    Ok(LeaseTtl {
+        id: u64::from_be_bytes(k[1..].try_into().expect("8 bytes")) as i64,
+        ttl_secs: i64_at(v, 0),
+        remaining_ttl_secs: i64_at(v, 8),
+    })
+}
+
+/// What the B+ tree's meta slot holds: the log position the committed key space includes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendMeta {
+    /// The last raft log index whose effects the store holds (etcd's consistent index).
+    pub consistent_index: u64,
+    /// The term of that entry.
+    pub term: u64,
+    /// The key space's revision. Stored, not derived: a txn whose records compaction has
+    /// since removed still advanced it.
+    pub revision: i64,
+    /// etcd's `compactMainRev`: -1 before any compaction.
+    pub compact_revision: i64,
+}
+
+impl BackendMeta {
+    /// A store no commit has reached: an empty key space at revision 1.
+    pub const FRESH: BackendMeta =
+        BackendMeta { consistent_index: 0, term: 0, revision: 1, compact_revision: -1 };
+
+    /// format u32 LE, reserved u32, consistent_index u64 LE, term u64 LE, revision i64 LE,
+    /// compact_revision i64 LE, 24 reserved bytes (all zero).
+    pub(super) fn encode(&self) -> [u8; META_BYTES] {
+        let mut m = [0u8; META_BYTES];
+        m[0..4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        m[8..16].copy_from_slice(&self.consistent_index.to_le_bytes());
+        m[16..24].copy_from_slice(&self.term.to_le_bytes());
+        m[24..32].copy_from_slice(&self.revision.to_le_bytes());
+        m[32..40].copy_from_slice(&self.compact_revision.to_le_bytes());
+        m
+    }
+
+    /// `Err(Some(format))` for a format this build does not know, `Err(None)` for a record
+    /// that is malformed.
+    pub(super) fn decode(m: &[u8; META_BYTES]) -> Result<BackendMeta, Option<u32>> {
+        let format = u32::from_le_bytes(m[0..4].try_into().expect("4 bytes"));
+        if format == 0 {
+            // A fresh file: the B+ tree's meta slot starts zeroed.
+            return if m.iter().all(|b| *b == 0) { Ok(BackendMeta::FRESH) } else { Err(None) };
+        }
+        if format != FORMAT_VERSION {
+            return Err(Some(format));
+        }
+        if m[4..8].iter().chain(&m[40..]).any(|b| *b != 0) {
+            return Err(None);
+        }
+        let u = |at: usize| u64::from_le_bytes(m[at..at + 8].try_into().expect("8 bytes"));
+        Ok(BackendMeta {
+            consistent_index: u(8),
+            term: u(16),
+            revision: u(24) as i64,
+            compact_revision: u(32) as i64,
+        })
+    }
+}
