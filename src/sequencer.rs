@@ -293,10 +293,9 @@ impl Sequencer {
             // A commit advance raft reported earlier rides along with the next write; it
             // never costs an fdatasync of its own (recovery re-derives it if lost).
             let mut hard_state = cycle.hard_state().cloned();
-            if !cycle.entries().is_empty() || hard_state.is_some() {
-                if self.commit_unrecorded.take().is_some() && hard_state.is_none() {
-                    hard_state = Some(self.raft.hard_state());
-                }
+            let writes = !cycle.entries().is_empty() || hard_state.is_some();
+            if writes && self.commit_unrecorded.take().is_some() && hard_state.is_none() {
+                hard_state = Some(self.raft.hard_state());
             }
             if let Err(err) = self.persist(cycle.entries(), hard_state.as_ref()) {
                 self.fail(err);

@@ -255,7 +255,7 @@ impl WatchHub {
         let header = self.header(current);
         let Some(stream) = self.streams.get_mut(&stream_id) else { return Ok(()) };
         let refused = |reason: &str| PbWatchResponse {
-            header: header.clone(),
+            header: header,
             watch_id: -1,
             created: true,
             canceled: true,
@@ -368,7 +368,7 @@ impl WatchHub {
             for (id, watcher) in stream.watchers.iter_mut() {
                 let idle = now_ms.saturating_sub(watcher.last_sent_ms) >= PROGRESS_NOTIFY_INTERVAL_MS;
                 if watcher.progress_notify && watcher.synced && idle {
-                    let notice = PbWatchResponse { header: header.clone(), watch_id: *id, ..Default::default() };
+                    let notice = PbWatchResponse { header: header, watch_id: *id, ..Default::default() };
                     if let Ok(true) = stream.outlet.send_events(vec![notice]) {
                         watcher.last_sent_ms = now_ms;
                     }
@@ -465,7 +465,7 @@ impl WatchHub {
             stream.watchers.remove(&id);
             self.unsynced -= 1;
             // etcd: the watcher is cancelled with the compacted revision it fell behind.
-            let notice = PbWatchResponse { header: header.clone(), watch_id: id, canceled: true, compact_revision: compacted, ..Default::default() };
+            let notice = PbWatchResponse { header: header, watch_id: id, canceled: true, compact_revision: compacted, ..Default::default() };
             if stream.outlet.control(notice).is_err() {
                 result = Err(Closed);
             }
@@ -501,17 +501,17 @@ fn event_responses(
 ) -> Vec<PbWatchResponse> {
     let header = Some(PbResponseHeader { revision, raft_term: facts.raft_term, ..Default::default() });
     let pb: Vec<_> = events.iter().map(|e| e.to_pb(watcher.prev_kv)).collect();
-    let whole = PbWatchResponse { header: header.clone(), watch_id, events: pb, ..Default::default() };
+    let whole = PbWatchResponse { header: header, watch_id, events: pb, ..Default::default() };
     if !watcher.fragment || whole.encoded_len() <= facts.fragment_bytes_max {
         return vec![whole];
     }
     let mut fragments = Vec::new();
-    let mut current = PbWatchResponse { header: header.clone(), watch_id, fragment: true, ..Default::default() };
+    let mut current = PbWatchResponse { header: header, watch_id, fragment: true, ..Default::default() };
     let mut size = 0;
     for event in whole.events {
         let event_size = event.encoded_len() + 8;
         if !current.events.is_empty() && size + event_size > facts.fragment_bytes_max {
-            let next = PbWatchResponse { header: header.clone(), watch_id, fragment: true, ..Default::default() };
+            let next = PbWatchResponse { header: header, watch_id, fragment: true, ..Default::default() };
             fragments.push(std::mem::replace(&mut current, next));
             size = 0;
         }
