@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 mod build;
+mod compaction;
 mod file;
 mod flags;
 mod ids;
@@ -75,6 +76,14 @@ pub struct Config {
     /// `--lease-checkpoint-interval` (corekv only) in milliseconds: how often the leader
     /// records leases' remaining TTLs in the log (etcd's fixed 5 minutes by default).
     pub lease_checkpoint_interval_ms: u64,
+    /// `--auto-compaction-mode`: "periodic" (the flag's default), "revision", or "" (what
+    /// etcd assumes when a config file leaves it out).
+    pub auto_compaction_mode: String,
+    /// `--auto-compaction-retention` as given (validated against the mode); "0" = off.
+    pub auto_compaction_retention: String,
+    /// `--auto-compaction-revision-interval` (corekv only) in milliseconds: how often
+    /// revision-mode auto-compaction runs (etcd's fixed 5 minutes by default).
+    pub auto_compaction_revision_interval_ms: u64,
 }
 
 /// `--initial-cluster-state`.
@@ -200,6 +209,19 @@ impl Config {
             .map(|n| member_id(&self.peer_urls_of(n), &self.initial_cluster_token))
             .collect();
         cluster_id(&ids)
+    }
+
+    /// Auto-compaction as the flags ask for it; `None` when off.
+    pub fn auto_compaction(&self) -> Option<crate::sequencer::AutoCompaction> {
+        // Validated when the configuration was built.
+        let retention = compaction::parse_retention(&self.auto_compaction_mode, &self.auto_compaction_retention).ok()??;
+        Some(match retention {
+            compaction::Retention::Periodic(period) => crate::sequencer::AutoCompaction::Periodic(period),
+            compaction::Retention::Revisions(retention) => crate::sequencer::AutoCompaction::Revision {
+                retention,
+                interval: std::time::Duration::from_millis(self.auto_compaction_revision_interval_ms.max(1)),
+            },
+        })
     }
 
     /// The `--initial-cluster` URLs listed for member `name`.

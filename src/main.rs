@@ -105,7 +105,8 @@ fn run(config: Config) {
     }
     drop(seq_tx);
 
-    let store_link = store_writer::spawn(recovered.backend, recovered.backend_index, cpus[cpus.len() - 1])
+    let size_gauge = cluster.backend_size_bytes.clone();
+    let store_link = store_writer::spawn(recovered.backend, recovered.backend_index, cpus[cpus.len() - 1], size_gauge)
         .unwrap_or_else(|e| fatal("cannot start the revision store writer", e));
     let seq = sequencer::Sequencer::new(
         raft,
@@ -120,7 +121,8 @@ fn run(config: Config) {
         config.election_timeout_ms,
         std::time::Duration::from_millis(config.lease_checkpoint_interval_ms),
     ))
-    .with_store_writer(store_link, recovered.segment_last_index);
+    .with_store_writer(store_link, recovered.segment_last_index)
+    .with_auto_compaction(config.auto_compaction());
     let sequencer_cpu = cpus[0];
     std::thread::Builder::new()
         .name("sequencer".into())
@@ -160,6 +162,7 @@ fn cluster_info(config: &Config, identity: &recovery::Identity) -> ClusterInfo {
         max_request_bytes: config.max_request_bytes as usize,
         max_txn_ops: config.max_txn_ops as usize,
         quota_backend_bytes: config.quota_backend_bytes,
+        backend_size_bytes: Default::default(),
     }
 }
 

@@ -78,6 +78,7 @@ fn open_backend(data_dir: &Path) -> Result<(Backend, Store, BackendMeta), String
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
+    crate::store_writer::remove_leftovers(&path);
     let backend = Backend::open(&path).map_err(|e| format!("revision store {}: {e}", path.display()))?;
     let (store, meta) = backend.load().map_err(|e| format!("revision store {}: {e}", path.display()))?;
     Ok((backend, store, meta))

@@ -23,12 +23,14 @@ use corekv_engine::request::{Command, InternalRequest};
 use corekv_engine::wal::{RecordKind, Wal};
 use corekv_engine::KvError;
 use corekv_net::metrics;
-use corekv_net::shard_api::{Reply, StatusInfo};
+use corekv_net::shard_api::{MaintenanceOp, Reply, StatusInfo};
 use corekv_raft::{codec, Entry, ProposeError, RaftNode};
 use prost::Message;
 use tokio::sync::oneshot;
 
+mod compactor;
 mod lease;
+pub use compactor::AutoCompaction;
 pub use lease::{LeaseOptions, CHECKPOINT_INTERVAL};
 
 /// Most proposals folded into one WAL batch.
@@ -52,6 +54,8 @@ pub enum SequencerMsg {
     Status { reply: oneshot::Sender<StatusInfo> },
     /// Keep-alive, time-to-live or lease list, answered by the lessor (no log entry).
     Lease { op: corekv_net::shard_api::LeaseOp, reply: lease::LeaseReply },
+    /// Work on the store file, passed to its writer behind everything applied so far.
+    Maintenance(MaintenanceOp),
 }
 
 /// A new state of the key space, sent to every shard after each applied batch.
@@ -98,6 +102,10 @@ pub struct Sequencer {
     leases: lease::LeaseDriver,
     /// The revision store's writer and what the WAL may release once it is durable.
     durability: Option<Durability>,
+    /// Auto-compaction (--auto-compaction-mode/-retention), if on.
+    compactor: Option<compactor::Compactor>,
+    /// The outcome of the compaction the compactor proposed, while awaited.
+    compaction_reply: Option<oneshot::Receiver<Result<Reply<CommandResponse>, KvError>>>,
 }
 
 /// Hand-off of applied changes to the revision store, and WAL release behind it.
@@ -143,6 +151,52 @@ impl Sequencer {
             failed: None,
             leases: lease::LeaseDriver::new(LeaseOptions::for_election_timeout(1000, CHECKPOINT_INTERVAL)),
             durability: None,
+            compactor: None,
+            compaction_reply: None,
+        }
+    }
+
+    /// Turns auto-compaction on (etcd's compactor; the leader proposes compactions).
+    pub fn with_auto_compaction(mut self, mode: Option<AutoCompaction>) -> Sequencer {
+        self.compactor = mode.map(|m| compactor::Compactor::new(m, Instant::now(), self.store.revision()));
+        self
+    }
+
+    /// The compactor's work of one loop turn: take the outcome of the compaction it asked
+    /// for, or propose the next one when it is due.
+    fn compaction_turn(&mut self, now: Instant) {
+        let Some(compactor) = &mut self.compactor else { return };
+        if let Some(rx) = &mut self.compaction_reply {
+            let done = match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Ok(Ok(_)) | Ok(Err(KvError::Compacted)) => true,
+                Ok(Err(err)) => {
+                    log::warn!("auto compaction failed: {err}");
+                    false
+                }
+                Err(oneshot::error::TryRecvError::Closed) => false,
+            };
+            compactor.finished(now, done, self.store.revision());
+            self.compaction_reply = None;
+            if done {
+                log::info!("completed auto compaction; compacted revision {}", self.store.compact_revision());
+            }
+        }
+        let leading = self.raft.is_leader() && self.failed.is_none();
+        if let Some(revision) = compactor.poll(now, self.store.revision(), leading) {
+            log::info!("starting auto compaction at revision {revision}");
+            let (reply, rx) = oneshot::channel();
+            self.compaction_reply = Some(rx);
+            let request = corekv_engine::pb::PbCompactionRequest { revision, physical: false };
+            self.propose(Command::Compact(request), reply);
+        }
+    }
+
+    /// Passes a maintenance request to the store writer, behind every batch handed over.
+    fn maintain(&mut self, op: MaintenanceOp) {
+        match &self.durability {
+            Some(durability) => durability.link.maintain(op),
+            None => op.fail(KvError::Unavailable("etcdserver: this member has no revision store".into())),
         }
     }
 
@@ -213,6 +267,7 @@ impl Sequencer {
                 next_tick = Instant::now() + self.tick;
             }
             self.lease_turn(Instant::now());
+            self.compaction_turn(Instant::now());
             self.drive();
             self.release_wal();
         }
@@ -241,6 +296,7 @@ impl Sequencer {
                 SequencerMsg::ReadIndex { reply } => drop(reply.send(Err(err))),
                 SequencerMsg::Status { reply } => drop(reply.send(self.status())),
                 SequencerMsg::Lease { reply, .. } => drop(reply.send(Err(err))),
+                SequencerMsg::Maintenance(op) => op.fail(err),
             }
             return;
         }
@@ -252,6 +308,7 @@ impl Sequencer {
             SequencerMsg::ReadIndex { reply } => self.reads_unissued.push(reply),
             SequencerMsg::Status { reply } => drop(reply.send(self.status())),
             SequencerMsg::Lease { op, reply } => self.serve_lease(op, reply),
+            SequencerMsg::Maintenance(op) => self.maintain(op),
         }
     }
 
@@ -483,6 +540,7 @@ impl Sequencer {
             db_size_bytes: size,
             db_size_in_use_bytes: in_use,
             revision: self.store.revision(),
+            alarms: self.store.view().alarms(),
         }
     }
 }

@@ -133,6 +133,17 @@ async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequen
         ShardRequest::Status { reply } => {
             let _ = sequencer.send_async(SequencerMsg::Status { reply }).await;
         }
+        ShardRequest::View { reply } => {
+            let now = current.borrow();
+            let _ = reply.send(Reply { body: now.view.clone(), raft_term: now.raft_term });
+        }
+        ShardRequest::Maintenance(op) => {
+            if let Err(flume::SendError(SequencerMsg::Maintenance(op))) =
+                sequencer.send_async(SequencerMsg::Maintenance(op)).await
+            {
+                op.fail(stopped());
+            }
+        }
         ShardRequest::Lease { op, reply } => {
             if let Err(flume::SendError(SequencerMsg::Lease { reply, .. })) =
                 sequencer.send_async(SequencerMsg::Lease { op, reply }).await
@@ -145,7 +156,7 @@ async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequen
 
 fn read(view: &ReadView, op: &ReadOp, raft_term: u64) -> Result<Reply<ReadResult>, KvError> {
     let body = match op {
-        ReadOp::Range(request) => ReadResult::Range(view.range(request)?),
+        ReadOp::Range(request) => ReadResult::Range(view.range_answer(request)?),
         ReadOp::Txn(request) => ReadResult::Txn(view.txn_read_only(request)?),
     };
     Ok(Reply { body, raft_term })

@@ -14,6 +14,7 @@ pub enum StatusCode {
     FailedPrecondition,
     Unavailable,
     Internal,
+    DataLoss,
 }
 
 /// Errors from validating or applying a key-space request.
@@ -45,6 +46,11 @@ pub enum KvError {
     FutureRevision,
     /// The server cannot take the request now (shutting down, storage failed, queue closed).
     Unavailable(String),
+    /// The NOSPACE alarm is active (or the request would take the store past its quota):
+    /// puts, txns with puts and lease grants are refused until the alarm is disarmed.
+    NoSpace,
+    /// The CORRUPT alarm is active: writes are refused.
+    Corrupt,
 }
 
 impl KvError {
@@ -64,6 +70,8 @@ impl KvError {
             KvError::Compacted => "etcdserver: mvcc: required revision has been compacted",
             KvError::FutureRevision => "etcdserver: mvcc: required revision is a future revision",
             KvError::Unavailable(reason) => reason,
+            KvError::NoSpace => "etcdserver: mvcc: database space exceeded",
+            KvError::Corrupt => "etcdserver: corrupt cluster",
         }
     }
 
@@ -81,6 +89,8 @@ impl KvError {
             KvError::LeaseNotFound => StatusCode::NotFound,
             KvError::LeaseExists => StatusCode::FailedPrecondition,
             KvError::Unavailable(_) => StatusCode::Unavailable,
+            KvError::NoSpace => StatusCode::ResourceExhausted,
+            KvError::Corrupt => StatusCode::DataLoss,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`backend`]: the key space on disk: revision records and leases in the B+ tree
 //!   ([`btree`]), committed in batches with the raft index they include, loaded on start.
 //! - [`request`]: what travels through the raft log ([`request::InternalRequest`]).
+//! - [`sha256`]: SHA-256, for the digest that ends a snapshot image.
 //! - [`error`]: the errors a client can see from the key space, with etcd's texts.
 //!
 //! Requests and responses are etcd's own protobuf messages (re-exported as [`pb`]), so the
@@ -17,6 +18,7 @@ pub mod btree;
 pub mod error;
 pub mod mvcc;
 pub mod request;
+pub mod sha256;
 pub mod wal;
 
 /// etcd's protobuf messages (from the `etcd-client` crate, compiled from etcd's .proto files).

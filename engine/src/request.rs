@@ -4,7 +4,7 @@
 //! can decode any entry without knowing which server version wrote it.
 
 use crate::pb::{
-    PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest,
+    PbAlarmRequest, PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest,
     PbTxnRequest,
 };
 
@@ -29,6 +29,8 @@ pub struct InternalRequest {
     pub lease_revoke: Option<PbLeaseRevokeRequest>,
     #[prost(message, optional, tag = "8")]
     pub lease_checkpoint: Option<LeaseCheckpointRequest>,
+    #[prost(message, optional, tag = "9")]
+    pub alarm: Option<PbAlarmRequest>,
 }
 
 /// Remaining TTLs the leader records in the log so that a restart (or a new leader) does not
@@ -63,6 +65,9 @@ pub enum Command {
     LeaseRevoke(PbLeaseRevokeRequest),
     /// Record remaining TTLs (no revision change).
     LeaseCheckpoint(LeaseCheckpointRequest),
+    /// List, raise or clear an alarm (etcd's Maintenance.Alarm goes through the log, GET
+    /// included). No revision change.
+    Alarm(PbAlarmRequest),
 }
 
 impl InternalRequest {
@@ -77,6 +82,7 @@ impl InternalRequest {
             Command::LeaseGrant(r) => request.lease_grant = Some(r),
             Command::LeaseRevoke(r) => request.lease_revoke = Some(r),
             Command::LeaseCheckpoint(r) => request.lease_checkpoint = Some(r),
+            Command::Alarm(r) => request.alarm = Some(r),
         }
         request
     }
@@ -101,6 +107,9 @@ impl InternalRequest {
         if let Some(r) = self.lease_revoke {
             return Some(Command::LeaseRevoke(r));
         }
-        self.lease_checkpoint.map(Command::LeaseCheckpoint)
+        if let Some(r) = self.lease_checkpoint {
+            return Some(Command::LeaseCheckpoint(r));
+        }
+        self.alarm.map(Command::Alarm)
     }
 }

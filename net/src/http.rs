@@ -24,7 +24,8 @@ pub fn routes(shard: ShardClient) -> Router {
 
 async fn health(shard: ShardClient) -> Response {
     let status = tokio::time::timeout(Duration::from_millis(HEALTH_TIMEOUT_MS), shard.status()).await;
-    let healthy = matches!(status, Ok(Ok(s)) if s.leader != 0);
+    // As etcd 3.4: unhealthy without a leader or while any alarm is raised.
+    let healthy = matches!(status, Ok(Ok(s)) if s.leader != 0 && s.alarms.is_empty());
     let (code, body) = if healthy {
         (StatusCode::OK, r#"{"health":"true"}"#)
     } else {

@@ -94,10 +94,14 @@ pub enum Method {
     LeaseKeepAlive,
     LeaseTimeToLive,
     LeaseLeases,
+    Defragment,
+    Hash,
+    HashKv,
+    Snapshot,
 }
 
 impl Method {
-    const ALL: [Method; 13] = [
+    const ALL: [Method; 17] = [
         Method::Range,
         Method::Put,
         Method::DeleteRange,
@@ -111,6 +115,10 @@ impl Method {
         Method::LeaseKeepAlive,
         Method::LeaseTimeToLive,
         Method::LeaseLeases,
+        Method::Defragment,
+        Method::Hash,
+        Method::HashKv,
+        Method::Snapshot,
     ];
 
     fn service_and_name(self) -> (&'static str, &'static str) {
@@ -128,6 +136,10 @@ impl Method {
             Method::LeaseKeepAlive => ("etcdserverpb.Lease", "LeaseKeepAlive"),
             Method::LeaseTimeToLive => ("etcdserverpb.Lease", "LeaseTimeToLive"),
             Method::LeaseLeases => ("etcdserverpb.Lease", "LeaseLeases"),
+            Method::Defragment => ("etcdserverpb.Maintenance", "Defragment"),
+            Method::Hash => ("etcdserverpb.Maintenance", "Hash"),
+            Method::HashKv => ("etcdserverpb.Maintenance", "HashKV"),
+            Method::Snapshot => ("etcdserverpb.Maintenance", "Snapshot"),
         }
     }
 }
@@ -298,6 +310,18 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"16384\"} 3\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 4\n"), "{out}");
         assert!(out.contains("x_count 4\n"), "{out}");
+    }
+
+    #[test]
+    fn every_method_is_listed_at_its_own_index() {
+        for (i, method) in Method::ALL.iter().enumerate() {
+            assert_eq!(*method as usize, i, "{method:?}");
+        }
+        let text = Metrics::new().render();
+        for name in ["Defragment", "Hash", "HashKV", "Snapshot", "Alarm", "Status"] {
+            let series = format!("grpc_service=\"etcdserverpb.Maintenance\",grpc_method=\"{name}\",grpc_code=\"OK\"");
+            assert!(text.contains(&series), "{name} missing");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub fn bind_reuseport(host_port: &str) -> io::Result<StdListener> {
 /// The full router of a client port: etcd's gRPC services plus the HTTP endpoints.
 /// Unknown paths answer as etcd: gRPC UNIMPLEMENTED to gRPC clients, 404 to the rest.
 pub fn client_router(shard: ShardClient) -> axum::Router {
-    let grpc = crate::grpc::routes(shard.clone()).into_axum_router();
+    let grpc = crate::grpc::router(shard.clone());
     grpc.merge(crate::http::routes(shard)).fallback(crate::http::not_found).with_state(())
 }
 

@@ -5,11 +5,12 @@
 //! Replies come back on a oneshot, so the waiting request is answered on the core that
 //! owns its connection.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use corekv_engine::mvcc::CommandResponse;
+use corekv_engine::mvcc::{CommandResponse, RangeAnswer, ReadView};
 use corekv_engine::pb::{
-    PbRangeRequest, PbRangeResponse, PbTxnRequest, PbTxnResponse, PbWatchRequest, PbWatchResponse,
+    PbRangeRequest, PbTxnRequest, PbTxnResponse, PbWatchRequest, PbWatchResponse,
 };
 use corekv_engine::request::Command;
 use corekv_engine::KvError;
@@ -33,7 +34,9 @@ pub enum ReadOp {
 /// The answer to a [`ReadOp`], of the same kind.
 #[derive(Debug)]
 pub enum ReadResult {
-    Range(PbRangeResponse),
+    /// The selected records, not yet a message (see [`RangeAnswer`]): the Range route
+    /// encodes them straight into its response frame.
+    Range(RangeAnswer),
     Txn(PbTxnResponse),
 }
 
@@ -74,6 +77,62 @@ pub enum ShardRequest {
     Status { reply: oneshot::Sender<StatusInfo> },
     /// A lease request for the lessor (keep-alive, time-to-live, list).
     Lease { op: LeaseOp, reply: oneshot::Sender<Result<Reply<LeaseResult>, KvError>> },
+    /// The core's latest published view (for work too long to run on the shard, such as
+    /// HashKV, which the network runtime runs on a blocking thread).
+    View { reply: oneshot::Sender<Reply<ReadView>> },
+    /// Work on the revision store file, done by its writer (after it commits everything
+    /// applied before the request).
+    Maintenance(MaintenanceOp),
+}
+
+/// Maintenance on the revision store file. Each is ordered after every change applied
+/// before it was asked for: the store writer commits those first.
+pub enum MaintenanceOp {
+    /// Maintenance.Hash: a hash of the whole store file's content.
+    Hash { reply: oneshot::Sender<Result<StoreHash, KvError>> },
+    /// Maintenance.Defragment: rewrite the store compacted, online.
+    Defragment { reply: oneshot::Sender<Result<DefragOutcome, KvError>> },
+    /// Maintenance.Snapshot: a compacted point-in-time image of the store.
+    Snapshot { reply: oneshot::Sender<Result<SnapshotImage, KvError>> },
+}
+
+impl MaintenanceOp {
+    /// Answers the request with `err`.
+    pub fn fail(self, err: KvError) {
+        match self {
+            MaintenanceOp::Hash { reply } => drop(reply.send(Err(err))),
+            MaintenanceOp::Defragment { reply } => drop(reply.send(Err(err))),
+            MaintenanceOp::Snapshot { reply } => drop(reply.send(Err(err))),
+        }
+    }
+}
+
+/// The answer to [`MaintenanceOp::Hash`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoreHash {
+    /// CRC-32C over every entry of the store file (see `docs/storage-format.md`).
+    pub hash: u32,
+    /// The key space's revision the hashed commit holds.
+    pub revision: i64,
+}
+
+/// The answer to [`MaintenanceOp::Defragment`].
+#[derive(Debug, Clone, Copy)]
+pub struct DefragOutcome {
+    /// dbSize before and after.
+    pub size_before_bytes: u64,
+    pub size_after_bytes: u64,
+}
+
+/// The answer to [`MaintenanceOp::Snapshot`]: a compacted image of the store in an
+/// unlinked temporary file (it disappears when closed, however the stream ends).
+#[derive(Debug)]
+pub struct SnapshotImage {
+    pub file: std::fs::File,
+    /// The image is the file's first `size_bytes` bytes.
+    pub size_bytes: u64,
+    /// The key space's revision the image holds.
+    pub revision: i64,
 }
 
 /// Raft and storage figures reported by Maintenance.Status.
@@ -86,6 +145,8 @@ pub struct StatusInfo {
     pub db_size_bytes: i64,
     pub db_size_in_use_bytes: i64,
     pub revision: i64,
+    /// Active alarms as `(member ID, alarm type)`.
+    pub alarms: Vec<(u64, i32)>,
 }
 
 /// One member as Cluster.MemberList reports it.
@@ -107,8 +168,12 @@ pub struct ClusterInfo {
     pub max_request_bytes: usize,
     /// --max-txn-ops.
     pub max_txn_ops: usize,
-    /// --quota-backend-bytes (reported by Status).
+    /// --quota-backend-bytes: writes that would take the store file past it are refused
+    /// and raise the NOSPACE alarm.
     pub quota_backend_bytes: u64,
+    /// The store file's size (dbSize) after its last commit, kept current by the store
+    /// writer: what the quota is checked against.
+    pub backend_size_bytes: Arc<AtomicU64>,
 }
 
 /// The network side's handle on its core's shard.
@@ -169,6 +234,56 @@ impl ShardClient {
         let (reply, rx) = oneshot::channel();
         self.send(ShardRequest::Lease { op, reply }).await?;
         rx.await.map_err(|_| closed())?
+    }
+
+    /// The latest view published to this core, with its raft term.
+    pub async fn view(&self) -> Result<Reply<ReadView>, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ShardRequest::View { reply }).await?;
+        rx.await.map_err(|_| closed())
+    }
+
+    /// Hashes the store file (Maintenance.Hash).
+    pub async fn store_hash(&self) -> Result<StoreHash, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ShardRequest::Maintenance(MaintenanceOp::Hash { reply })).await?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Defragments the store file (Maintenance.Defragment); reads and writes go on.
+    pub async fn defragment(&self) -> Result<DefragOutcome, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ShardRequest::Maintenance(MaintenanceOp::Defragment { reply })).await?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// A point-in-time image of the store (Maintenance.Snapshot).
+    pub async fn snapshot(&self) -> Result<SnapshotImage, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ShardRequest::Maintenance(MaintenanceOp::Snapshot { reply })).await?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// etcd's quota check before proposing a request that costs `cost` bytes (0 always
+    /// passes): the store's size plus the cost must stay below --quota-backend-bytes.
+    /// Otherwise this member raises the NOSPACE alarm through the log, as etcd's
+    /// `quotaAlarmer` does, and the request is refused.
+    pub async fn check_quota(&self, cost: u64) -> Result<(), KvError> {
+        if cost == 0 {
+            return Ok(());
+        }
+        let size = self.cluster.backend_size_bytes.load(std::sync::atomic::Ordering::Acquire);
+        if size.saturating_add(cost) < self.cluster.quota_backend_bytes {
+            return Ok(());
+        }
+        let raise = corekv_engine::pb::PbAlarmRequest {
+            action: corekv_engine::mvcc::alarm::ACTION_ACTIVATE,
+            member_id: self.cluster.member_id,
+            alarm: corekv_engine::mvcc::alarm::ALARM_NOSPACE,
+        };
+        // As etcd: the alarm is raised (and waited for) whatever its outcome.
+        let _ = self.write(Command::Alarm(raise)).await;
+        Err(KvError::NoSpace)
     }
 
     async fn send(&self, request: ShardRequest) -> Result<(), KvError> {

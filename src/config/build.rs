@@ -1,5 +1,6 @@
 //! Turning raw flag text into a typed [`Config`] (defaults applied, values parsed).
 
+use super::compaction;
 use super::flags::{self, Raw, RawMap, Source};
 use super::url::{parse_item, parse_url_list, Url};
 use super::{ClusterState, Config, ConfigError, LogLevel};
@@ -19,6 +20,10 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
     let initial_cluster = r
         .optional("initial-cluster", parse_cluster)?
         .unwrap_or_else(|| default_cluster(&name, &initial_advertise_peer_urls));
+    let auto_compaction_mode = r.value("auto-compaction-mode", compaction::parse_mode)?;
+    let auto_compaction_retention = r.value("auto-compaction-retention", |text| {
+        compaction::parse_retention(&auto_compaction_mode, text).map(|_| text.to_string())
+    })?;
     Ok(Config {
         data_dir: r
             .optional("data-dir", |s| Ok(PathBuf::from(s)))?
@@ -37,6 +42,9 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         log_level: r.value("log-level", parse_log_level)?,
         listen_metrics_urls: r.value("listen-metrics-urls", parse_url_list)?,
         lease_checkpoint_interval_ms: r.value("lease-checkpoint-interval", parse_u64)?,
+        auto_compaction_mode,
+        auto_compaction_retention,
+        auto_compaction_revision_interval_ms: r.value("auto-compaction-revision-interval", parse_u64)?,
         cores: r
             .optional("cores", |s| parse_cores(s, online))?
             .unwrap_or(online),

@@ -61,7 +61,20 @@ pub(super) fn read(path: &Path) -> Result<RawMap, ConfigError> {
 }
 
 /// Parses the YAML text of the config file at `path`.
+///
+/// One default differs from the flag's, as in etcd: a file without
+/// `auto-compaction-mode` gets etcd's embedded default "" rather than the flag's
+/// "periodic" (a whole-number retention then leaves compaction off, a duration is refused).
 pub(super) fn parse(text: &str, path: &Path) -> Result<RawMap, ConfigError> {
+    let mut values = parse_keys(text, path)?;
+    values.entry("auto-compaction-mode").or_insert_with(|| Raw {
+        value: String::new(),
+        source: Source::File(path.to_path_buf()),
+    });
+    Ok(values)
+}
+
+fn parse_keys(text: &str, path: &Path) -> Result<RawMap, ConfigError> {
     let doc: Value =
         serde_yaml::from_str(text).map_err(|e| fail(path, format!("invalid YAML: {e}")))?;
     let map = match doc {

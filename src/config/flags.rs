@@ -38,11 +38,14 @@ pub(super) const FLAGS: &[FlagSpec] = &[
     FlagSpec { name: "quota-backend-bytes", default: Value("0"), help: "Raise alarms when backend size exceeds the given quota (0 means the 2 GiB default)." },
     FlagSpec { name: "max-request-bytes", default: Value("1572864"), help: "Maximum client request size in bytes the server will accept." },
     FlagSpec { name: "max-txn-ops", default: Value("128"), help: "Maximum number of operations permitted in a transaction." },
+    FlagSpec { name: "auto-compaction-retention", default: Value("0"), help: "Auto compaction retention length. 0 means disable auto compaction." },
+    FlagSpec { name: "auto-compaction-mode", default: Value("periodic"), help: "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention." },
     FlagSpec { name: "log-level", default: Value("info"), help: "Configures log level. Only supports debug, info, warn, error, panic, or fatal." },
     FlagSpec { name: "listen-metrics-urls", default: Value(""), help: "List of URLs to listen on for the /metrics and /health endpoints (comma separated)." },
     FlagSpec { name: "config-file", default: Value(""), help: "Path to the server configuration file (YAML with etcd's keys). When set, other flags and environment variables are ignored." },
     FlagSpec { name: "cores", default: Derived("all online cores"), help: "corekv: number of cores to run on (1 up to the number of online cores)." },
     FlagSpec { name: "lease-checkpoint-interval", default: Value("300000"), help: "corekv: time (in milliseconds) between lease checkpoints, which record remaining TTLs so a restart does not renew leases." },
+    FlagSpec { name: "auto-compaction-revision-interval", default: Value("300000"), help: "corekv: time (in milliseconds) between revision-mode auto compactions (etcd's fixed 5 minutes)." },
 ];
 
 /// Looks a flag up by its name (without dashes).

@@ -144,8 +144,12 @@ fn defaults_match_etcd() {
         listen_metrics_urls: vec![],
         cores: ONLINE,
         lease_checkpoint_interval_ms: 300_000,
+        auto_compaction_mode: "periodic".into(),
+        auto_compaction_retention: "0".into(),
+        auto_compaction_revision_interval_ms: 300_000,
     };
     assert_eq!(run(&[], &[]), expected);
+    assert_eq!(expected.auto_compaction(), None, "auto-compaction is off by default");
     assert_eq!(DEFAULT_QUOTA_BYTES, 2_147_483_648);
 }
 
@@ -221,6 +225,9 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
     }),
     ("cores", "1", |c| c.cores.to_string()),
     ("lease-checkpoint-interval", "1500", |c| c.lease_checkpoint_interval_ms.to_string()),
+    ("auto-compaction-retention", "5m", |c| c.auto_compaction_retention.clone()),
+    ("auto-compaction-mode", "revision", |c| c.auto_compaction_mode.clone()),
+    ("auto-compaction-revision-interval", "2500", |c| c.auto_compaction_revision_interval_ms.to_string()),
 ];
 
 #[test]
@@ -316,12 +323,12 @@ fn last_occurrence_of_a_flag_wins() {
 #[test]
 fn unknown_etcd_environment_variables_warn_and_are_ignored() {
     let env = [
-        ("ETCD_AUTO_COMPACTION_RETENTION", "1"),
+        ("ETCD_ENABLE_V2", "true"),
         ("COREKV_NO_SUCH_THING", "x"),
     ];
     let (config, warnings) = capture::warnings(|| run(&[], &env));
     assert_eq!(config.name, "default");
-    for key in ["ETCD_AUTO_COMPACTION_RETENTION", "COREKV_NO_SUCH_THING"] {
+    for key in ["ETCD_ENABLE_V2", "COREKV_NO_SUCH_THING"] {
         assert!(
             warnings.iter().any(|w| w.contains(key)),
             "{key} not warned: {warnings:?}"
@@ -381,6 +388,10 @@ fn full_file_config() -> Config {
         listen_metrics_urls: vec![url("http://127.0.0.1:12381")],
         cores: 2,
         lease_checkpoint_interval_ms: 300_000,
+        // etcd's config-file default, not the flag's.
+        auto_compaction_mode: String::new(),
+        auto_compaction_retention: "0".into(),
+        auto_compaction_revision_interval_ms: 300_000,
     }
 }
 
@@ -487,9 +498,9 @@ fn empty_config_file_flag_means_no_file() {
 fn config_file_errors() {
     let cases: &[(&str, &[&str])] = &[
         (
-            "auto-compaction-retention: 1\n",
+            "enable-v2: true\n",
             &[
-                "unknown key \"auto-compaction-retention\"",
+                "unknown key \"enable-v2\"",
                 "supported keys: name,",
             ],
         ),
@@ -1041,4 +1052,84 @@ fn https_urls_are_refused_until_tls_exists() {
     assert_contains(&msg, "TLS (https) is not supported", "https client URL");
     let msg = error(&["--listen-metrics-urls", "https://127.0.0.1:2381"], &[]);
     assert_contains(&msg, "--listen-metrics-urls", "https metrics URL");
+}
+
+#[test]
+fn auto_compaction_settings_as_etcd_reads_them() {
+    use crate::sequencer::AutoCompaction;
+    use std::time::Duration;
+    let five_min = Duration::from_secs(300);
+    let cases: &[(&[&str], Option<AutoCompaction>)] = &[
+        (&[], None),
+        (&["--auto-compaction-retention", "0"], None),
+        (&["--auto-compaction-retention", "1"], Some(AutoCompaction::Periodic(Duration::from_secs(3600)))),
+        (&["--auto-compaction-retention=2s"], Some(AutoCompaction::Periodic(Duration::from_secs(2)))),
+        (
+            &["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1.5h"],
+            Some(AutoCompaction::Periodic(Duration::from_secs(5400))),
+        ),
+        (
+            &["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000"],
+            Some(AutoCompaction::Revision { retention: 1000, interval: five_min }),
+        ),
+        (
+            &[
+                "--auto-compaction-mode=revision",
+                "--auto-compaction-retention=10",
+                "--auto-compaction-revision-interval=200",
+            ],
+            Some(AutoCompaction::Revision { retention: 10, interval: Duration::from_millis(200) }),
+        ),
+        (&["--auto-compaction-mode", "revision"], None),
+    ];
+    for (args, want) in cases {
+        assert_eq!(run(args, &[]).auto_compaction(), *want, "{args:?}");
+    }
+    let env = [("ETCD_AUTO_COMPACTION_MODE", "revision"), ("COREKV_AUTO_COMPACTION_RETENTION", "7")];
+    assert_eq!(
+        run(&[], &env).auto_compaction(),
+        Some(AutoCompaction::Revision { retention: 7, interval: five_min })
+    );
+}
+
+#[test]
+fn bad_auto_compaction_values_are_refused() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--auto-compaction-mode", "daily"], &["--auto-compaction-mode", "unknown auto-compaction-mode \"daily\""]),
+        (&["--auto-compaction-retention", "abc"], &["--auto-compaction-retention", "time: invalid duration \"abc\""]),
+        (&["--auto-compaction-retention", "-1"], &["time: missing unit in duration \"-1\""]),
+        (&["--auto-compaction-retention", "-1h"], &["negative"]),
+        (&["--auto-compaction-retention", "5x"], &["unknown unit \"x\""]),
+        (&["--auto-compaction-revision-interval", "soon"], &["expected a non-negative integer"]),
+    ];
+    for (args, needles) in cases {
+        let message = error(args, &[]);
+        for needle in *needles {
+            assert_contains(&message, needle, &format!("{args:?}"));
+        }
+    }
+}
+
+#[test]
+fn config_file_auto_compaction_mode_defaults_to_empty_as_in_etcd() {
+    use crate::sequencer::AutoCompaction;
+    use std::time::Duration;
+    // A number without a mode: etcd leaves compaction off.
+    let file = TempFile::new("auto-compaction-retention: 1\n");
+    let config = run(&["--config-file", file.path()], &[]);
+    assert_eq!((config.auto_compaction_mode.as_str(), config.auto_compaction()), ("", None));
+    // A duration without a mode: etcd refuses to start ("unsupported compaction mode").
+    let file = TempFile::new("auto-compaction-retention: 5m\n");
+    assert_contains(&error(&["--config-file", file.path()], &[]), "unsupported compaction mode", "5m without a mode");
+    // With the mode, as on the command line.
+    let file = TempFile::new("auto-compaction-mode: periodic\nauto-compaction-retention: 5m\n");
+    assert_eq!(
+        run(&["--config-file", file.path()], &[]).auto_compaction(),
+        Some(AutoCompaction::Periodic(Duration::from_secs(300)))
+    );
+    let file = TempFile::new("auto-compaction-mode: revision\nauto-compaction-retention: 100\nauto-compaction-revision-interval: 50\n");
+    assert_eq!(
+        run(&["--config-file", file.path()], &[]).auto_compaction(),
+        Some(AutoCompaction::Revision { retention: 100, interval: Duration::from_millis(50) })
+    );
 }

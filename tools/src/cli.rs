@@ -57,15 +57,27 @@ pub const fn flag(long: &'static str, value: &'static str) -> Flag {
     Flag { long, short: None, value: Some(value) }
 }
 
+/// A boolean switch (`--flag`, no value).
+pub const fn switch(long: &'static str) -> Flag {
+    Flag { long, short: None, value: None }
+}
+
 pub const WRITE_OUT: Flag = Flag { long: "write-out", short: Some('w'), value: Some("FORMAT") };
 
 /// Parsed flags of one command (the last occurrence of a flag wins, as with etcd's tools).
 #[derive(Debug, Default)]
 pub struct Parsed {
     values: Vec<(&'static str, Option<String>)>,
+    /// Arguments that are not flags, in order (only [`parse_with_args`] accepts them).
+    pub args: Vec<String>,
 }
 
 impl Parsed {
+    /// Whether a switch (or any flag) was given.
+    pub fn has(&self, long: &str) -> bool {
+        self.values.iter().any(|(name, _)| *name == long)
+    }
+
     pub fn get(&self, long: &str) -> Option<&str> {
         self.values
             .iter()
@@ -100,8 +112,14 @@ impl Parsed {
 }
 
 /// Parses `args` (everything after the command words) against `spec`. Positional
-/// arguments are refused: every command here takes flags only.
+/// arguments are refused: for commands that take flags only.
 pub fn parse(args: &[String], spec: &[Flag]) -> Result<Parsed, CliError> {
+    parse_with_args(args, spec, 0)
+}
+
+/// [`parse`] for commands that also take up to `max_args` positional arguments (a file),
+/// before, between or after the flags.
+pub fn parse_with_args(args: &[String], spec: &[Flag], max_args: usize) -> Result<Parsed, CliError> {
     let mut out = Parsed::default();
     let mut i = 0;
     while i < args.len() {
@@ -127,6 +145,9 @@ pub fn parse(args: &[String], spec: &[Flag]) -> Result<Parsed, CliError> {
                 .find(|f| f.short == Some(c))
                 .ok_or_else(|| CliError::usage(format!("unknown flag -{c}")))?;
             (flag, inline)
+        } else if out.args.len() < max_args {
+            out.args.push(arg.clone());
+            continue;
         } else {
             return Err(CliError::usage(format!("unexpected argument {arg:?}")));
         };
@@ -198,5 +219,20 @@ mod tests {
         let p = parse(&args(&["--limit", "-3", "-w", "yaml"]), SPEC).unwrap();
         assert!(matches!(p.u64("limit"), Err(CliError::Usage(_))));
         assert!(matches!(p.write_out(&["table", "json"]), Err(CliError::Usage(_))));
+    }
+
+    #[test]
+    fn positional_arguments_and_switches() {
+        const SNAP: &[Flag] = &[flag("data-dir", "DIR"), switch("skip-hash-check"), WRITE_OUT];
+        let p = parse_with_args(&args(&["--skip-hash-check", "f.db", "--data-dir", "d"]), SNAP, 1).unwrap();
+        assert_eq!(p.args, vec!["f.db".to_string()]);
+        assert!(p.has("skip-hash-check"));
+        assert_eq!(p.get("skip-hash-check"), None);
+        assert_eq!(p.get("data-dir"), Some("d"));
+        let p = parse_with_args(&args(&["f.db"]), SNAP, 1).unwrap();
+        assert!(!p.has("skip-hash-check"));
+        for bad in [&["a", "b"][..], &["--skip-hash-check=true"]] {
+            assert!(matches!(parse_with_args(&args(bad), SNAP, 1), Err(CliError::Usage(_))), "{bad:?}");
+        }
     }
 }

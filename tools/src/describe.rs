@@ -38,6 +38,16 @@ impl Identity {
         Ok(Identity { member_id, cluster_id, name })
     }
 
+    /// The inverse of [`Identity::decode`] (`Identity::encode` in `src/recovery.rs`).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20 + self.name.len());
+        out.extend_from_slice(&self.member_id.to_le_bytes());
+        out.extend_from_slice(&self.cluster_id.to_le_bytes());
+        out.extend_from_slice(&(self.name.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out
+    }
+
     pub fn simple(&self) -> String {
         format!(
             "member_id={:x} cluster_id={:x} name={}",
@@ -356,6 +366,7 @@ mod tests {
         p.extend_from_slice(b"n1");
         let id = Identity::decode(&p).unwrap();
         assert_eq!(id.simple(), "member_id=ab cluster_id=cd name=\"n1\"");
+        assert_eq!(id.encode(), p);
         assert!(Identity::decode(&p[..19]).is_err());
         p.push(b'x');
         assert!(Identity::decode(&p).is_err());

@@ -5,21 +5,27 @@
 //! corekvutl wal dump   --data-dir D [--start-index N] [--limit N] [-w simple|json]
 //! corekvutl db info    (--data-dir D | --db FILE) [-w table|json]
 //! corekvutl defrag     (--data-dir D | --db FILE) [-w table|json]
+//! corekvutl snapshot status  FILE [-w table|json]
+//! corekvutl snapshot restore FILE --data-dir D [--name N] [--initial-cluster ...] [...]
 //! ```
 //! Exit codes: 0 success, 1 a failed check or operation, 2 bad usage.
 
+mod bbolt;
 mod cli;
+mod cluster;
 mod db;
 mod describe;
+mod etcd_snapshot;
 mod output;
 mod progress;
+mod snapshot;
 mod wal;
 mod walread;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cli::{flag, CliError, Flag, Parsed, WRITE_OUT};
+use cli::{flag, switch, CliError, Flag, Parsed, WRITE_OUT};
 
 const MAIN_USAGE: &str = "\
 corekvutl: offline tool for corekv data directories (in the spirit of etcdutl)
@@ -29,12 +35,18 @@ Usage:
   corekvutl wal dump   --data-dir DIR [--start-index N] [--limit N] [-w simple|json]
   corekvutl db info    (--data-dir DIR | --db FILE) [-w table|json]
   corekvutl defrag     (--data-dir DIR | --db FILE) [-w table|json]
+  corekvutl snapshot status  FILE [-w table|json]
+  corekvutl snapshot restore FILE --data-dir DIR [--name NAME] [--initial-cluster ...]
+                             [--initial-cluster-token T] [--initial-advertise-peer-urls URLS]
+                             [--skip-hash-check] [-w table|json]
 
 Commands:
   wal verify   check every WAL segment and record without modifying anything
   wal dump     print the WAL's records, one line each
   db info      size, shape and integrity of the key-space file (<data-dir>/member/snap/db)
   defrag       rewrite the key-space file compactly (offline: the server must be stopped)
+  snapshot status   hash, revision, keys and size of a corekv or etcd snapshot file
+  snapshot restore  create a new data dir from a corekv or etcd snapshot file
 
 Run `corekvutl COMMAND --help` for a command's flags.
 Exit status: 0 success, 1 a failed check or operation, 2 bad usage.
@@ -121,6 +133,74 @@ Flags:
   -w, --write-out FORMAT  table (default) or json
 ";
 
+const SNAPSHOT_USAGE: &str = "\
+Usage:
+  corekvutl snapshot status  FILE [-w table|json]
+  corekvutl snapshot restore FILE --data-dir DIR [--name NAME] [--initial-cluster ...]
+                             [--initial-cluster-token T] [--initial-advertise-peer-urls URLS]
+                             [--skip-hash-check] [-w table|json]
+
+Run `corekvutl snapshot status --help` or `corekvutl snapshot restore --help` for details.
+";
+
+const SNAPSHOT_STATUS_USAGE: &str = "\
+Usage: corekvutl snapshot status FILE [-w table|json]
+
+Shows a snapshot's HASH, REVISION, TOTAL KEYS and TOTAL SIZE, as etcdutl snapshot status
+does, after checking it whole. FILE is either
+  - a corekv snapshot: a corekv store image (what corekv's Maintenance.Snapshot streams, or a
+    copy of DIR/member/snap/db) followed by the 32-byte sha256 of the image, or the image
+    alone; or
+  - an etcd snapshot: a bbolt file as `etcdctl snapshot save` writes it (followed by its
+    sha256), or a copy of an etcd member's member/snap/db.
+A trailing sha256 is verified; a mismatch is an error.
+
+  HASH        etcd: etcdutl's hash (CRC-32C over every bucket's name, keys and values);
+              corekv: CRC-32C over every key and value of the store's tree, in order
+  REVISION    the key space's revision (the one a restore yields)
+  TOTAL KEYS  entries in the database (etcd: in all buckets; corekv: records and leases)
+  TOTAL SIZE  the database's size up to its high-water mark
+
+The file is never modified (a corekv image is checked in a copy under $TMPDIR).
+
+Flags:
+  -w, --write-out FORMAT  table (default) or json
+
+Exit status: 0 sound, 1 missing, unreadable or damaged, 2 bad usage.
+";
+
+const SNAPSHOT_RESTORE_USAGE: &str = "\
+Usage: corekvutl snapshot restore FILE --data-dir DIR [--name NAME] [--initial-cluster ...]
+                                  [--initial-cluster-token T] [--initial-advertise-peer-urls URLS]
+                                  [--skip-hash-check] [-w table|json]
+
+Creates a new data directory for a single-member corekv cluster from a corekv or etcd
+snapshot (see `corekvutl snapshot status --help` for the formats), as etcdutl snapshot
+restore does:
+  DIR/member/snap/db  the key space: a corekv snapshot's image as it is, or an etcd
+                      snapshot's `key`, `lease` and `meta` buckets converted (revisions,
+                      versions, leases and the compacted revision are kept; etcd's members,
+                      alarms and auth are not carried over)
+  DIR/member/wal      a new WAL naming the member and cluster that `corekv` computes from the
+                      same --name, --initial-cluster, --initial-cluster-token and
+                      --initial-advertise-peer-urls, with this member as the only voter
+The restored member starts a new raft log (the store is marked as holding log index 1,
+term 1). Start corekv on DIR with the same flags. Refuses a DIR that exists and is not
+empty. The snapshot must end with its sha256 unless --skip-hash-check is given.
+
+Flags:
+  --data-dir DIR                      the data directory to create (required)
+  --name NAME                         this member's name (default \"default\")
+  --initial-cluster NAME=URL,...      the initial cluster (default NAME=<each advertised peer URL>)
+  --initial-cluster-token TOKEN       default \"etcd-cluster\"
+  --initial-advertise-peer-urls URLS  this member's peer URLs (default http://localhost:2380)
+  --skip-hash-check                   restore a file without a sha256 (a copied database
+                                      file), or without checking the one it has
+  -w, --write-out FORMAT              table (default) or json
+
+Exit status: 0 restored, 1 unreadable or damaged snapshot or an unusable DIR, 2 bad usage.
+";
+
 const WAL_FLAGS: &[Flag] = &[flag("data-dir", "DIR"), WRITE_OUT];
 const DUMP_FLAGS: &[Flag] = &[
     flag("data-dir", "DIR"),
@@ -129,6 +209,16 @@ const DUMP_FLAGS: &[Flag] = &[
     WRITE_OUT,
 ];
 const DB_FLAGS: &[Flag] = &[flag("data-dir", "DIR"), flag("db", "FILE"), WRITE_OUT];
+const STATUS_FLAGS: &[Flag] = &[WRITE_OUT];
+const RESTORE_FLAGS: &[Flag] = &[
+    flag("data-dir", "DIR"),
+    flag("name", "NAME"),
+    flag("initial-cluster", "NAME=URL,..."),
+    flag("initial-cluster-token", "TOKEN"),
+    flag("initial-advertise-peer-urls", "URLS"),
+    switch("skip-hash-check"),
+    WRITE_OUT,
+];
 
 fn is_help(a: &str) -> bool {
     matches!(a, "-h" | "--help" | "help")
@@ -165,6 +255,15 @@ fn resolve(args: &[String]) -> Result<(Action, usize), CliError> {
             None => Err(CliError::usage("`db` needs a subcommand: info or defrag")),
             Some(other) => Err(CliError::usage(format!("unknown db subcommand {other:?} (info, defrag)"))),
         },
+        Some("snapshot") => match word(1) {
+            Some("status") if wants_help(2) => Ok((Action::Help(SNAPSHOT_STATUS_USAGE), 2)),
+            Some("status") => Ok((Action::Run("snapshot status", STATUS_FLAGS, SNAPSHOT_STATUS_USAGE), 2)),
+            Some("restore") if wants_help(2) => Ok((Action::Help(SNAPSHOT_RESTORE_USAGE), 2)),
+            Some("restore") => Ok((Action::Run("snapshot restore", RESTORE_FLAGS, SNAPSHOT_RESTORE_USAGE), 2)),
+            Some(w) if is_help(w) => Ok((Action::Help(SNAPSHOT_USAGE), 2)),
+            None => Err(CliError::usage("`snapshot` needs a subcommand: status or restore")),
+            Some(other) => Err(CliError::usage(format!("unknown snapshot subcommand {other:?} (status, restore)"))),
+        },
         Some("defrag") if wants_help(1) => Ok((Action::Help(DEFRAG_USAGE), 1)),
         Some("defrag") => Ok((Action::Run("defrag", DB_FLAGS, DEFRAG_USAGE), 1)),
         Some(other) => Err(CliError::usage(format!("unknown command {other:?}"))),
@@ -184,6 +283,10 @@ fn db_target(p: &Parsed) -> Result<db::Target, CliError> {
         (None, Some(f)) => Ok(db::Target::File(PathBuf::from(f))),
         (None, None) => Err(CliError::usage("--data-dir or --db is required")),
     }
+}
+
+fn snapshot_file(p: &Parsed) -> Result<PathBuf, CliError> {
+    p.args.first().map(PathBuf::from).ok_or_else(|| CliError::usage("the snapshot FILE is required"))
 }
 
 fn run(command: &str, p: &Parsed) -> Result<(), CliError> {
@@ -209,6 +312,27 @@ fn run(command: &str, p: &Parsed) -> Result<(), CliError> {
             let format = p.write_out(&["table", "json"])?;
             db::defrag(&db_target(p)?, format)
         }
+        "snapshot status" => {
+            let format = p.write_out(&["table", "json"])?;
+            snapshot::status(&snapshot_file(p)?, format)
+        }
+        "snapshot restore" => {
+            let format = p.write_out(&["table", "json"])?;
+            let file = snapshot_file(p)?;
+            let data_dir = data_dir(p)?;
+            let args = snapshot::RestoreArgs {
+                file: &file,
+                data_dir: &data_dir,
+                member: cluster::Flags {
+                    name: p.get("name").unwrap_or(cluster::DEFAULT_NAME),
+                    initial_cluster: p.get("initial-cluster"),
+                    initial_cluster_token: p.get("initial-cluster-token").unwrap_or(cluster::DEFAULT_TOKEN),
+                    initial_advertise_peer_urls: p.get("initial-advertise-peer-urls").unwrap_or(cluster::DEFAULT_PEER_URLS),
+                },
+                skip_hash_check: p.has("skip-hash-check"),
+            };
+            snapshot::restore(&args, format)
+        }
         other => unreachable!("command {other}"),
     }
 }
@@ -229,7 +353,13 @@ fn main() -> ExitCode {
         }
         Action::Run(name, spec, usage) => (name, spec, usage),
     };
-    let result = cli::parse(&args[used..], spec).and_then(|p| run(name, &p));
+    // The snapshot commands take the FILE as an argument; the others take flags only.
+    let parsed = if name.starts_with("snapshot ") {
+        cli::parse_with_args(&args[used..], spec, 1)
+    } else {
+        cli::parse(&args[used..], spec)
+    };
+    let result = parsed.and_then(|p| run(name, &p));
     match result {
         Ok(()) | Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
         Err(CliError::Usage(m)) => {

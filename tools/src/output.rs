@@ -19,6 +19,31 @@ pub fn write_table(out: &mut dyn Write, rows: &[(String, String)]) -> Result<(),
     Ok(())
 }
 
+/// Writes a table with a header row and any number of columns, in the style of etcdctl's
+/// `-w table` (`snapshot status`: HASH | REVISION | ...): headers centred, cells left-aligned.
+pub fn write_grid(out: &mut dyn Write, headers: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).chain([h.len()]).max().unwrap_or(0))
+        .collect();
+    let line: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+";
+    writeln!(out, "{line}")?;
+    let head: String = headers.iter().zip(&widths).map(|(h, w)| format!("| {h:^w$} ")).collect();
+    writeln!(out, "{head}|")?;
+    writeln!(out, "{line}")?;
+    for r in rows {
+        let cells: String = widths
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("| {:<w$} ", r.get(i).map_or("", String::as_str)))
+            .collect();
+        writeln!(out, "{cells}|")?;
+    }
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
 /// `1234567` -> `1.2 MiB (1234567 bytes)`.
 pub fn bytes(n: u64) -> String {
     if n < 1024 {
@@ -98,6 +123,20 @@ mod tests {
         assert_eq!(
             quoted_value(&[b'x'; 65]),
             format!("\"{}\"...(65 bytes)", "x".repeat(64))
+        );
+    }
+
+    #[test]
+    fn grids() {
+        let mut out = Vec::new();
+        write_grid(&mut out, &["HASH", "REVISION"], &[vec!["abc".into(), "12345678901".into()]]).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "+------+-------------+\n\
+             | HASH |  REVISION   |\n\
+             +------+-------------+\n\
+             | abc  | 12345678901 |\n\
+             +------+-------------+\n"
         );
     }
 

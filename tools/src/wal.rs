@@ -241,7 +241,8 @@ impl Checker {
         if first_segment_seq == 0 && !self.log.terms.is_empty() && self.log.first != 1 {
             self.warnings.push(format!(
                 "the log starts at index {} although no segment was released (segment 0 is present); \
-                 the entries before it must be in the revision store",
+                 the entries before it must be in the revision store (as in a data dir made by \
+                 `corekvutl snapshot restore`, whose log starts after the restored store)",
                 self.log.first
             ));
         }

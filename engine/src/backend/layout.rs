@@ -9,6 +9,10 @@ use crate::mvcc::{KvRef, LeaseTtl, WrittenRecord};
 pub(super) const REVISION_PREFIX: u8 = b'k';
 /// Tree keys of leases: `l` + ID (the i64's bits) u64 BE.
 pub(super) const LEASE_PREFIX: u8 = b'l';
+/// Tree keys of active alarms: `a` + alarm type (the i32's bits) u32 BE + member ID u64 BE;
+/// the value is empty.
+pub(super) const ALARM_PREFIX: u8 = b'a';
+const ALARM_KEY_BYTES: usize = 13;
 pub(super) const REVISION_KEY_BYTES: usize = 17;
 const LEASE_KEY_BYTES: usize = 9;
 const LEASE_VALUE_BYTES: usize = 16;
@@ -113,6 +117,24 @@ pub(super) fn decode_lease(k: &[u8], v: &[u8]) -> Result<LeaseTtl, String> {
         ttl_secs: i64_at(v, 0),
         remaining_ttl_secs: i64_at(v, 8),
     })
+}
+
+/// The tree key of alarm `alarm` raised by member `member_id`.
+pub(super) fn alarm_key(alarm: i32, member_id: u64) -> [u8; ALARM_KEY_BYTES] {
+    let mut k = [0u8; ALARM_KEY_BYTES];
+    k[0] = ALARM_PREFIX;
+    k[1..5].copy_from_slice(&(alarm as u32).to_be_bytes());
+    k[5..].copy_from_slice(&member_id.to_be_bytes());
+    k
+}
+
+/// `(alarm type, member ID)` of an alarm entry.
+pub(super) fn decode_alarm(k: &[u8], v: &[u8]) -> Result<(i32, u64), String> {
+    if k.len() != ALARM_KEY_BYTES || k[0] != ALARM_PREFIX || !v.is_empty() {
+        return Err(format!("alarm entry {k:02x?} ({} bytes) is malformed", v.len()));
+    }
+    let alarm = u32::from_be_bytes(k[1..5].try_into().expect("4 bytes")) as i32;
+    Ok((alarm, u64::from_be_bytes(k[5..].try_into().expect("8 bytes"))))
 }
 
 /// What the B+ tree's meta slot holds: the log position the committed key space includes.

@@ -12,7 +12,9 @@
 //!   replays only the log entries after [`BackendMeta::consistent_index`].
 
 mod error;
+mod import;
 mod layout;
+mod maintenance;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +32,7 @@ use crate::mvcc::{
 
 pub use error::BackendError;
 pub use layout::BackendMeta;
+pub use maintenance::Snapshot;
 
 /// The key space's file. `Send`; one writer (commits take `&mut self`), and loads and hashes
 /// read a snapshot of the last commit.
@@ -123,6 +126,11 @@ impl Backend {
         let snap = self.store.read();
         let meta = decode_meta(&snap)?;
         let mut r = Restorer::new();
+        for entry in prefix_range(&snap, layout::ALARM_PREFIX) {
+            let (k, v) = entry?;
+            let (alarm, member_id) = layout::decode_alarm(k, v).map_err(BackendError::Corrupt)?;
+            r.alarm(member_id, alarm);
+        }
         let leases = prefix_range(&snap, layout::LEASE_PREFIX);
         for entry in leases {
             let (k, v) = entry?;
@@ -186,7 +194,8 @@ fn decode_meta(snap: &ReadTxn) -> Result<BackendMeta, BackendError> {
     })
 }
 
-/// Inserts the written records, then removes compaction's, then writes the leases.
+/// Inserts the written records, then removes compaction's, then writes the leases, then
+/// replaces the alarms if the set changed them.
 fn write_changes(w: &mut btree::WriteTxn<'_>, changes: &ChangeSet) -> Result<(), BackendError> {
     let mut buf = Vec::new();
     for r in changes.written() {
@@ -202,6 +211,19 @@ fn write_changes(w: &mut btree::WriteTxn<'_>, changes: &ChangeSet) -> Result<(),
             None => {
                 w.remove(&layout::lease_key(id))?;
             }
+        }
+    }
+    if let Some(alarms) = changes.alarms() {
+        let (start, end) = ([layout::ALARM_PREFIX], [layout::ALARM_PREFIX + 1]);
+        let stored: Vec<Vec<u8>> = w
+            .range(Bound::Included(&start[..]), Bound::Excluded(&end[..]))
+            .map(|entry| entry.map(|(k, _)| k.to_vec()))
+            .collect::<Result<_, _>>()?;
+        for k in stored {
+            w.remove(&k)?;
+        }
+        for &(alarm, member_id) in alarms {
+            w.insert(&layout::alarm_key(alarm, member_id), &[])?;
         }
     }
     Ok(())

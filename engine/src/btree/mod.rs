@@ -357,11 +357,21 @@ impl Store {
     /// Runs on a snapshot, alongside readers and the writer. (Offline defragmentation and
     /// backups; in-place online defragmentation is described in `docs/storage-format.md`.)
     pub fn compact_to(&self, path: impl AsRef<Path>) -> Result<Stats> {
+        self.read().compact_to(path)
+    }
+}
+
+impl ReadTxn {
+    /// Writes a compacted copy of this snapshot into a new file at `path` (which must not
+    /// exist): the same entries and metadata in the fewest pages, with no free list. The
+    /// copy is durable when this returns; its `page_count` pages are the whole image (the
+    /// file may be longer, as files grow in steps).
+    pub fn compact_to(&self, path: impl AsRef<Path>) -> Result<Stats> {
         let path = path.as_ref();
         if path.exists() {
             return Err(BtreeError::AlreadyExists(path.to_path_buf()));
         }
-        let snap = self.read();
+        let snap = self;
         let dst = Store::open(path, Options::default())?;
         let mut w = dst.write()?;
         let mut batch = 0usize;

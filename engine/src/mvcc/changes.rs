@@ -59,6 +59,9 @@ pub struct ChangeSet {
     /// `(revision, raw compacted revision)` of the store when taken; `None` for a set that
     /// did not come from a store (the backend then keeps what it has).
     position: Option<(i64, i64)>,
+    /// The whole set of active alarms as `(alarm type, member ID)` if an alarm request
+    /// changed it; `None` if untouched.
+    alarms: Option<Vec<(i32, u64)>>,
 }
 
 impl std::fmt::Debug for ChangeSet {
@@ -68,14 +71,16 @@ impl std::fmt::Debug for ChangeSet {
             .field("removed", &self.removed.len())
             .field("leases", &self.leases.len())
             .field("position", &self.position)
+            .field("alarms", &self.alarms)
             .finish()
     }
 }
 
 impl ChangeSet {
-    /// Number of changes: records written, history entries removed, leases touched.
+    /// Number of changes: records written, history entries removed, leases touched, and
+    /// one for a changed alarm set.
     pub fn len(&self) -> usize {
-        self.written.len() + self.removed.len() + self.leases.len()
+        self.written.len() + self.removed.len() + self.leases.len() + usize::from(self.alarms.is_some())
     }
 
     /// True if nothing changed (the set may still move the revision: commit it anyway to
@@ -111,6 +116,9 @@ impl ChangeSet {
         if later.position.is_some() {
             self.position = later.position;
         }
+        if later.alarms.is_some() {
+            self.alarms = later.alarms;
+        }
     }
 
     /// The records written, in revision order.
@@ -131,6 +139,16 @@ impl ChangeSet {
     /// Every lease touched, ascending by ID, with its last state (`None` = revoked).
     pub fn leases(&self) -> impl Iterator<Item = (i64, Option<LeaseTtl>)> + '_ {
         self.leases.iter().map(|(id, l)| (*id, *l))
+    }
+
+    /// The whole set of active alarms as `(alarm type, member ID)`, ascending, if this set
+    /// changed it (`None`: the stored alarms stay as they are).
+    pub fn alarms(&self) -> Option<&[(i32, u64)]> {
+        self.alarms.as_deref()
+    }
+
+    pub(super) fn note_alarms(&mut self, alarms: Vec<(i32, u64)>) {
+        self.alarms = Some(alarms);
     }
 
     pub(super) fn note_written(&mut self, sub: i64, record: Arc<Record>) {

@@ -16,6 +16,7 @@
 //! Behaviour follows etcd's `applierV3backend` and `mvcc` packages rule by rule, quirks
 //! included (see the submodules), because clients and tests compare us with real etcd.
 
+pub mod alarm;
 mod changes;
 mod compact;
 mod hash;
@@ -23,6 +24,7 @@ pub mod lease;
 mod compare;
 mod gosort;
 mod range;
+mod range_encode;
 mod restore;
 mod state;
 mod txn;
@@ -36,6 +38,10 @@ mod lease_tests;
 mod tests;
 #[cfg(test)]
 mod changes_tests;
+#[cfg(test)]
+mod alarm_tests;
+#[cfg(test)]
+mod range_encode_tests;
 
 use bytes::Bytes;
 
@@ -46,6 +52,8 @@ use state::State;
 
 pub use changes::{ChangeSet, LeaseTtl, WrittenRecord};
 pub use hash::KvHash;
+pub use range::RangeAnswer;
+pub use range_encode::HeaderFields;
 pub(crate) use hash::{resolve_hash_revision, Hasher, KvRef};
 pub use restore::{RestoreError, Restorer};
 
@@ -87,6 +95,8 @@ pub enum CommandResponse {
     LeaseRevoke(pb::PbLeaseRevokeResponse),
     /// A checkpoint has no etcd response message; the header carries the revision.
     LeaseCheckpoint(Option<pb::PbResponseHeader>),
+    /// etcd's alarm response carries no header.
+    Alarm(pb::PbAlarmResponse),
 }
 
 /// A lease as a [`ReadView`] shows it.
@@ -150,6 +160,10 @@ impl Store {
 
     /// Applies one committed write atomically: on `Err` nothing changed.
     pub fn apply(&mut self, command: &Command) -> Result<Applied, KvError> {
+        // An active alarm refuses some writes outright (etcd's capped / corrupt appliers).
+        if let Some(err) = alarm::refusal(&self.state, command) {
+            return Err(err);
+        }
         // Work on an O(1) copy and publish it only on success: that is the atomicity.
         let mut work = self.state.clone();
         let mut removed = Vec::new();
@@ -180,11 +194,16 @@ impl Store {
                 let revision = lease::checkpoint(&mut work, r);
                 (CommandResponse::LeaseCheckpoint(header(revision)), Vec::new())
             }
+            Command::Alarm(r) => (CommandResponse::Alarm(alarm::apply(&mut work, r)), Vec::new()),
         };
         let before = self.state.revision;
+        let alarms_changed = matches!(command, Command::Alarm(_)) && work.alarms != self.state.alarms;
         self.state = work;
         if self.tracking {
             self.track(command, before, removed);
+            if alarms_changed {
+                self.changes.note_alarms(self.state.alarms.iter().copied().collect());
+            }
         }
         Ok(Applied { response, events, revision: self.state.revision })
     }
@@ -296,6 +315,21 @@ impl ReadView {
         range::range(&self.state, req)
     }
 
+    /// etcd's Range, read from this snapshot, as an answer not yet put in a message: the
+    /// selected records are shared with the snapshot, nothing is copied. Encode it with
+    /// [`RangeAnswer::encode`] (or build the message with [`RangeAnswer::to_pb`]).
+    pub fn range_answer(&self, req: &pb::PbRangeRequest) -> Result<RangeAnswer, KvError> {
+        range::answer(&self.state, req)
+    }
+
+    /// etcd's Range, read from this snapshot, as the protobuf encoding of its
+    /// `RangeResponse` with `header` filled in: the same bytes as prost-encoding
+    /// [`ReadView::range`]'s response after the network layer fills its header, written
+    /// from the records into one buffer of the final size.
+    pub fn range_encoded(&self, req: &pb::PbRangeRequest, header: HeaderFields) -> Result<Bytes, KvError> {
+        Ok(self.range_answer(req)?.encode_to_bytes(&header))
+    }
+
     /// etcd's Txn for a read-only txn (see [`validate::is_read_only`]), read from this
     /// snapshot: compares and ranges see this view; nothing is written.
     pub fn txn_read_only(&self, req: &pb::PbTxnRequest) -> Result<pb::PbTxnResponse, KvError> {
@@ -356,6 +390,11 @@ impl ReadView {
     /// without the key sets (what the lessor needs to take over deadlines).
     pub fn lease_ttls(&self) -> Vec<(i64, i64, i64)> {
         self.state.leases.iter().map(|(id, l)| (*id, l.ttl_secs, l.remaining_ttl_secs)).collect()
+    }
+
+    /// The active alarms as `(member ID, alarm type)`, ordered by type then member.
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        self.state.alarms.iter().map(|(alarm, member)| (*member, *alarm)).collect()
     }
 
     /// Number of live keys in this snapshot.

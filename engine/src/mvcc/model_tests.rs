@@ -310,7 +310,7 @@ impl Model {
                 })
             }
             // The model covers the key space only; lease_tests.rs covers leases.
-            Command::LeaseGrant(_) | Command::LeaseRevoke(_) | Command::LeaseCheckpoint(_) => {
+            Command::LeaseGrant(_) | Command::LeaseRevoke(_) | Command::LeaseCheckpoint(_) | Command::Alarm(_) => {
                 unreachable!("the model generates no lease commands")
             }
         };

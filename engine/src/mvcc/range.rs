@@ -10,6 +10,24 @@ use super::KeyValue;
 use crate::pb::{PbKeyValue, PbRangeRequest, PbRangeResponse};
 use crate::KvError;
 
+/// A Range's answer before it becomes a message: the selected records (shared with the
+/// snapshot, not copied), filtered, sorted and limited exactly as etcd does, plus what the
+/// response says about them. [`RangeAnswer::to_pb`] builds etcd's `RangeResponse` from it;
+/// `range_encode.rs` writes that message's protobuf encoding straight from the records.
+#[derive(Debug)]
+pub struct RangeAnswer {
+    /// The kvs to return, in response order; empty for count_only.
+    pub(super) records: Vec<Arc<Record>>,
+    /// The header's revision: the snapshot's current revision, not the requested one.
+    pub(super) revision: i64,
+    /// Every live key in the range at the read revision (before filters and limit).
+    pub(super) count: i64,
+    /// True if the limit cut the answer short.
+    pub(super) more: bool,
+    /// The values are left out of the response.
+    pub(super) keys_only: bool,
+}
+
 /// `RangeRequest.SortOrder` values.
 const SORT_NONE: i32 = 0;
 const SORT_ASCEND: i32 = 1;
@@ -25,6 +43,12 @@ const TARGET_VALUE: i32 = 4;
 /// Runs a Range against `state`. The header carries the state's current revision, not the
 /// requested one, as etcd's does.
 pub(super) fn range(state: &State, r: &PbRangeRequest) -> Result<PbRangeResponse, KvError> {
+    Ok(answer(state, r)?.to_pb())
+}
+
+/// Selects a Range's answer from `state`: read revision, key range, count, min/max
+/// filters, sort and limit, without copying any key or value.
+pub(super) fn answer(state: &State, r: &PbRangeRequest) -> Result<RangeAnswer, KvError> {
     let rev = state.read_revision(r.revision)?;
     let range = KeyRange::new(&r.key, &r.range_end);
     let (mut kvs, count) = fetch(state, &range, rev, fetch_limit(r), r.count_only);
@@ -35,12 +59,45 @@ pub(super) fn range(state: &State, r: &PbRangeRequest) -> Result<PbRangeResponse
         kvs.truncate(r.limit as usize);
         more = true;
     }
-    Ok(PbRangeResponse {
-        header: header(state.revision),
-        kvs: kvs.iter().map(|rec| to_pb(&rec.kv, r.keys_only)).collect(),
-        more,
-        count,
-    })
+    Ok(RangeAnswer { records: kvs, revision: state.revision, count, more, keys_only: r.keys_only })
+}
+
+impl RangeAnswer {
+    /// etcd's `RangeResponse` (copies the keys and values); the header carries only the
+    /// revision, for the network layer to fill.
+    pub fn to_pb(&self) -> PbRangeResponse {
+        PbRangeResponse {
+            header: header(self.revision),
+            kvs: self.records.iter().map(|rec| to_pb(&rec.kv, self.keys_only)).collect(),
+            more: self.more,
+            count: self.count,
+        }
+    }
+
+    /// The header's revision (the snapshot's current revision).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Number of kvs in the answer.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True if the answer carries no kvs.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The response's count: every live key in the range, before filters and limit.
+    pub fn count(&self) -> i64 {
+        self.count
+    }
+
+    /// The response's more flag.
+    pub fn more(&self) -> bool {
+        self.more
+    }
 }
 
 /// How many keys to read before filtering and sorting; 0 = all. etcd reads one extra so

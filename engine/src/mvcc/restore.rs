@@ -62,6 +62,11 @@ impl Restorer {
         Ok(())
     }
 
+    /// Adds an active alarm (`alarm` type raised by member `member_id`).
+    pub fn alarm(&mut self, member_id: u64, alarm: i32) {
+        self.state.alarms.insert((alarm, member_id));
+    }
+
     /// Adds the revision record `(main, sub)`; records must come in ascending revision
     /// order, and `kv.mod_revision` must be `main` (tombstones included).
     pub fn record(

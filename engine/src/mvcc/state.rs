@@ -38,6 +38,8 @@ pub(super) struct State {
     pub compact_revision: i64,
     /// Granted leases by ID. A put naming any other lease fails as in etcd.
     pub leases: OrdMap<i64, LeaseRecord>,
+    /// Active alarms as `(alarm type, member ID)` (etcd's alarm store; see `alarm.rs`).
+    pub alarms: imbl::OrdSet<(i32, u64)>,
 }
 
 /// A granted lease as the replicated state holds it. Cloning is O(1) (the key set is shared).
@@ -125,6 +127,7 @@ impl State {
             revision: 1,
             compact_revision: -1,
             leases: OrdMap::new(),
+            alarms: imbl::OrdSet::new(),
         }
     }
 

@@ -118,6 +118,7 @@ fn rev_of(resp: &CommandResponse) -> i64 {
         CommandResponse::LeaseGrant(r) => r.header,
         CommandResponse::LeaseRevoke(r) => r.header,
         CommandResponse::LeaseCheckpoint(h) => *h,
+        CommandResponse::Alarm(r) => r.header,
     };
     h.expect("header").revision
 }

@@ -155,7 +155,8 @@ impl Store {
 
     pub(crate) async fn range(&self, request: PbRangeRequest) -> Result<PbRangeResponse, Status> {
         let reply = self.shard.read(ReadOp::Range(request), false).await.map_err(client_error)?;
-        let ReadResult::Range(mut resp) = reply.body else { return Err(mismatch()) };
+        let ReadResult::Range(answer) = reply.body else { return Err(mismatch()) };
+        let mut resp = answer.to_pb();
         fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
         Ok(resp)
     }

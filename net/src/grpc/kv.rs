@@ -3,7 +3,7 @@
 //! Requests are validated here exactly where etcd validates them (its gRPC layer), then
 //! handed to the core's shard. Writes come back only once durable and applied.
 
-use corekv_engine::mvcc::{validate, CommandResponse};
+use corekv_engine::mvcc::{alarm, validate, CommandResponse};
 use corekv_engine::pb::*;
 use corekv_engine::request::Command;
 use corekv_engine::KvError;
@@ -43,6 +43,8 @@ fn mismatch() -> Status {
 
 #[tonic::async_trait]
 impl PbKvService for KvService {
+    /// The client port serves Range through `range.rs` (encoded once, no message built);
+    /// this generated method answers the same where only the generated service is mounted.
     async fn range(&self, request: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
         let timer = Timer::start(Method::Range);
         let result = async {
@@ -51,7 +53,8 @@ impl PbKvService for KvService {
             let serializable = req.serializable;
             let reply = self.shard.read(ReadOp::Range(req), serializable).await.map_err(to_status)?;
             match reply.body {
-                ReadResult::Range(mut resp) => {
+                ReadResult::Range(answer) => {
+                    let mut resp = answer.to_pb();
                     fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
                     Ok(Response::new(resp))
                 }
@@ -72,6 +75,8 @@ impl PbKvService for KvService {
         let timer = Timer::start(Method::Put);
         let result = async {
             let req = request.into_inner();
+            // etcd's quotaKVServer runs before the request is validated.
+            self.shard.check_quota(alarm::put_cost(&req)).await.map_err(to_status)?;
             validate::check_put(&req).map_err(to_status)?;
             self.check_size(req.encoded_len())?;
             match self.write(Command::Put(req)).await? {
@@ -108,6 +113,7 @@ impl PbKvService for KvService {
         let timer = Timer::start(Method::Txn);
         let result = async {
             let req = request.into_inner();
+            self.shard.check_quota(alarm::txn_cost(&req)).await.map_err(to_status)?;
             validate::check_txn(&req, self.shard.cluster.max_txn_ops).map_err(to_status)?;
             self.check_size(req.encoded_len())?;
             if validate::is_read_only(&req) {

@@ -64,6 +64,7 @@ impl PbLeaseService for LeaseService {
     async fn lease_grant(&self, request: Request<PbLeaseGrantRequest>) -> Result<Response<PbLeaseGrantResponse>, Status> {
         let timer = Timer::start(Method::LeaseGrant);
         let result = async {
+            self.shard.check_quota(corekv_engine::mvcc::alarm::lease_grant_cost()).await.map_err(to_status)?;
             match self.write(Command::LeaseGrant(request.into_inner())).await? {
                 (CommandResponse::LeaseGrant(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);

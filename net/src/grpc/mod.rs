@@ -7,6 +7,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod range;
 mod v3pb;
 mod watch;
 
@@ -48,6 +49,16 @@ pub fn routes(shard: ShardClient) -> Routes {
         .add_service(election)
 }
 
+/// [`routes`] as an axum router, with KV.Range on its own exact route (`range.rs`: the
+/// answer is encoded once, straight into the frame). axum matches an exact route ahead of
+/// the KV service's `/etcdserverpb.KV/{*rest}`, so only Range leaves the generated service.
+pub fn router(shard: ShardClient) -> axum::Router {
+    let decode_max = shard.cluster.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let limits = v3pb::Limits { decode_max, encode_max: usize::MAX };
+    let range = range::RangeServer::new(shard.clone(), limits);
+    routes(shard).into_axum_router().route_service(range::PATH, range)
+}
+
 /// Maps an engine error to the gRPC status etcd sends for it.
 pub(crate) fn to_status(err: KvError) -> tonic::Status {
     let code = match err.code() {
@@ -58,6 +69,7 @@ pub(crate) fn to_status(err: KvError) -> tonic::Status {
         StatusCode::FailedPrecondition => tonic::Code::FailedPrecondition,
         StatusCode::Unavailable => tonic::Code::Unavailable,
         StatusCode::Internal => tonic::Code::Internal,
+        StatusCode::DataLoss => tonic::Code::DataLoss,
     };
     tonic::Status::new(code, err.message().to_string())
 }

@@ -56,7 +56,12 @@ impl Out {
 
 /// Runs `cmd` to completion, killing it (by PID, via `Child::kill`) after `timeout`.
 pub fn run(mut cmd: Command, timeout: Duration) -> Out {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null());
+    run_keep_stdin(cmd, timeout)
+}
+
+fn run_keep_stdin(mut cmd: Command, timeout: Duration) -> Out {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     let mut out_pipe = child.stdout.take().unwrap();
     let mut err_pipe = child.stderr.take().unwrap();
@@ -89,6 +94,15 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Out {
     }
 }
 
+/// [`run`] with `input` written to the command's stdin (then closed).
+pub fn run_with_stdin(mut cmd: Command, input: &[u8], timeout: Duration) -> Out {
+    // From a file, so that no writer thread is needed however much the command reads.
+    let tmp = tempfile::NamedTempFile::new().expect("stdin file");
+    std::fs::write(tmp.path(), input).expect("write stdin file");
+    cmd.stdin(Stdio::from(std::fs::File::open(tmp.path()).expect("open stdin file")));
+    run_keep_stdin(cmd, timeout)
+}
+
 /// Runs corekvutl with `args`.
 pub fn tool(args: &[&str]) -> Out {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_corekvutl"));
@@ -118,6 +132,20 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
+/// `ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:<port> --command-timeout=5s`, with no other
+/// `ETCDCTL_*` variable inherited (`ETCDCTL_BIN` names another etcdctl).
+pub fn etcdctl_cmd(port: u16) -> Command {
+    let bin = std::env::var_os("ETCDCTL_BIN").unwrap_or_else(|| "etcdctl".into());
+    let mut cmd = Command::new(bin);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ETCDCTL_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("ETCDCTL_API", "3").arg(format!("--endpoints=127.0.0.1:{port}")).arg("--command-timeout=5s");
+    cmd
+}
+
 /// A corekv server on loopback, stopped (SIGKILL to its PID) when dropped.
 pub struct Server {
     child: Option<Child>,
@@ -130,11 +158,18 @@ impl Server {
     /// Starts corekv with etcd's flags on free loopback ports and waits (bounded) until it
     /// answers etcdctl.
     pub fn start(data_dir: &Path) -> Server {
+        Server::start_as(data_dir, "n1", None)
+    }
+
+    /// [`Server::start`] as member `name`, with peer URL `http://127.0.0.1:<peer_port>` when
+    /// given (a data dir restored for that URL); the client port is always a free one.
+    pub fn start_as(data_dir: &Path, name: &str, peer_port: Option<u16>) -> Server {
         let bin = corekv_bin();
         let mut last = String::new();
         for _attempt in 0..3 {
             let ports = free_ports(2);
-            let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
+            let peer_port = peer_port.unwrap_or(ports[1]);
+            let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{peer_port}"));
             let log = data_dir.with_extension("log");
             let log_file = std::fs::File::create(&log).expect("server log");
             let mut cmd = Command::new(&bin);
@@ -144,12 +179,12 @@ impl Server {
                     cmd.env_remove(&k);
                 }
             }
-            cmd.args(["--name", "n1", "--data-dir"])
+            cmd.args(["--name", name, "--data-dir"])
                 .arg(data_dir)
                 .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
                 .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
                 .arg("--initial-cluster")
-                .arg(format!("n1={peer}"))
+                .arg(format!("{name}={peer}"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log_file.try_clone().unwrap()))
                 .stderr(Stdio::from(log_file));
@@ -190,16 +225,8 @@ impl Server {
 
     /// Runs `ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:P args`.
     pub fn etcdctl(&self, args: &[&str]) -> Out {
-        let mut cmd = Command::new("etcdctl");
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ETCDCTL_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=127.0.0.1:{}", self.client_port))
-            .arg("--command-timeout=5s")
-            .args(args);
+        let mut cmd = etcdctl_cmd(self.client_port);
+        cmd.args(args);
         run(cmd, Duration::from_secs(20))
     }
 
