@@ -111,10 +111,19 @@ pub struct Sequencer {
 /// Hand-off of applied changes to the revision store, and WAL release behind it.
 pub struct Durability {
     pub link: crate::store_writer::StoreLink,
+    /// When applied changes are next handed to the store writer.
+    pub next_handoff: Instant,
+    /// The applied index the last hand-off carried.
+    pub handed_off_index: u64,
     /// Highest entry index in each live WAL segment.
     pub segment_last_index: std::collections::BTreeMap<u64, u64>,
     pub next_release_check: Instant,
 }
+
+/// Longest applied changes wait in the sequencer before going to the store writer.
+const HANDOFF_INTERVAL_MS: u64 = 20;
+/// Changes that make a hand-off due at once.
+const HANDOFF_CHANGES_MAX: usize = 10_000;
 
 /// How often the sequencer looks for WAL segments the store has passed.
 const RELEASE_CHECK_INTERVAL_MS: u64 = 1000;
@@ -194,6 +203,7 @@ impl Sequencer {
 
     /// Passes a maintenance request to the store writer, behind every batch handed over.
     fn maintain(&mut self, op: MaintenanceOp) {
+        self.hand_off_changes(true);
         match &self.durability {
             Some(durability) => durability.link.maintain(op),
             None => op.fail(KvError::Unavailable("etcdserver: this member has no revision store".into())),
@@ -203,13 +213,33 @@ impl Sequencer {
     /// Commits applied changes to the revision store through `link`, and releases WAL
     /// segments it has durably passed.
     pub fn with_store_writer(mut self, link: crate::store_writer::StoreLink, segment_last_index: std::collections::BTreeMap<u64, u64>) -> Sequencer {
-        self.durability = Some(Durability { link, segment_last_index, next_release_check: Instant::now() });
+        self.durability = Some(Durability {
+            link,
+            next_handoff: Instant::now(),
+            handed_off_index: 0,
+            segment_last_index,
+            next_release_check: Instant::now(),
+        });
         self
     }
 
-    /// Hands what was applied since the last hand-off to the store writer.
-    fn hand_off_changes(&mut self) {
-        let Some(durability) = &self.durability else { return };
+    /// Hands what was applied since the last hand-off to the store writer: when `forced`,
+    /// or every `HANDOFF_INTERVAL_MS`, or once `HANDOFF_CHANGES_MAX` changes wait. Handing
+    /// over every batch woke the writer thread once per put, which cost single-client
+    /// latency; the store commits only every 100 ms anyway.
+    fn hand_off_changes(&mut self, forced: bool) {
+        let Some(durability) = &mut self.durability else { return };
+        let now = Instant::now();
+        let due = now >= durability.next_handoff || self.store.pending_changes() >= HANDOFF_CHANGES_MAX;
+        if !forced && !due {
+            return;
+        }
+        if !forced && self.store.pending_changes() == 0 && self.applied_index == durability.handed_off_index {
+            durability.next_handoff = now + Duration::from_millis(HANDOFF_INTERVAL_MS);
+            return;
+        }
+        durability.next_handoff = now + Duration::from_millis(HANDOFF_INTERVAL_MS);
+        durability.handed_off_index = self.applied_index;
         let changes = self.store.take_changes();
         let job = crate::store_writer::StoreJob { changes, applied_index: self.applied_index, term: self.raft.term() };
         durability.link.submit(job);
@@ -247,7 +277,7 @@ impl Sequencer {
             log::error!("campaign failed: {err}");
         }
         // What recovery replayed from the WAL is not in the store yet.
-        self.hand_off_changes();
+        self.hand_off_changes(true);
         self.drive();
         self.publish();
         let mut next_tick = Instant::now() + self.tick;
@@ -269,6 +299,7 @@ impl Sequencer {
             self.lease_turn(Instant::now());
             self.compaction_turn(Instant::now());
             self.drive();
+            self.hand_off_changes(false);
             self.release_wal();
         }
     }
@@ -375,7 +406,7 @@ impl Sequencer {
         }
         if applied_any {
             self.publish();
-            self.hand_off_changes();
+            self.hand_off_changes(false);
         }
         // Writers hear back only after every core can read what they wrote.
         for (reply, result) in answered {

@@ -241,6 +241,11 @@ impl Store {
         }
     }
 
+    /// How many changes are waiting for [`Store::take_changes`].
+    pub fn pending_changes(&self) -> usize {
+        self.changes.len()
+    }
+
     /// Everything applied since the last call, for the on-disk revision store, stamped
     /// with the current revision and compacted revision. Leaves an empty set behind.
     pub fn take_changes(&mut self) -> ChangeSet {
