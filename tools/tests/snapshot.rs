@@ -200,7 +200,10 @@ fn seen(ctl: &dyn Fn(&[&str]) -> Out, past: i64) -> Seen {
     let mut leases = Vec::new();
     for id in list.stdout.lines().skip(1).map(str::trim).filter(|l| !l.is_empty()) {
         let ttl = json_of(&ctl(&["lease", "timetolive", id, "--keys", "-w", "json"]));
-        leases.push((id.to_string(), ttl["keys"].clone(), ttl["granted-ttl"].as_i64().unwrap_or_else(|| panic!("{ttl}"))));
+        // etcd lists a lease's keys in Go map order (it varies run to run): compare them sorted.
+        let mut keys: Vec<Value> = ttl["keys"].as_array().cloned().unwrap_or_default();
+        keys.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        leases.push((id.to_string(), Value::Array(keys), ttl["granted-ttl"].as_i64().unwrap_or_else(|| panic!("{ttl}"))));
     }
     leases.sort_by(|a, b| a.0.cmp(&b.0));
     Seen { revision: all["header"]["revision"].as_i64().unwrap(), kvs: all["kvs"].clone(), past: past["kvs"].clone(), leases }
