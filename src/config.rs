@@ -214,13 +214,23 @@ impl Config {
     /// Auto-compaction as the flags ask for it; `None` when off.
     pub fn auto_compaction(&self) -> Option<crate::sequencer::AutoCompaction> {
         // Validated when the configuration was built.
-        let retention = compaction::parse_retention(&self.auto_compaction_mode, &self.auto_compaction_retention).ok()??;
+        let retention = compaction::parse_retention(
+            &self.auto_compaction_mode,
+            &self.auto_compaction_retention,
+        )
+        .ok()??;
         Some(match retention {
-            compaction::Retention::Periodic(period) => crate::sequencer::AutoCompaction::Periodic(period),
-            compaction::Retention::Revisions(retention) => crate::sequencer::AutoCompaction::Revision {
-                retention,
-                interval: std::time::Duration::from_millis(self.auto_compaction_revision_interval_ms.max(1)),
-            },
+            compaction::Retention::Periodic(period) => {
+                crate::sequencer::AutoCompaction::Periodic(period)
+            }
+            compaction::Retention::Revisions(retention) => {
+                crate::sequencer::AutoCompaction::Revision {
+                    retention,
+                    interval: std::time::Duration::from_millis(
+                        self.auto_compaction_revision_interval_ms.max(1),
+                    ),
+                }
+            }
         })
     }
 

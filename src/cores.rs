@@ -11,7 +11,9 @@ pub fn allowed_cpus() -> Vec<usize> {
             let n = std::thread::available_parallelism().map_or(1, |n| n.get());
             return (0..n).collect();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|cpu| libc::CPU_ISSET(*cpu, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
     }
 }
 

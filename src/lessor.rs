@@ -43,7 +43,8 @@ pub struct Lessor {
 /// `now + secs`, saturating far in the future instead of overflowing (TTLs reach 285 years).
 fn after(now: Instant, extend: Duration, secs: i64) -> Instant {
     let span = extend.saturating_add(Duration::from_secs(secs.max(0) as u64));
-    now.checked_add(span).unwrap_or_else(|| now + Duration::from_secs(u32::MAX as u64))
+    now.checked_add(span)
+        .unwrap_or_else(|| now + Duration::from_secs(u32::MAX as u64))
 }
 
 /// Whole seconds from `now` to `expiry`, truncated toward zero (negative once past).
@@ -73,11 +74,20 @@ impl Lessor {
     /// Becomes primary and gives every lease `(id, granted TTL, checkpointed remaining TTL
     /// or 0)` the deadline `now + extend + (remaining if checkpointed, else TTL)`. `extend`
     /// is etcd's grace for clients to find the new leader (its election timeout).
-    pub fn promote(&mut self, now: Instant, extend: Duration, leases: impl IntoIterator<Item = (i64, i64, i64)>) {
+    pub fn promote(
+        &mut self,
+        now: Instant,
+        extend: Duration,
+        leases: impl IntoIterator<Item = (i64, i64, i64)>,
+    ) {
         self.demote();
         self.primary = true;
         for (id, ttl_secs, remaining_secs) in leases {
-            let left = if remaining_secs > 0 { remaining_secs } else { ttl_secs };
+            let left = if remaining_secs > 0 {
+                remaining_secs
+            } else {
+                ttl_secs
+            };
             self.track(id, ttl_secs, after(now, extend, left));
         }
     }
@@ -112,7 +122,11 @@ impl Lessor {
             return None;
         }
         self.forget(id);
-        self.track(id, tracked.ttl_secs, after(now, Duration::ZERO, tracked.ttl_secs));
+        self.track(
+            id,
+            tracked.ttl_secs,
+            after(now, Duration::ZERO, tracked.ttl_secs),
+        );
         Some(tracked.ttl_secs)
     }
 
@@ -131,10 +145,20 @@ impl Lessor {
     /// revoke was not applied within [`REVOKE_RETRY`]. Each is marked in flight until
     /// [`Lessor::revoked`] or the retry time.
     pub fn take_expired(&mut self, now: Instant, max: usize) -> Vec<i64> {
-        let due: Vec<i64> = self.by_due.iter().take_while(|(at, _)| *at <= now).take(max).map(|(_, id)| *id).collect();
+        let due: Vec<i64> = self
+            .by_due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(max)
+            .map(|(_, id)| *id)
+            .collect();
         for &id in &due {
             let tracked = self.forget(id).expect("every due lease is tracked");
-            let retry = Tracked { revoking: true, due: now + REVOKE_RETRY, ..tracked };
+            let retry = Tracked {
+                revoking: true,
+                due: now + REVOKE_RETRY,
+                ..tracked
+            };
             self.insert(id, retry);
         }
         due
@@ -144,8 +168,15 @@ impl Lessor {
     /// resuming where the last call stopped. A lease qualifies if its TTL is longer than
     /// `interval` (shorter ones lose little on restart, as in etcd) and part of it is used
     /// up. Returns whether the sweep reached the end of the leases.
-    pub fn checkpoints(&mut self, now: Instant, interval: Duration, max: usize) -> (Vec<(i64, i64)>, bool) {
-        let start = self.checkpoint_cursor.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    pub fn checkpoints(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        max: usize,
+    ) -> (Vec<(i64, i64)>, bool) {
+        let start = self
+            .checkpoint_cursor
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         let mut out = Vec::new();
         for (&id, tracked) in self.leases.range((start, std::ops::Bound::Unbounded)) {
             if out.len() >= max {
@@ -165,7 +196,15 @@ impl Lessor {
     }
 
     fn track(&mut self, id: i64, ttl_secs: i64, expiry: Instant) {
-        self.insert(id, Tracked { ttl_secs, expiry, due: expiry, revoking: false });
+        self.insert(
+            id,
+            Tracked {
+                ttl_secs,
+                expiry,
+                due: expiry,
+                revoking: false,
+            },
+        );
     }
 
     fn insert(&mut self, id: i64, tracked: Tracked) {
@@ -217,7 +256,11 @@ mod tests {
                 "regrant 2" => l.granted(2, 5, now),
                 _ => {}
             }
-            assert_eq!([l.remaining_secs(1, now), l.remaining_secs(2, now)], want, "{action} at {at:?}");
+            assert_eq!(
+                [l.remaining_secs(1, now), l.remaining_secs(2, now)],
+                want,
+                "{action} at {at:?}"
+            );
         }
         assert_eq!(l.renew(42, t0), None, "unknown lease");
     }
@@ -230,14 +273,34 @@ mod tests {
             l.granted(id, ttl, t0);
         }
         assert_eq!(l.take_expired(t0 + S, 10), Vec::<i64>::new());
-        assert_eq!(l.take_expired(t0 + 2 * S, 2), vec![1, 2], "at most max per call");
-        assert_eq!(l.take_expired(t0 + 2 * S, 10), vec![4], "taken ones wait for their retry");
-        assert_eq!(l.renew(1, t0 + 2 * S), None, "an expired lease cannot be renewed");
+        assert_eq!(
+            l.take_expired(t0 + 2 * S, 2),
+            vec![1, 2],
+            "at most max per call"
+        );
+        assert_eq!(
+            l.take_expired(t0 + 2 * S, 10),
+            vec![4],
+            "taken ones wait for their retry"
+        );
+        assert_eq!(
+            l.renew(1, t0 + 2 * S),
+            None,
+            "an expired lease cannot be renewed"
+        );
         assert_eq!(l.renew(3, t0 + 2 * S), Some(5));
         assert!(l.revoked(1), "revoked after expiry");
-        assert_eq!(l.take_expired(t0 + 2 * S + REVOKE_RETRY, 10), vec![2, 4], "unapplied revokes are retried");
+        assert_eq!(
+            l.take_expired(t0 + 2 * S + REVOKE_RETRY, 10),
+            vec![2, 4],
+            "unapplied revokes are retried"
+        );
         assert_eq!(l.take_expired(t0 + 7 * S, 10), vec![3]);
-        assert_eq!(l.remaining_secs(3, t0 + 8 * S), Some(-1), "expiry stays the real one while revoking");
+        assert_eq!(
+            l.remaining_secs(3, t0 + 8 * S),
+            Some(-1),
+            "expiry stays the real one while revoking"
+        );
     }
 
     #[test]
@@ -259,10 +322,17 @@ mod tests {
         l.promote(t0, 2 * S, [(1, 60, 0), (2, 60, 20), (3, 5, 0)]);
         assert!(l.is_primary());
         let left: Vec<Option<i64>> = (1..=3).map(|id| l.remaining_secs(id, t0)).collect();
-        assert_eq!(left, vec![Some(62), Some(22), Some(7)], "checkpointed leases do not start over");
+        assert_eq!(
+            left,
+            vec![Some(62), Some(22), Some(7)],
+            "checkpointed leases do not start over"
+        );
         assert_eq!(l.take_expired(t0 + 7 * S, 10), vec![3]);
         l.demote();
-        assert_eq!((l.is_primary(), l.len(), l.remaining_secs(1, t0)), (false, 0, None));
+        assert_eq!(
+            (l.is_primary(), l.len(), l.remaining_secs(1, t0)),
+            (false, 0, None)
+        );
         assert_eq!(l.renew(1, t0), None);
     }
 
@@ -274,11 +344,26 @@ mod tests {
         let mut l = primary(t0, &[(1, 60, 0), (2, 60, 0), (3, 60, 0), (4, 5, 0)]);
         l.granted(5, 60, t0 + 10 * S);
         let now = t0 + 10 * S;
-        assert_eq!(l.checkpoints(now, interval, 2), (vec![(1, 50), (2, 50)], false));
-        assert_eq!(l.checkpoints(now, interval, 2), (vec![(3, 50)], true), "resumes after 2, skips 4 and 5");
-        assert_eq!(l.checkpoints(now, interval, 10), (vec![(1, 50), (2, 50), (3, 50)], true), "starts over");
+        assert_eq!(
+            l.checkpoints(now, interval, 2),
+            (vec![(1, 50), (2, 50)], false)
+        );
+        assert_eq!(
+            l.checkpoints(now, interval, 2),
+            (vec![(3, 50)], true),
+            "resumes after 2, skips 4 and 5"
+        );
+        assert_eq!(
+            l.checkpoints(now, interval, 10),
+            (vec![(1, 50), (2, 50), (3, 50)], true),
+            "starts over"
+        );
         l.take_expired(t0 + 60 * S, 1);
-        assert_eq!(l.checkpoints(t0 + 60 * S, interval, 10), (vec![(5, 10)], true), "revoking and expired leases are skipped");
+        assert_eq!(
+            l.checkpoints(t0 + 60 * S, interval, 10),
+            (vec![(5, 10)], true),
+            "revoking and expired leases are skipped"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config;
 mod cores;
-mod logger;
 mod lessor;
+mod logger;
 mod recovery;
 mod sequencer;
 mod shard;
@@ -57,7 +57,8 @@ fn run(config: Config) {
         cluster_id: config.cluster_id(),
         name: config.name.clone(),
     };
-    let recovered = recovery::open(&config.data_dir, identity).unwrap_or_else(|e| fatal("cannot open data dir", e));
+    let recovered = recovery::open(&config.data_dir, identity)
+        .unwrap_or_else(|e| fatal("cannot open data dir", e));
     let cluster = Arc::new(cluster_info(&config, &recovered.identity));
 
     let cpus = cores::allowed_cpus();
@@ -106,8 +107,13 @@ fn run(config: Config) {
     drop(seq_tx);
 
     let size_gauge = cluster.backend_size_bytes.clone();
-    let store_link = store_writer::spawn(recovered.backend, recovered.backend_index, cpus[cpus.len() - 1], size_gauge)
-        .unwrap_or_else(|e| fatal("cannot start the revision store writer", e));
+    let store_link = store_writer::spawn(
+        recovered.backend,
+        recovered.backend_index,
+        cpus[cpus.len() - 1],
+        size_gauge,
+    )
+    .unwrap_or_else(|e| fatal("cannot start the revision store writer", e));
     let seq = sequencer::Sequencer::new(
         raft,
         recovered.wal,
@@ -132,12 +138,19 @@ fn run(config: Config) {
         })
         .unwrap_or_else(|e| fatal("cannot start sequencer", e));
 
-    for ((core, cpu), (client, core_listeners)) in
-        cpus.iter().copied().enumerate().zip(shard_clients.into_iter().zip(listeners))
+    for ((core, cpu), (client, core_listeners)) in cpus
+        .iter()
+        .copied()
+        .enumerate()
+        .zip(shard_clients.into_iter().zip(listeners))
     {
         spawn_network(core, cpu, client, core_listeners);
     }
-    let urls: Vec<String> = config.listen_client_urls.iter().map(|u| u.to_string()).collect();
+    let urls: Vec<String> = config
+        .listen_client_urls
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
     log::info!(
         "ready to serve client requests on {} with {} cores (member {:x}, cluster {:x})",
         urls.join(","),
@@ -152,8 +165,16 @@ fn cluster_info(config: &Config, identity: &recovery::Identity) -> ClusterInfo {
     let member = MemberInfo {
         id: identity.member_id,
         name: identity.name.clone(),
-        peer_urls: config.initial_advertise_peer_urls.iter().map(|u| u.to_string()).collect(),
-        client_urls: config.advertise_client_urls.iter().map(|u| u.to_string()).collect(),
+        peer_urls: config
+            .initial_advertise_peer_urls
+            .iter()
+            .map(|u| u.to_string())
+            .collect(),
+        client_urls: config
+            .advertise_client_urls
+            .iter()
+            .map(|u| u.to_string())
+            .collect(),
     };
     ClusterInfo {
         cluster_id: identity.cluster_id,
@@ -174,7 +195,10 @@ fn bind_all(config: &Config, cores: usize) -> Vec<CoreListeners> {
     let mut all = Vec::with_capacity(cores);
     for _ in 0..cores {
         let mut mine = Vec::new();
-        for (urls, grpc) in [(&config.listen_client_urls, true), (&config.listen_metrics_urls, false)] {
+        for (urls, grpc) in [
+            (&config.listen_client_urls, true),
+            (&config.listen_metrics_urls, false),
+        ] {
             for url in urls.iter() {
                 let listener = corekv_net::serve::bind_reuseport(&url.socket_addr_string())
                     .unwrap_or_else(|e| fatal(&format!("cannot listen on {url}"), e));

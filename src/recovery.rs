@@ -41,12 +41,18 @@ impl Identity {
         let member_id = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
         let cluster_id = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
         let name_len = u32::from_le_bytes(payload[16..20].try_into().expect("4 bytes")) as usize;
-        let name = payload.get(20..20 + name_len).ok_or("metadata name past the end")?;
+        let name = payload
+            .get(20..20 + name_len)
+            .ok_or("metadata name past the end")?;
         if payload.len() != 20 + name_len {
             return Err("metadata record has trailing bytes".into());
         }
         let name = String::from_utf8(name.to_vec()).map_err(|_| "metadata name is not UTF-8")?;
-        Ok(Identity { member_id, cluster_id, name })
+        Ok(Identity {
+            member_id,
+            cluster_id,
+            name,
+        })
     }
 }
 
@@ -76,11 +82,15 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 fn open_backend(data_dir: &Path) -> Result<(Backend, Store, BackendMeta), String> {
     let path = db_path(data_dir);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     crate::store_writer::remove_leftovers(&path);
-    let backend = Backend::open(&path).map_err(|e| format!("revision store {}: {e}", path.display()))?;
-    let (store, meta) = backend.load().map_err(|e| format!("revision store {}: {e}", path.display()))?;
+    let backend =
+        Backend::open(&path).map_err(|e| format!("revision store {}: {e}", path.display()))?;
+    let (store, meta) = backend
+        .load()
+        .map_err(|e| format!("revision store {}: {e}", path.display()))?;
     Ok((backend, store, meta))
 }
 
@@ -92,7 +102,10 @@ pub fn open(data_dir: &Path, fresh: Identity) -> Result<Recovered, String> {
     }
     let (wal, recovered) = Wal::open(&dir, WalOptions::default()).map_err(|e| e.to_string())?;
     if let Some((path, offset)) = &recovered.truncated_tail {
-        log::warn!("WAL had a torn tail; truncated {} at offset {offset}", path.display());
+        log::warn!(
+            "WAL had a torn tail; truncated {} at offset {offset}",
+            path.display()
+        );
     }
     let identity = Identity::decode(&recovered.metadata)?;
     if identity.name != fresh.name {
@@ -115,18 +128,33 @@ pub fn open(data_dir: &Path, fresh: Identity) -> Result<Recovered, String> {
         raft.hard_state.term,
         store.revision()
     );
-    Ok(Recovered { identity, wal, store, raft, backend, backend_index: meta.consistent_index, segment_last_index })
+    Ok(Recovered {
+        identity,
+        wal,
+        store,
+        raft,
+        backend,
+        backend_index: meta.consistent_index,
+        segment_last_index,
+    })
 }
 
 /// Drops the entries the store already holds and starts raft's log just after them.
 fn start_after_store(raft: &mut Restored, store_index: u64, store_term: u64) -> Result<(), String> {
     if store_index == 0 {
         if raft.entries.first().is_some_and(|e| e.index != 1) {
-            return Err(format!("WAL starts at index {} but the revision store holds nothing", raft.entries[0].index));
+            return Err(format!(
+                "WAL starts at index {} but the revision store holds nothing",
+                raft.entries[0].index
+            ));
         }
         return Ok(());
     }
-    if raft.entries.first().is_some_and(|e| e.index > store_index + 1) {
+    if raft
+        .entries
+        .first()
+        .is_some_and(|e| e.index > store_index + 1)
+    {
         return Err(format!(
             "WAL starts at index {} but the revision store only holds up to {store_index}: entries are missing",
             raft.entries[0].index
@@ -144,7 +172,9 @@ fn segment_last_index(recovered: &corekv_engine::wal::Recovered) -> BTreeMap<u64
     let mut out = BTreeMap::new();
     let starts = &recovered.segment_starts;
     for (i, (seq, first)) in starts.iter().enumerate() {
-        let end = starts.get(i + 1).map_or(recovered.records.len(), |(_, next)| *next);
+        let end = starts
+            .get(i + 1)
+            .map_or(recovered.records.len(), |(_, next)| *next);
         let last = recovered.records[*first..end]
             .iter()
             .filter(|r| r.kind == RecordKind::Entry)
@@ -158,17 +188,41 @@ fn segment_last_index(recovered: &corekv_engine::wal::Recovered) -> BTreeMap<u64
 }
 
 fn bootstrap(data_dir: &Path, dir: &Path, identity: Identity) -> Result<Recovered, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     restrict_permissions(data_dir);
-    let mut wal = Wal::create(dir, &identity.encode(), WalOptions::default()).map_err(|e| e.to_string())?;
-    let conf_state = ConfState { voters: vec![identity.member_id], ..Default::default() };
-    wal.append(&[(RecordKind::ConfState, &codec::encode_conf_state(&conf_state))]).map_err(|e| e.to_string())?;
-    log::info!("bootstrapped new member {:x} in {}", identity.member_id, data_dir.display());
-    let raft = Restored { conf_state, ..Default::default() };
+    let mut wal =
+        Wal::create(dir, &identity.encode(), WalOptions::default()).map_err(|e| e.to_string())?;
+    let conf_state = ConfState {
+        voters: vec![identity.member_id],
+        ..Default::default()
+    };
+    wal.append(&[(
+        RecordKind::ConfState,
+        &codec::encode_conf_state(&conf_state),
+    )])
+    .map_err(|e| e.to_string())?;
+    log::info!(
+        "bootstrapped new member {:x} in {}",
+        identity.member_id,
+        data_dir.display()
+    );
+    let raft = Restored {
+        conf_state,
+        ..Default::default()
+    };
     // A store left from an earlier attempt without a WAL cannot be trusted to match.
     let _ = std::fs::remove_file(db_path(data_dir));
     let (backend, store, _) = open_backend(data_dir)?;
-    Ok(Recovered { identity, wal, store, raft, backend, backend_index: 0, segment_last_index: BTreeMap::new() })
+    Ok(Recovered {
+        identity,
+        wal,
+        store,
+        raft,
+        backend,
+        backend_index: 0,
+        segment_last_index: BTreeMap::new(),
+    })
 }
 
 /// etcd refuses world-readable data dirs; corekv tightens them to 0700 at creation.
@@ -179,13 +233,25 @@ fn restrict_permissions(dir: &Path) {
 
 /// Folds the WAL's records into raft's durable state. A later entry with an index at or
 /// below the last one replaces the conflicting suffix (raft truncation).
-fn rebuild_raft_state(records: &[corekv_engine::wal::Record], member_id: u64) -> Result<Restored, String> {
+fn rebuild_raft_state(
+    records: &[corekv_engine::wal::Record],
+    member_id: u64,
+) -> Result<Restored, String> {
     let mut out = Restored::default();
     for record in records {
         match record.kind {
-            RecordKind::Entry => append_entry(&mut out.entries, codec::decode_entry(&record.payload).map_err(|e| e.to_string())?)?,
-            RecordKind::HardState => out.hard_state = codec::decode_hard_state(&record.payload).map_err(|e| e.to_string())?,
-            RecordKind::ConfState => out.conf_state = codec::decode_conf_state(&record.payload).map_err(|e| e.to_string())?,
+            RecordKind::Entry => append_entry(
+                &mut out.entries,
+                codec::decode_entry(&record.payload).map_err(|e| e.to_string())?,
+            )?,
+            RecordKind::HardState => {
+                out.hard_state =
+                    codec::decode_hard_state(&record.payload).map_err(|e| e.to_string())?
+            }
+            RecordKind::ConfState => {
+                out.conf_state =
+                    codec::decode_conf_state(&record.payload).map_err(|e| e.to_string())?
+            }
             RecordKind::Metadata | RecordKind::Snapshot => {}
         }
     }
@@ -210,7 +276,10 @@ fn append_entry(entries: &mut Vec<Entry>, entry: Entry) -> Result<(), String> {
     // The first entry may follow released segments; the store's index is checked later.
     let expected = entries.last().map_or(entry.index, |last| last.index + 1);
     if entry.index != expected {
-        return Err(format!("WAL entries are not contiguous: expected index {expected}, found {}", entry.index));
+        return Err(format!(
+            "WAL entries are not contiguous: expected index {expected}, found {}",
+            entry.index
+        ));
     }
     entries.push(entry);
     Ok(())
@@ -243,7 +312,11 @@ mod tests {
 
     #[test]
     fn identity_round_trips_and_rejects_garbage() {
-        let id = Identity { member_id: 1, cluster_id: 2, name: "n1".into() };
+        let id = Identity {
+            member_id: 1,
+            cluster_id: 2,
+            name: "n1".into(),
+        };
         assert_eq!(Identity::decode(&id.encode()).unwrap(), id);
         let mut bad = id.encode();
         bad.push(0);
@@ -253,13 +326,23 @@ mod tests {
 
     #[test]
     fn later_entries_replace_a_conflicting_suffix() {
-        let e = |index, term| Entry { index, term, ..Default::default() };
+        let e = |index, term| Entry {
+            index,
+            term,
+            ..Default::default()
+        };
         let mut log = Vec::new();
         for entry in [e(1, 1), e(2, 1), e(3, 1), e(2, 2), e(3, 2)] {
             append_entry(&mut log, entry).unwrap();
         }
-        assert_eq!(log.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 2), (3, 2)]);
-        assert!(append_entry(&mut log, e(5, 2)).is_err(), "a gap is corruption");
+        assert_eq!(
+            log.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 2), (3, 2)]
+        );
+        assert!(
+            append_entry(&mut log, e(5, 2)).is_err(),
+            "a gap is corruption"
+        );
         let mut released = Vec::new();
         append_entry(&mut released, e(40, 3)).unwrap();
         append_entry(&mut released, e(41, 3)).unwrap();

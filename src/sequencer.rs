@@ -49,11 +49,21 @@ pub type ReadReply = oneshot::Sender<Result<(ReadView, u64), KvError>>;
 
 /// What shards send to the sequencer.
 pub enum SequencerMsg {
-    Propose { command: Command, reply: WriteReply },
-    ReadIndex { reply: ReadReply },
-    Status { reply: oneshot::Sender<StatusInfo> },
+    Propose {
+        command: Command,
+        reply: WriteReply,
+    },
+    ReadIndex {
+        reply: ReadReply,
+    },
+    Status {
+        reply: oneshot::Sender<StatusInfo>,
+    },
     /// Keep-alive, time-to-live or lease list, answered by the lessor (no log entry).
-    Lease { op: corekv_net::shard_api::LeaseOp, reply: lease::LeaseReply },
+    Lease {
+        op: corekv_net::shard_api::LeaseOp,
+        reply: lease::LeaseReply,
+    },
     /// Work on the store file, passed to its writer behind everything applied so far.
     Maintenance(MaintenanceOp),
 }
@@ -158,7 +168,10 @@ impl Sequencer {
             unpublished_events: Vec::new(),
             applied_index,
             failed: None,
-            leases: lease::LeaseDriver::new(LeaseOptions::for_election_timeout(1000, CHECKPOINT_INTERVAL)),
+            leases: lease::LeaseDriver::new(LeaseOptions::for_election_timeout(
+                1000,
+                CHECKPOINT_INTERVAL,
+            )),
             durability: None,
             compactor: None,
             compaction_reply: None,
@@ -167,14 +180,17 @@ impl Sequencer {
 
     /// Turns auto-compaction on (etcd's compactor; the leader proposes compactions).
     pub fn with_auto_compaction(mut self, mode: Option<AutoCompaction>) -> Sequencer {
-        self.compactor = mode.map(|m| compactor::Compactor::new(m, Instant::now(), self.store.revision()));
+        self.compactor =
+            mode.map(|m| compactor::Compactor::new(m, Instant::now(), self.store.revision()));
         self
     }
 
     /// The compactor's work of one loop turn: take the outcome of the compaction it asked
     /// for, or propose the next one when it is due.
     fn compaction_turn(&mut self, now: Instant) {
-        let Some(compactor) = &mut self.compactor else { return };
+        let Some(compactor) = &mut self.compactor else {
+            return;
+        };
         if let Some(rx) = &mut self.compaction_reply {
             let done = match rx.try_recv() {
                 Err(oneshot::error::TryRecvError::Empty) => return,
@@ -188,7 +204,10 @@ impl Sequencer {
             compactor.finished(now, done, self.store.revision());
             self.compaction_reply = None;
             if done {
-                log::info!("completed auto compaction; compacted revision {}", self.store.compact_revision());
+                log::info!(
+                    "completed auto compaction; compacted revision {}",
+                    self.store.compact_revision()
+                );
             }
         }
         let leading = self.raft.is_leader() && self.failed.is_none();
@@ -196,7 +215,10 @@ impl Sequencer {
             log::info!("starting auto compaction at revision {revision}");
             let (reply, rx) = oneshot::channel();
             self.compaction_reply = Some(rx);
-            let request = corekv_engine::pb::PbCompactionRequest { revision, physical: false };
+            let request = corekv_engine::pb::PbCompactionRequest {
+                revision,
+                physical: false,
+            };
             self.propose(Command::Compact(request), reply);
         }
     }
@@ -206,13 +228,19 @@ impl Sequencer {
         self.hand_off_changes(true);
         match &self.durability {
             Some(durability) => durability.link.maintain(op),
-            None => op.fail(KvError::Unavailable("etcdserver: this member has no revision store".into())),
+            None => op.fail(KvError::Unavailable(
+                "etcdserver: this member has no revision store".into(),
+            )),
         }
     }
 
     /// Commits applied changes to the revision store through `link`, and releases WAL
     /// segments it has durably passed.
-    pub fn with_store_writer(mut self, link: crate::store_writer::StoreLink, segment_last_index: std::collections::BTreeMap<u64, u64>) -> Sequencer {
+    pub fn with_store_writer(
+        mut self,
+        link: crate::store_writer::StoreLink,
+        segment_last_index: std::collections::BTreeMap<u64, u64>,
+    ) -> Sequencer {
         self.durability = Some(Durability {
             link,
             next_handoff: Instant::now(),
@@ -228,30 +256,43 @@ impl Sequencer {
     /// over every batch woke the writer thread once per put, which cost single-client
     /// latency; the store commits only every 100 ms anyway.
     fn hand_off_changes(&mut self, forced: bool) {
-        let Some(durability) = &mut self.durability else { return };
+        let Some(durability) = &mut self.durability else {
+            return;
+        };
         let now = Instant::now();
-        let due = now >= durability.next_handoff || self.store.pending_changes() >= HANDOFF_CHANGES_MAX;
+        let due =
+            now >= durability.next_handoff || self.store.pending_changes() >= HANDOFF_CHANGES_MAX;
         if !forced && !due {
             return;
         }
-        if !forced && self.store.pending_changes() == 0 && self.applied_index == durability.handed_off_index {
+        if !forced
+            && self.store.pending_changes() == 0
+            && self.applied_index == durability.handed_off_index
+        {
             durability.next_handoff = now + Duration::from_millis(HANDOFF_INTERVAL_MS);
             return;
         }
         durability.next_handoff = now + Duration::from_millis(HANDOFF_INTERVAL_MS);
         durability.handed_off_index = self.applied_index;
         let changes = self.store.take_changes();
-        let job = crate::store_writer::StoreJob { changes, applied_index: self.applied_index, term: self.raft.term() };
+        let job = crate::store_writer::StoreJob {
+            changes,
+            applied_index: self.applied_index,
+            term: self.raft.term(),
+        };
         durability.link.submit(job);
     }
 
     /// Releases the WAL segments whose every entry the store durably holds.
     fn release_wal(&mut self) {
-        let Some(durability) = &mut self.durability else { return };
+        let Some(durability) = &mut self.durability else {
+            return;
+        };
         if Instant::now() < durability.next_release_check || durability.link.failed() {
             return;
         }
-        durability.next_release_check = Instant::now() + Duration::from_millis(RELEASE_CHECK_INTERVAL_MS);
+        durability.next_release_check =
+            Instant::now() + Duration::from_millis(RELEASE_CHECK_INTERVAL_MS);
         let durable = durability.link.durable_index();
         let live = self.wal.segment_seq();
         // The first segment still holding an entry the store lacks, or the live one.
@@ -263,7 +304,9 @@ impl Sequencer {
         match self.wal.release_before(keep_from) {
             Ok(0) => {}
             Ok(released) => {
-                durability.segment_last_index.retain(|seq, _| *seq >= keep_from);
+                durability
+                    .segment_last_index
+                    .retain(|seq, _| *seq >= keep_from);
                 log::info!("released {released} WAL segment(s) below {keep_from}: the revision store holds index {durable}");
             }
             Err(err) => log::warn!("cannot release WAL segments: {err}"),
@@ -349,11 +392,16 @@ impl Sequencer {
         self.turn_bytes += data.len();
         match self.raft.propose(data) {
             Ok(index) => {
-                debug_assert!(self.waiting_writes.back().is_none_or(|(last, _)| *last < index));
+                debug_assert!(self
+                    .waiting_writes
+                    .back()
+                    .is_none_or(|(last, _)| *last < index));
                 self.waiting_writes.push_back((index, reply));
             }
             Err(err) => {
-                metrics::global().proposals_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::global()
+                    .proposals_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let reason = match err {
                     ProposeError::NotLeader { .. } => "etcdserver: no leader".to_string(),
                     ProposeError::Dropped(why) => format!("etcdserver: request dropped: {why}"),
@@ -377,7 +425,9 @@ impl Sequencer {
             if self.failed.is_some() {
                 break;
             }
-            let Some(cycle) = self.raft.cycle() else { break };
+            let Some(cycle) = self.raft.cycle() else {
+                break;
+            };
             // A commit advance raft reported earlier rides along with the next write; it
             // never costs an fdatasync of its own (recovery re-derives it if lost).
             let mut hard_state = cycle.hard_state().cloned();
@@ -415,7 +465,11 @@ impl Sequencer {
         self.serve_ready_reads();
     }
 
-    fn persist(&mut self, entries: &[Entry], hard_state: Option<&corekv_raft::HardState>) -> Result<(), String> {
+    fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&corekv_raft::HardState>,
+    ) -> Result<(), String> {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
@@ -430,10 +484,13 @@ impl Sequencer {
         if let Some(hs) = hard_state {
             payloads.push((RecordKind::HardState, codec::encode_hard_state(hs)));
         }
-        let records: Vec<(RecordKind, &[u8])> = payloads.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+        let records: Vec<(RecordKind, &[u8])> =
+            payloads.iter().map(|(k, p)| (*k, p.as_slice())).collect();
         let started = Instant::now();
         let segment_before = self.wal.segment_seq();
-        self.wal.append(&records).map_err(|e| format!("etcdserver: WAL append failed: {e}"))?;
+        self.wal
+            .append(&records)
+            .map_err(|e| format!("etcdserver: WAL append failed: {e}"))?;
         if self.wal.segment_seq() != segment_before {
             self.restate_in_new_segment()?;
         }
@@ -448,8 +505,12 @@ impl Sequencer {
             m.batch_entries.observe(entries.len() as f64);
             m.batch_bytes.observe(bytes as f64);
         }
-        let db_bytes = self.durability.as_ref().map_or(self.wal.size_bytes(), |d| d.link.size_bytes().0);
-        m.db_size_bytes.store(db_bytes as i64, std::sync::atomic::Ordering::Relaxed);
+        let db_bytes = self
+            .durability
+            .as_ref()
+            .map_or(self.wal.size_bytes(), |d| d.link.size_bytes().0);
+        m.db_size_bytes
+            .store(db_bytes as i64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -458,8 +519,13 @@ impl Sequencer {
     fn restate_in_new_segment(&mut self) -> Result<(), String> {
         let conf = codec::encode_conf_state(&self.raft.conf_state());
         let hard = codec::encode_hard_state(&self.raft.hard_state());
-        let records = [(RecordKind::ConfState, conf.as_slice()), (RecordKind::HardState, hard.as_slice())];
-        self.wal.append(&records).map_err(|e| format!("etcdserver: WAL append failed: {e}"))
+        let records = [
+            (RecordKind::ConfState, conf.as_slice()),
+            (RecordKind::HardState, hard.as_slice()),
+        ];
+        self.wal
+            .append(&records)
+            .map_err(|e| format!("etcdserver: WAL append failed: {e}"))
     }
 
     /// After a storage failure nothing is acknowledged again: what is on disk is unknown.
@@ -469,7 +535,11 @@ impl Sequencer {
         for (_, reply) in self.waiting_writes.drain(..) {
             let _ = reply.send(Err(err.clone()));
         }
-        for (_, replies) in self.reads_issued.drain(..).chain(self.reads_ready.drain(..)) {
+        for (_, replies) in self
+            .reads_issued
+            .drain(..)
+            .chain(self.reads_ready.drain(..))
+        {
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
@@ -477,8 +547,15 @@ impl Sequencer {
         self.failed = Some(reason);
     }
 
-    fn apply(&mut self, entry: &Entry, answered: &mut Vec<(WriteReply, Result<Reply<CommandResponse>, KvError>)>) {
-        debug_assert!(entry.index > self.applied_index, "entries apply once, in order");
+    fn apply(
+        &mut self,
+        entry: &Entry,
+        answered: &mut Vec<(WriteReply, Result<Reply<CommandResponse>, KvError>)>,
+    ) {
+        debug_assert!(
+            entry.index > self.applied_index,
+            "entries apply once, in order"
+        );
         self.applied_index = entry.index;
         let result = match crate::recovery::decode_command(entry) {
             Ok(Some(command)) => {
@@ -498,27 +575,45 @@ impl Sequencer {
         };
         let m = metrics::global();
         if result.is_some() {
-            m.proposals_applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            m.proposals_applied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         // Proposals below this index that were not applied were lost (e.g. leader change).
-        while self.waiting_writes.front().is_some_and(|(index, _)| *index < entry.index) {
+        while self
+            .waiting_writes
+            .front()
+            .is_some_and(|(index, _)| *index < entry.index)
+        {
             let (_, reply) = self.waiting_writes.pop_front().expect("front exists");
-            let lost = KvError::Unavailable("etcdserver: request timed out, possibly due to previous leader failure".into());
+            let lost = KvError::Unavailable(
+                "etcdserver: request timed out, possibly due to previous leader failure".into(),
+            );
             answered.push((reply, Err(lost)));
         }
-        if self.waiting_writes.front().is_some_and(|(index, _)| *index == entry.index) {
+        if self
+            .waiting_writes
+            .front()
+            .is_some_and(|(index, _)| *index == entry.index)
+        {
             let (_, reply) = self.waiting_writes.pop_front().expect("front exists");
             let outcome = match result {
-                Some(Ok(applied)) => Ok(Reply { body: applied.response, raft_term: self.raft.term() }),
+                Some(Ok(applied)) => Ok(Reply {
+                    body: applied.response,
+                    raft_term: self.raft.term(),
+                }),
                 Some(Err(err)) => Err(err),
-                None => Err(KvError::Unavailable("etcdserver: entry carried no request".into())),
+                None => Err(KvError::Unavailable(
+                    "etcdserver: entry carried no request".into(),
+                )),
             };
             answered.push((reply, outcome));
         }
     }
 
     fn read_index_known(&mut self, context: &[u8], index: u64) {
-        let Ok(seq) = <[u8; 8]>::try_from(context).map(u64::from_le_bytes) else { return };
+        let Ok(seq) = <[u8; 8]>::try_from(context).map(u64::from_le_bytes) else {
+            return;
+        };
         // Read indexes come back in request order; earlier unanswered batches share this one.
         while let Some((issued, _)) = self.reads_issued.front() {
             if *issued > seq {
@@ -530,7 +625,11 @@ impl Sequencer {
     }
 
     fn serve_ready_reads(&mut self) {
-        while self.reads_ready.front().is_some_and(|(index, _)| *index <= self.applied_index) {
+        while self
+            .reads_ready
+            .front()
+            .is_some_and(|(index, _)| *index <= self.applied_index)
+        {
             let (_, replies) = self.reads_ready.pop_front().expect("front exists");
             let view = self.store.view();
             for reply in replies {
@@ -542,12 +641,24 @@ impl Sequencer {
     fn publish(&mut self) {
         let view = self.store.view();
         let m = metrics::global();
-        m.current_revision.store(view.revision(), std::sync::atomic::Ordering::Relaxed);
-        m.compact_revision.store(view.compact_revision(), std::sync::atomic::Ordering::Relaxed);
-        m.keys.store(view.key_count() as i64, std::sync::atomic::Ordering::Relaxed);
+        m.current_revision
+            .store(view.revision(), std::sync::atomic::Ordering::Relaxed);
+        m.compact_revision.store(
+            view.compact_revision(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.keys.store(
+            view.key_count() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.publication_seq += 1;
         let events = Arc::new(std::mem::take(&mut self.unpublished_events));
-        let publication = Publication { seq: self.publication_seq, view, raft_term: self.raft.term(), events };
+        let publication = Publication {
+            seq: self.publication_seq,
+            view,
+            raft_term: self.raft.term(),
+            events,
+        };
         for shard in &self.shards {
             // Bounded: a shard that stops draining makes the sequencer wait, not grow memory.
             let _ = shard.send(publication.clone());

@@ -5,8 +5,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use corekv_engine::KvError;
 use corekv_engine::mvcc::ReadView;
+use corekv_engine::KvError;
 use corekv_net::shard_api::{ReadOp, ReadResult, Reply, ShardRequest};
 use glommio::{LocalExecutorBuilder, Placement};
 use tokio::sync::oneshot;
@@ -42,8 +42,18 @@ pub fn spawn(setup: ShardSetup) -> glommio::Result<glommio::ExecutorJoinHandle<(
 }
 
 async fn run(setup: ShardSetup) {
-    let ShardSetup { requests, publications, sequencer, initial, max_request_bytes, .. } = setup;
-    let facts = HeaderFacts { raft_term: initial.raft_term, fragment_bytes_max: max_request_bytes };
+    let ShardSetup {
+        requests,
+        publications,
+        sequencer,
+        initial,
+        max_request_bytes,
+        ..
+    } = setup;
+    let facts = HeaderFacts {
+        raft_term: initial.raft_term,
+        fragment_bytes_max: max_request_bytes,
+    };
     let hub = Rc::new(RefCell::new(WatchHub::new(initial.view.clone(), facts)));
     let current = Rc::new(RefCell::new(initial));
     let started = std::time::Instant::now();
@@ -82,32 +92,66 @@ async fn run(setup: ShardSetup) {
 }
 
 /// Takes a publication: the new view for reads, and its events for this core's watchers.
-fn adopt(current: &Rc<RefCell<Publication>>, hub: &Rc<RefCell<WatchHub>>, publication: Publication, now_ms: u64) {
+fn adopt(
+    current: &Rc<RefCell<Publication>>,
+    hub: &Rc<RefCell<WatchHub>>,
+    publication: Publication,
+    now_ms: u64,
+) {
     let mut slot = current.borrow_mut();
     // Publications arrive in order on one channel; each is taken exactly once.
-    assert!(publication.seq > slot.seq, "publications are taken once, in order");
-    hub.borrow_mut().publish(publication.view.clone(), publication.raft_term, &publication.events, now_ms);
+    assert!(
+        publication.seq > slot.seq,
+        "publications are taken once, in order"
+    );
+    hub.borrow_mut().publish(
+        publication.view.clone(),
+        publication.raft_term,
+        &publication.events,
+        now_ms,
+    );
     *slot = publication;
 }
 
 /// Serves watch-stream requests; hands every other request back.
-fn serve_watch(request: ShardRequest, hub: &Rc<RefCell<WatchHub>>, now_ms: u64) -> Option<ShardRequest> {
+fn serve_watch(
+    request: ShardRequest,
+    hub: &Rc<RefCell<WatchHub>>,
+    now_ms: u64,
+) -> Option<ShardRequest> {
     match request {
-        ShardRequest::WatchOpen { stream_id, responses } => hub.borrow_mut().open(stream_id, responses),
-        ShardRequest::Watch { stream_id, request } => hub.borrow_mut().request(stream_id, request, now_ms),
+        ShardRequest::WatchOpen {
+            stream_id,
+            responses,
+        } => hub.borrow_mut().open(stream_id, responses),
+        ShardRequest::Watch { stream_id, request } => {
+            hub.borrow_mut().request(stream_id, request, now_ms)
+        }
         ShardRequest::WatchClose { stream_id } => hub.borrow_mut().close(stream_id),
         other => return Some(other),
     }
     None
 }
 
-async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequencer: &flume::Sender<SequencerMsg>) {
+async fn serve(
+    request: ShardRequest,
+    current: &Rc<RefCell<Publication>>,
+    sequencer: &flume::Sender<SequencerMsg>,
+) {
     match request {
-        ShardRequest::Read { op, serializable: true, reply } => {
+        ShardRequest::Read {
+            op,
+            serializable: true,
+            reply,
+        } => {
             let now = current.borrow();
             let _ = reply.send(read(&now.view, &op, now.raft_term));
         }
-        ShardRequest::Read { op, serializable: false, reply } => {
+        ShardRequest::Read {
+            op,
+            serializable: false,
+            reply,
+        } => {
             // Linearizable: wait for a read index without holding up this core's other work.
             let sequencer = sequencer.clone();
             glommio::spawn_local(async move {
@@ -121,13 +165,16 @@ async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequen
         }
         ShardRequest::Write { command, reply } => {
             // Waiting here when the sequencer's queue is full is the backpressure.
-            if let Err(flume::SendError(SequencerMsg::Propose { reply, .. })) =
-                sequencer.send_async(SequencerMsg::Propose { command, reply }).await
+            if let Err(flume::SendError(SequencerMsg::Propose { reply, .. })) = sequencer
+                .send_async(SequencerMsg::Propose { command, reply })
+                .await
             {
                 let _ = reply.send(Err(stopped()));
             }
         }
-        ShardRequest::WatchOpen { .. } | ShardRequest::Watch { .. } | ShardRequest::WatchClose { .. } => {
+        ShardRequest::WatchOpen { .. }
+        | ShardRequest::Watch { .. }
+        | ShardRequest::WatchClose { .. } => {
             debug_assert!(false, "watch requests are served by serve_watch");
         }
         ShardRequest::Status { reply } => {
@@ -135,7 +182,10 @@ async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequen
         }
         ShardRequest::View { reply } => {
             let now = current.borrow();
-            let _ = reply.send(Reply { body: now.view.clone(), raft_term: now.raft_term });
+            let _ = reply.send(Reply {
+                body: now.view.clone(),
+                raft_term: now.raft_term,
+            });
         }
         ShardRequest::Maintenance(op) => {
             if let Err(flume::SendError(SequencerMsg::Maintenance(op))) =
@@ -145,8 +195,9 @@ async fn serve(request: ShardRequest, current: &Rc<RefCell<Publication>>, sequen
             }
         }
         ShardRequest::Lease { op, reply } => {
-            if let Err(flume::SendError(SequencerMsg::Lease { reply, .. })) =
-                sequencer.send_async(SequencerMsg::Lease { op, reply }).await
+            if let Err(flume::SendError(SequencerMsg::Lease { reply, .. })) = sequencer
+                .send_async(SequencerMsg::Lease { op, reply })
+                .await
             {
                 let _ = reply.send(Err(stopped()));
             }
@@ -164,7 +215,10 @@ fn read(view: &ReadView, op: &ReadOp, raft_term: u64) -> Result<Reply<ReadResult
 
 async fn read_index(sequencer: &flume::Sender<SequencerMsg>) -> Result<(ReadView, u64), KvError> {
     let (reply, rx) = oneshot::channel();
-    sequencer.send_async(SequencerMsg::ReadIndex { reply }).await.map_err(|_| stopped())?;
+    sequencer
+        .send_async(SequencerMsg::ReadIndex { reply })
+        .await
+        .map_err(|_| stopped())?;
     rx.await.map_err(|_| stopped())?
 }
 

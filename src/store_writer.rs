@@ -87,7 +87,9 @@ impl StoreLink {
             op.fail(store_failed());
             return;
         }
-        if let Err(crossbeam_channel::SendError(WriterMsg::Maintenance(op))) = self.msgs.send(WriterMsg::Maintenance(op)) {
+        if let Err(crossbeam_channel::SendError(WriterMsg::Maintenance(op))) =
+            self.msgs.send(WriterMsg::Maintenance(op))
+        {
             op.fail(store_failed());
         }
     }
@@ -99,7 +101,10 @@ impl StoreLink {
 
     /// (file bytes, bytes in use) of the store after its last commit.
     pub fn size_bytes(&self) -> (u64, u64) {
-        (self.sizes.file_bytes.load(Ordering::Acquire), self.sizes.in_use_bytes.load(Ordering::Acquire))
+        (
+            self.sizes.file_bytes.load(Ordering::Acquire),
+            self.sizes.in_use_bytes.load(Ordering::Acquire),
+        )
     }
 
     /// Whether the store failed (it then refuses further commits; the WAL still holds all).
@@ -119,26 +124,54 @@ fn maintenance_failed(what: &str, err: impl std::fmt::Display) -> KvError {
 
 /// Starts the writer thread over an open backend whose last commit holds `durable_index`.
 /// `size_gauge` is kept at the store file's size after each commit.
-pub fn spawn(backend: Backend, durable_index: u64, cpu: usize, size_gauge: Arc<AtomicU64>) -> std::io::Result<StoreLink> {
+pub fn spawn(
+    backend: Backend,
+    durable_index: u64,
+    cpu: usize,
+    size_gauge: Arc<AtomicU64>,
+) -> std::io::Result<StoreLink> {
     let (msgs, inbox) = crossbeam_channel::bounded::<WriterMsg>(JOBS_QUEUED_MAX);
     let durable = Arc::new(AtomicU64::new(durable_index));
     let failed = Arc::new(AtomicBool::new(false));
-    let sizes = Arc::new(Sizes { file_bytes: size_gauge, in_use_bytes: AtomicU64::new(0) });
+    let sizes = Arc::new(Sizes {
+        file_bytes: size_gauge,
+        in_use_bytes: AtomicU64::new(0),
+    });
     record_sizes(&backend, &sizes);
-    let link = StoreLink { msgs, durable_index: durable.clone(), failed: failed.clone(), sizes: sizes.clone() };
-    let mut writer = Writer { backend, inbox, durable, failed, sizes, pending: None, deferred: VecDeque::new(), images: 0 };
-    std::thread::Builder::new().name("store-writer".into()).spawn(move || {
-        let _ = crate::cores::pin_current_thread(cpu);
-        writer.run();
-    })?;
+    let link = StoreLink {
+        msgs,
+        durable_index: durable.clone(),
+        failed: failed.clone(),
+        sizes: sizes.clone(),
+    };
+    let mut writer = Writer {
+        backend,
+        inbox,
+        durable,
+        failed,
+        sizes,
+        pending: None,
+        deferred: VecDeque::new(),
+        images: 0,
+    };
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || {
+            let _ = crate::cores::pin_current_thread(cpu);
+            writer.run();
+        })?;
     Ok(link)
 }
 
 /// Removes what an interrupted defragmentation or snapshot left next to the store file
 /// `db` (called before the store is opened; nothing else uses these names).
 pub fn remove_leftovers(db: &Path) {
-    let (Some(dir), Some(name)) = (db.parent(), db.file_name().and_then(|n| n.to_str())) else { return };
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let (Some(dir), Some(name)) = (db.parent(), db.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let defrag = format!("{name}{DEFRAG_SUFFIX}");
     let snapshot = format!("{name}{SNAPSHOT_INFIX}");
     for entry in entries.flatten() {
@@ -146,7 +179,10 @@ pub fn remove_leftovers(db: &Path) {
         let Some(file) = file.to_str() else { continue };
         if file == defrag || file == format!("{defrag}.tmp") || file.starts_with(&snapshot) {
             match std::fs::remove_file(entry.path()) {
-                Ok(()) => log::info!("removed {}, left by an interrupted defragmentation or snapshot", entry.path().display()),
+                Ok(()) => log::info!(
+                    "removed {}, left by an interrupted defragmentation or snapshot",
+                    entry.path().display()
+                ),
                 Err(err) => log::warn!("cannot remove {}: {err}", entry.path().display()),
             }
         }
@@ -191,7 +227,11 @@ impl Writer {
                 }
             }
             let deadline = Instant::now() + interval;
-            while self.pending.as_ref().is_some_and(|p| p.changes.len() < COMMIT_CHANGES_MAX) {
+            while self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.changes.len() < COMMIT_CHANGES_MAX)
+            {
                 match self.inbox.recv_deadline(deadline) {
                     Ok(WriterMsg::Job(job)) => self.fold(job),
                     // Served once this batch is committed, in arrival order.
@@ -212,7 +252,10 @@ impl Writer {
         match &mut self.pending {
             None => self.pending = Some(next),
             Some(into) => {
-                debug_assert!(next.applied_index >= into.applied_index, "jobs arrive in log order");
+                debug_assert!(
+                    next.applied_index >= into.applied_index,
+                    "jobs arrive in log order"
+                );
                 into.changes.merge(next.changes);
                 into.applied_index = next.applied_index;
                 into.term = next.term;
@@ -223,14 +266,21 @@ impl Writer {
     /// Commits the folded changes, if any. False once the store has failed: like the WAL,
     /// after an I/O error it is not trusted with more writes.
     fn commit_pending(&mut self) -> bool {
-        let Some(pending) = self.pending.take() else { return true };
+        let Some(pending) = self.pending.take() else {
+            return true;
+        };
         let started = Instant::now();
-        if let Err(err) = self.backend.commit(&pending.changes, pending.applied_index, pending.term) {
+        if let Err(err) = self
+            .backend
+            .commit(&pending.changes, pending.applied_index, pending.term)
+        {
             log::error!("revision store commit failed: {err}; WAL segments are kept from now on");
             self.fail();
             return false;
         }
-        corekv_net::metrics::global().backend_commit_seconds.observe_duration(started.elapsed());
+        corekv_net::metrics::global()
+            .backend_commit_seconds
+            .observe_duration(started.elapsed());
         self.durable.store(pending.applied_index, Ordering::Release);
         record_sizes(&self.backend, &self.sizes);
         true
@@ -257,7 +307,12 @@ impl Writer {
                 spawn_helper("store-hash", move || {
                     let result = snap
                         .meta()
-                        .and_then(|meta| snap.hash().map(|hash| StoreHash { hash, revision: meta.revision }))
+                        .and_then(|meta| {
+                            snap.hash().map(|hash| StoreHash {
+                                hash,
+                                revision: meta.revision,
+                            })
+                        })
                         .map_err(|e| maintenance_failed("hash", e));
                     let _ = reply.send(result);
                 });
@@ -265,10 +320,15 @@ impl Writer {
             }
             MaintenanceOp::Snapshot { reply } => {
                 self.images += 1;
-                let path = sibling(self.backend.path(), &format!("{SNAPSHOT_INFIX}{}", self.images));
+                let path = sibling(
+                    self.backend.path(),
+                    &format!("{SNAPSHOT_INFIX}{}", self.images),
+                );
                 let snap = self.backend.snapshot();
                 spawn_helper("store-snapshot", move || {
-                    let _ = reply.send(write_image(snap, &path).map_err(|e| maintenance_failed("snapshot", e)));
+                    let _ = reply.send(
+                        write_image(snap, &path).map_err(|e| maintenance_failed("snapshot", e)),
+                    );
                 });
                 true
             }
@@ -277,7 +337,10 @@ impl Writer {
     }
 
     /// Online defragmentation (see the module docs). False once the store has failed.
-    fn defragment(&mut self, reply: tokio::sync::oneshot::Sender<Result<DefragOutcome, KvError>>) -> bool {
+    fn defragment(
+        &mut self,
+        reply: tokio::sync::oneshot::Sender<Result<DefragOutcome, KvError>>,
+    ) -> bool {
         let started = Instant::now();
         let before = self.backend.size_bytes();
         let db = self.backend.path().to_path_buf();
@@ -288,7 +351,11 @@ impl Writer {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let target = copy.clone();
         spawn_helper("store-defrag", move || {
-            let _ = done_tx.send(snap.compact_to(&target).map(|_| ()).map_err(|e| e.to_string()));
+            let _ = done_tx.send(
+                snap.compact_to(&target)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            );
         });
         // Keep taking batches (folded, not committed) until the copy is written.
         let copied = loop {
@@ -313,7 +380,10 @@ impl Writer {
                     "defragmented the revision store in {:?}: {before} -> {after} bytes",
                     started.elapsed()
                 );
-                let _ = reply.send(Ok(DefragOutcome { size_before_bytes: before, size_after_bytes: after }));
+                let _ = reply.send(Ok(DefragOutcome {
+                    size_before_bytes: before,
+                    size_after_bytes: after,
+                }));
                 true
             }
             Err(Install::Abandoned(err)) => {
@@ -336,13 +406,23 @@ impl Writer {
         {
             let mut fresh = Backend::open(copy).map_err(|e| Install::Abandoned(e.to_string()))?;
             if let Some(p) = &self.pending {
-                fresh.commit(&p.changes, p.applied_index, p.term).map_err(|e| Install::Abandoned(e.to_string()))?;
+                fresh
+                    .commit(&p.changes, p.applied_index, p.term)
+                    .map_err(|e| Install::Abandoned(e.to_string()))?;
             }
         }
-        std::fs::rename(copy, db).map_err(|e| Install::Abandoned(format!("rename {} -> {}: {e}", copy.display(), db.display())))?;
+        std::fs::rename(copy, db).map_err(|e| {
+            Install::Abandoned(format!(
+                "rename {} -> {}: {e}",
+                copy.display(),
+                db.display()
+            ))
+        })?;
         // The file at `db` is the copy from here on: the old one must not take commits.
-        sync_dir(db).map_err(|e| Install::Failed(format!("fsync of {}'s directory: {e}", db.display())))?;
-        self.backend = Backend::open(db).map_err(|e| Install::Failed(format!("reopening {}: {e}", db.display())))?;
+        sync_dir(db)
+            .map_err(|e| Install::Failed(format!("fsync of {}'s directory: {e}", db.display())))?;
+        self.backend = Backend::open(db)
+            .map_err(|e| Install::Failed(format!("reopening {}: {e}", db.display())))?;
         if let Some(p) = self.pending.take() {
             self.durable.store(p.applied_index, Ordering::Release);
         }
@@ -375,7 +455,11 @@ fn write_image(snap: Snapshot, path: &Path) -> Result<SnapshotImage, String> {
     };
     let file = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()));
     let _ = std::fs::remove_file(path);
-    Ok(SnapshotImage { file: file?, size_bytes: stats.page_count * PAGE_SIZE as u64, revision })
+    Ok(SnapshotImage {
+        file: file?,
+        size_bytes: stats.page_count * PAGE_SIZE as u64,
+        revision,
+    })
 }
 
 fn spawn_helper(name: &str, work: impl FnOnce() + Send + 'static) {
@@ -408,8 +492,12 @@ fn sync_dir(file: &Path) -> std::io::Result<()> {
 }
 
 fn record_sizes(backend: &Backend, sizes: &Sizes) {
-    sizes.file_bytes.store(backend.size_bytes(), Ordering::Release);
-    sizes.in_use_bytes.store(backend.size_in_use_bytes(), Ordering::Release);
+    sizes
+        .file_bytes
+        .store(backend.size_bytes(), Ordering::Release);
+    sizes
+        .in_use_bytes
+        .store(backend.size_in_use_bytes(), Ordering::Release);
 }
 
 #[cfg(test)]
@@ -420,12 +508,23 @@ mod tests {
     fn leftovers_are_removed_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("db");
-        for name in ["db", "db.defrag", "db.defrag.tmp", "db.snapshot.1", "db.snapshot.7.tmp", "db.tmp", "dbx.defrag", "other"] {
+        for name in [
+            "db",
+            "db.defrag",
+            "db.defrag.tmp",
+            "db.snapshot.1",
+            "db.snapshot.7.tmp",
+            "db.tmp",
+            "dbx.defrag",
+            "other",
+        ] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
         remove_leftovers(&db);
-        let mut left: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         left.sort();
         assert_eq!(left, ["db", "db.tmp", "dbx.defrag", "other"]);
     }

@@ -108,7 +108,9 @@ impl Outlet {
     /// Sends queued control responses; true when none is left.
     fn flush_control(&mut self) -> Result<bool, Closed> {
         while self.responses.has_room() {
-            let Some(front) = self.control.pop_front() else { return Ok(true) };
+            let Some(front) = self.control.pop_front() else {
+                return Ok(true);
+            };
             self.responses.send(front).map_err(|_| Closed)?;
         }
         Ok(self.control.is_empty())
@@ -192,7 +194,14 @@ pub struct WatchHub {
 impl WatchHub {
     /// An empty hub reading history from `view`.
     pub fn new(view: ReadView, facts: HeaderFacts) -> WatchHub {
-        WatchHub { streams: HashMap::new(), view, facts, unsynced: 0, catch_up_cursor: 0, reported: (0, 0, 0) }
+        WatchHub {
+            streams: HashMap::new(),
+            view,
+            facts,
+            unsynced: 0,
+            catch_up_cursor: 0,
+            reported: (0, 0, 0),
+        }
     }
 
     /// Number of watchers on this core.
@@ -208,8 +217,15 @@ impl WatchHub {
 
     /// A new stream; its responses go to `responses` (bounded).
     pub fn open(&mut self, stream_id: u64, responses: WatchSender) {
-        let outlet = Outlet { responses, control: VecDeque::new() };
-        let stream = Stream { outlet, watchers: BTreeMap::new(), next_auto_id: 0 };
+        let outlet = Outlet {
+            responses,
+            control: VecDeque::new(),
+        };
+        let stream = Stream {
+            outlet,
+            watchers: BTreeMap::new(),
+            next_auto_id: 0,
+        };
         self.streams.insert(stream_id, stream);
     }
 
@@ -236,7 +252,9 @@ impl WatchHub {
                 };
                 self.create(stream_id, create, now_ms)
             }
-            Some(PbWatchRequestUnion::CancelRequest(cancel)) => self.cancel(stream_id, cancel.watch_id),
+            Some(PbWatchRequestUnion::CancelRequest(cancel)) => {
+                self.cancel(stream_id, cancel.watch_id)
+            }
             Some(PbWatchRequestUnion::ProgressRequest(_)) => self.progress(stream_id),
             None => Ok(()),
         };
@@ -246,14 +264,25 @@ impl WatchHub {
     }
 
     fn header(&self, revision: i64) -> Option<PbResponseHeader> {
-        Some(PbResponseHeader { revision, raft_term: self.facts.raft_term, ..Default::default() })
+        Some(PbResponseHeader {
+            revision,
+            raft_term: self.facts.raft_term,
+            ..Default::default()
+        })
     }
 
     /// Creates a watcher (etcd's created response, or created+canceled if refused).
-    pub fn create(&mut self, stream_id: u64, create: WatchCreate, now_ms: u64) -> Result<(), Closed> {
+    pub fn create(
+        &mut self,
+        stream_id: u64,
+        create: WatchCreate,
+        now_ms: u64,
+    ) -> Result<(), Closed> {
         let current = self.view.revision();
         let header = self.header(current);
-        let Some(stream) = self.streams.get_mut(&stream_id) else { return Ok(()) };
+        let Some(stream) = self.streams.get_mut(&stream_id) else {
+            return Ok(());
+        };
         let refused = |reason: &str| PbWatchResponse {
             header: header,
             watch_id: -1,
@@ -271,8 +300,16 @@ impl WatchHub {
         if stream.watchers.len() >= STREAM_WATCHERS_MAX {
             return Err(Closed);
         }
-        let id = if create.watch_id != 0 { create.watch_id } else { stream.auto_id() };
-        let start = if create.start_revision == 0 { current + 1 } else { create.start_revision };
+        let id = if create.watch_id != 0 {
+            create.watch_id
+        } else {
+            stream.auto_id()
+        };
+        let start = if create.start_revision == 0 {
+            current + 1
+        } else {
+            create.start_revision
+        };
         let watcher = Watcher {
             keys,
             no_put: create.filters.contains(&FILTER_NO_PUT),
@@ -288,7 +325,12 @@ impl WatchHub {
             self.unsynced += 1;
         }
         stream.watchers.insert(id, watcher);
-        stream.outlet.control(PbWatchResponse { header, watch_id: id, created: true, ..Default::default() })?;
+        stream.outlet.control(PbWatchResponse {
+            header,
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        })?;
         // A new watcher starting in the past gets its first chunk at once.
         self.catch_up_stream(stream_id, now_ms, 16);
         Ok(())
@@ -296,20 +338,35 @@ impl WatchHub {
 
     fn cancel(&mut self, stream_id: u64, watch_id: i64) -> Result<(), Closed> {
         let header = self.header(self.view.revision());
-        let Some(stream) = self.streams.get_mut(&stream_id) else { return Ok(()) };
+        let Some(stream) = self.streams.get_mut(&stream_id) else {
+            return Ok(());
+        };
         // etcd answers nothing for an unknown id.
-        let Some(watcher) = stream.watchers.remove(&watch_id) else { return Ok(()) };
+        let Some(watcher) = stream.watchers.remove(&watch_id) else {
+            return Ok(());
+        };
         if !watcher.synced {
             self.unsynced -= 1;
         }
-        stream.outlet.control(PbWatchResponse { header, watch_id, canceled: true, ..Default::default() })
+        stream.outlet.control(PbWatchResponse {
+            header,
+            watch_id,
+            canceled: true,
+            ..Default::default()
+        })
     }
 
     /// etcd 3.4 answers a progress request with the current revision and watch id -1.
     fn progress(&mut self, stream_id: u64) -> Result<(), Closed> {
         let header = self.header(self.view.revision());
-        let Some(stream) = self.streams.get_mut(&stream_id) else { return Ok(()) };
-        stream.outlet.control(PbWatchResponse { header, watch_id: -1, ..Default::default() })
+        let Some(stream) = self.streams.get_mut(&stream_id) else {
+            return Ok(());
+        };
+        stream.outlet.control(PbWatchResponse {
+            header,
+            watch_id: -1,
+            ..Default::default()
+        })
     }
 
     /// A new published view and the events that lead to it, in revision order.
@@ -324,7 +381,10 @@ impl WatchHub {
             for (id, watcher) in stream.watchers.iter_mut().filter(|(_, w)| w.synced) {
                 // A watcher created with a future start revision skips what precedes it.
                 let from = watcher.next_revision;
-                let mine: Vec<&Event> = events.iter().filter(|e| e.kv.mod_revision >= from && watcher.wants(e)).collect();
+                let mine: Vec<&Event> = events
+                    .iter()
+                    .filter(|e| e.kv.mod_revision >= from && watcher.wants(e))
+                    .collect();
                 if mine.is_empty() {
                     watcher.next_revision = from.max(revision + 1);
                     continue;
@@ -366,9 +426,14 @@ impl WatchHub {
                 continue;
             }
             for (id, watcher) in stream.watchers.iter_mut() {
-                let idle = now_ms.saturating_sub(watcher.last_sent_ms) >= PROGRESS_NOTIFY_INTERVAL_MS;
+                let idle =
+                    now_ms.saturating_sub(watcher.last_sent_ms) >= PROGRESS_NOTIFY_INTERVAL_MS;
                 if watcher.progress_notify && watcher.synced && idle {
-                    let notice = PbWatchResponse { header: header, watch_id: *id, ..Default::default() };
+                    let notice = PbWatchResponse {
+                        header: header,
+                        watch_id: *id,
+                        ..Default::default()
+                    };
                     if let Ok(true) = stream.outlet.send_events(vec![notice]) {
                         watcher.last_sent_ms = now_ms;
                     }
@@ -384,11 +449,24 @@ impl WatchHub {
 
     /// Adds this core's change in watcher counts to the process-wide gauges.
     fn report_metrics(&mut self) {
-        let now = (self.streams.len() as i64, self.watchers() as i64, self.unsynced as i64);
+        let now = (
+            self.streams.len() as i64,
+            self.watchers() as i64,
+            self.unsynced as i64,
+        );
         let m = corekv_net::metrics::global();
-        m.watch_streams.fetch_add(now.0 - self.reported.0, std::sync::atomic::Ordering::Relaxed);
-        m.watchers.fetch_add(now.1 - self.reported.1, std::sync::atomic::Ordering::Relaxed);
-        m.slow_watchers.fetch_add(now.2 - self.reported.2, std::sync::atomic::Ordering::Relaxed);
+        m.watch_streams.fetch_add(
+            now.0 - self.reported.0,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.watchers.fetch_add(
+            now.1 - self.reported.1,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.slow_watchers.fetch_add(
+            now.2 - self.reported.2,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.reported = now;
     }
 
@@ -417,12 +495,19 @@ impl WatchHub {
     fn catch_up_stream(&mut self, stream_id: u64, now_ms: u64, budget: usize) -> usize {
         let current = self.view.revision();
         let compacted = self.view.compact_revision();
-        let Some(stream) = self.streams.get_mut(&stream_id) else { return 0 };
+        let Some(stream) = self.streams.get_mut(&stream_id) else {
+            return 0;
+        };
         let mut became_synced = 0;
         let mut visited = 0;
         let mut result = Ok(());
         let mut cancelled = Vec::new();
-        for (id, watcher) in stream.watchers.iter_mut().filter(|(_, w)| !w.synced).take(budget) {
+        for (id, watcher) in stream
+            .watchers
+            .iter_mut()
+            .filter(|(_, w)| !w.synced)
+            .take(budget)
+        {
             // Reading history for a stream that cannot take the answer would be wasted work.
             if !stream.outlet.has_room() {
                 break;
@@ -440,7 +525,11 @@ impl WatchHub {
                 Err(_) => continue,
             };
             let mine: Vec<&Event> = events.iter().filter(|e| watcher.wants(e)).collect();
-            let responses = if mine.is_empty() { Vec::new() } else { event_responses(*id, watcher, &mine, current, &self.facts) };
+            let responses = if mine.is_empty() {
+                Vec::new()
+            } else {
+                event_responses(*id, watcher, &mine, current, &self.facts)
+            };
             match stream.outlet.send_events(responses) {
                 Ok(true) => {
                     watcher.next_revision = up_to + 1;
@@ -460,12 +549,22 @@ impl WatchHub {
             }
         }
         self.unsynced -= became_synced;
-        let header = Some(PbResponseHeader { revision: current, raft_term: self.facts.raft_term, ..Default::default() });
+        let header = Some(PbResponseHeader {
+            revision: current,
+            raft_term: self.facts.raft_term,
+            ..Default::default()
+        });
         for id in cancelled {
             stream.watchers.remove(&id);
             self.unsynced -= 1;
             // etcd: the watcher is cancelled with the compacted revision it fell behind.
-            let notice = PbWatchResponse { header: header, watch_id: id, canceled: true, compact_revision: compacted, ..Default::default() };
+            let notice = PbWatchResponse {
+                header: header,
+                watch_id: id,
+                canceled: true,
+                compact_revision: compacted,
+                ..Default::default()
+            };
             if stream.outlet.control(notice).is_err() {
                 result = Err(Closed);
             }
@@ -499,19 +598,38 @@ fn event_responses(
     revision: i64,
     facts: &HeaderFacts,
 ) -> Vec<PbWatchResponse> {
-    let header = Some(PbResponseHeader { revision, raft_term: facts.raft_term, ..Default::default() });
+    let header = Some(PbResponseHeader {
+        revision,
+        raft_term: facts.raft_term,
+        ..Default::default()
+    });
     let pb: Vec<_> = events.iter().map(|e| e.to_pb(watcher.prev_kv)).collect();
-    let whole = PbWatchResponse { header: header, watch_id, events: pb, ..Default::default() };
+    let whole = PbWatchResponse {
+        header: header,
+        watch_id,
+        events: pb,
+        ..Default::default()
+    };
     if !watcher.fragment || whole.encoded_len() <= facts.fragment_bytes_max {
         return vec![whole];
     }
     let mut fragments = Vec::new();
-    let mut current = PbWatchResponse { header: header, watch_id, fragment: true, ..Default::default() };
+    let mut current = PbWatchResponse {
+        header: header,
+        watch_id,
+        fragment: true,
+        ..Default::default()
+    };
     let mut size = 0;
     for event in whole.events {
         let event_size = event.encoded_len() + 8;
         if !current.events.is_empty() && size + event_size > facts.fragment_bytes_max {
-            let next = PbWatchResponse { header: header, watch_id, fragment: true, ..Default::default() };
+            let next = PbWatchResponse {
+                header: header,
+                watch_id,
+                fragment: true,
+                ..Default::default()
+            };
             fragments.push(std::mem::replace(&mut current, next));
             size = 0;
         }
@@ -528,10 +646,13 @@ mod tests {
     use super::*;
     use corekv_engine::mvcc::{CommandResponse, Store};
     use corekv_engine::pb::{PbCompactionRequest, PbPutRequest};
-    use corekv_net::shard_api::{watch_channel, WatchReceiver};
     use corekv_engine::request::Command;
+    use corekv_net::shard_api::{watch_channel, WatchReceiver};
 
-    const FACTS: HeaderFacts = HeaderFacts { raft_term: 1, fragment_bytes_max: 1 << 20 };
+    const FACTS: HeaderFacts = HeaderFacts {
+        raft_term: 1,
+        fragment_bytes_max: 1 << 20,
+    };
 
     struct Harness {
         store: Store,
@@ -543,7 +664,11 @@ mod tests {
         fn new() -> Harness {
             let store = Store::new();
             let hub = WatchHub::new(store.view(), FACTS);
-            Harness { store, hub, now_ms: 0 }
+            Harness {
+                store,
+                hub,
+                now_ms: 0,
+            }
         }
 
         /// A stream whose queue holds about `queue` small responses.
@@ -566,16 +691,33 @@ mod tests {
 
         /// Applies writes one publication each.
         fn put(&mut self, key: &str, value: &str) {
-            let cmd = Command::Put(PbPutRequest { key: key.into(), value: value.into(), ..Default::default() });
+            let cmd = Command::Put(PbPutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            });
             let applied = self.store.apply(&cmd).unwrap();
             assert!(matches!(applied.response, CommandResponse::Put(_)));
-            self.hub.publish(self.store.view(), 1, &applied.events, self.now_ms);
+            self.hub
+                .publish(self.store.view(), 1, &applied.events, self.now_ms);
         }
     }
 
     /// (watch id, revisions of events) of every non-control response.
     fn drain(rx: &WatchReceiver) -> Vec<(i64, Vec<i64>)> {
-        rx.drain().into_iter().filter(|r| !r.created && !r.canceled).map(|r| (r.watch_id, r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect())).collect()
+        rx.drain()
+            .into_iter()
+            .filter(|r| !r.created && !r.canceled)
+            .map(|r| {
+                (
+                    r.watch_id,
+                    r.events
+                        .iter()
+                        .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                        .collect(),
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -585,7 +727,13 @@ mod tests {
         h.create(1, "a", "", 0);
         h.create(1, "a", "b", 0);
         let created: Vec<PbWatchResponse> = rx.drain();
-        assert_eq!(created.iter().map(|r| (r.watch_id, r.created, r.header.as_ref().unwrap().revision)).collect::<Vec<_>>(), vec![(0, true, 1), (1, true, 1)]);
+        assert_eq!(
+            created
+                .iter()
+                .map(|r| (r.watch_id, r.created, r.header.as_ref().unwrap().revision))
+                .collect::<Vec<_>>(),
+            vec![(0, true, 1), (1, true, 1)]
+        );
         h.put("a", "1");
         h.put("ab", "1");
         h.put("b", "1");
@@ -623,7 +771,11 @@ mod tests {
             h.now_ms += 50;
             h.hub.tick(h.now_ms);
         }
-        assert_eq!(got, (2..=201).collect::<Vec<i64>>(), "every event once, in order");
+        assert_eq!(
+            got,
+            (2..=201).collect::<Vec<i64>>(),
+            "every event once, in order"
+        );
         assert_eq!(h.hub.unsynced, 0);
     }
 
@@ -633,7 +785,12 @@ mod tests {
         for i in 0..5 {
             h.put("k", &i.to_string());
         }
-        h.store.apply(&Command::Compact(PbCompactionRequest { revision: 4, physical: false })).unwrap();
+        h.store
+            .apply(&Command::Compact(PbCompactionRequest {
+                revision: 4,
+                physical: false,
+            }))
+            .unwrap();
         h.hub.publish(h.store.view(), 1, &[], 0);
         let rx = h.open(1, 64);
         h.create(1, "k", "", 2);
@@ -649,14 +806,25 @@ mod tests {
     fn duplicate_id_and_empty_range_are_refused_like_etcd() {
         let mut h = Harness::new();
         let rx = h.open(1, 64);
-        let create = |id: i64, key: &str, end: &str| WatchCreate { key: key.into(), range_end: end.into(), watch_id: id, ..Default::default() };
+        let create = |id: i64, key: &str, end: &str| WatchCreate {
+            key: key.into(),
+            range_end: end.into(),
+            watch_id: id,
+            ..Default::default()
+        };
         for spec in [create(7, "a", ""), create(7, "a", ""), create(0, "b", "a")] {
             assert!(h.hub.create(1, spec, 0).is_ok());
         }
         let r: Vec<PbWatchResponse> = rx.drain();
         assert_eq!((r[0].watch_id, r[0].canceled), (7, false));
-        assert_eq!((r[1].watch_id, r[1].canceled, r[1].cancel_reason.as_str()), (-1, true, ERR_DUPLICATE_ID));
-        assert_eq!((r[2].watch_id, r[2].canceled, r[2].cancel_reason.as_str()), (-1, true, ERR_EMPTY_RANGE));
+        assert_eq!(
+            (r[1].watch_id, r[1].canceled, r[1].cancel_reason.as_str()),
+            (-1, true, ERR_DUPLICATE_ID)
+        );
+        assert_eq!(
+            (r[2].watch_id, r[2].canceled, r[2].cancel_reason.as_str()),
+            (-1, true, ERR_EMPTY_RANGE)
+        );
     }
 
     #[test]
@@ -687,13 +855,29 @@ mod tests {
         let mut h = Harness::new();
         h.hub.facts.fragment_bytes_max = 1000;
         let rx = h.open(1, 64);
-        let create = WatchCreate { key: b"k".to_vec(), range_end: b"\0".to_vec(), fragment: true, ..Default::default() };
+        let create = WatchCreate {
+            key: b"k".to_vec(),
+            range_end: b"\0".to_vec(),
+            fragment: true,
+            ..Default::default()
+        };
         assert!(h.hub.create(1, create, 0).is_ok());
         let _ = rx.drain();
-        let puts: Vec<_> = (0..10).map(|i| corekv_engine::pb::PbTxnRequestOp {
-            request: Some(corekv_engine::pb::PbTxnOpRequest::RequestPut(PbPutRequest { key: format!("k{i}").into(), value: vec![b'x'; 300], ..Default::default() })),
-        }).collect();
-        let txn = corekv_engine::pb::PbTxnRequest { success: puts, ..Default::default() };
+        let puts: Vec<_> = (0..10)
+            .map(|i| corekv_engine::pb::PbTxnRequestOp {
+                request: Some(corekv_engine::pb::PbTxnOpRequest::RequestPut(
+                    PbPutRequest {
+                        key: format!("k{i}").into(),
+                        value: vec![b'x'; 300],
+                        ..Default::default()
+                    },
+                )),
+            })
+            .collect();
+        let txn = corekv_engine::pb::PbTxnRequest {
+            success: puts,
+            ..Default::default()
+        };
         let applied = h.store.apply(&Command::Txn(txn)).unwrap();
         h.hub.publish(h.store.view(), 1, &applied.events, 0);
         let responses: Vec<PbWatchResponse> = rx.drain();

@@ -227,7 +227,8 @@ impl Default for Opts {
 }
 
 fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse::<T>().map_err(|_| format!("{flag}: invalid number {v:?}"))
+    v.parse::<T>()
+        .map_err(|_| format!("{flag}: invalid number {v:?}"))
 }
 
 fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
@@ -285,7 +286,12 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
         let n = name.as_str();
         match n {
             "--endpoints" => {
-                o.endpoints = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                o.endpoints = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
                 if o.endpoints.is_empty() {
                     return Err("--endpoints: empty".into());
                 }
@@ -323,7 +329,11 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
                 o.key_encoding = match v.as_str() {
                     "decimal" => KeyEncoding::Decimal,
                     "binary" => KeyEncoding::Binary,
-                    _ => return Err(format!("--key-encoding: expected decimal or binary, got {v:?}")),
+                    _ => {
+                        return Err(format!(
+                            "--key-encoding: expected decimal or binary, got {v:?}"
+                        ))
+                    }
                 }
             }
             "--key" => {
@@ -349,7 +359,8 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
             _ => return Err(format!("unknown flag {name}")),
         }
     }
-    o.command = command.ok_or("no command given (put, range, txn-put, watch-latency, watch or fsync-floor)")?;
+    o.command = command
+        .ok_or("no command given (put, range, txn-put, watch-latency, watch or fsync-floor)")?;
     validate(&mut o)?;
     Ok(Some(o))
 }
@@ -366,17 +377,27 @@ fn validate_watch(o: &mut Opts) -> Result<(), String> {
         o.key = "/corekv-bench/watch/".into();
     }
     if o.duration.is_some() {
-        return Err(format!("{} runs --total puts; --duration is not supported", o.command.name()));
+        return Err(format!(
+            "{} runs --total puts; --duration is not supported",
+            o.command.name()
+        ));
     }
     if o.watchers == 0 {
         return Err("--watchers must be > 0".into());
     }
     if o.streams == 0 {
-        o.streams = if o.command == Command::WatchLatency { o.watchers } else { o.conns.max(1) };
+        o.streams = if o.command == Command::WatchLatency {
+            o.watchers
+        } else {
+            o.conns.max(1)
+        };
     }
     o.streams = o.streams.min(o.watchers);
     if o.val_size < watch::SEQ_DIGITS {
-        return Err(format!("--val-size must be >= {} for watch commands (values carry the put's number)", watch::SEQ_DIGITS));
+        return Err(format!(
+            "--val-size must be >= {} for watch commands (values carry the put's number)",
+            watch::SEQ_DIGITS
+        ));
     }
     if o.key.is_empty() {
         return Err("--key must not be empty for watch commands".into());
@@ -511,7 +532,9 @@ fn random_value(size: usize) -> Vec<u8> {
     // Printable, incompressible-enough bytes, like etcd's benchmark random values.
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut rng = Rng::seeded(0x5eed);
-    (0..size).map(|_| ALPHABET[rng.below(ALPHABET.len() as u64) as usize]).collect()
+    (0..size)
+        .map(|_| ALPHABET[rng.below(ALPHABET.len() as u64) as usize])
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -557,7 +580,12 @@ impl Workload {
     }
 
     /// Issues request number `seq` of this workload.
-    async fn issue(&self, kv: &mut KvClient, seq: u64, rng: &mut Rng) -> Result<(), etcd_client::Error> {
+    async fn issue(
+        &self,
+        kv: &mut KvClient,
+        seq: u64,
+        rng: &mut Rng,
+    ) -> Result<(), etcd_client::Error> {
         match self.command {
             Command::Put => {
                 let key = encode_key(self.key_index(seq, rng), self.key_size, self.encoding);
@@ -592,7 +620,13 @@ impl Workload {
                 }
                 let ops: Vec<TxnOp> = idxs
                     .into_iter()
-                    .map(|i| TxnOp::put(encode_key(i, self.key_size, self.encoding), self.value.clone(), None))
+                    .map(|i| {
+                        TxnOp::put(
+                            encode_key(i, self.key_size, self.encoding),
+                            self.value.clone(),
+                            None,
+                        )
+                    })
                     .collect();
                 kv.txn(Txn::new().and_then(ops)).await?;
             }
@@ -693,7 +727,8 @@ impl Tally {
 
     fn record(&mut self, latency: Duration) {
         let us = latency.as_nanos() as f64 / 1000.0;
-        self.hist.saturating_record((us.round() as u64).clamp(1, LATENCY_US_MAX));
+        self.hist
+            .saturating_record((us.round() as u64).clamp(1, LATENCY_US_MAX));
         self.ok += 1;
         self.sum_us += us;
         self.sum_sq_us += us * us;
@@ -767,7 +802,14 @@ async fn run_phase(
     let mut handles = Vec::with_capacity(clients);
     for id in 0..clients {
         let kv = kvs[id % kvs.len()].clone();
-        handles.push(tokio::spawn(client_loop(id, kv, work.clone(), phase.clone(), record, label)));
+        handles.push(tokio::spawn(client_loop(
+            id,
+            kv,
+            work.clone(),
+            phase.clone(),
+            record,
+            label,
+        )));
     }
     let mut all = Tally::new();
     for h in handles {
@@ -824,8 +866,15 @@ async fn prefill(o: &Opts, kvs: &[KvClient]) -> Result<(), String> {
         ..Workload::from_opts(o)
     });
     let clients = o.clients.min(o.prefill as usize).max(1);
-    let (tally, _, first) =
-        run_phase(kvs, clients, work.clone(), Phase::new(Some(o.prefill), None, 0.0), false, "prefill").await;
+    let (tally, _, first) = run_phase(
+        kvs,
+        clients,
+        work.clone(),
+        Phase::new(Some(o.prefill), None, 0.0),
+        false,
+        "prefill",
+    )
+    .await;
     if tally.errors > 0 {
         return Err(format!(
             "prefill: {} of {} puts failed; first: {}",
@@ -876,10 +925,20 @@ async fn bench(o: Opts) -> Result<Report, String> {
             );
         }
     }
-    let total = if o.duration.is_some() { None } else { Some(o.total) };
+    let total = if o.duration.is_some() {
+        None
+    } else {
+        Some(o.total)
+    };
     let phase = Phase::new(total, o.duration, o.rate);
-    let (tally, elapsed, first_error) = run_phase(&kvs, o.clients, work, phase, true, o.command.name()).await;
-    Ok(Report { tally, elapsed, first_error, warmup_errors })
+    let (tally, elapsed, first_error) =
+        run_phase(&kvs, o.clients, work, phase, true, o.command.name()).await;
+    Ok(Report {
+        tally,
+        elapsed,
+        first_error,
+        warmup_errors,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -910,7 +969,14 @@ fn stats(r: &Report) -> Stats {
     let n = t.ok as f64;
     let secs = r.elapsed.as_secs_f64();
     if t.ok == 0 {
-        return Stats { min_ms: 0.0, mean_ms: 0.0, stddev_ms: 0.0, max_ms: 0.0, pct_ms: vec![0.0; PERCENTILES.len()], rps: 0.0 };
+        return Stats {
+            min_ms: 0.0,
+            mean_ms: 0.0,
+            stddev_ms: 0.0,
+            max_ms: 0.0,
+            pct_ms: vec![0.0; PERCENTILES.len()],
+            rps: 0.0,
+        };
     }
     let mean = t.sum_us / n;
     let var = (t.sum_sq_us / n - mean * mean).max(0.0);
@@ -969,7 +1035,10 @@ fn print_json(o: &Opts, r: &Report) {
             }
         }
         Command::Range => {
-            m.insert("consistency".into(), (if o.serializable { "s" } else { "l" }).into());
+            m.insert(
+                "consistency".into(),
+                (if o.serializable { "s" } else { "l" }).into(),
+            );
             m.insert("key".into(), o.key.clone().into());
             m.insert("end".into(), o.end.clone().into());
             m.insert("limit".into(), o.limit.into());
@@ -991,23 +1060,45 @@ fn print_text(o: &Opts, r: &Report) {
         Command::Range => format!(
             "range {:?}{} ({}{}{})",
             o.key,
-            o.end.as_ref().map(|e| format!("..{e:?}")).unwrap_or_default(),
-            if o.serializable { "serializable" } else { "linearizable" },
-            if o.limit > 0 { format!(", limit {}", o.limit) } else { String::new() },
-            if o.prefill > 0 { format!(", {} keys prefilled", o.prefill) } else { String::new() },
+            o.end
+                .as_ref()
+                .map(|e| format!("..{e:?}"))
+                .unwrap_or_default(),
+            if o.serializable {
+                "serializable"
+            } else {
+                "linearizable"
+            },
+            if o.limit > 0 {
+                format!(", limit {}", o.limit)
+            } else {
+                String::new()
+            },
+            if o.prefill > 0 {
+                format!(", {} keys prefilled", o.prefill)
+            } else {
+                String::new()
+            },
         ),
         Command::TxnPut => format!(
             "txn-put {} ops/txn, key {} B, value {} B, key space {}",
             o.txn_ops, o.key_size, o.val_size, o.key_space_size
         ),
-        _ => format!("put key {} B, value {} B, key space {}", o.key_size, o.val_size, o.key_space_size),
+        _ => format!(
+            "put key {} B, value {} B, key space {}",
+            o.key_size, o.val_size, o.key_space_size
+        ),
     };
     let _ = writeln!(
         out,
         "{what}: {} conns, {} clients, {bound}{} -> {}\n",
         o.conns,
         o.clients,
-        if o.rate > 0.0 { format!(", rate {}/s", o.rate) } else { String::new() },
+        if o.rate > 0.0 {
+            format!(", rate {}/s", o.rate)
+        } else {
+            String::new()
+        },
         o.endpoints.join(",")
     );
     let _ = writeln!(out, "Summary:");
@@ -1025,7 +1116,11 @@ fn print_text(o: &Opts, r: &Report) {
             let _ = writeln!(out, "  {label} in {v:.4} ms.");
         }
     }
-    let _ = writeln!(out, "\nRequests: {} ok, {} errors", r.tally.ok, r.tally.errors);
+    let _ = writeln!(
+        out,
+        "\nRequests: {} ok, {} errors",
+        r.tally.ok, r.tally.errors
+    );
     if let Some(e) = &r.first_error {
         let _ = writeln!(out, "First error: {e}");
     }
@@ -1067,12 +1162,18 @@ fn histogram_text(h: &Histogram<u64>) -> String {
 
 /// Filesystem type of the mount holding `dir` (longest matching mount point).
 fn fs_type(dir: &std::path::Path) -> String {
-    let Ok(abs) = std::fs::canonicalize(dir) else { return "?".into() };
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return "?".into() };
+    let Ok(abs) = std::fs::canonicalize(dir) else {
+        return "?".into();
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return "?".into();
+    };
     let mut best: Option<(usize, String)> = None;
     for line in mounts.lines() {
         let mut f = line.split_whitespace();
-        let (Some(_dev), Some(mnt), Some(ty)) = (f.next(), f.next(), f.next()) else { continue };
+        let (Some(_dev), Some(mnt), Some(ty)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
         let mnt = mnt.replace("\\040", " ");
         let longer = match &best {
             Some((l, _)) => mnt.len() >= *l,
@@ -1087,7 +1188,10 @@ fn fs_type(dir: &std::path::Path) -> String {
 
 fn fsync_floor(o: &Opts) -> Result<(), String> {
     let dir = std::path::PathBuf::from(o.dir.as_deref().expect("validated"));
-    let path = dir.join(format!(".corekv-bench-fsync-floor.{}.tmp", std::process::id()));
+    let path = dir.join(format!(
+        ".corekv-bench-fsync-floor.{}.tmp",
+        std::process::id()
+    ));
     let result = fsync_floor_in(o, &dir, &path);
     let _ = std::fs::remove_file(&path);
     result
@@ -1108,7 +1212,8 @@ fn fsync_floor_in(o: &Opts, dir: &std::path::Path, path: &std::path::Path) -> Re
     let mut left = len;
     while left > 0 {
         let n = left.min(chunk.len() as u64) as usize;
-        file.write_all(&chunk[..n]).map_err(|e| io("preallocate", e))?;
+        file.write_all(&chunk[..n])
+            .map_err(|e| io("preallocate", e))?;
         left -= n as u64;
     }
     file.sync_all().map_err(|e| io("sync", e))?;
@@ -1117,12 +1222,18 @@ fn fsync_floor_in(o: &Opts, dir: &std::path::Path, path: &std::path::Path) -> Re
     let started = Instant::now();
     for i in 0..o.count {
         let t0 = Instant::now();
-        file.write_all_at(&record, i * o.size as u64).map_err(|e| io("write", e))?;
+        file.write_all_at(&record, i * o.size as u64)
+            .map_err(|e| io("write", e))?;
         file.sync_data().map_err(|e| io("fdatasync", e))?;
         tally.record(t0.elapsed());
     }
     let elapsed = started.elapsed();
-    let r = Report { tally, elapsed, first_error: None, warmup_errors: 0 };
+    let r = Report {
+        tally,
+        elapsed,
+        first_error: None,
+        warmup_errors: 0,
+    };
     let s = stats(&r);
     let fs = fs_type(dir);
     if o.json {
@@ -1219,7 +1330,9 @@ fn main() {
         .build()
         .unwrap_or_else(|e| fail(format!("cannot start tokio runtime: {e}")));
     if matches!(opts.command, Command::WatchLatency | Command::Watch) {
-        let report = runtime.block_on(watch::bench(opts.clone())).unwrap_or_else(|e| fail(e));
+        let report = runtime
+            .block_on(watch::bench(opts.clone()))
+            .unwrap_or_else(|e| fail(e));
         if opts.json {
             watch::print_json(&opts, &report);
         } else {
@@ -1230,7 +1343,9 @@ fn main() {
         // Stream tasks may still hold connections; do not wait for them.
         std::process::exit(if report.passed() { 0 } else { 1 });
     }
-    let report = runtime.block_on(bench(opts.clone())).unwrap_or_else(|e| fail(e));
+    let report = runtime
+        .block_on(bench(opts.clone()))
+        .unwrap_or_else(|e| fail(e));
     if opts.json {
         print_json(&opts, &report);
     } else {
@@ -1239,7 +1354,11 @@ fn main() {
     if report.tally.ok == 0 {
         eprintln!(
             "corekv-bench: no request succeeded{}",
-            report.first_error.as_ref().map(|e| format!("; first error: {e}")).unwrap_or_default()
+            report
+                .first_error
+                .as_ref()
+                .map(|e| format!("; first error: {e}"))
+                .unwrap_or_default()
         );
         std::process::exit(1);
     }

@@ -15,12 +15,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KvClient, WatchClient, WatchOptions};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KvClient, WatchClient, WatchOptions,
+};
 use hdrhistogram::Histogram;
 
 use crate::{
-    encode_key, histogram_text, random_value, round4, Command, Opts, Phase, Tally, CONSECUTIVE_ERRORS_MAX,
-    PERCENTILES, PRIME_KEY,
+    encode_key, histogram_text, random_value, round4, Command, Opts, Phase, Tally,
+    CONSECUTIVE_ERRORS_MAX, PERCENTILES, PRIME_KEY,
 };
 
 /// Leading value bytes that carry the put's sequence number, as hex digits.
@@ -34,7 +36,8 @@ const PROBLEMS_SHOWN: usize = 10;
 
 /// Mixes a (sequence, revision) pair into a fingerprint term (SplitMix64 finaliser).
 fn mix(seq: u64, rev: i64) -> u64 {
-    let mut z = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (rev as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let mut z =
+        seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (rev as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -122,16 +125,36 @@ async fn stream_task(
     ready: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> StreamOutcome {
-    let StreamPlan { index, mut client, watchers, key, prefix, create_timeout } = plan;
+    let StreamPlan {
+        index,
+        mut client,
+        watchers,
+        key,
+        prefix,
+        create_timeout,
+    } = plan;
     let mut checks = vec![Check::default(); watchers];
     let fail = |checks: Vec<Check>, e: String| {
         let _ = ready.send(Err(e.clone()));
-        StreamOutcome { checks, error: Some(e) }
+        StreamOutcome {
+            checks,
+            error: Some(e),
+        }
     };
-    let stream = match tokio::time::timeout(create_timeout, client.watch(key.clone(), Some(watch_options(prefix)))).await {
+    let stream = match tokio::time::timeout(
+        create_timeout,
+        client.watch(key.clone(), Some(watch_options(prefix))),
+    )
+    .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return fail(checks, format!("stream {index}: watch: {e}")),
-        Err(_) => return fail(checks, format!("stream {index}: watch not answered in {create_timeout:?}")),
+        Err(_) => {
+            return fail(
+                checks,
+                format!("stream {index}: watch not answered in {create_timeout:?}"),
+            )
+        }
     };
     let (mut sender, mut responses) = stream.split();
     // More watchers on the same stream, created while this task reads the created
@@ -141,7 +164,10 @@ async fn stream_task(
         let key = key.clone();
         tokio::spawn(async move {
             for _ in 1..watchers {
-                sender.watch(key.clone(), Some(watch_options(prefix))).await.map_err(|e| e.to_string())?;
+                sender
+                    .watch(key.clone(), Some(watch_options(prefix)))
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Ok::<_, String>(sender)
         })
@@ -165,7 +191,10 @@ async fn stream_task(
     let mut creator = Some(creator);
     loop {
         if ids.len() < watchers && Instant::now() >= created_deadline {
-            error = Some(format!("stream {index}: {} of {watchers} watchers created in {create_timeout:?}", ids.len()));
+            error = Some(format!(
+                "stream {index}: {} of {watchers} watchers created in {create_timeout:?}",
+                ids.len()
+            ));
             break;
         }
         let message = tokio::select! {
@@ -187,12 +216,18 @@ async fn stream_task(
         let arrived_ns = shared.now_ns();
         if response.created() {
             if response.canceled() {
-                error = Some(format!("stream {index}: watch creation refused: {:?}", response.cancel_reason()));
+                error = Some(format!(
+                    "stream {index}: watch creation refused: {:?}",
+                    response.cancel_reason()
+                ));
                 break;
             }
             let local = ids.len();
             if ids.insert(response.watch_id(), local).is_some() {
-                error = Some(format!("stream {index}: watch id {} created twice", response.watch_id()));
+                error = Some(format!(
+                    "stream {index}: watch id {} created twice",
+                    response.watch_id()
+                ));
                 break;
             }
             if ids.len() == watchers {
@@ -215,16 +250,28 @@ async fn stream_task(
             continue; // created, or a progress notification
         }
         let Some(&local) = ids.get(&response.watch_id()) else {
-            error = Some(format!("stream {index}: response for unknown watch id {}", response.watch_id()));
+            error = Some(format!(
+                "stream {index}: response for unknown watch id {}",
+                response.watch_id()
+            ));
             break;
         };
         let check = &mut checks[local];
         if response.canceled() {
-            let (reason, compact) = (response.cancel_reason().to_string(), response.compact_revision());
-            check.problem(|| format!("cancelled by the server (reason {reason:?}, compact_revision {compact})"));
+            let (reason, compact) = (
+                response.cancel_reason().to_string(),
+                response.compact_revision(),
+            );
+            check.problem(|| {
+                format!("cancelled by the server (reason {reason:?}, compact_revision {compact})")
+            });
         }
-        shared.events.fetch_add(events.len() as u64, Ordering::Relaxed);
-        shared.last_event_ns.fetch_max(arrived_ns, Ordering::Relaxed);
+        shared
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        shared
+            .last_event_ns
+            .fetch_max(arrived_ns, Ordering::Relaxed);
         let mut measured = 0;
         for event in events {
             let Some(kv) = event.kv() else {
@@ -237,13 +284,21 @@ async fn stream_task(
                 continue;
             }
             let Some(seq) = parse_seq(kv.value()) else {
-                check.problem(|| format!("revision {rev}: value does not start with a sequence number"));
+                check.problem(|| {
+                    format!("revision {rev}: value does not start with a sequence number")
+                });
                 continue;
             };
             if rev <= check.last_rev {
                 let last = check.last_rev;
-                let what = if rev == last { "duplicate" } else { "out of order" };
-                check.problem(|| format!("{what}: revision {rev} (seq {seq}) after revision {last}"));
+                let what = if rev == last {
+                    "duplicate"
+                } else {
+                    "out of order"
+                };
+                check.problem(|| {
+                    format!("{what}: revision {rev} (seq {seq}) after revision {last}")
+                });
             } else {
                 check.last_rev = rev;
             }
@@ -256,16 +311,23 @@ async fn stream_task(
                 check.problem(|| format!("more events than puts ({} expected)", shared.expected));
             }
             if seq >= shared.warmup {
-                let sent = shared.sent_ns.get(seq as usize).map_or(0, |s| s.load(Ordering::Acquire));
+                let sent = shared
+                    .sent_ns
+                    .get(seq as usize)
+                    .map_or(0, |s| s.load(Ordering::Acquire));
                 if sent == 0 {
-                    check.problem(|| format!("revision {rev}: event for put {seq}, which was never sent"));
+                    check.problem(|| {
+                        format!("revision {rev}: event for put {seq}, which was never sent")
+                    });
                 } else {
                     pending.push(arrived_ns.saturating_sub(sent));
                     measured += 1;
                 }
             }
         }
-        shared.events_measured.fetch_add(measured, Ordering::Relaxed);
+        shared
+            .events_measured
+            .fetch_add(measured, Ordering::Relaxed);
         if pending.len() >= LATENCY_FLUSH {
             flush(&mut pending);
         }
@@ -275,7 +337,10 @@ async fn stream_task(
     }
     flush(&mut pending);
     if ids.len() < watchers && error.is_none() {
-        error = Some(format!("stream {index}: stopped with {} of {watchers} watchers created", ids.len()));
+        error = Some(format!(
+            "stream {index}: stopped with {} of {watchers} watchers created",
+            ids.len()
+        ));
     }
     if let Some(e) = &error {
         let _ = ready.send(Err(e.clone()));
@@ -288,7 +353,13 @@ async fn stream_task(
 }
 
 /// One writer: claims sequence numbers from the phase and puts them.
-async fn writer_task(id: usize, mut kv: KvClient, o: Arc<Opts>, shared: Arc<Shared>, phase: Arc<Phase>) -> Tally {
+async fn writer_task(
+    id: usize,
+    mut kv: KvClient,
+    o: Arc<Opts>,
+    shared: Arc<Shared>,
+    phase: Arc<Phase>,
+) -> Tally {
     let mut tally = Tally::new();
     let mut value = random_value(o.val_size);
     let key = o.key.as_bytes().to_vec();
@@ -296,7 +367,11 @@ async fn writer_task(id: usize, mut kv: KvClient, o: Arc<Opts>, shared: Arc<Shar
     while let Some(seq) = phase.claim().await {
         let k = if o.prefix {
             let mut k = key.clone();
-            k.extend_from_slice(&encode_key(seq % o.key_space_size.max(1), o.key_size, o.key_encoding));
+            k.extend_from_slice(&encode_key(
+                seq % o.key_space_size.max(1),
+                o.key_size,
+                o.key_encoding,
+            ));
             k
         } else {
             key.clone()
@@ -310,7 +385,9 @@ async fn writer_task(id: usize, mut kv: KvClient, o: Arc<Opts>, shared: Arc<Shar
             Ok(resp) => {
                 in_a_row = 0;
                 let rev = resp.header().map_or(0, |h| h.revision());
-                shared.expected_fingerprint.fetch_add(mix(seq, rev), Ordering::Relaxed);
+                shared
+                    .expected_fingerprint
+                    .fetch_add(mix(seq, rev), Ordering::Relaxed);
                 shared.puts_ok.fetch_add(1, Ordering::Relaxed);
                 if seq >= shared.warmup {
                     tally.record(latency);
@@ -343,10 +420,13 @@ async fn connect(o: &Opts, i: usize, request_timeout: bool) -> Result<Client, St
         .await
         .map_err(|e| format!("cannot connect to {ep}: {e}"))?;
     // Connections open lazily: touch each before any clock starts.
-    tokio::time::timeout(o.timeout, client.get(PRIME_KEY, Some(GetOptions::new().with_serializable())))
-        .await
-        .map_err(|_| format!("{ep} does not answer within {:?}", o.timeout))?
-        .map_err(|e| format!("{ep} does not answer: {e}"))?;
+    tokio::time::timeout(
+        o.timeout,
+        client.get(PRIME_KEY, Some(GetOptions::new().with_serializable())),
+    )
+    .await
+    .map_err(|_| format!("{ep} does not answer within {:?}", o.timeout))?
+    .map_err(|e| format!("{ep} does not answer: {e}"))?;
     Ok(client)
 }
 
@@ -374,7 +454,10 @@ pub(crate) struct WatchReport {
 
 impl WatchReport {
     pub(crate) fn passed(&self) -> bool {
-        self.problem_count == 0 && self.stream_errors.is_empty() && self.put_errors == 0 && self.puts_ok > 0
+        self.problem_count == 0
+            && self.stream_errors.is_empty()
+            && self.put_errors == 0
+            && self.puts_ok > 0
     }
 
     fn events_per_s(&self) -> f64 {
@@ -417,7 +500,9 @@ pub(crate) async fn bench(o: Opts) -> Result<WatchReport, String> {
         expected: puts_total,
         expected_fingerprint: AtomicU64::new(0),
         puts_ok: AtomicU64::new(0),
-        latency: (0..LATENCY_SHARDS).map(|_| Mutex::new(Tally::new())).collect(),
+        latency: (0..LATENCY_SHARDS)
+            .map(|_| Mutex::new(Tally::new()))
+            .collect(),
         events: AtomicU64::new(0),
         events_measured: AtomicU64::new(0),
         last_event_ns: AtomicU64::new(0),
@@ -439,7 +524,12 @@ pub(crate) async fn bench(o: Opts) -> Result<WatchReport, String> {
             prefix: o.prefix,
             create_timeout,
         };
-        tasks.push(tokio::spawn(stream_task(plan, shared.clone(), ready_tx.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(stream_task(
+            plan,
+            shared.clone(),
+            ready_tx.clone(),
+            stop_rx.clone(),
+        )));
     }
     drop(ready_tx);
     let setup = Instant::now();
@@ -465,7 +555,13 @@ pub(crate) async fn bench(o: Opts) -> Result<WatchReport, String> {
     let write_start = phase.start;
     let mut writers = Vec::with_capacity(o.clients);
     for id in 0..o.clients {
-        writers.push(tokio::spawn(writer_task(id, kvs[id % kvs.len()].clone(), o.clone(), shared.clone(), phase.clone())));
+        writers.push(tokio::spawn(writer_task(
+            id,
+            kvs[id % kvs.len()].clone(),
+            o.clone(),
+            shared.clone(),
+            phase.clone(),
+        )));
     }
     let mut puts = Tally::new();
     for w in writers {
@@ -478,9 +574,13 @@ pub(crate) async fn bench(o: Opts) -> Result<WatchReport, String> {
         }
     }
     // Measured writes: from the first measured put to the last acknowledgement.
-    let first_measured_ns = shared.sent_ns.get(o.warmup as usize).map_or(0, |s| s.load(Ordering::Acquire));
+    let first_measured_ns = shared
+        .sent_ns
+        .get(o.warmup as usize)
+        .map_or(0, |s| s.load(Ordering::Acquire));
     let write_elapsed = write_start.elapsed().saturating_sub(
-        (shared.base + Duration::from_nanos(first_measured_ns.saturating_sub(1))).saturating_duration_since(write_start),
+        (shared.base + Duration::from_nanos(first_measured_ns.saturating_sub(1)))
+            .saturating_duration_since(write_start),
     );
     let first_error = phase.first_error.lock().unwrap().clone();
     let puts_ok = shared.puts_ok.load(Ordering::Relaxed);
@@ -491,7 +591,9 @@ pub(crate) async fn bench(o: Opts) -> Result<WatchReport, String> {
     let mut deadline = Instant::now() + o.timeout;
     let mut seen = shared.events.load(Ordering::Relaxed);
     loop {
-        if shared.complete.load(Ordering::Relaxed) >= o.watchers || tasks.iter().all(|t| t.is_finished()) {
+        if shared.complete.load(Ordering::Relaxed) >= o.watchers
+            || tasks.iter().all(|t| t.is_finished())
+        {
             break;
         }
         let now = Instant::now();
@@ -534,8 +636,18 @@ pub(crate) async fn bench(o: Opts) -> Result<WatchReport, String> {
         } else if c.count < puts_ok {
             Some(format!("missing events: got {} of {puts_ok}", c.count))
         } else if c.count > puts_ok {
-            let unknown = if puts.errors > 0 { format!(" ({} puts failed, so may or may not have been applied)", puts.errors) } else { String::new() };
-            Some(format!("{} events for {puts_ok} acknowledged puts{unknown}", c.count))
+            let unknown = if puts.errors > 0 {
+                format!(
+                    " ({} puts failed, so may or may not have been applied)",
+                    puts.errors
+                )
+            } else {
+                String::new()
+            };
+            Some(format!(
+                "{} events for {puts_ok} acknowledged puts{unknown}",
+                c.count
+            ))
         } else if c.fingerprint != expected_fp {
             Some("got as many events as puts, but not the same (sequence, revision) pairs".into())
         } else {
@@ -553,7 +665,10 @@ pub(crate) async fn bench(o: Opts) -> Result<WatchReport, String> {
     for shard in &shared.latency {
         latency.merge(&shard.lock().unwrap());
     }
-    let first_measured = shared.sent_ns.get(o.warmup as usize).map_or(0, |s| s.load(Ordering::Acquire));
+    let first_measured = shared
+        .sent_ns
+        .get(o.warmup as usize)
+        .map_or(0, |s| s.load(Ordering::Acquire));
     let last = shared.last_event_ns.load(Ordering::Relaxed);
     let delivery_elapsed = Duration::from_nanos(last.saturating_sub(first_measured));
     Ok(WatchReport {
@@ -639,7 +754,11 @@ pub(crate) fn print_json(o: &Opts, r: &WatchReport) {
 
 pub(crate) fn print_text(o: &Opts, r: &WatchReport) {
     let mut out = String::new();
-    let target = if o.prefix { format!("prefix {:?}", o.key) } else { format!("key {:?}", o.key) };
+    let target = if o.prefix {
+        format!("prefix {:?}", o.key)
+    } else {
+        format!("key {:?}", o.key)
+    };
     let _ = writeln!(
         out,
         "{}: {} watchers on {target} ({} streams over {} conns), {} writers, {} puts of {} B{}{} -> {}\n",
@@ -655,7 +774,14 @@ pub(crate) fn print_text(o: &Opts, r: &WatchReport) {
         o.endpoints.join(",")
     );
     let _ = writeln!(out, "Summary:");
-    let _ = writeln!(out, "  Writes:\t{:.4} secs, {:.1} puts/sec, {} ok, {} errors.", r.write_elapsed.as_secs_f64(), r.puts_per_s(), r.puts_ok, r.put_errors);
+    let _ = writeln!(
+        out,
+        "  Writes:\t{:.4} secs, {:.1} puts/sec, {} ok, {} errors.",
+        r.write_elapsed.as_secs_f64(),
+        r.puts_per_s(),
+        r.puts_ok,
+        r.put_errors
+    );
     let _ = writeln!(
         out,
         "  Events:\t{} received of {} expected ({} measured) in {:.4} secs: {:.1} events/sec.",
@@ -667,9 +793,17 @@ pub(crate) fn print_text(o: &Opts, r: &WatchReport) {
     );
     if r.latency.ok > 0 {
         let t = &r.latency;
-        let _ = writeln!(out, "\nWatch latency (put sent -> event received by a watcher), {} events:", t.ok);
+        let _ = writeln!(
+            out,
+            "\nWatch latency (put sent -> event received by a watcher), {} events:",
+            t.ok
+        );
         let _ = writeln!(out, "  Fastest:\t{:.4} ms.", t.min_us / 1000.0);
-        let _ = writeln!(out, "  Average:\t{:.4} ms.", t.sum_us / t.ok as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "  Average:\t{:.4} ms.",
+            t.sum_us / t.ok as f64 / 1000.0
+        );
         let _ = writeln!(out, "  Slowest:\t{:.4} ms.", t.max_us / 1000.0);
         if o.command == Command::WatchLatency {
             let _ = writeln!(out, "\nWatch latency histogram:");
@@ -697,14 +831,34 @@ pub(crate) fn print_text(o: &Opts, r: &WatchReport) {
     }
     let _ = writeln!(out);
     if r.passed() {
-        let _ = writeln!(out, "Check: all {} watchers got all {} events exactly once, in revision order.", r.watchers, r.puts_ok);
+        let _ = writeln!(
+            out,
+            "Check: all {} watchers got all {} events exactly once, in revision order.",
+            r.watchers, r.puts_ok
+        );
     } else {
-        let _ = writeln!(out, "CHECK FAILED: {} of {} watchers wrong, {} stream errors, {} put errors", r.problem_count, r.watchers, r.stream_errors.len(), r.put_errors);
-        for p in r.stream_errors.iter().take(PROBLEMS_SHOWN).chain(&r.problems) {
+        let _ = writeln!(
+            out,
+            "CHECK FAILED: {} of {} watchers wrong, {} stream errors, {} put errors",
+            r.problem_count,
+            r.watchers,
+            r.stream_errors.len(),
+            r.put_errors
+        );
+        for p in r
+            .stream_errors
+            .iter()
+            .take(PROBLEMS_SHOWN)
+            .chain(&r.problems)
+        {
             let _ = writeln!(out, "  {p}");
         }
         if r.problem_count > r.problems.len() {
-            let _ = writeln!(out, "  ... and {} more watchers", r.problem_count - r.problems.len());
+            let _ = writeln!(
+                out,
+                "  ... and {} more watchers",
+                r.problem_count - r.problems.len()
+            );
         }
     }
     print!("{out}");
@@ -722,10 +876,21 @@ pub(crate) fn complain(r: &WatchReport) {
         r.stream_errors.len(),
         r.put_errors
     );
-    for p in r.stream_errors.iter().take(PROBLEMS_SHOWN).chain(&r.problems) {
+    for p in r
+        .stream_errors
+        .iter()
+        .take(PROBLEMS_SHOWN)
+        .chain(&r.problems)
+    {
         eprintln!("corekv-bench:   {p}");
     }
     if r.puts_ok == 0 {
-        eprintln!("corekv-bench: no put succeeded{}", r.first_error.as_ref().map(|e| format!("; first error: {e}")).unwrap_or_default());
+        eprintln!(
+            "corekv-bench: no put succeeded{}",
+            r.first_error
+                .as_ref()
+                .map(|e| format!("; first error: {e}"))
+                .unwrap_or_default()
+        );
     }
 }

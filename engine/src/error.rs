@@ -85,7 +85,9 @@ impl KvError {
             | KvError::TooManyOps
             | KvError::DuplicateKey
             | KvError::RequestTooLarge => StatusCode::InvalidArgument,
-            KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => StatusCode::OutOfRange,
+            KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => {
+                StatusCode::OutOfRange
+            }
             KvError::LeaseNotFound => StatusCode::NotFound,
             KvError::LeaseExists => StatusCode::FailedPrecondition,
             KvError::Unavailable(_) => StatusCode::Unavailable,

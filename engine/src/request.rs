@@ -4,8 +4,8 @@
 //! can decode any entry without knowing which server version wrote it.
 
 use crate::pb::{
-    PbAlarmRequest, PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest,
-    PbTxnRequest,
+    PbAlarmRequest, PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest,
+    PbLeaseRevokeRequest, PbPutRequest, PbTxnRequest,
 };
 
 /// A write request as it is proposed to raft and recorded in the WAL.
@@ -73,7 +73,10 @@ pub enum Command {
 impl InternalRequest {
     /// Wraps a command for proposal.
     pub fn new(id: u64, command: Command) -> InternalRequest {
-        let mut request = InternalRequest { id, ..Default::default() };
+        let mut request = InternalRequest {
+            id,
+            ..Default::default()
+        };
         match command {
             Command::Put(r) => request.put = Some(r),
             Command::DeleteRange(r) => request.delete_range = Some(r),

@@ -38,7 +38,12 @@ impl Default for Sha256 {
 impl Sha256 {
     /// A hash of nothing yet.
     pub fn new() -> Sha256 {
-        Sha256 { state: H0, block: [0; 64], block_len: 0, total: 0 }
+        Sha256 {
+            state: H0,
+            block: [0; 64],
+            block_len: 0,
+            total: 0,
+        }
     }
 
     /// Hashes `data` after what came before.
@@ -71,7 +76,11 @@ impl Sha256 {
         let mut pad = [0u8; 72];
         pad[0] = 0x80;
         // Pad to 56 bytes mod 64, then the length in bits, big-endian.
-        let pad_len = if self.block_len < 56 { 56 - self.block_len } else { 120 - self.block_len };
+        let pad_len = if self.block_len < 56 {
+            56 - self.block_len
+        } else {
+            120 - self.block_len
+        };
         pad[pad_len..pad_len + 8].copy_from_slice(&bits.to_be_bytes());
         let total = self.total;
         self.update(&pad[..pad_len + 8]);
@@ -100,13 +109,20 @@ fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
     for i in 16..64 {
         let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
         let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+        w[i] = w[i - 16]
+            .wrapping_add(s0)
+            .wrapping_add(w[i - 7])
+            .wrapping_add(s1);
     }
     let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
     for i in 0..64 {
         let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
         let ch = (e & f) ^ (!e & g);
-        let t1 = h.wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
+        let t1 = h
+            .wrapping_add(s1)
+            .wrapping_add(ch)
+            .wrapping_add(K[i])
+            .wrapping_add(w[i]);
         let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
         let maj = (a & b) ^ (a & c) ^ (b & c);
         let t2 = s0.wrapping_add(maj);
@@ -136,8 +152,14 @@ mod tests {
     fn known_answers() {
         // FIPS 180-4 examples and well-known digests.
         let cases: &[(&[u8], &str)] = &[
-            (b"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
-            (b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            (
+                b"",
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            ),
+            (
+                b"abc",
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            ),
             (
                 b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
                 "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
@@ -148,7 +170,12 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            assert_eq!(hex(Sha256::digest(input)), *want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                hex(Sha256::digest(input)),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         let million_a = vec![b'a'; 1_000_000];
         assert_eq!(

@@ -70,7 +70,12 @@ impl Repairer {
     fn new() -> Repairer {
         let mut decoder = loona_hpack::Decoder::new();
         decoder.set_max_allowed_table_size(HPACK_TABLE_BYTES);
-        Repairer { mode: Mode::Sniffing, preface_seen: false, decoder, pending: None }
+        Repairer {
+            mode: Mode::Sniffing,
+            preface_seen: false,
+            decoder,
+            pending: None,
+        }
     }
 
     /// Moves every complete unit of `raw` into `out`, repaired where needed.
@@ -79,7 +84,9 @@ impl Repairer {
             return;
         }
         while self.mode != Mode::PassThrough {
-            let Some(frame_len) = complete_frame_len(raw) else { return };
+            let Some(frame_len) = complete_frame_len(raw) else {
+                return;
+            };
             let frame = raw.split_to(frame_len);
             self.frame(frame, out);
         }
@@ -124,7 +131,9 @@ impl Repairer {
             },
             (FRAME_CONTINUATION, true) => {
                 let pending = self.pending.as_mut().expect("checked");
-                pending.fragment.extend_from_slice(&frame[FRAME_HEADER_BYTES..]);
+                pending
+                    .fragment
+                    .extend_from_slice(&frame[FRAME_HEADER_BYTES..]);
                 pending.original.extend_from_slice(&frame);
                 if pending.fragment.len() > HEADER_BLOCK_BYTES_MAX {
                     let original = self.pending.take().expect("checked").original;
@@ -161,8 +170,14 @@ impl Repairer {
             }
             self.mode = Mode::Rewriting;
         }
-        let repaired: Vec<(Vec<u8>, Vec<u8>)> = headers.into_iter().filter_map(repair_header).collect();
-        write_header_frames(block.stream_id, block.end_stream, encode_literals(&repaired), out);
+        let repaired: Vec<(Vec<u8>, Vec<u8>)> =
+            headers.into_iter().filter_map(repair_header).collect();
+        write_header_frames(
+            block.stream_id,
+            block.end_stream,
+            encode_literals(&repaired),
+            out,
+        );
     }
 }
 
@@ -207,7 +222,9 @@ fn repair_header((name, value): (Vec<u8>, Vec<u8>)) -> Option<(Vec<u8>, Vec<u8>)
     let text = String::from_utf8_lossy(&value);
     let without_scheme = text.split_once("://").map_or(&*text, |(_, rest)| rest);
     let host_port = without_scheme.split('/').next().unwrap_or_default();
-    http::uri::Authority::try_from(host_port).ok().map(|_| (name, host_port.as_bytes().to_vec()))
+    http::uri::Authority::try_from(host_port)
+        .ok()
+        .map(|_| (name, host_port.as_bytes().to_vec()))
 }
 
 /// HPACK "literal header field without indexing — new name" for every header, no Huffman:
@@ -251,7 +268,11 @@ fn write_header_frames(stream_id: u32, end_stream: bool, mut block: BytesMut, ou
     loop {
         let chunk = block.split_to(block.len().min(FRAME_PAYLOAD_BYTES_MAX));
         let last = block.is_empty();
-        let kind = if first { FRAME_HEADERS } else { FRAME_CONTINUATION };
+        let kind = if first {
+            FRAME_HEADERS
+        } else {
+            FRAME_CONTINUATION
+        };
         let mut flags = if last { FLAG_END_HEADERS } else { 0 };
         if first && end_stream {
             flags |= FLAG_END_STREAM;
@@ -280,12 +301,21 @@ pub struct AuthorityRepair<S> {
 impl<S> AuthorityRepair<S> {
     /// Wraps a freshly accepted connection.
     pub fn new(inner: S) -> AuthorityRepair<S> {
-        AuthorityRepair { inner, repairer: Repairer::new(), raw: BytesMut::new(), out: BytesMut::new() }
+        AuthorityRepair {
+            inner,
+            repairer: Repairer::new(),
+            raw: BytesMut::new(),
+            out: BytesMut::new(),
+        }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
             if !this.out.is_empty() {
@@ -320,7 +350,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityRepair<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -361,7 +395,13 @@ mod tests {
                     push_frame(&mut out, FRAME_HEADERS, FLAG_END_STREAM, stream_id, a);
                     push_frame(&mut out, FRAME_CONTINUATION, FLAG_END_HEADERS, stream_id, b);
                 }
-                _ => push_frame(&mut out, FRAME_HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, stream_id, &block),
+                _ => push_frame(
+                    &mut out,
+                    FRAME_HEADERS,
+                    FLAG_END_HEADERS | FLAG_END_STREAM,
+                    stream_id,
+                    &block,
+                ),
             }
             push_frame(&mut out, 0x0, FLAG_END_STREAM, stream_id, b"body"); // DATA
         }
@@ -407,7 +447,10 @@ mod tests {
         (repairer.mode, blocks, data_frames)
     }
 
-    fn request(authority: &'static [u8], path: &'static [u8]) -> Vec<(&'static [u8], &'static [u8])> {
+    fn request(
+        authority: &'static [u8],
+        path: &'static [u8],
+    ) -> Vec<(&'static [u8], &'static [u8])> {
         vec![
             (b":method", b"POST"),
             (b":scheme", b"http"),
@@ -419,13 +462,19 @@ mod tests {
     }
 
     fn authority_of(block: &[(Vec<u8>, Vec<u8>)]) -> Option<&[u8]> {
-        block.iter().find(|(n, _)| n == b":authority").map(|(_, v)| v.as_slice())
+        block
+            .iter()
+            .find(|(n, _)| n == b":authority")
+            .map(|(_, v)| v.as_slice())
     }
 
     #[test]
     fn etcd_style_authority_is_repaired_on_every_request() {
         let requests = vec![
-            request(b"http://127.0.0.1:2379", b"/etcdserverpb.Maintenance/Status"),
+            request(
+                b"http://127.0.0.1:2379",
+                b"/etcdserverpb.Maintenance/Status",
+            ),
             request(b"http://127.0.0.1:2379", b"/etcdserverpb.KV/Range"),
             request(b"http://127.0.0.1:2379", b"/etcdserverpb.KV/Put"),
         ];
@@ -438,7 +487,10 @@ mod tests {
                 for (block, req) in blocks.iter().zip(&requests) {
                     assert_eq!(authority_of(block), Some(&b"127.0.0.1:2379"[..]));
                     let path = block.iter().find(|(n, _)| n == b":path").unwrap();
-                    assert_eq!(path.1, req[2].1, "other headers survive (dynamic table mirrored)");
+                    assert_eq!(
+                        path.1, req[2].1,
+                        "other headers survive (dynamic table mirrored)"
+                    );
                 }
             }
         }
@@ -446,7 +498,10 @@ mod tests {
 
     #[test]
     fn valid_authority_switches_to_pass_through_unchanged() {
-        let requests = vec![request(b"127.0.0.1:2379", b"/a"), request(b"127.0.0.1:2379", b"/b")];
+        let requests = vec![
+            request(b"127.0.0.1:2379", b"/a"),
+            request(b"127.0.0.1:2379", b"/b"),
+        ];
         let input = client_bytes(&requests, None);
         let (mode, blocks, _) = run(&input, 5);
         assert_eq!(mode, Mode::PassThrough);
@@ -470,14 +525,23 @@ mod tests {
 
     #[test]
     fn hopeless_authority_is_dropped_and_garbage_is_left_to_hyper() {
-        assert_eq!(repair_header((b":authority".to_vec(), b"a b".to_vec())), None);
+        assert_eq!(
+            repair_header((b":authority".to_vec(), b"a b".to_vec())),
+            None
+        );
         assert_eq!(
             repair_header((b":authority".to_vec(), b"https://h:1/x".to_vec())),
             Some((b":authority".to_vec(), b"h:1".to_vec()))
         );
         // A header block that does not decode is forwarded as is and repair stops.
         let mut input = BytesMut::from(PREFACE);
-        push_frame(&mut input, FRAME_HEADERS, FLAG_END_HEADERS, 1, &[0xff, 0xff, 0xff]);
+        push_frame(
+            &mut input,
+            FRAME_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &[0xff, 0xff, 0xff],
+        );
         let expected = input.clone();
         let mut repairer = Repairer::new();
         let mut out = BytesMut::new();
@@ -489,7 +553,10 @@ mod tests {
     #[test]
     fn large_blocks_are_split_into_continuations() {
         let value = vec![b'v'; 40_000];
-        let headers = vec![(b":authority".to_vec(), b"h:1".to_vec()), (b"x-big".to_vec(), value.clone())];
+        let headers = vec![
+            (b":authority".to_vec(), b"h:1".to_vec()),
+            (b"x-big".to_vec(), value.clone()),
+        ];
         let mut out = BytesMut::new();
         write_header_frames(5, true, encode_literals(&headers), &mut out);
         let mut frames = 0;

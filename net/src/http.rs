@@ -23,7 +23,8 @@ pub fn routes(shard: ShardClient) -> Router {
 }
 
 async fn health(shard: ShardClient) -> Response {
-    let status = tokio::time::timeout(Duration::from_millis(HEALTH_TIMEOUT_MS), shard.status()).await;
+    let status =
+        tokio::time::timeout(Duration::from_millis(HEALTH_TIMEOUT_MS), shard.status()).await;
     // As etcd 3.4: unhealthy without a leader or while any alarm is raised.
     let healthy = matches!(status, Ok(Ok(s)) if s.leader != 0 && s.alarms.is_empty());
     let (code, body) = if healthy {
@@ -31,7 +32,12 @@ async fn health(shard: ShardClient) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
     };
-    (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn version() -> Response {
@@ -39,12 +45,23 @@ async fn version() -> Response {
         "etcdserver": crate::ETCD_COMPAT_VERSION,
         "etcdcluster": crate::ETCD_CLUSTER_VERSION,
     });
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn metrics_text() -> Response {
     let body = metrics::global().render();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Unknown paths: gRPC clients get UNIMPLEMENTED (what etcd's gRPC server answers for an
@@ -58,5 +75,10 @@ pub(crate) async fn not_found(request: axum::extract::Request) -> Response {
         let method = request.uri().path().to_string();
         return tonic::Status::unimplemented(format!("unknown method {method}")).into_http();
     }
-    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "404 page not found\n").into_response()
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "404 page not found\n",
+    )
+        .into_response()
 }

@@ -17,8 +17,8 @@ pub struct Histogram {
 
 /// Latency buckets in seconds: 100 µs .. ~13 s, doubling (etcd uses similar ranges).
 pub const SECONDS_BUCKETS: &[f64] = &[
-    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024,
-    0.2048, 0.4096, 0.8192, 1.6384, 3.2768, 6.5536, 13.1072,
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048,
+    0.4096, 0.8192, 1.6384, 3.2768, 6.5536, 13.1072,
 ];
 /// Count buckets (batch sizes): 1 .. 16384, doubling.
 pub const COUNT_BUCKETS: &[f64] = &[
@@ -66,12 +66,19 @@ impl Histogram {
         let mut cumulative = 0;
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             cumulative += bucket.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(out, "{name}_sum{braces} {sum}");
         let _ = writeln!(out, "{name}_count{braces} {count}");
     }
@@ -234,7 +241,9 @@ impl Metrics {
     /// Renders everything as Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        out.push_str("# HELP corekv_grpc_requests_total gRPC requests handled, by method and result.\n");
+        out.push_str(
+            "# HELP corekv_grpc_requests_total gRPC requests handled, by method and result.\n",
+        );
         out.push_str("# TYPE corekv_grpc_requests_total counter\n");
         for (method, stats) in Method::ALL.iter().zip(&self.methods) {
             let (service, name) = method.service_and_name();
@@ -246,30 +255,119 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP corekv_grpc_request_duration_seconds gRPC request latency, by method.\n");
+        out.push_str(
+            "# HELP corekv_grpc_request_duration_seconds gRPC request latency, by method.\n",
+        );
         out.push_str("# TYPE corekv_grpc_request_duration_seconds histogram\n");
         for (method, stats) in Method::ALL.iter().zip(&self.methods) {
             let (service, name) = method.service_and_name();
             let labels = format!("grpc_service=\"{service}\",grpc_method=\"{name}\"");
-            stats.latency.render(&mut out, "corekv_grpc_request_duration_seconds", &labels);
+            stats
+                .latency
+                .render(&mut out, "corekv_grpc_request_duration_seconds", &labels);
         }
-        histogram(&mut out, "corekv_wal_fsync_duration_seconds", "WAL write + fdatasync per batch.", &self.wal_fsync_seconds);
-        histogram(&mut out, "corekv_backend_commit_duration_seconds", "Revision store commit per batch.", &self.backend_commit_seconds);
-        histogram(&mut out, "corekv_wal_batch_entries", "Proposals per WAL batch (group commit size).", &self.batch_entries);
-        histogram(&mut out, "corekv_wal_batch_bytes", "Bytes per WAL batch.", &self.batch_bytes);
-        gauge(&mut out, "corekv_mvcc_current_revision", "Current revision of the key space.", self.current_revision.load(Relaxed));
-        gauge(&mut out, "corekv_mvcc_compact_revision", "Compacted revision.", self.compact_revision.load(Relaxed));
-        gauge(&mut out, "corekv_mvcc_keys", "Live keys.", self.keys.load(Relaxed));
-        gauge(&mut out, "corekv_db_size_bytes", "Bytes on disk.", self.db_size_bytes.load(Relaxed));
-        counter(&mut out, "corekv_proposals_applied_total", "Proposals applied.", self.proposals_applied.load(Relaxed));
-        counter(&mut out, "corekv_proposals_failed_total", "Proposals that failed before apply.", self.proposals_failed.load(Relaxed));
-        gauge(&mut out, "corekv_watch_streams", "Open watch streams.", self.watch_streams.load(Relaxed));
-        gauge(&mut out, "corekv_watchers", "Watchers on all streams.", self.watchers.load(Relaxed));
-        gauge(&mut out, "corekv_slow_watchers", "Watchers catching up from history.", self.slow_watchers.load(Relaxed));
-        counter(&mut out, "corekv_watch_events_sent_total", "Events sent to watchers.", self.watch_events_sent.load(Relaxed));
-        counter(&mut out, "corekv_lease_granted_total", "Leases granted.", self.leases_granted.load(Relaxed));
-        gauge(&mut out, "corekv_leases", "Leases currently granted.", self.leases_live.load(Relaxed));
-        counter(&mut out, "corekv_lease_expired_total", "Leases revoked because they expired.", self.lease_expirations.load(Relaxed));
+        histogram(
+            &mut out,
+            "corekv_wal_fsync_duration_seconds",
+            "WAL write + fdatasync per batch.",
+            &self.wal_fsync_seconds,
+        );
+        histogram(
+            &mut out,
+            "corekv_backend_commit_duration_seconds",
+            "Revision store commit per batch.",
+            &self.backend_commit_seconds,
+        );
+        histogram(
+            &mut out,
+            "corekv_wal_batch_entries",
+            "Proposals per WAL batch (group commit size).",
+            &self.batch_entries,
+        );
+        histogram(
+            &mut out,
+            "corekv_wal_batch_bytes",
+            "Bytes per WAL batch.",
+            &self.batch_bytes,
+        );
+        gauge(
+            &mut out,
+            "corekv_mvcc_current_revision",
+            "Current revision of the key space.",
+            self.current_revision.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "corekv_mvcc_compact_revision",
+            "Compacted revision.",
+            self.compact_revision.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "corekv_mvcc_keys",
+            "Live keys.",
+            self.keys.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "corekv_db_size_bytes",
+            "Bytes on disk.",
+            self.db_size_bytes.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "corekv_proposals_applied_total",
+            "Proposals applied.",
+            self.proposals_applied.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "corekv_proposals_failed_total",
+            "Proposals that failed before apply.",
+            self.proposals_failed.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "corekv_watch_streams",
+            "Open watch streams.",
+            self.watch_streams.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "corekv_watchers",
+            "Watchers on all streams.",
+            self.watchers.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "corekv_slow_watchers",
+            "Watchers catching up from history.",
+            self.slow_watchers.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "corekv_watch_events_sent_total",
+            "Events sent to watchers.",
+            self.watch_events_sent.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "corekv_lease_granted_total",
+            "Leases granted.",
+            self.leases_granted.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "corekv_leases",
+            "Leases currently granted.",
+            self.leases_live.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "corekv_lease_expired_total",
+            "Leases revoked because they expired.",
+            self.lease_expirations.load(Relaxed),
+        );
         out
     }
 }
@@ -280,11 +378,17 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
 }
 
 /// The process's metrics.
@@ -318,8 +422,17 @@ mod tests {
             assert_eq!(*method as usize, i, "{method:?}");
         }
         let text = Metrics::new().render();
-        for name in ["Defragment", "Hash", "HashKV", "Snapshot", "Alarm", "Status"] {
-            let series = format!("grpc_service=\"etcdserverpb.Maintenance\",grpc_method=\"{name}\",grpc_code=\"OK\"");
+        for name in [
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "Snapshot",
+            "Alarm",
+            "Status",
+        ] {
+            let series = format!(
+                "grpc_service=\"etcdserverpb.Maintenance\",grpc_method=\"{name}\",grpc_code=\"OK\""
+            );
             assert!(text.contains(&series), "{name} missing");
         }
     }

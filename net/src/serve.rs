@@ -19,10 +19,12 @@ const H2_STREAMS_PER_CONNECTION_MAX: u32 = 4096;
 
 /// Binds `host:port` with SO_REUSEPORT so every core can hold its own listener on it.
 pub fn bind_reuseport(host_port: &str) -> io::Result<StdListener> {
-    let addr: SocketAddr = host_port
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("cannot resolve {host_port}")))?;
+    let addr: SocketAddr = host_port.to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot resolve {host_port}"),
+        )
+    })?;
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -37,7 +39,9 @@ pub fn bind_reuseport(host_port: &str) -> io::Result<StdListener> {
 /// Unknown paths answer as etcd: gRPC UNIMPLEMENTED to gRPC clients, 404 to the rest.
 pub fn client_router(shard: ShardClient) -> axum::Router {
     let grpc = crate::grpc::router(shard.clone());
-    grpc.merge(crate::http::routes(shard)).fallback(crate::http::not_found).with_state(())
+    grpc.merge(crate::http::routes(shard))
+        .fallback(crate::http::not_found)
+        .with_state(())
 }
 
 /// The router of a metrics port: only the HTTP endpoints.
@@ -74,9 +78,14 @@ async fn accept_loop(listener: tokio::net::TcpListener, router: axum::Router) {
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
-            builder.http2().max_concurrent_streams(H2_STREAMS_PER_CONNECTION_MAX);
+            builder
+                .http2()
+                .max_concurrent_streams(H2_STREAMS_PER_CONNECTION_MAX);
             let stream = crate::authority::AuthorityRepair::new(stream);
-            if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(err) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 log::debug!("connection ended: {err}");
             }
         });

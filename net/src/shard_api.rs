@@ -64,22 +64,40 @@ pub enum LeaseResult {
 pub enum ShardRequest {
     /// A read. `serializable` reads use the latest view on the core; others wait for a
     /// read index first.
-    Read { op: ReadOp, serializable: bool, reply: oneshot::Sender<Result<Reply<ReadResult>, KvError>> },
+    Read {
+        op: ReadOp,
+        serializable: bool,
+        reply: oneshot::Sender<Result<Reply<ReadResult>, KvError>>,
+    },
     /// A write, proposed through raft; answered after it is durable and applied.
-    Write { command: Command, reply: oneshot::Sender<Result<Reply<CommandResponse>, KvError>> },
+    Write {
+        command: Command,
+        reply: oneshot::Sender<Result<Reply<CommandResponse>, KvError>>,
+    },
     /// A new watch stream; its responses go out through `responses` (bounded).
-    WatchOpen { stream_id: u64, responses: WatchSender },
+    WatchOpen {
+        stream_id: u64,
+        responses: WatchSender,
+    },
     /// A request on a watch stream (create, cancel, progress).
-    Watch { stream_id: u64, request: PbWatchRequest },
+    Watch {
+        stream_id: u64,
+        request: PbWatchRequest,
+    },
     /// The client ended its side of a watch stream.
     WatchClose { stream_id: u64 },
     /// Raft and storage status for Maintenance.Status.
     Status { reply: oneshot::Sender<StatusInfo> },
     /// A lease request for the lessor (keep-alive, time-to-live, list).
-    Lease { op: LeaseOp, reply: oneshot::Sender<Result<Reply<LeaseResult>, KvError>> },
+    Lease {
+        op: LeaseOp,
+        reply: oneshot::Sender<Result<Reply<LeaseResult>, KvError>>,
+    },
     /// The core's latest published view (for work too long to run on the shard, such as
     /// HashKV, which the network runtime runs on a blocking thread).
-    View { reply: oneshot::Sender<Reply<ReadView>> },
+    View {
+        reply: oneshot::Sender<Reply<ReadView>>,
+    },
     /// Work on the revision store file, done by its writer (after it commits everything
     /// applied before the request).
     Maintenance(MaintenanceOp),
@@ -89,11 +107,17 @@ pub enum ShardRequest {
 /// before it was asked for: the store writer commits those first.
 pub enum MaintenanceOp {
     /// Maintenance.Hash: a hash of the whole store file's content.
-    Hash { reply: oneshot::Sender<Result<StoreHash, KvError>> },
+    Hash {
+        reply: oneshot::Sender<Result<StoreHash, KvError>>,
+    },
     /// Maintenance.Defragment: rewrite the store compacted, online.
-    Defragment { reply: oneshot::Sender<Result<DefragOutcome, KvError>> },
+    Defragment {
+        reply: oneshot::Sender<Result<DefragOutcome, KvError>>,
+    },
     /// Maintenance.Snapshot: a compacted point-in-time image of the store.
-    Snapshot { reply: oneshot::Sender<Result<SnapshotImage, KvError>> },
+    Snapshot {
+        reply: oneshot::Sender<Result<SnapshotImage, KvError>>,
+    },
 }
 
 impl MaintenanceOp {
@@ -196,7 +220,12 @@ impl ShardClient {
     /// Serves a read (a range, or a read-only txn) through the shard.
     pub async fn read(&self, op: ReadOp, serializable: bool) -> Result<Reply<ReadResult>, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Read { op, serializable, reply }).await?;
+        self.send(ShardRequest::Read {
+            op,
+            serializable,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| closed())?
     }
 
@@ -216,11 +245,19 @@ impl ShardClient {
 
     /// Registers a watch stream with the shard.
     pub async fn watch_open(&self, stream_id: u64, responses: WatchSender) -> Result<(), KvError> {
-        self.send(ShardRequest::WatchOpen { stream_id, responses }).await
+        self.send(ShardRequest::WatchOpen {
+            stream_id,
+            responses,
+        })
+        .await
     }
 
     /// Passes one watch-stream request to the shard.
-    pub async fn watch_request(&self, stream_id: u64, request: PbWatchRequest) -> Result<(), KvError> {
+    pub async fn watch_request(
+        &self,
+        stream_id: u64,
+        request: PbWatchRequest,
+    ) -> Result<(), KvError> {
         self.send(ShardRequest::Watch { stream_id, request }).await
     }
 
@@ -246,21 +283,26 @@ impl ShardClient {
     /// Hashes the store file (Maintenance.Hash).
     pub async fn store_hash(&self) -> Result<StoreHash, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Maintenance(MaintenanceOp::Hash { reply })).await?;
+        self.send(ShardRequest::Maintenance(MaintenanceOp::Hash { reply }))
+            .await?;
         rx.await.map_err(|_| closed())?
     }
 
     /// Defragments the store file (Maintenance.Defragment); reads and writes go on.
     pub async fn defragment(&self) -> Result<DefragOutcome, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Maintenance(MaintenanceOp::Defragment { reply })).await?;
+        self.send(ShardRequest::Maintenance(MaintenanceOp::Defragment {
+            reply,
+        }))
+        .await?;
         rx.await.map_err(|_| closed())?
     }
 
     /// A point-in-time image of the store (Maintenance.Snapshot).
     pub async fn snapshot(&self) -> Result<SnapshotImage, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Maintenance(MaintenanceOp::Snapshot { reply })).await?;
+        self.send(ShardRequest::Maintenance(MaintenanceOp::Snapshot { reply }))
+            .await?;
         rx.await.map_err(|_| closed())?
     }
 
@@ -272,7 +314,10 @@ impl ShardClient {
         if cost == 0 {
             return Ok(());
         }
-        let size = self.cluster.backend_size_bytes.load(std::sync::atomic::Ordering::Acquire);
+        let size = self
+            .cluster
+            .backend_size_bytes
+            .load(std::sync::atomic::Ordering::Acquire);
         if size.saturating_add(cost) < self.cluster.quota_backend_bytes {
             return Ok(());
         }
@@ -302,8 +347,15 @@ pub fn watch_channel(queued_bytes_max: usize) -> (WatchSender, WatchReceiver) {
     let (tx, rx) = flume::unbounded();
     let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     (
-        WatchSender { tx, queued_bytes: queued.clone(), queued_bytes_max },
-        WatchReceiver { rx, queued_bytes: queued },
+        WatchSender {
+            tx,
+            queued_bytes: queued.clone(),
+            queued_bytes_max,
+        },
+        WatchReceiver {
+            rx,
+            queued_bytes: queued,
+        },
     )
 }
 
@@ -329,9 +381,11 @@ impl WatchSender {
     /// to keep (it is exceeded by at most the response that crossed it).
     pub fn send(&self, response: PbWatchResponse) -> Result<(), WatchDisconnected> {
         let size = prost::Message::encoded_len(&response);
-        self.queued_bytes.fetch_add(size, std::sync::atomic::Ordering::AcqRel);
+        self.queued_bytes
+            .fetch_add(size, std::sync::atomic::Ordering::AcqRel);
         self.tx.send((response, size)).map_err(|e| {
-            self.queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
+            self.queued_bytes
+                .fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
             WatchDisconnected(e.0 .0)
         })
     }
@@ -352,7 +406,8 @@ impl WatchReceiver {
     /// The next response, once one is queued; `Err` when the shard dropped the stream.
     pub async fn recv_async(&self) -> Result<PbWatchResponse, flume::RecvError> {
         let (response, size) = self.rx.recv_async().await?;
-        self.queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
+        self.queued_bytes
+            .fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
         Ok(response)
     }
 
@@ -361,14 +416,17 @@ impl WatchReceiver {
         self.rx
             .drain()
             .map(|(response, size)| {
-                self.queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
+                self.queued_bytes
+                    .fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
                 response
             })
             .collect()
     }
 
     /// The responses as a stream, in order.
-    pub fn into_stream(self) -> impl tonic::codegen::tokio_stream::Stream<Item = PbWatchResponse> + Send + 'static {
+    pub fn into_stream(
+        self,
+    ) -> impl tonic::codegen::tokio_stream::Stream<Item = PbWatchResponse> + Send + 'static {
         let WatchReceiver { rx, queued_bytes } = self;
         tonic::codegen::tokio_stream::StreamExt::map(rx.into_stream(), move |(response, size)| {
             queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);

@@ -50,7 +50,13 @@ pub fn decode_entry(payload: &[u8]) -> Result<Entry, DecodeError> {
     let context_len = r.u32()? as usize;
     let context = r.bytes(context_len)?.to_vec();
     r.finish()?;
-    let mut entry = Entry { term, index, data, context, ..Default::default() };
+    let mut entry = Entry {
+        term,
+        index,
+        data,
+        context,
+        ..Default::default()
+    };
     entry.set_entry_type(entry_type);
     Ok(entry)
 }
@@ -67,7 +73,11 @@ pub fn encode_hard_state(hs: &HardState) -> Vec<u8> {
 /// Decodes a hard state written by [`encode_hard_state`].
 pub fn decode_hard_state(payload: &[u8]) -> Result<HardState, DecodeError> {
     let mut r = Reader(payload);
-    let hs = HardState { term: r.u64()?, vote: r.u64()?, commit: r.u64()? };
+    let hs = HardState {
+        term: r.u64()?,
+        vote: r.u64()?,
+        commit: r.u64()?,
+    };
     r.finish()?;
     Ok(hs)
 }
@@ -99,7 +109,11 @@ pub fn decode_conf_state(payload: &[u8]) -> Result<ConfState, DecodeError> {
     }
     r.finish()?;
     let [voters, learners] = lists;
-    Ok(ConfState { voters, learners, ..Default::default() })
+    Ok(ConfState {
+        voters,
+        learners,
+        ..Default::default()
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -117,10 +131,14 @@ impl<'a> Reader<'a> {
         Ok(self.bytes(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.bytes(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.bytes(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn finish(&self) -> Result<(), DecodeError> {
         if self.0.is_empty() {
@@ -137,13 +155,22 @@ mod tests {
 
     #[test]
     fn entry_round_trips() {
-        let mut entry = Entry { term: 7, index: 42, data: b"put k v".to_vec(), context: vec![1, 2], ..Default::default() };
+        let mut entry = Entry {
+            term: 7,
+            index: 42,
+            data: b"put k v".to_vec(),
+            context: vec![1, 2],
+            ..Default::default()
+        };
         entry.set_entry_type(EntryType::EntryConfChange);
         let mut buf = Vec::new();
         encode_entry(&entry, &mut buf);
         assert_eq!(decode_entry(&buf).unwrap(), entry);
         for cut in 0..buf.len() {
-            assert!(decode_entry(&buf[..cut]).is_err(), "cut at {cut} must not decode");
+            assert!(
+                decode_entry(&buf[..cut]).is_err(),
+                "cut at {cut} must not decode"
+            );
         }
         buf.push(0);
         assert!(decode_entry(&buf).is_err(), "trailing byte must not decode");
@@ -151,10 +178,18 @@ mod tests {
 
     #[test]
     fn hard_and_conf_state_round_trip() {
-        let hs = HardState { term: 3, vote: 9, commit: 100 };
+        let hs = HardState {
+            term: 3,
+            vote: 9,
+            commit: 100,
+        };
         assert_eq!(decode_hard_state(&encode_hard_state(&hs)).unwrap(), hs);
         assert!(decode_hard_state(&[0; 23]).is_err());
-        let cs = ConfState { voters: vec![1, 2, 3], learners: vec![4], ..Default::default() };
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            ..Default::default()
+        };
         assert_eq!(decode_conf_state(&encode_conf_state(&cs)).unwrap(), cs);
         // A count claiming more members than bytes left must be refused, not allocated.
         let mut bad = encode_conf_state(&cs);

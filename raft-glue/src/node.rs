@@ -93,9 +93,18 @@ impl RaftNode {
     /// initial voters and no entries.
     pub fn new(opts: NodeOptions, restored: Restored) -> Result<RaftNode, raft::Error> {
         assert!(opts.id != 0, "raft id 0 is reserved");
-        assert!(!restored.conf_state.voters.is_empty(), "a raft group needs a voter");
+        assert!(
+            !restored.conf_state.voters.is_empty(),
+            "a raft group needs a voter"
+        );
         let log_start = restored.snapshot.map_or(0, |(index, _)| index);
-        assert!(restored.entries.first().is_none_or(|e| e.index == log_start + 1), "entries follow the snapshot");
+        assert!(
+            restored
+                .entries
+                .first()
+                .is_none_or(|e| e.index == log_start + 1),
+            "entries follow the snapshot"
+        );
         assert!(restored.applied <= restored.entries.last().map_or(log_start, |e| e.index));
         let storage = MemStorage::new();
         {
@@ -112,7 +121,9 @@ impl RaftNode {
             core.append(&restored.entries)?;
             let mut hard_state = restored.hard_state.clone();
             hard_state.commit = hard_state.commit.max(log_start);
-            hard_state.term = hard_state.term.max(restored.snapshot.map_or(0, |(_, term)| term));
+            hard_state.term = hard_state
+                .term
+                .max(restored.snapshot.map_or(0, |(_, term)| term));
             core.set_hardstate(hard_state);
         }
         let config = raft::Config {
@@ -146,9 +157,13 @@ impl RaftNode {
     /// Proposes a client write; returns the log index it will have if committed.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, ProposeError> {
         if self.raw.raft.state != StateRole::Leader {
-            return Err(ProposeError::NotLeader { leader_id: self.raw.raft.leader_id });
+            return Err(ProposeError::NotLeader {
+                leader_id: self.raw.raft.leader_id,
+            });
         }
-        self.raw.propose(Vec::new(), data).map_err(|e| ProposeError::Dropped(e.to_string()))?;
+        self.raw
+            .propose(Vec::new(), data)
+            .map_err(|e| ProposeError::Dropped(e.to_string()))?;
         Ok(self.raw.raft.raft_log.last_index())
     }
 
@@ -163,7 +178,9 @@ impl RaftNode {
         if !self.raw.has_ready() {
             return None;
         }
-        Some(Cycle { ready: self.raw.ready() })
+        Some(Cycle {
+            ready: self.raw.ready(),
+        })
     }
 
     /// Hands back a cycle whose entries and hard state are now durable.
@@ -179,7 +196,8 @@ impl RaftNode {
         {
             let store = self.raw.store().clone();
             let mut core = store.wl();
-            core.append(ready.entries()).expect("entries follow the log");
+            core.append(ready.entries())
+                .expect("entries follow the log");
             if let Some(hs) = ready.hs() {
                 core.set_hardstate(hs.clone());
             }
@@ -202,7 +220,10 @@ impl RaftNode {
         let first = raft::Storage::first_index(&store).unwrap_or(1);
         if index > keep && index - keep > first + keep {
             // Trim in chunks of `keep` so compaction cost is amortised.
-            store.wl().compact(index - keep).expect("compact below applied");
+            store
+                .wl()
+                .compact(index - keep)
+                .expect("compact below applied");
         }
     }
 
@@ -242,7 +263,11 @@ impl RaftNode {
 }
 
 fn take_read_states(ready: &mut raft::Ready) -> Vec<(Vec<u8>, u64)> {
-    ready.take_read_states().into_iter().map(|rs| (rs.request_ctx, rs.index)).collect()
+    ready
+        .take_read_states()
+        .into_iter()
+        .map(|rs| (rs.request_ctx, rs.index))
+        .collect()
 }
 
 #[cfg(test)]
@@ -250,9 +275,17 @@ mod tests {
     use super::*;
 
     fn single(id: u64) -> RaftNode {
-        let opts = NodeOptions { id, heartbeat_ticks: 1, election_ticks: 10, entries_kept_max: 4 };
+        let opts = NodeOptions {
+            id,
+            heartbeat_ticks: 1,
+            election_ticks: 10,
+            entries_kept_max: 4,
+        };
         let restored = Restored {
-            conf_state: ConfState { voters: vec![id], ..Default::default() },
+            conf_state: ConfState {
+                voters: vec![id],
+                ..Default::default()
+            },
             ..Default::default()
         };
         RaftNode::new(opts, restored).unwrap()
@@ -284,7 +317,12 @@ mod tests {
         let idx: Vec<u64> = (0..3).map(|i| node.propose(vec![i]).unwrap()).collect();
         assert_eq!(idx, vec![idx[0], idx[0] + 1, idx[0] + 2]);
         let out = drain(&mut node, &mut log);
-        let data: Vec<Vec<u8>> = out.committed.iter().filter(|e| !e.data.is_empty()).map(|e| e.data.clone()).collect();
+        let data: Vec<Vec<u8>> = out
+            .committed
+            .iter()
+            .filter(|e| !e.data.is_empty())
+            .map(|e| e.data.clone())
+            .collect();
         assert_eq!(data, vec![vec![0], vec![1], vec![2]]);
         assert_eq!(out.committed.last().unwrap().index, idx[2]);
         // Every committed entry was handed out for persistence first.
@@ -306,11 +344,30 @@ mod tests {
 
     #[test]
     fn restart_from_a_released_log_head_continues_after_it() {
-        let opts = NodeOptions { id: 3, heartbeat_ticks: 1, election_ticks: 10, entries_kept_max: 4 };
-        let tail: Vec<Entry> = (101..=103).map(|index| Entry { index, term: 2, data: vec![index as u8], ..Default::default() }).collect();
+        let opts = NodeOptions {
+            id: 3,
+            heartbeat_ticks: 1,
+            election_ticks: 10,
+            entries_kept_max: 4,
+        };
+        let tail: Vec<Entry> = (101..=103)
+            .map(|index| Entry {
+                index,
+                term: 2,
+                data: vec![index as u8],
+                ..Default::default()
+            })
+            .collect();
         let restored = Restored {
-            hard_state: HardState { term: 2, vote: 3, commit: 103 },
-            conf_state: ConfState { voters: vec![3], ..Default::default() },
+            hard_state: HardState {
+                term: 2,
+                vote: 3,
+                commit: 103,
+            },
+            conf_state: ConfState {
+                voters: vec![3],
+                ..Default::default()
+            },
             entries: tail,
             snapshot: Some((100, 2)),
             applied: 103,
@@ -321,7 +378,10 @@ mod tests {
         drain(&mut node, &mut log);
         assert!(node.is_leader());
         let index = node.propose(b"next".to_vec()).unwrap();
-        assert!(index > 104, "new entries follow the recovered tail (got {index})");
+        assert!(
+            index > 104,
+            "new entries follow the recovered tail (got {index})"
+        );
         let out = drain(&mut node, &mut log);
         assert_eq!(out.committed.last().unwrap().data, b"next".to_vec());
     }
@@ -329,7 +389,10 @@ mod tests {
     #[test]
     fn follower_refuses_proposals() {
         let mut node = single(1);
-        assert_eq!(node.propose(vec![1]), Err(ProposeError::NotLeader { leader_id: 0 }));
+        assert_eq!(
+            node.propose(vec![1]),
+            Err(ProposeError::NotLeader { leader_id: 0 })
+        );
     }
 
     #[test]
@@ -344,18 +407,33 @@ mod tests {
         drain(&mut node, &mut log);
         let applied = node.commit_index();
         let restored = Restored {
-            hard_state: HardState { term: node.term(), vote: 7, commit: applied },
-            conf_state: ConfState { voters: vec![7], ..Default::default() },
+            hard_state: HardState {
+                term: node.term(),
+                vote: 7,
+                commit: applied,
+            },
+            conf_state: ConfState {
+                voters: vec![7],
+                ..Default::default()
+            },
             entries: log.clone(),
             snapshot: None,
             applied,
         };
-        let opts = NodeOptions { id: 7, heartbeat_ticks: 1, election_ticks: 10, entries_kept_max: 4 };
+        let opts = NodeOptions {
+            id: 7,
+            heartbeat_ticks: 1,
+            election_ticks: 10,
+            entries_kept_max: 4,
+        };
         let mut again = RaftNode::new(opts, restored).unwrap();
         again.campaign().unwrap();
         let out = drain(&mut again, &mut log);
         // Only the new term's empty entry is delivered; nothing applied before comes back.
-        assert!(out.committed.iter().all(|e| e.index > applied && e.data.is_empty()));
+        assert!(out
+            .committed
+            .iter()
+            .all(|e| e.index > applied && e.data.is_empty()));
         assert!(again.is_leader());
         assert!(again.term() > node.term() - 1);
     }

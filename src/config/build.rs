@@ -44,7 +44,8 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         lease_checkpoint_interval_ms: r.value("lease-checkpoint-interval", parse_u64)?,
         auto_compaction_mode,
         auto_compaction_retention,
-        auto_compaction_revision_interval_ms: r.value("auto-compaction-revision-interval", parse_u64)?,
+        auto_compaction_revision_interval_ms: r
+            .value("auto-compaction-revision-interval", parse_u64)?,
         cores: r
             .optional("cores", |s| parse_cores(s, online))?
             .unwrap_or(online),

@@ -21,7 +21,9 @@ pub(super) enum Retention {
 pub(super) fn parse_mode(text: &str) -> Result<String, String> {
     match text {
         "" | MODE_PERIODIC | MODE_REVISION => Ok(text.to_string()),
-        _ => Err(format!("unknown auto-compaction-mode {text:?} (expected {MODE_PERIODIC} or {MODE_REVISION})")),
+        _ => Err(format!(
+            "unknown auto-compaction-mode {text:?} (expected {MODE_PERIODIC} or {MODE_REVISION})"
+        )),
     }
 }
 
@@ -31,7 +33,10 @@ pub(super) fn parse_retention(mode: &str, text: &str) -> Result<Option<Retention
         Some(n) if n >= 0 => match mode {
             MODE_REVISION => Retention::Revisions(n),
             MODE_PERIODIC => {
-                let secs = u64::try_from(n).ok().and_then(|h| h.checked_mul(3600)).ok_or("too many hours")?;
+                let secs = u64::try_from(n)
+                    .ok()
+                    .and_then(|h| h.checked_mul(3600))
+                    .ok_or("too many hours")?;
                 Retention::Periodic(Duration::from_secs(secs))
             }
             // etcd: a number under an empty mode leaves compaction off.
@@ -55,7 +60,8 @@ pub(super) fn parse_retention(mode: &str, text: &str) -> Result<Option<Retention
             }
         }
     };
-    let off = matches!(retention, Retention::Periodic(d) if d.is_zero()) || retention == Retention::Revisions(0);
+    let off = matches!(retention, Retention::Periodic(d) if d.is_zero())
+        || retention == Retention::Revisions(0);
     Ok(if off { None } else { Some(retention) })
 }
 
@@ -96,7 +102,9 @@ pub(super) fn parse_go_duration(text: &str) -> Result<i64, String> {
         if int_part.is_empty() && frac_part.is_empty() {
             return Err(invalid());
         }
-        let unit_len = after.find(|c: char| c == '.' || c.is_ascii_digit()).unwrap_or(after.len());
+        let unit_len = after
+            .find(|c: char| c == '.' || c.is_ascii_digit())
+            .unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_len);
         if unit.is_empty() {
             return Err(format!("time: missing unit in duration {text:?}"));
@@ -110,7 +118,11 @@ pub(super) fn parse_go_duration(text: &str) -> Result<i64, String> {
             "h" => 3_600_000_000_000,
             _ => return Err(format!("time: unknown unit {unit:?} in duration {text:?}")),
         };
-        let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| invalid())? };
+        let int: u128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().map_err(|_| invalid())?
+        };
         let mut value = int.checked_mul(scale).ok_or_else(invalid)?;
         // The fraction, truncated to whole nanoseconds as Go does.
         let mut frac_scale = scale;
@@ -175,7 +187,11 @@ mod tests {
             ("periodic", "0", None),
             ("periodic", "1", Some(Retention::Periodic(hour))),
             ("periodic", "24", Some(Retention::Periodic(24 * hour))),
-            ("periodic", "5m", Some(Retention::Periodic(Duration::from_secs(300)))),
+            (
+                "periodic",
+                "5m",
+                Some(Retention::Periodic(Duration::from_secs(300))),
+            ),
             ("periodic", "1.5h", Some(Retention::Periodic(hour * 3 / 2))),
             ("periodic", "0s", None),
             ("revision", "0", None),
@@ -189,11 +205,21 @@ mod tests {
         for (mode, text, want) in cases {
             assert_eq!(parse_retention(mode, text), Ok(*want), "{mode} {text}");
         }
-        assert!(parse_retention("", "5m").unwrap_err().contains("unsupported compaction mode"));
-        assert!(parse_retention("periodic", "-1").unwrap_err().contains("missing unit"));
-        assert!(parse_retention("periodic", "-1h").unwrap_err().contains("negative"));
-        assert!(parse_retention("periodic", "abc").unwrap_err().contains("invalid duration"));
-        assert!(parse_mode("daily").unwrap_err().contains("unknown auto-compaction-mode \"daily\""));
+        assert!(parse_retention("", "5m")
+            .unwrap_err()
+            .contains("unsupported compaction mode"));
+        assert!(parse_retention("periodic", "-1")
+            .unwrap_err()
+            .contains("missing unit"));
+        assert!(parse_retention("periodic", "-1h")
+            .unwrap_err()
+            .contains("negative"));
+        assert!(parse_retention("periodic", "abc")
+            .unwrap_err()
+            .contains("invalid duration"));
+        assert!(parse_mode("daily")
+            .unwrap_err()
+            .contains("unknown auto-compaction-mode \"daily\""));
         for mode in ["", "periodic", "revision"] {
             assert_eq!(parse_mode(mode).as_deref(), Ok(mode));
         }

@@ -149,7 +149,11 @@ fn defaults_match_etcd() {
         auto_compaction_revision_interval_ms: 300_000,
     };
     assert_eq!(run(&[], &[]), expected);
-    assert_eq!(expected.auto_compaction(), None, "auto-compaction is off by default");
+    assert_eq!(
+        expected.auto_compaction(),
+        None,
+        "auto-compaction is off by default"
+    );
     assert_eq!(DEFAULT_QUOTA_BYTES, 2_147_483_648);
 }
 
@@ -224,10 +228,18 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
         join(&c.listen_metrics_urls)
     }),
     ("cores", "1", |c| c.cores.to_string()),
-    ("lease-checkpoint-interval", "1500", |c| c.lease_checkpoint_interval_ms.to_string()),
-    ("auto-compaction-retention", "5m", |c| c.auto_compaction_retention.clone()),
-    ("auto-compaction-mode", "revision", |c| c.auto_compaction_mode.clone()),
-    ("auto-compaction-revision-interval", "2500", |c| c.auto_compaction_revision_interval_ms.to_string()),
+    ("lease-checkpoint-interval", "1500", |c| {
+        c.lease_checkpoint_interval_ms.to_string()
+    }),
+    ("auto-compaction-retention", "5m", |c| {
+        c.auto_compaction_retention.clone()
+    }),
+    ("auto-compaction-mode", "revision", |c| {
+        c.auto_compaction_mode.clone()
+    }),
+    ("auto-compaction-revision-interval", "2500", |c| {
+        c.auto_compaction_revision_interval_ms.to_string()
+    }),
 ];
 
 #[test]
@@ -322,10 +334,7 @@ fn last_occurrence_of_a_flag_wins() {
 
 #[test]
 fn unknown_etcd_environment_variables_warn_and_are_ignored() {
-    let env = [
-        ("ETCD_ENABLE_V2", "true"),
-        ("COREKV_NO_SUCH_THING", "x"),
-    ];
+    let env = [("ETCD_ENABLE_V2", "true"), ("COREKV_NO_SUCH_THING", "x")];
     let (config, warnings) = capture::warnings(|| run(&[], &env));
     assert_eq!(config.name, "default");
     for key in ["ETCD_ENABLE_V2", "COREKV_NO_SUCH_THING"] {
@@ -499,10 +508,7 @@ fn config_file_errors() {
     let cases: &[(&str, &[&str])] = &[
         (
             "enable-v2: true\n",
-            &[
-                "unknown key \"enable-v2\"",
-                "supported keys: name,",
-            ],
+            &["unknown key \"enable-v2\"", "supported keys: name,"],
         ),
         (
             "config-file: other.yaml\n",
@@ -1062,15 +1068,34 @@ fn auto_compaction_settings_as_etcd_reads_them() {
     let cases: &[(&[&str], Option<AutoCompaction>)] = &[
         (&[], None),
         (&["--auto-compaction-retention", "0"], None),
-        (&["--auto-compaction-retention", "1"], Some(AutoCompaction::Periodic(Duration::from_secs(3600)))),
-        (&["--auto-compaction-retention=2s"], Some(AutoCompaction::Periodic(Duration::from_secs(2)))),
         (
-            &["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1.5h"],
+            &["--auto-compaction-retention", "1"],
+            Some(AutoCompaction::Periodic(Duration::from_secs(3600))),
+        ),
+        (
+            &["--auto-compaction-retention=2s"],
+            Some(AutoCompaction::Periodic(Duration::from_secs(2))),
+        ),
+        (
+            &[
+                "--auto-compaction-mode",
+                "periodic",
+                "--auto-compaction-retention",
+                "1.5h",
+            ],
             Some(AutoCompaction::Periodic(Duration::from_secs(5400))),
         ),
         (
-            &["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000"],
-            Some(AutoCompaction::Revision { retention: 1000, interval: five_min }),
+            &[
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1000",
+            ],
+            Some(AutoCompaction::Revision {
+                retention: 1000,
+                interval: five_min,
+            }),
         ),
         (
             &[
@@ -1078,29 +1103,59 @@ fn auto_compaction_settings_as_etcd_reads_them() {
                 "--auto-compaction-retention=10",
                 "--auto-compaction-revision-interval=200",
             ],
-            Some(AutoCompaction::Revision { retention: 10, interval: Duration::from_millis(200) }),
+            Some(AutoCompaction::Revision {
+                retention: 10,
+                interval: Duration::from_millis(200),
+            }),
         ),
         (&["--auto-compaction-mode", "revision"], None),
     ];
     for (args, want) in cases {
         assert_eq!(run(args, &[]).auto_compaction(), *want, "{args:?}");
     }
-    let env = [("ETCD_AUTO_COMPACTION_MODE", "revision"), ("COREKV_AUTO_COMPACTION_RETENTION", "7")];
+    let env = [
+        ("ETCD_AUTO_COMPACTION_MODE", "revision"),
+        ("COREKV_AUTO_COMPACTION_RETENTION", "7"),
+    ];
     assert_eq!(
         run(&[], &env).auto_compaction(),
-        Some(AutoCompaction::Revision { retention: 7, interval: five_min })
+        Some(AutoCompaction::Revision {
+            retention: 7,
+            interval: five_min
+        })
     );
 }
 
 #[test]
 fn bad_auto_compaction_values_are_refused() {
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--auto-compaction-mode", "daily"], &["--auto-compaction-mode", "unknown auto-compaction-mode \"daily\""]),
-        (&["--auto-compaction-retention", "abc"], &["--auto-compaction-retention", "time: invalid duration \"abc\""]),
-        (&["--auto-compaction-retention", "-1"], &["time: missing unit in duration \"-1\""]),
+        (
+            &["--auto-compaction-mode", "daily"],
+            &[
+                "--auto-compaction-mode",
+                "unknown auto-compaction-mode \"daily\"",
+            ],
+        ),
+        (
+            &["--auto-compaction-retention", "abc"],
+            &[
+                "--auto-compaction-retention",
+                "time: invalid duration \"abc\"",
+            ],
+        ),
+        (
+            &["--auto-compaction-retention", "-1"],
+            &["time: missing unit in duration \"-1\""],
+        ),
         (&["--auto-compaction-retention", "-1h"], &["negative"]),
-        (&["--auto-compaction-retention", "5x"], &["unknown unit \"x\""]),
-        (&["--auto-compaction-revision-interval", "soon"], &["expected a non-negative integer"]),
+        (
+            &["--auto-compaction-retention", "5x"],
+            &["unknown unit \"x\""],
+        ),
+        (
+            &["--auto-compaction-revision-interval", "soon"],
+            &["expected a non-negative integer"],
+        ),
     ];
     for (args, needles) in cases {
         let message = error(args, &[]);
@@ -1117,10 +1172,20 @@ fn config_file_auto_compaction_mode_defaults_to_empty_as_in_etcd() {
     // A number without a mode: etcd leaves compaction off.
     let file = TempFile::new("auto-compaction-retention: 1\n");
     let config = run(&["--config-file", file.path()], &[]);
-    assert_eq!((config.auto_compaction_mode.as_str(), config.auto_compaction()), ("", None));
+    assert_eq!(
+        (
+            config.auto_compaction_mode.as_str(),
+            config.auto_compaction()
+        ),
+        ("", None)
+    );
     // A duration without a mode: etcd refuses to start ("unsupported compaction mode").
     let file = TempFile::new("auto-compaction-retention: 5m\n");
-    assert_contains(&error(&["--config-file", file.path()], &[]), "unsupported compaction mode", "5m without a mode");
+    assert_contains(
+        &error(&["--config-file", file.path()], &[]),
+        "unsupported compaction mode",
+        "5m without a mode",
+    );
     // With the mode, as on the command line.
     let file = TempFile::new("auto-compaction-mode: periodic\nauto-compaction-retention: 5m\n");
     assert_eq!(
@@ -1130,6 +1195,9 @@ fn config_file_auto_compaction_mode_defaults_to_empty_as_in_etcd() {
     let file = TempFile::new("auto-compaction-mode: revision\nauto-compaction-retention: 100\nauto-compaction-revision-interval: 50\n");
     assert_eq!(
         run(&["--config-file", file.path()], &[]).auto_compaction(),
-        Some(AutoCompaction::Revision { retention: 100, interval: Duration::from_millis(50) })
+        Some(AutoCompaction::Revision {
+            retention: 100,
+            interval: Duration::from_millis(50)
+        })
     );
 }

@@ -70,13 +70,28 @@ impl Compactor {
                 let mut revs = VecDeque::with_capacity(retentions + 1);
                 revs.push_back(revision);
                 Compactor {
-                    kind: Kind::Periodic { period, revs, retentions, retry, base: period, last_success: now },
+                    kind: Kind::Periodic {
+                        period,
+                        revs,
+                        retentions,
+                        retry,
+                        base: period,
+                        last_success: now,
+                    },
                     waiting: false,
                     next_wake: now + retry,
                 }
             }
-            AutoCompaction::Revision { retention, interval } => Compactor {
-                kind: Kind::Revision { retention, interval, prev: 0, proposed: 0 },
+            AutoCompaction::Revision {
+                retention,
+                interval,
+            } => Compactor {
+                kind: Kind::Revision {
+                    retention,
+                    interval,
+                    prev: 0,
+                    proposed: 0,
+                },
                 waiting: false,
                 next_wake: now + interval,
             },
@@ -89,7 +104,14 @@ impl Compactor {
             return None;
         }
         match &mut self.kind {
-            Kind::Periodic { period, revs, retentions, retry, base, last_success } => {
+            Kind::Periodic {
+                period,
+                revs,
+                retentions,
+                retry,
+                base,
+                last_success,
+            } => {
                 if !leading || now.duration_since(*last_success) < *base {
                     record(revs, *retentions, revision);
                     self.next_wake = now + *retry;
@@ -101,7 +123,12 @@ impl Compactor {
                 self.waiting = true;
                 revs.front().copied()
             }
-            Kind::Revision { retention, interval, prev, proposed } => {
+            Kind::Revision {
+                retention,
+                interval,
+                prev,
+                proposed,
+            } => {
                 let target = revision - *retention;
                 if !leading || target <= 0 || target == *prev {
                     self.next_wake = now + *interval;
@@ -122,14 +149,25 @@ impl Compactor {
         }
         self.waiting = false;
         match &mut self.kind {
-            Kind::Periodic { revs, retentions, retry, last_success, .. } => {
+            Kind::Periodic {
+                revs,
+                retentions,
+                retry,
+                last_success,
+                ..
+            } => {
                 if done {
                     *last_success = now;
                 }
                 record(revs, *retentions, revision);
                 self.next_wake = now + *retry;
             }
-            Kind::Revision { interval, prev, proposed, .. } => {
+            Kind::Revision {
+                interval,
+                prev,
+                proposed,
+                ..
+            } => {
                 if done {
                     *prev = *proposed;
                 }
@@ -152,7 +190,13 @@ mod tests {
 
     /// Steps time by `step`, the revision by one per step, for `steps` steps, compacting
     /// successfully at once; returns `(elapsed, compacted revision)` of each compaction.
-    fn drive(c: &mut Compactor, start: Instant, step: Duration, steps: u32, leading: bool) -> Vec<(Duration, i64)> {
+    fn drive(
+        c: &mut Compactor,
+        start: Instant,
+        step: Duration,
+        steps: u32,
+        leading: bool,
+    ) -> Vec<(Duration, i64)> {
         let mut out = Vec::new();
         for i in 1..=steps {
             let now = start + step * i;
@@ -187,12 +231,23 @@ mod tests {
     #[test]
     fn periodic_over_an_hour_waits_the_period_then_compacts_hourly() {
         let start = Instant::now();
-        let mut c = Compactor::new(AutoCompaction::Periodic(Duration::from_secs(3 * 3600)), start, 1);
+        let mut c = Compactor::new(
+            AutoCompaction::Periodic(Duration::from_secs(3 * 3600)),
+            start,
+            1,
+        );
         let done = drive(&mut c, start, Duration::from_secs(60), 6 * 60, true);
         let hours: Vec<u64> = done.iter().map(|(at, _)| at.as_secs() / 60).collect();
-        assert_eq!(hours, vec![180, 240, 300, 360], "minutes of each compaction");
+        assert_eq!(
+            hours,
+            vec![180, 240, 300, 360],
+            "minutes of each compaction"
+        );
         // Recorded every 6 minutes, 31 kept: revs[0] is from 3 hours (and 6 minutes) back.
-        assert_eq!(done[0].1, 1, "the first compaction takes the revision at the start");
+        assert_eq!(
+            done[0].1, 1,
+            "the first compaction takes the revision at the start"
+        );
         for (at, rev) in &done[1..] {
             let minute = at.as_secs() as i64 / 60;
             assert_eq!(*rev - 1, minute - 186, "at {minute} min compacted {rev}");
@@ -211,7 +266,10 @@ mod tests {
         assert_eq!(c.poll(t(11), 1, true), None, "one compaction at a time");
         c.finished(t(10), false, 1);
         assert_eq!(c.poll(t(10), 1, true), None, "waits a retry interval");
-        assert!(c.poll(t(11), 1, true).is_some(), "retried after a tenth of the period");
+        assert!(
+            c.poll(t(11), 1, true).is_some(),
+            "retried after a tenth of the period"
+        );
     }
 
     #[test]
@@ -229,19 +287,38 @@ mod tests {
     fn revision_mode_keeps_retention_revisions() {
         let start = Instant::now();
         let interval = Duration::from_secs(300);
-        let mut c = Compactor::new(AutoCompaction::Revision { retention: 100, interval }, start, 1);
+        let mut c = Compactor::new(
+            AutoCompaction::Revision {
+                retention: 100,
+                interval,
+            },
+            start,
+            1,
+        );
         let at = |s: u64| start + Duration::from_secs(s);
         assert_eq!(c.poll(at(299), 500, true), None, "not before the interval");
         assert_eq!(c.poll(at(300), 500, true), Some(400));
         c.finished(at(300), true, 500);
         assert_eq!(c.poll(at(599), 700, true), None);
-        assert_eq!(c.poll(at(600), 500, true), None, "the same revision is not compacted twice");
+        assert_eq!(
+            c.poll(at(600), 500, true),
+            None,
+            "the same revision is not compacted twice"
+        );
         assert_eq!(c.poll(at(900), 650, true), Some(550));
         c.finished(at(900), false, 650);
-        assert_eq!(c.poll(at(1200), 650, true), Some(550), "a failure is retried");
+        assert_eq!(
+            c.poll(at(1200), 650, true),
+            Some(550),
+            "a failure is retried"
+        );
         c.finished(at(1200), true, 650);
         assert_eq!(c.poll(at(1500), 90, true), None, "nothing below revision 1");
-        assert_eq!(c.poll(at(1800), 1000, false), None, "followers do not compact");
+        assert_eq!(
+            c.poll(at(1800), 1000, false),
+            None,
+            "followers do not compact"
+        );
         assert_eq!(c.poll(at(2100), 1000, true), Some(900));
     }
 }

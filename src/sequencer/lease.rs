@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use corekv_engine::mvcc::Applied;
 use corekv_engine::pb::{
-    PbLeaseGrantRequest, PbLeaseKeepAliveResponse, PbLeaseLeasesResponse, PbLeaseRevokeRequest, PbLeaseStatus,
-    PbLeaseTimeToLiveResponse, PbResponseHeader,
+    PbLeaseGrantRequest, PbLeaseKeepAliveResponse, PbLeaseLeasesResponse, PbLeaseRevokeRequest,
+    PbLeaseStatus, PbLeaseTimeToLiveResponse, PbResponseHeader,
 };
 use corekv_engine::request::{Command, LeaseCheckpoint, LeaseCheckpointRequest};
 use corekv_engine::KvError;
@@ -58,7 +58,10 @@ pub struct LeaseOptions {
 impl LeaseOptions {
     /// etcd's settings for an election timeout: minimum TTL ceil(1.5 x election timeout)
     /// seconds (2 s for the default 1000 ms), promotion extended by the election timeout.
-    pub fn for_election_timeout(election_timeout_ms: u64, checkpoint_interval: Duration) -> LeaseOptions {
+    pub fn for_election_timeout(
+        election_timeout_ms: u64,
+        checkpoint_interval: Duration,
+    ) -> LeaseOptions {
         LeaseOptions {
             min_ttl_secs: (3 * election_timeout_ms).div_ceil(2000) as i64,
             promote_extend: Duration::from_millis(election_timeout_ms),
@@ -107,7 +110,10 @@ fn random_lease_id(mut taken: impl FnMut(i64) -> bool) -> i64 {
 }
 
 fn header(revision: i64) -> Option<PbResponseHeader> {
-    Some(PbResponseHeader { revision, ..Default::default() })
+    Some(PbResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 impl Sequencer {
@@ -139,10 +145,15 @@ impl Sequencer {
         }
         let body = match op {
             LeaseOp::KeepAlive { id } => LeaseResult::KeepAlive(self.keep_alive(id, now)),
-            LeaseOp::TimeToLive { id, keys } => LeaseResult::TimeToLive(self.time_to_live(id, keys, now)),
+            LeaseOp::TimeToLive { id, keys } => {
+                LeaseResult::TimeToLive(self.time_to_live(id, keys, now))
+            }
             LeaseOp::Leases => LeaseResult::Leases(self.lease_list()),
         };
-        let _ = reply.send(Ok(Reply { body, raft_term: self.raft.term() }));
+        let _ = reply.send(Ok(Reply {
+            body,
+            raft_term: self.raft.term(),
+        }));
     }
 
     /// etcd's keep-alive answer: the TTL, or 0 for a lease that is unknown or expired.
@@ -150,20 +161,39 @@ impl Sequencer {
         // The header is taken before the renewal, as etcd does.
         let revision = self.store.revision();
         let ttl = self.leases.lessor.renew(id, now);
-        if ttl.is_some() && self.store.view().lease_ttl(id).is_some_and(|(_, remaining)| remaining > 0) {
+        if ttl.is_some()
+            && self
+                .store
+                .view()
+                .lease_ttl(id)
+                .is_some_and(|(_, remaining)| remaining > 0)
+        {
             // A renewed lease must not come back from a restart with its old remaining TTL.
             if self.leases.clears.len() < CHECKPOINT_CLEARS_PENDING_MAX {
                 self.leases.clears.insert(id);
             }
         }
-        PbLeaseKeepAliveResponse { header: header(revision), id, ttl: ttl.unwrap_or(0) }
+        PbLeaseKeepAliveResponse {
+            header: header(revision),
+            id,
+            ttl: ttl.unwrap_or(0),
+        }
     }
 
     /// etcd's time-to-live answer; an unknown lease gets TTL -1 and no error.
     fn time_to_live(&self, id: i64, with_keys: bool, now: Instant) -> PbLeaseTimeToLiveResponse {
-        let mut resp = PbLeaseTimeToLiveResponse { header: header(self.store.revision()), id, ttl: -1, ..Default::default() };
+        let mut resp = PbLeaseTimeToLiveResponse {
+            header: header(self.store.revision()),
+            id,
+            ttl: -1,
+            ..Default::default()
+        };
         if let Some(lease) = self.store.view().lease(id) {
-            resp.ttl = self.leases.lessor.remaining_secs(id, now).unwrap_or(lease.ttl_secs);
+            resp.ttl = self
+                .leases
+                .lessor
+                .remaining_secs(id, now)
+                .unwrap_or(lease.ttl_secs);
             resp.granted_ttl = lease.ttl_secs;
             if with_keys {
                 resp.keys = lease.keys.iter().map(|k| k.to_vec()).collect();
@@ -178,7 +208,10 @@ impl Sequencer {
         let mut ids = view.leases();
         ids.sort_by_key(|id| (self.leases.lessor.expiry(*id), *id));
         let leases = ids.into_iter().map(|id| PbLeaseStatus { id }).collect();
-        PbLeaseLeasesResponse { header: header(view.revision()), leases }
+        PbLeaseLeasesResponse {
+            header: header(view.revision()),
+            leases,
+        }
     }
 
     /// Keeps the lessor's role in step with raft's: a new leader takes over every lease
@@ -190,7 +223,9 @@ impl Sequencer {
         }
         if leading {
             let extend = self.leases.opts.promote_extend;
-            self.leases.lessor.promote(now, extend, self.store.view().lease_ttls());
+            self.leases
+                .lessor
+                .promote(now, extend, self.store.view().lease_ttls());
             self.leases.next_revoke_check = now;
             self.leases.next_checkpoint = now + self.leases.opts.checkpoint_interval;
             let tracked = self.leases.lessor.len();
@@ -226,10 +261,20 @@ impl Sequencer {
         let max = CHECKPOINTS_PER_PROPOSAL_MAX * CHECKPOINT_PROPOSALS_PER_STEP_MAX;
         let (points, done) = self.leases.lessor.checkpoints(now, interval, max);
         for batch in points.chunks(CHECKPOINTS_PER_PROPOSAL_MAX) {
-            let checkpoints = batch.iter().map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl }).collect();
-            self.propose_internal(Command::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }));
+            let checkpoints = batch
+                .iter()
+                .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                .collect();
+            self.propose_internal(Command::LeaseCheckpoint(LeaseCheckpointRequest {
+                checkpoints,
+            }));
         }
-        self.leases.next_checkpoint = now + if done { interval } else { REVOKE_CHECK_INTERVAL };
+        self.leases.next_checkpoint = now
+            + if done {
+                interval
+            } else {
+                REVOKE_CHECK_INTERVAL
+            };
     }
 
     /// Proposes the clears queued by renewals, in bounded batches.
@@ -237,9 +282,14 @@ impl Sequencer {
         while !self.leases.clears.is_empty() {
             let batch: Vec<LeaseCheckpoint> = std::iter::from_fn(|| self.leases.clears.pop_first())
                 .take(CHECKPOINTS_PER_PROPOSAL_MAX)
-                .map(|id| LeaseCheckpoint { id, remaining_ttl: 0 })
+                .map(|id| LeaseCheckpoint {
+                    id,
+                    remaining_ttl: 0,
+                })
                 .collect();
-            self.propose_internal(Command::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints: batch }));
+            self.propose_internal(Command::LeaseCheckpoint(LeaseCheckpointRequest {
+                checkpoints: batch,
+            }));
         }
     }
 
@@ -265,7 +315,8 @@ impl Sequencer {
             }
             _ => return,
         }
-        m.leases_live.store(self.store.view().lease_count() as i64, Relaxed);
+        m.leases_live
+            .store(self.store.view().lease_count() as i64, Relaxed);
     }
 }
 
@@ -276,7 +327,15 @@ mod tests {
     #[test]
     fn minimum_ttl_is_etcds() {
         // (election timeout ms, min TTL s): ceil(1.5 x election timeout)
-        for (election_ms, min) in [(1000, 2), (500, 1), (1001, 2), (1334, 3), (2000, 3), (5000, 8), (50_000, 75)] {
+        for (election_ms, min) in [
+            (1000, 2),
+            (500, 1),
+            (1001, 2),
+            (1334, 3),
+            (2000, 3),
+            (5000, 8),
+            (50_000, 75),
+        ] {
             let opts = LeaseOptions::for_election_timeout(election_ms, CHECKPOINT_INTERVAL);
             assert_eq!(opts.min_ttl_secs, min, "election timeout {election_ms} ms");
             assert_eq!(opts.promote_extend, Duration::from_millis(election_ms));
@@ -291,7 +350,11 @@ mod tests {
             assert!(id > 0);
             seen.insert(id);
         }
-        assert!(seen.len() > 990, "ids repeat: {} distinct of 1000", seen.len());
+        assert!(
+            seen.len() > 990,
+            "ids repeat: {} distinct of 1000",
+            seen.len()
+        );
         // The first three candidates are in use: the fourth is taken.
         let mut offered = Vec::new();
         let id = random_lease_id(|candidate| {

@@ -17,7 +17,10 @@ fn run_server_with(kind: Kind, extra: &[&str], initial_cluster: Option<String>) 
     let client = format!("http://127.0.0.1:{}", ports[0]);
     let peer = format!("http://127.0.0.1:{}", ports[1]);
     let cluster = initial_cluster
-        .map(|c| c.replace("{peer}", &peer).replace("{peer2}", &format!("http://127.0.0.1:{}", ports[2])))
+        .map(|c| {
+            c.replace("{peer}", &peer)
+                .replace("{peer2}", &format!("http://127.0.0.1:{}", ports[2]))
+        })
         .unwrap_or_else(|| format!("n1={peer}"));
     let mut cmd = Command::new(server_bin(kind));
     for (k, _) in std::env::vars_os() {
@@ -50,7 +53,10 @@ fn run_server_with(kind: Kind, extra: &[&str], initial_cluster: Option<String>) 
 fn unknown_flag_exits_2_and_names_the_flag() {
     for kind in reference_then_target() {
         let o = run_server_with(kind, &["--no-such-flag-xyz"], None);
-        assert!(!o.timed_out, "{kind}: started despite an unknown flag:\n{o}");
+        assert!(
+            !o.timed_out,
+            "{kind}: started despite an unknown flag:\n{o}"
+        );
         assert_eq!(o.code, 2, "{kind}: exit code for an unknown flag:\n{o}");
         assert!(
             o.stderr.contains("no-such-flag-xyz"),
@@ -62,7 +68,10 @@ fn unknown_flag_exits_2_and_names_the_flag() {
         cmd.current_dir(dir.path()).arg("--bogus");
         let o = run_with_timeout(cmd, None, Duration::from_secs(15));
         assert_eq!(o.code, 2, "{kind}: exit code for `--bogus`:\n{o}");
-        assert!(o.stderr.contains("bogus"), "{kind}: stderr must name `bogus`:\n{o}");
+        assert!(
+            o.stderr.contains("bogus"),
+            "{kind}: stderr must name `bogus`:\n{o}"
+        );
     }
 }
 
@@ -70,7 +79,10 @@ fn unknown_flag_exits_2_and_names_the_flag() {
 fn bad_flag_value_exits_2() {
     for kind in reference_then_target() {
         let o = run_server_with(kind, &["--max-txn-ops=abc"], None);
-        assert!(!o.timed_out, "{kind}: started despite --max-txn-ops=abc:\n{o}");
+        assert!(
+            !o.timed_out,
+            "{kind}: started despite --max-txn-ops=abc:\n{o}"
+        );
         assert_eq!(o.code, 2, "{kind}: exit code for --max-txn-ops=abc:\n{o}");
         assert!(
             o.stderr.contains("max-txn-ops") && o.stderr.contains("abc"),
@@ -90,7 +102,10 @@ fn second_member_in_initial_cluster_is_refused() {
         return;
     }
     let o = run_server_with(kind, &[], Some("n1={peer},n2={peer2}".to_string()));
-    assert!(!o.timed_out, "{kind}: still running with a two-member --initial-cluster:\n{o}");
+    assert!(
+        !o.timed_out,
+        "{kind}: still running with a two-member --initial-cluster:\n{o}"
+    );
     assert_ne!(o.code, 0, "{kind}: must exit non-zero:\n{o}");
     let all = format!("{}{}", o.stdout, o.stderr);
     assert!(
@@ -111,7 +126,9 @@ fn endpoint_status_member_list_and_health() {
         let o = s.etcdctl(&["endpoint", "status", "-w", "json"]);
         o.expect_ok("endpoint status");
         let v = o.json();
-        let arr = v.as_array().unwrap_or_else(|| panic!("{kind}: status is not an array:\n{o}"));
+        let arr = v
+            .as_array()
+            .unwrap_or_else(|| panic!("{kind}: status is not an array:\n{o}"));
         assert_eq!(arr.len(), 1, "{kind}: one endpoint:\n{o}");
         let e = &arr[0];
         assert_eq!(e["Endpoint"], Value::String(s.endpoint()), "{kind}:\n{o}");
@@ -119,31 +136,67 @@ fn endpoint_status_member_list_and_health() {
         let hdr = &st["header"];
         let member_id = hdr["member_id"].as_u64().unwrap_or(0);
         assert_ne!(member_id, 0, "{kind}: header.member_id:\n{o}");
-        assert_ne!(hdr["cluster_id"].as_u64().unwrap_or(0), 0, "{kind}: header.cluster_id:\n{o}");
-        assert_eq!(hdr["revision"].as_i64(), Some(3), "{kind}: header.revision:\n{o}");
-        assert_eq!(st["leader"].as_u64(), Some(member_id), "{kind}: leader is itself:\n{o}");
+        assert_ne!(
+            hdr["cluster_id"].as_u64().unwrap_or(0),
+            0,
+            "{kind}: header.cluster_id:\n{o}"
+        );
+        assert_eq!(
+            hdr["revision"].as_i64(),
+            Some(3),
+            "{kind}: header.revision:\n{o}"
+        );
+        assert_eq!(
+            st["leader"].as_u64(),
+            Some(member_id),
+            "{kind}: leader is itself:\n{o}"
+        );
         assert!(
             st["version"].as_str().map_or(false, |v| !v.is_empty()),
             "{kind}: version:\n{o}"
         );
-        assert!(st["raftTerm"].as_u64().unwrap_or(0) > 0, "{kind}: raftTerm:\n{o}");
-        assert!(st["raftIndex"].as_u64().unwrap_or(0) > 0, "{kind}: raftIndex:\n{o}");
-        assert!(st["dbSize"].as_i64().unwrap_or(0) > 0, "{kind}: dbSize:\n{o}");
+        assert!(
+            st["raftTerm"].as_u64().unwrap_or(0) > 0,
+            "{kind}: raftTerm:\n{o}"
+        );
+        assert!(
+            st["raftIndex"].as_u64().unwrap_or(0) > 0,
+            "{kind}: raftIndex:\n{o}"
+        );
+        assert!(
+            st["dbSize"].as_i64().unwrap_or(0) > 0,
+            "{kind}: dbSize:\n{o}"
+        );
 
         // member list -w json
         let o = s.etcdctl(&["member", "list", "-w", "json"]);
         o.expect_ok("member list");
         let v = o.json();
-        assert_eq!(v["header"]["member_id"].as_u64(), Some(member_id), "{kind}:\n{o}");
+        assert_eq!(
+            v["header"]["member_id"].as_u64(),
+            Some(member_id),
+            "{kind}:\n{o}"
+        );
         assert_eq!(v["header"]["cluster_id"], hdr["cluster_id"], "{kind}:\n{o}");
         let members = v["members"].as_array().expect("members array");
         assert_eq!(members.len(), 1, "{kind}: one member:\n{o}");
         let m = &members[0];
         assert_eq!(m["ID"].as_u64(), Some(member_id), "{kind}:\n{o}");
         assert_eq!(m["name"], "n1", "{kind}:\n{o}");
-        assert_eq!(m["peerURLs"], serde_json::json!([s.peer_url()]), "{kind}:\n{o}");
-        assert_eq!(m["clientURLs"], serde_json::json!([s.endpoint()]), "{kind}:\n{o}");
-        assert!(m.get("isLearner").map_or(true, |l| l == false), "{kind}:\n{o}");
+        assert_eq!(
+            m["peerURLs"],
+            serde_json::json!([s.peer_url()]),
+            "{kind}:\n{o}"
+        );
+        assert_eq!(
+            m["clientURLs"],
+            serde_json::json!([s.endpoint()]),
+            "{kind}:\n{o}"
+        );
+        assert!(
+            m.get("isLearner").map_or(true, |l| l == false),
+            "{kind}:\n{o}"
+        );
 
         // member list (simple): "<hex id>, started, n1, <peer>, <client>, false"
         let o = s.etcdctl(&["member", "list"]);
@@ -172,7 +225,11 @@ fn endpoint_status_member_list_and_health() {
         let o = s.etcdctl(&["endpoint", "health", "-w", "json"]);
         assert_eq!(o.code, 0, "{kind}: endpoint health -w json:\n{o}");
         let v = o.json();
-        assert_eq!(v[0]["endpoint"], Value::String(s.endpoint()), "{kind}:\n{o}");
+        assert_eq!(
+            v[0]["endpoint"],
+            Value::String(s.endpoint()),
+            "{kind}:\n{o}"
+        );
         assert_eq!(v[0]["health"], Value::Bool(true), "{kind}:\n{o}");
     }
 }

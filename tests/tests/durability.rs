@@ -107,7 +107,10 @@ async fn load_and_kill(server: &mut Server, cycle: usize) -> CycleResult {
     loop {
         let acks = ack_count.load(Ordering::SeqCst);
         let elapsed = start.elapsed();
-        if acks >= KILL_AFTER_ACKS || (elapsed >= KILL_AFTER && acks > 0) || elapsed >= KILL_AFTER_MAX {
+        if acks >= KILL_AFTER_ACKS
+            || (elapsed >= KILL_AFTER && acks > 0)
+            || elapsed >= KILL_AFTER_MAX
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -160,7 +163,11 @@ async fn read_prefix(c: &mut etcd_client::Client, prefix: &str) -> (BTreeMap<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_load_loses_no_acknowledged_put() {
     let mut server = Server::start_target();
-    println!("server under test: {} (log {})", server.kind, server.log_path().display());
+    println!(
+        "server under test: {} (log {})",
+        server.kind,
+        server.log_path().display()
+    );
     let mut all_acked: Vec<(String, String)> = Vec::new();
 
     for cycle in 0..CYCLES {
@@ -173,7 +180,10 @@ async fn kill9_mid_load_loses_no_acknowledged_put() {
             res.writers_running_at_kill > 0,
             "cycle {cycle}: all writers had finished before the kill; the test did not kill mid-load"
         );
-        assert!(!res.acked.is_empty(), "cycle {cycle}: no put was acknowledged");
+        assert!(
+            !res.acked.is_empty(),
+            "cycle {cycle}: no put was acknowledged"
+        );
         all_acked.extend(res.acked);
 
         server.restart();
@@ -258,10 +268,19 @@ async fn kill9_preserves_identity_history_and_compaction() {
         let r = c.get("k", None).await.unwrap();
         let h = r.header().unwrap();
         assert_eq!(h.revision(), 8, "{kind}: revision survives kill -9");
-        assert_eq!((h.cluster_id(), h.member_id()), (cid, mid), "{kind}: ids survive restart");
+        assert_eq!(
+            (h.cluster_id(), h.member_id()),
+            (cid, mid),
+            "{kind}: ids survive restart"
+        );
         let kv = &r.kvs()[0];
         assert_eq!(
-            (kv.value(), kv.create_revision(), kv.mod_revision(), kv.version()),
+            (
+                kv.value(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version()
+            ),
             (&b"4"[..], 2, 6, 5)
         );
         // Compaction is durable; history above it is intact.
@@ -307,12 +326,25 @@ async fn wal_segments_are_released_once_the_store_holds_them() {
     }
     let mut server = Server::start_target();
     let wal_dir = server.data_dir().join("member").join("wal");
-    let segments = |dir: &std::path::Path| std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal")).count();
+    let segments = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count()
+    };
     let mut c = server.client().await;
     // 1 MiB values: ~63 fit in a segment, so 150 of them span at least three segments.
     let value = "v".repeat(1024 * 1024);
     for i in 0..150 {
-        c.put(format!("big/{i:03}"), value.clone(), None).await.unwrap();
+        c.put(format!("big/{i:03}"), value.clone(), None)
+            .await
+            .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while segments(&wal_dir) > 1 && Instant::now() < deadline {
@@ -320,12 +352,26 @@ async fn wal_segments_are_released_once_the_store_holds_them() {
         c.put("tick", "x", None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(segments(&wal_dir), 1, "older segments released once the store holds them");
+    assert_eq!(
+        segments(&wal_dir),
+        1,
+        "older segments released once the store holds them"
+    );
     server.kill();
     server.restart();
     let mut c = server.client().await;
-    let r = c.get("big/", Some(GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
-    assert_eq!(r.kvs().len(), 150, "every key survives the release and a kill -9");
+    let r = c
+        .get(
+            "big/",
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.kvs().len(),
+        150,
+        "every key survives the release and a kill -9"
+    );
     let last = c.get("big/149", None).await.unwrap();
     assert_eq!(last.kvs()[0].value().len(), value.len());
 }

@@ -86,7 +86,11 @@ fn run_parity(name: &str, steps: &[Step]) {
         let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         let r = etcdctl_at(&reference.endpoint(), &argv, step.stdin.as_deref());
         let t = etcdctl_at(&subject.endpoint(), &argv, step.stdin.as_deref());
-        assert!(!r.timed_out, "step {i} `{}` timed out against etcd:\n{r}", step.cmd);
+        assert!(
+            !r.timed_out,
+            "step {i} `{}` timed out against etcd:\n{r}",
+            step.cmd
+        );
         let nr = normalize_output(&r, &rports);
         let nt = normalize_output(&t, &sports);
         let stdin_desc = match (&step.stdin_label, &step.stdin) {
@@ -101,7 +105,11 @@ fn run_parity(name: &str, steps: &[Step]) {
                 step.cmd, subject.kind
             ));
         }
-        assert!(reference.is_running(), "etcd exited during step {i} `{}`", step.cmd);
+        assert!(
+            reference.is_running(),
+            "etcd exited during step {i} `{}`",
+            step.cmd
+        );
         if !subject.is_running() || std::time::Instant::now() > deadline {
             let why = if subject.is_running() {
                 "scenario exceeded its 150 s budget"
@@ -337,20 +345,60 @@ fn parity_txn() {
         // version / create / mod comparisons.
         txn("-w json", &[r#"version("k") = "1""#], &["get k"], &[]),
         txn("-w json", &[r#"version("k2") = "2""#], &["get k2"], &[]),
-        txn("-w json", &[r#"version("k2") > "1""#, r#"version("k2") < "3""#], &["get k2"], &[]),
+        txn(
+            "-w json",
+            &[r#"version("k2") > "1""#, r#"version("k2") < "3""#],
+            &["get k2"],
+            &[],
+        ),
         txn("-w json", &[r#"create("k") = "2""#], &["get k"], &[]),
-        txn("-w json", &[r#"create("k") != "2""#], &["get k"], &["get n"]),
+        txn(
+            "-w json",
+            &[r#"create("k") != "2""#],
+            &["get k"],
+            &["get n"],
+        ),
         txn("-w json", &[r#"mod("k2") > "4""#], &["get k2"], &[]),
         txn("-w json", &[r#"mod("k2") < "4""#], &["get k2"], &["get k"]),
         // Missing keys compare as version/create/mod 0; a value compare on a
         // missing key is always false, even with !=.
-        txn("-w json", &[r#"version("missing") = "0""#], &["put made 1"], &[]),
-        txn("-w json", &[r#"create("missing") = "0""#, r#"mod("missing") = "0""#], &["get missing"], &[]),
-        txn("-w json", &[r#"value("missing") != "x""#], &["get k"], &["get n"]),
-        txn("-w json", &[r#"value("missing") = """#], &["get k"], &["get n"]),
-        txn("-w json", &[r#"version("made") = "0""#], &["put made 2"], &["get made"]),
+        txn(
+            "-w json",
+            &[r#"version("missing") = "0""#],
+            &["put made 1"],
+            &[],
+        ),
+        txn(
+            "-w json",
+            &[r#"create("missing") = "0""#, r#"mod("missing") = "0""#],
+            &["get missing"],
+            &[],
+        ),
+        txn(
+            "-w json",
+            &[r#"value("missing") != "x""#],
+            &["get k"],
+            &["get n"],
+        ),
+        txn(
+            "-w json",
+            &[r#"value("missing") = """#],
+            &["get k"],
+            &["get n"],
+        ),
+        txn(
+            "-w json",
+            &[r#"version("made") = "0""#],
+            &["put made 2"],
+            &["get made"],
+        ),
         // Multiple compares are ANDed.
-        txn("-w json", &[r#"value("k") = "v""#, r#"value("n") = "11""#], &["get k"], &["get n"]),
+        txn(
+            "-w json",
+            &[r#"value("k") = "v""#, r#"value("n") = "11""#],
+            &["get k"],
+            &["get n"],
+        ),
         // Read-only and empty txns do not consume a revision.
         txn("-w json", &[], &["get k", "get n"], &[]),
         c("get k -w json"),
@@ -390,13 +438,28 @@ fn parity_txn() {
         txn("", &[], &["put d 1", "del c d"], &[]),
         // ...but deleting a key twice, or writing it in both branches, is fine.
         txn("-w json", &[], &["del k", "del k"], &[]),
-        txn("-w json", &[r#"value("k") = "v""#], &["put d 1"], &["put d 2"]),
+        txn(
+            "-w json",
+            &[r#"value("k") = "v""#],
+            &["put d 1"],
+            &["put d 2"],
+        ),
         txn("", &[], &["get d", "put d 3", "get d"], &[]),
         // Invalid ops.
         txn("", &[], &[r#"put "" x"#], &[]),
         txn("", &[], &["get k --rev=1000"], &[]),
-        txn("", &[r#"value("k") = "v""#], &["put k 1"], &["put k3 1 --lease=1234abcd"]),
-        txn("", &[r#"value("k") = "v""#], &["put k3 1 --lease=1234abcd"], &["put k 1"]),
+        txn(
+            "",
+            &[r#"value("k") = "v""#],
+            &["put k 1"],
+            &["put k3 1 --lease=1234abcd"],
+        ),
+        txn(
+            "",
+            &[r#"value("k") = "v""#],
+            &["put k3 1 --lease=1234abcd"],
+            &["put k 1"],
+        ),
         txn("", &[], &["put k3 --ignore-value"], &[]),
         c("get d -w json"),
     ];

@@ -17,21 +17,42 @@ fn metric_prefixes(kind: Kind) -> &'static [&'static str] {
 /// The JSON object served at `path`, checked for status 200.
 fn get_json(s: &Server, path: &str) -> (HttpResponse, serde_json::Map<String, Value>) {
     let r = http_get(&s.addr(), path).unwrap_or_else(|e| panic!("{}: GET {path}: {e}", s.kind));
-    assert_eq!(r.status, 200, "{}: GET {path} status; body {:?}", s.kind, r.text());
-    let v: Value = serde_json::from_slice(&r.body)
-        .unwrap_or_else(|e| panic!("{}: GET {path} body is not JSON ({e}): {:?}", s.kind, r.text()));
+    assert_eq!(
+        r.status,
+        200,
+        "{}: GET {path} status; body {:?}",
+        s.kind,
+        r.text()
+    );
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+        panic!(
+            "{}: GET {path} body is not JSON ({e}): {:?}",
+            s.kind,
+            r.text()
+        )
+    });
     match v {
         Value::Object(m) => (r, m),
-        other => panic!("{}: GET {path}: expected a JSON object, got {other}", s.kind),
+        other => panic!(
+            "{}: GET {path}: expected a JSON object, got {other}",
+            s.kind
+        ),
     }
 }
 
 /// Every key etcd serves must be served by the target with the same JSON type.
-fn assert_same_shape(path: &str, etcd: &serde_json::Map<String, Value>, other: &serde_json::Map<String, Value>, kind: Kind) {
+fn assert_same_shape(
+    path: &str,
+    etcd: &serde_json::Map<String, Value>,
+    other: &serde_json::Map<String, Value>,
+    kind: Kind,
+) {
     for (k, v) in etcd {
-        let o = other
-            .get(k)
-            .unwrap_or_else(|| panic!("{kind}: GET {path} lacks field {k:?} that etcd serves ({etcd:?}); got {other:?}"));
+        let o = other.get(k).unwrap_or_else(|| {
+            panic!(
+                "{kind}: GET {path} lacks field {k:?} that etcd serves ({etcd:?}); got {other:?}"
+            )
+        });
         let ty = |v: &Value| match v {
             Value::Null => "null",
             Value::Bool(_) => "bool",
@@ -40,7 +61,11 @@ fn assert_same_shape(path: &str, etcd: &serde_json::Map<String, Value>, other: &
             Value::Array(_) => "array",
             Value::Object(_) => "object",
         };
-        assert_eq!(ty(o), ty(v), "{kind}: GET {path} field {k:?}: etcd {v}, {kind} {o}");
+        assert_eq!(
+            ty(o),
+            ty(v),
+            "{kind}: GET {path} field {k:?}: etcd {v}, {kind} {o}"
+        );
     }
 }
 
@@ -48,12 +73,23 @@ fn assert_same_shape(path: &str, etcd: &serde_json::Map<String, Value>, other: &
 fn health_and_version_match_etcd_shape() {
     let etcd = Server::start(Kind::Etcd);
     let (_, eh) = get_json(&etcd, "/health");
-    assert_eq!(eh.get("health"), Some(&Value::String("true".into())), "etcd /health: {eh:?}");
+    assert_eq!(
+        eh.get("health"),
+        Some(&Value::String("true".into())),
+        "etcd /health: {eh:?}"
+    );
     let (_, ev) = get_json(&etcd, "/version");
-    assert!(ev.get("etcdserver").and_then(|v| v.as_str()).is_some(), "etcd /version: {ev:?}");
+    assert!(
+        ev.get("etcdserver").and_then(|v| v.as_str()).is_some(),
+        "etcd /version: {ev:?}"
+    );
 
     let kind = target_kind();
-    let s = if kind == Kind::Etcd { None } else { Some(Server::start(kind)) };
+    let s = if kind == Kind::Etcd {
+        None
+    } else {
+        Some(Server::start(kind))
+    };
     let s = s.as_ref().unwrap_or(&etcd);
 
     let (r, h) = get_json(s, "/health");
@@ -63,7 +99,10 @@ fn health_and_version_match_etcd_shape() {
         "{kind}: /health must say {{\"health\":\"true\"}} (a string, like etcd): {h:?}"
     );
     assert_same_shape("/health", &eh, &h, kind);
-    assert!(r.header("content-type").is_some(), "{kind}: /health without content-type");
+    assert!(
+        r.header("content-type").is_some(),
+        "{kind}: /health without content-type"
+    );
 
     let (_, v) = get_json(s, "/version");
     assert_same_shape("/version", &ev, &v, kind);
@@ -109,18 +148,30 @@ async fn metrics_expose_put_counter_fsync_histogram_and_revision() {
         for i in 0..PUTS {
             c.put(format!("m{i}"), "v", None).await.unwrap();
         }
-        let cur = c.get("m0", None).await.unwrap().header().unwrap().revision();
+        let cur = c
+            .get("m0", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
         assert_eq!(cur, 1 + PUTS as i64);
 
         let r = http_get(&s.addr(), "/metrics").unwrap();
         assert_eq!(r.status, 200, "{kind}: GET /metrics");
         let ct = r.header("content-type").unwrap_or_default().to_string();
-        assert!(ct.starts_with("text/plain"), "{kind}: /metrics content-type {ct:?}");
+        assert!(
+            ct.starts_with("text/plain"),
+            "{kind}: /metrics content-type {ct:?}"
+        );
         let text = r.text();
         let ours = |name: &str| prefixes.iter().any(|p| name.starts_with(p));
         let all = samples(&text);
         let mine: Vec<&(String, f64)> = all.iter().filter(|(n, _)| ours(n)).collect();
-        assert!(!mine.is_empty(), "{kind}: no metrics with prefix {prefixes:?}");
+        assert!(
+            !mine.is_empty(),
+            "{kind}: no metrics with prefix {prefixes:?}"
+        );
         let dump = || {
             mine.iter()
                 .map(|(n, v)| format!("{n} {v}"))
@@ -130,7 +181,8 @@ async fn metrics_expose_put_counter_fsync_histogram_and_revision() {
 
         // A request counter for KV Put that has counted our puts.
         assert!(
-            mine.iter().any(|(n, v)| n.contains("Put") && *v >= PUTS as f64),
+            mine.iter()
+                .any(|(n, v)| n.contains("Put") && *v >= PUTS as f64),
             "{kind}: no {prefixes:?} sample mentioning `Put` with value >= {PUTS}:\n{}",
             truncate(&dump(), 20000)
         );
@@ -142,9 +194,13 @@ async fn metrics_expose_put_counter_fsync_histogram_and_revision() {
                 && l.contains("fsync")
                 && l.ends_with(" histogram")
         });
-        assert!(fsync_type, "{kind}: no `# TYPE <...fsync...> histogram` line");
         assert!(
-            mine.iter().any(|(n, _)| n.contains("fsync") && n.contains("_bucket")),
+            fsync_type,
+            "{kind}: no `# TYPE <...fsync...> histogram` line"
+        );
+        assert!(
+            mine.iter()
+                .any(|(n, _)| n.contains("fsync") && n.contains("_bucket")),
             "{kind}: no fsync histogram buckets"
         );
         assert!(
@@ -155,9 +211,8 @@ async fn metrics_expose_put_counter_fsync_histogram_and_revision() {
 
         // The current revision.
         assert!(
-            mine.iter().any(|(n, v)| n.contains("revision")
-                && !n.contains("compact")
-                && *v == cur as f64),
+            mine.iter()
+                .any(|(n, v)| n.contains("revision") && !n.contains("compact") && *v == cur as f64),
             "{kind}: no revision metric equal to the current revision {cur}:\n{}",
             truncate(&dump(), 20000)
         );

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use etcd_client::{
-    Client, Compare, CompareOp, CompactionOptions, DeleteOptions, GetOptions, PutOptions,
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions,
     ResponseHeader, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 
@@ -122,10 +122,19 @@ async fn create_mod_version_across_delete_and_recreate() {
 
         // History is intact.
         let at = |r: i64| GetOptions::new().with_revision(r);
-        assert_eq!(kvs(&c.get("k", Some(at(2))).await.unwrap()), vec![kv("k", "v1", 2, 2, 1)]);
-        assert_eq!(kvs(&c.get("k", Some(at(4))).await.unwrap()), vec![kv("k", "v2", 2, 3, 2)]);
+        assert_eq!(
+            kvs(&c.get("k", Some(at(2))).await.unwrap()),
+            vec![kv("k", "v1", 2, 2, 1)]
+        );
+        assert_eq!(
+            kvs(&c.get("k", Some(at(4))).await.unwrap()),
+            vec![kv("k", "v2", 2, 3, 2)]
+        );
         assert!(c.get("k", Some(at(5))).await.unwrap().kvs().is_empty());
-        assert_eq!(kvs(&c.get("k", Some(at(6))).await.unwrap()), vec![kv("k", "v3", 6, 6, 1)]);
+        assert_eq!(
+            kvs(&c.get("k", Some(at(6))).await.unwrap()),
+            vec![kv("k", "v3", 6, 6, 1)]
+        );
         // The header always carries the current revision, not the requested one.
         assert_eq!(rev(c.get("k", Some(at(2))).await.unwrap().header()), 7);
     })
@@ -143,7 +152,10 @@ async fn range_options_count_keys_only_limit_sort_filters() {
         c.put("s", "x", None).await.unwrap(); // rev 7
 
         let r = c
-            .get("r/", Some(GetOptions::new().with_prefix().with_count_only()))
+            .get(
+                "r/",
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
             .await
             .unwrap();
         assert_eq!(r.count(), 4);
@@ -165,13 +177,13 @@ async fn range_options_count_keys_only_limit_sort_filters() {
             .unwrap();
         assert_eq!(r.count(), 4);
         assert!(r.more());
-        assert_eq!(kvs(&r), vec![kv("r/a", "3", 2, 2, 1), kv("r/b", "9", 3, 6, 2)]);
+        assert_eq!(
+            kvs(&r),
+            vec![kv("r/a", "3", 2, 2, 1), kv("r/b", "9", 3, 6, 2)]
+        );
 
         let r = c
-            .get(
-                "r/",
-                Some(GetOptions::new().with_prefix().with_limit(4)),
-            )
+            .get("r/", Some(GetOptions::new().with_prefix().with_limit(4)))
             .await
             .unwrap();
         assert!(!r.more());
@@ -191,7 +203,10 @@ async fn range_options_count_keys_only_limit_sort_filters() {
             .await
             .unwrap();
         assert_eq!(
-            r.kvs().iter().map(|kv| kv.key().to_vec()).collect::<Vec<_>>(),
+            r.kvs()
+                .iter()
+                .map(|kv| kv.key().to_vec())
+                .collect::<Vec<_>>(),
             vec![b"r/b".to_vec(), b"r/a".to_vec()]
         );
         assert!(r.more());
@@ -210,7 +225,10 @@ async fn range_options_count_keys_only_limit_sort_filters() {
             .await
             .unwrap();
         assert_eq!(
-            r.kvs().iter().map(|kv| kv.mod_revision()).collect::<Vec<_>>(),
+            r.kvs()
+                .iter()
+                .map(|kv| kv.mod_revision())
+                .collect::<Vec<_>>(),
             vec![2, 4, 5, 6]
         );
 
@@ -223,7 +241,10 @@ async fn range_options_count_keys_only_limit_sort_filters() {
             .await
             .unwrap();
         assert_eq!(
-            r.kvs().iter().map(|kv| kv.key().to_vec()).collect::<Vec<_>>(),
+            r.kvs()
+                .iter()
+                .map(|kv| kv.key().to_vec())
+                .collect::<Vec<_>>(),
             vec![b"r/b".to_vec(), b"r/c".to_vec(), b"r/d".to_vec()]
         );
         assert_eq!(r.count(), 4);
@@ -248,7 +269,10 @@ async fn range_options_count_keys_only_limit_sort_filters() {
             .unwrap();
         assert_eq!(r.count(), 3);
         let r = c
-            .get("", Some(GetOptions::new().with_all_keys().with_serializable()))
+            .get(
+                "",
+                Some(GetOptions::new().with_all_keys().with_serializable()),
+            )
             .await
             .unwrap();
         assert_eq!(r.count(), 5);
@@ -274,10 +298,7 @@ async fn txn_compares_branches_and_nested_txn() {
         let inner = Txn::new()
             .when([Compare::value("n", CompareOp::Equal, "2")])
             .and_then([TxnOp::put("inner-ok", "1", None)])
-            .or_else([
-                TxnOp::put("inner-else", "1", None),
-                TxnOp::get("n", None),
-            ]);
+            .or_else([TxnOp::put("inner-else", "1", None), TxnOp::get("n", None)]);
         let t = Txn::new()
             .when([
                 Compare::value("k", CompareOp::Equal, "v"),
@@ -328,7 +349,12 @@ async fn txn_compares_branches_and_nested_txn() {
         let keys: Vec<_> = all.kvs().iter().map(|kv| kv.key().to_vec()).collect();
         assert_eq!(
             keys,
-            vec![b"inner-else".to_vec(), b"k".to_vec(), b"n".to_vec(), b"outer".to_vec()]
+            vec![
+                b"inner-else".to_vec(),
+                b"k".to_vec(),
+                b"n".to_vec(),
+                b"outer".to_vec()
+            ]
         );
 
         // Failure branch; a compare on a missing key's value is false even with !=.
@@ -338,7 +364,11 @@ async fn txn_compares_branches_and_nested_txn() {
             .or_else([TxnOp::get("k", None)]);
         let r = c.txn(t).await.unwrap();
         assert!(!r.succeeded());
-        assert_eq!(rev(r.header()), 4, "read-only txn does not bump the revision");
+        assert_eq!(
+            rev(r.header()),
+            4,
+            "read-only txn does not bump the revision"
+        );
 
         // Compare over a key range: every key in it must satisfy it.
         let t = Txn::new()
@@ -348,7 +378,10 @@ async fn txn_compares_branches_and_nested_txn() {
         let t = Txn::new()
             .when([Compare::value("a", CompareOp::Equal, "1").with_range("z")])
             .and_then([TxnOp::get("k", None)]);
-        assert!(!c.txn(t).await.unwrap().succeeded(), "k = v breaks value == 1");
+        assert!(
+            !c.txn(t).await.unwrap().succeeded(),
+            "k = v breaks value == 1"
+        );
         let t = Txn::new()
             .when([Compare::value("n", CompareOp::Equal, "1").with_range("p")])
             .and_then([TxnOp::get("k", None)]);
@@ -362,7 +395,10 @@ async fn txn_compares_branches_and_nested_txn() {
             .when([Compare::version("", CompareOp::Greater, 0).with_prefix()])
             .and_then([TxnOp::get("k", None)]);
         let (code, msg) = expect_status(c.txn(t).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", KEY_NOT_PROVIDED));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", KEY_NOT_PROVIDED)
+        );
 
         // Empty txn succeeds without a new revision.
         let r = c.txn(Txn::new()).await.unwrap();
@@ -380,12 +416,12 @@ async fn txn_validation_errors() {
         c.put("k", "v", None).await.unwrap(); // rev 2
 
         // Duplicate put.
-        let t = Txn::new().and_then([
-            TxnOp::put("d", "1", None),
-            TxnOp::put("d", "2", None),
-        ]);
+        let t = Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)]);
         let (code, msg) = expect_status(c.txn(t).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", DUPLICATE_KEY));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", DUPLICATE_KEY)
+        );
 
         // Put overlapping a delete range in the same branch.
         let t = Txn::new().and_then([
@@ -393,13 +429,19 @@ async fn txn_validation_errors() {
             TxnOp::put("d", "2", None),
         ]);
         let (code, msg) = expect_status(c.txn(t).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", DUPLICATE_KEY));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", DUPLICATE_KEY)
+        );
 
         // Put in an outer txn and again in a nested txn.
         let inner = Txn::new().and_then([TxnOp::put("d", "2", None)]);
         let t = Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::txn(inner)]);
         let (code, msg) = expect_status(c.txn(t).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", DUPLICATE_KEY));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", DUPLICATE_KEY)
+        );
 
         // Same key in both branches is fine.
         let t = Txn::new()
@@ -412,24 +454,41 @@ async fn txn_validation_errors() {
 
         // 128 ops is the default limit: 129 in one branch or 129 compares fail.
         let ops = |n: usize, p: &str| -> Vec<TxnOp> {
-            (0..n).map(|i| TxnOp::put(format!("{p}{i}"), "v", None)).collect()
+            (0..n)
+                .map(|i| TxnOp::put(format!("{p}{i}"), "v", None))
+                .collect()
         };
         let (code, msg) = expect_status(c.txn(Txn::new().and_then(ops(129, "a"))).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", TOO_MANY_OPS));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", TOO_MANY_OPS)
+        );
         let (code, msg) = expect_status(c.txn(Txn::new().or_else(ops(129, "b"))).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", TOO_MANY_OPS));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", TOO_MANY_OPS)
+        );
         let cmps: Vec<Compare> = (0..129)
             .map(|i| Compare::version(format!("c{i}"), CompareOp::Equal, 0))
             .collect();
         let (code, msg) = expect_status(c.txn(Txn::new().when(cmps)).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", TOO_MANY_OPS));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", TOO_MANY_OPS)
+        );
         let r = c.txn(Txn::new().and_then(ops(128, "ok"))).await.unwrap();
         assert_eq!(rev(r.header()), 4);
         assert_eq!(r.op_responses().len(), 128);
 
         // Empty key inside a txn.
-        let (code, msg) = expect_status(c.txn(Txn::new().and_then([TxnOp::put("", "x", None)])).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", KEY_NOT_PROVIDED));
+        let (code, msg) = expect_status(
+            c.txn(Txn::new().and_then([TxnOp::put("", "x", None)]))
+                .await,
+        );
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", KEY_NOT_PROVIDED)
+        );
 
         // None of the failures consumed a revision.
         assert_eq!(current_rev(&mut c).await, 4);
@@ -447,22 +506,45 @@ async fn request_errors_exact_codes_and_texts() {
 
         // Empty key.
         let (code, msg) = expect_status(c.put("", "x", None).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", KEY_NOT_PROVIDED));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", KEY_NOT_PROVIDED)
+        );
         let (code, msg) = expect_status(c.get("", None).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", KEY_NOT_PROVIDED));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", KEY_NOT_PROVIDED)
+        );
         let (code, msg) = expect_status(c.delete("", None).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", KEY_NOT_PROVIDED));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", KEY_NOT_PROVIDED)
+        );
 
         // ignore_value / ignore_lease on a missing key.
-        let (code, msg) =
-            expect_status(c.put("nope", "", Some(PutOptions::new().with_ignore_value())).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", KEY_NOT_FOUND));
-        let (code, msg) =
-            expect_status(c.put("nope", "x", Some(PutOptions::new().with_ignore_lease())).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", KEY_NOT_FOUND));
+        let (code, msg) = expect_status(
+            c.put("nope", "", Some(PutOptions::new().with_ignore_value()))
+                .await,
+        );
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", KEY_NOT_FOUND)
+        );
+        let (code, msg) = expect_status(
+            c.put("nope", "x", Some(PutOptions::new().with_ignore_lease()))
+                .await,
+        );
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", KEY_NOT_FOUND)
+        );
         // ignore_value keeps the value but bumps mod_revision/version.
         let p = c
-            .put("a", "", Some(PutOptions::new().with_ignore_value().with_prev_key()))
+            .put(
+                "a",
+                "",
+                Some(PutOptions::new().with_ignore_value().with_prev_key()),
+            )
             .await
             .unwrap();
         assert_eq!(rev(p.header()), 7);
@@ -471,8 +553,10 @@ async fn request_errors_exact_codes_and_texts() {
         assert_eq!(kvs(&r), vec![kv("a", "4", 2, 7, 6)]);
 
         // Unknown lease.
-        let (code, msg) =
-            expect_status(c.put("l", "x", Some(PutOptions::new().with_lease(0x1234abcd))).await);
+        let (code, msg) = expect_status(
+            c.put("l", "x", Some(PutOptions::new().with_lease(0x1234abcd)))
+                .await,
+        );
         assert_eq!((code.as_str(), msg.as_str()), ("NotFound", LEASE_NOT_FOUND));
 
         // Future revision (reads and compaction).
@@ -493,7 +577,11 @@ async fn request_errors_exact_codes_and_texts() {
             .get("a", Some(GetOptions::new().with_revision(5)))
             .await
             .unwrap();
-        assert_eq!(kvs(&r), vec![kv("a", "3", 2, 5, 4)], "the compaction revision itself stays readable");
+        assert_eq!(
+            kvs(&r),
+            vec![kv("a", "3", 2, 5, 4)],
+            "the compaction revision itself stays readable"
+        );
         let (code, msg) = expect_status(c.compact(5, None).await);
         assert_eq!((code.as_str(), msg.as_str()), ("OutOfRange", COMPACTED));
         let (code, msg) = expect_status(c.compact(3, None).await);
@@ -508,7 +596,10 @@ async fn request_errors_exact_codes_and_texts() {
         // --max-request-bytes is 1.5 MiB); 1.4 MB is accepted.
         let big = vec![b'x'; 1024 * 1024 * 16 / 10];
         let (code, msg) = expect_status(c.put("big", big, None).await);
-        assert_eq!((code.as_str(), msg.as_str()), ("InvalidArgument", TOO_LARGE));
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("InvalidArgument", TOO_LARGE)
+        );
         let mid = vec![b'y'; 1_400_000];
         let p = c.put("mid", mid.clone(), None).await.unwrap();
         assert_eq!(rev(p.header()), 8);
@@ -534,7 +625,10 @@ async fn header_ids_match_member_list() {
 
         let g = c.get("x", None).await.unwrap();
         let gh = g.header().unwrap();
-        assert_eq!((gh.cluster_id(), gh.member_id(), gh.raft_term()), (cid, mid, term));
+        assert_eq!(
+            (gh.cluster_id(), gh.member_id(), gh.raft_term()),
+            (cid, mid, term)
+        );
 
         let ml = c.member_list().await.unwrap();
         let mh = ml.header().unwrap();

@@ -34,9 +34,17 @@ fn value(i: usize) -> Vec<u8> {
 
 /// VmRSS of `pid` in bytes.
 fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
-    let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS value");
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS value");
     kib * 1024
 }
 
@@ -63,8 +71,12 @@ async fn range_of_200k_keys_grows_rss_by_a_bounded_multiple_of_the_answer() {
     };
     let mut kv = connect().await.expect("connect").kv_client();
     for start in (0..KEYS).step_by(PUTS_PER_TXN) {
-        let puts = (start..(start + PUTS_PER_TXN).min(KEYS)).map(|i| TxnOp::put(key(i), value(i), None));
-        let resp = kv.txn(Txn::new().and_then(puts.collect::<Vec<_>>())).await.expect("load txn");
+        let puts =
+            (start..(start + PUTS_PER_TXN).min(KEYS)).map(|i| TxnOp::put(key(i), value(i), None));
+        let resp = kv
+            .txn(Txn::new().and_then(puts.collect::<Vec<_>>()))
+            .await
+            .expect("load txn");
         assert!(resp.succeeded());
     }
     let raw_answer_bytes: usize = (0..KEYS).map(|i| key(i).len() + value(i).len()).sum();
@@ -91,7 +103,10 @@ async fn range_of_200k_keys_grows_rss_by_a_bounded_multiple_of_the_answer() {
         })
     };
     let mut kv = client.kv_client().max_decoding_message_size(usize::MAX);
-    let resp = kv.get("big/", Some(GetOptions::new().with_prefix().with_limit(0))).await.expect("range");
+    let resp = kv
+        .get("big/", Some(GetOptions::new().with_prefix().with_limit(0)))
+        .await
+        .expect("range");
     stop.store(true, Ordering::Release);
     let peak = sampler.join().expect("sampler");
 

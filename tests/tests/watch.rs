@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{
+    Client, EventType, GetOptions, PutOptions, WatchFilterType, WatchOptions, WatchResponse,
+    WatchStream,
+};
 
 /// Waits for the next response on a watch stream, bounded in time.
 async fn next(stream: &mut WatchStream) -> WatchResponse {
@@ -24,13 +27,22 @@ fn events(resp: &WatchResponse) -> Vec<(EventType, String, String, i64, Option<S
         .map(|e| {
             let kv = e.kv().expect("event kv");
             let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            (e.event_type(), text(kv.key()), text(kv.value()), kv.mod_revision(), e.prev_kv().map(|p| text(p.value())))
+            (
+                e.event_type(),
+                text(kv.key()),
+                text(kv.value()),
+                kv.mod_revision(),
+                e.prev_kv().map(|p| text(p.value())),
+            )
         })
         .collect()
 }
 
 /// Collects events until `count` arrived (bounded by time).
-async fn collect(stream: &mut WatchStream, count: usize) -> Vec<(EventType, String, String, i64, Option<String>)> {
+async fn collect(
+    stream: &mut WatchStream,
+    count: usize,
+) -> Vec<(EventType, String, String, i64, Option<String>)> {
     let mut out = Vec::new();
     for _ in 0..count * 4 + 8 {
         if out.len() >= count {
@@ -43,7 +55,12 @@ async fn collect(stream: &mut WatchStream, count: usize) -> Vec<(EventType, Stri
 }
 
 async fn put(c: &mut Client, k: &str, v: &str) -> i64 {
-    c.put(k, v, None).await.unwrap().header().unwrap().revision()
+    c.put(k, v, None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,10 +68,17 @@ async fn created_events_prev_kv_and_cancel() {
     on_etcd_and_target(async |s: &Server| {
         let mut c = s.client().await;
         put(&mut c, "k", "v0").await; // revision 2
-        let mut stream = c.watch("k", Some(WatchOptions::new().with_prev_key())).await.unwrap();
+        let mut stream = c
+            .watch("k", Some(WatchOptions::new().with_prev_key()))
+            .await
+            .unwrap();
         let created = next(&mut stream).await;
         assert!(created.created());
-        assert_eq!(created.watch_id(), 0, "etcd numbers watchers from 0 per stream");
+        assert_eq!(
+            created.watch_id(),
+            0,
+            "etcd numbers watchers from 0 per stream"
+        );
         assert_eq!(created.header().unwrap().revision(), 2);
         put(&mut c, "k", "v1").await;
         put(&mut c, "other", "x").await;
@@ -63,8 +87,20 @@ async fn created_events_prev_kv_and_cancel() {
         assert_eq!(
             got,
             vec![
-                (EventType::Put, "k".into(), "v1".into(), 3, Some("v0".into())),
-                (EventType::Delete, "k".into(), "".into(), 5, Some("v1".into())),
+                (
+                    EventType::Put,
+                    "k".into(),
+                    "v1".into(),
+                    3,
+                    Some("v0".into())
+                ),
+                (
+                    EventType::Delete,
+                    "k".into(),
+                    "".into(),
+                    5,
+                    Some("v1".into())
+                ),
             ]
         );
         stream.cancel(0).await.unwrap();
@@ -118,14 +154,24 @@ async fn compacted_start_revision_is_created_then_cancelled() {
             put(&mut c, "k", &i.to_string()).await; // 2..=6
         }
         c.compact(5, None).await.unwrap();
-        let mut stream = c.watch("k", Some(WatchOptions::new().with_start_revision(3))).await.unwrap();
+        let mut stream = c
+            .watch("k", Some(WatchOptions::new().with_start_revision(3)))
+            .await
+            .unwrap();
         let first = next(&mut stream).await;
         assert!(first.created());
-        let second = if first.canceled() { first } else { next(&mut stream).await };
+        let second = if first.canceled() {
+            first
+        } else {
+            next(&mut stream).await
+        };
         assert!(second.canceled());
         assert_eq!(second.compact_revision(), 5);
         // A start at the compacted revision itself still works.
-        let mut ok = c.watch("k", Some(WatchOptions::new().with_start_revision(5))).await.unwrap();
+        let mut ok = c
+            .watch("k", Some(WatchOptions::new().with_start_revision(5)))
+            .await
+            .unwrap();
         assert!(next(&mut ok).await.created());
         let got = collect(&mut ok, 2).await;
         assert_eq!(got.iter().map(|e| e.3).collect::<Vec<_>>(), vec![5, 6]);
@@ -138,7 +184,14 @@ async fn filters_ranges_and_progress() {
     on_etcd_and_target(async |s: &Server| {
         let mut c = s.client().await;
         let mut nodel = c
-            .watch("a", Some(WatchOptions::new().with_range("c").with_filters(vec![WatchFilterType::NoDelete])))
+            .watch(
+                "a",
+                Some(
+                    WatchOptions::new()
+                        .with_range("c")
+                        .with_filters(vec![WatchFilterType::NoDelete]),
+                ),
+            )
             .await
             .unwrap();
         assert!(next(&mut nodel).await.created());
@@ -147,7 +200,10 @@ async fn filters_ranges_and_progress() {
         put(&mut c, "b", "1").await; // 4
         put(&mut c, "c", "1").await; // 5: outside [a, c)
         let got = collect(&mut nodel, 2).await;
-        assert_eq!(got.iter().map(|e| (e.1.clone(), e.3)).collect::<Vec<_>>(), vec![("a".into(), 2), ("b".into(), 4)]);
+        assert_eq!(
+            got.iter().map(|e| (e.1.clone(), e.3)).collect::<Vec<_>>(),
+            vec![("a".into(), 2), ("b".into(), 4)]
+        );
         nodel.request_progress().await.unwrap();
         let progress = next(&mut nodel).await;
         assert!(progress.events().is_empty());

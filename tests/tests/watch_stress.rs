@@ -23,7 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchRequestSender, WatchResponseStream};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchRequestSender,
+    WatchResponseStream,
+};
 
 const MIB: u64 = 1024 * 1024;
 /// The first test's bound on the server's RSS, at any time.
@@ -39,7 +42,10 @@ const IDLE_MAX: Duration = Duration::from_secs(60);
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")),
         Err(_) => default,
     }
 }
@@ -87,7 +93,12 @@ impl RssSampler {
                 }
             })
         };
-        RssSampler { pid, stop, peak, thread: Some(thread) }
+        RssSampler {
+            pid,
+            stop,
+            peak,
+            thread: Some(thread),
+        }
     }
 
     fn now(&self) -> u64 {
@@ -159,7 +170,12 @@ async fn write_burst(
     let mut tasks = Vec::new();
     for w in 0..writers {
         let mut kv = clients[w % clients.len()].kv_client();
-        let (next, done, failed, prefix) = (next.clone(), done.clone(), failed.clone(), prefix.to_string());
+        let (next, done, failed, prefix) = (
+            next.clone(),
+            done.clone(),
+            failed.clone(),
+            prefix.to_string(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut revisions = Vec::new();
             loop {
@@ -178,7 +194,10 @@ async fn write_burst(
                             done.fetch_add(1, Ordering::Relaxed);
                             None
                         }
-                        Err(e) => Some(format!("put {key} failed after {:.1} s: {e}", t.elapsed().as_secs_f64())),
+                        Err(e) => Some(format!(
+                            "put {key} failed after {:.1} s: {e}",
+                            t.elapsed().as_secs_f64()
+                        )),
                     }
                 };
                 if let Some(p) = problem {
@@ -239,14 +258,25 @@ struct GroupReport {
 
 impl WatchGroup {
     /// Opens a stream and sends `n` creations on `prefix` from `start_rev`, without reading.
-    async fn open(client: &Client, index: usize, prefix: &str, n: usize, start_rev: i64) -> WatchGroup {
+    async fn open(
+        client: &Client,
+        index: usize,
+        prefix: &str,
+        n: usize,
+        start_rev: i64,
+    ) -> WatchGroup {
         assert!(n > 0);
-        let opts = || WatchOptions::new().with_prefix().with_start_revision(start_rev);
+        let opts = || {
+            WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(start_rev)
+        };
         let mut watch = client.watch_client();
-        let stream = tokio::time::timeout(Duration::from_secs(30), watch.watch(prefix, Some(opts())))
-            .await
-            .unwrap_or_else(|_| panic!("stream {index}: watch not answered in 30 s"))
-            .unwrap_or_else(|e| panic!("stream {index}: watch: {e}"));
+        let stream =
+            tokio::time::timeout(Duration::from_secs(30), watch.watch(prefix, Some(opts())))
+                .await
+                .unwrap_or_else(|_| panic!("stream {index}: watch not answered in 30 s"))
+                .unwrap_or_else(|e| panic!("stream {index}: watch: {e}"));
         let (mut sender, responses) = stream.split();
         for _ in 1..n {
             tokio::time::timeout(Duration::from_secs(30), sender.watch(prefix, Some(opts())))
@@ -254,7 +284,11 @@ impl WatchGroup {
                 .unwrap_or_else(|_| panic!("stream {index}: creation request not taken in 30 s"))
                 .unwrap_or_else(|e| panic!("stream {index}: creation request: {e}"));
         }
-        let progress = Progress { next_rev: start_rev, count: 0, problem: None };
+        let progress = Progress {
+            next_rev: start_rev,
+            count: 0,
+            problem: None,
+        };
         WatchGroup {
             index,
             _sender: sender,
@@ -272,12 +306,18 @@ impl WatchGroup {
     /// `start_rev ..= start_rev + count - 1`, each exactly once, in order.
     async fn run(&mut self, count: u64, deadline: Instant) -> GroupReport {
         let mut failure = None;
-        let mut complete = self.watchers.iter().filter(|w| count > 0 && w.count >= count).count();
+        let mut complete = self
+            .watchers
+            .iter()
+            .filter(|w| count > 0 && w.count >= count)
+            .count();
         loop {
             if self.ids.len() == self.wanted && (count == 0 || complete == self.wanted) {
                 break;
             }
-            let wait = deadline.saturating_duration_since(Instant::now()).min(IDLE_MAX);
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(IDLE_MAX);
             let response = match tokio::time::timeout(wait, self.responses.message()).await {
                 Err(_) => {
                     failure = Some(format!("no response for {wait:?} (deadline or idle limit)"));
@@ -300,7 +340,10 @@ impl WatchGroup {
                 }
                 let local = self.ids.len();
                 if local >= self.wanted || self.ids.insert(response.watch_id(), local).is_some() {
-                    failure = Some(format!("unexpected created response for watch id {}", response.watch_id()));
+                    failure = Some(format!(
+                        "unexpected created response for watch id {}",
+                        response.watch_id()
+                    ));
                     break;
                 }
             }
@@ -308,7 +351,10 @@ impl WatchGroup {
                 continue;
             }
             let Some(&local) = self.ids.get(&response.watch_id()) else {
-                failure = Some(format!("response for unknown watch id {}", response.watch_id()));
+                failure = Some(format!(
+                    "response for unknown watch id {}",
+                    response.watch_id()
+                ));
                 break;
             };
             let w = &mut self.watchers[local];
@@ -318,7 +364,11 @@ impl WatchGroup {
                 }
             };
             if response.canceled() {
-                let p = format!("cancelled: {:?}, compact_revision {}", response.cancel_reason(), response.compact_revision());
+                let p = format!(
+                    "cancelled: {:?}, compact_revision {}",
+                    response.cancel_reason(),
+                    response.compact_revision()
+                );
                 note(w, p);
             }
             for event in response.events() {
@@ -328,14 +378,35 @@ impl WatchGroup {
                 if event.event_type() != EventType::Put {
                     note(w, format!("delete event at revision {rev}"));
                 }
-                let suffix = kv.key().strip_prefix(self.prefix.as_bytes()).unwrap_or(b"?");
-                let value_ok = kv.value().len() > suffix.len() && kv.value().starts_with(suffix) && kv.value()[suffix.len()] == b'|';
+                let suffix = kv
+                    .key()
+                    .strip_prefix(self.prefix.as_bytes())
+                    .unwrap_or(b"?");
+                let value_ok = kv.value().len() > suffix.len()
+                    && kv.value().starts_with(suffix)
+                    && kv.value()[suffix.len()] == b'|';
                 if !value_ok {
-                    note(w, format!("revision {rev}: value does not match key {:?}", String::from_utf8_lossy(kv.key())));
+                    note(
+                        w,
+                        format!(
+                            "revision {rev}: value does not match key {:?}",
+                            String::from_utf8_lossy(kv.key())
+                        ),
+                    );
                 }
                 if rev != w.next_rev {
-                    let what = if rev < w.next_rev { "duplicate or out of order" } else { "gap (missed events)" };
-                    note(w, format!("{what}: got revision {rev}, expected {} (after {} events)", w.next_rev, w.count));
+                    let what = if rev < w.next_rev {
+                        "duplicate or out of order"
+                    } else {
+                        "gap (missed events)"
+                    };
+                    note(
+                        w,
+                        format!(
+                            "{what}: got revision {rev}, expected {} (after {} events)",
+                            w.next_rev, w.count
+                        ),
+                    );
                 }
                 w.next_rev = w.next_rev.max(rev + 1);
                 w.count += 1;
@@ -352,7 +423,9 @@ impl WatchGroup {
         for (i, w) in self.watchers.iter().enumerate() {
             let p = match &w.problem {
                 Some(p) => Some(p.clone()),
-                None if count > 0 && w.count != count => Some(format!("got {} of {count} events", w.count)),
+                None if count > 0 && w.count != count => {
+                    Some(format!("got {} of {count} events", w.count))
+                }
                 None => None,
             };
             if let Some(p) = p {
@@ -362,7 +435,14 @@ impl WatchGroup {
                 }
             }
         }
-        GroupReport { index: self.index, created: self.ids.len(), complete, events: self.events, problems, problem_count }
+        GroupReport {
+            index: self.index,
+            created: self.ids.len(),
+            complete,
+            events: self.events,
+            problems,
+            problem_count,
+        }
     }
 }
 
@@ -372,7 +452,11 @@ fn assert_groups_ok(reports: &[GroupReport], what: &str) {
     if bad.is_empty() {
         return;
     }
-    let mut msg = format!("{what}: {} of {} streams had problems:\n", bad.len(), reports.len());
+    let mut msg = format!(
+        "{what}: {} of {} streams had problems:\n",
+        bad.len(),
+        reports.len()
+    );
     for r in bad {
         msg += &format!(
             "  stream {}: {} created, {} complete, {} events, {} problems: {}\n",
@@ -389,7 +473,13 @@ fn assert_groups_ok(reports: &[GroupReport], what: &str) {
 
 /// The current revision, through a fresh read.
 async fn current_revision(client: &mut Client) -> i64 {
-    client.get("\0", None).await.expect("get").header().expect("header").revision()
+    client
+        .get("\0", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision()
 }
 
 // ---------------------------------------------------------------------------
@@ -406,7 +496,10 @@ async fn many_watchers_get_every_event_once_in_order() {
     let pid = s.pid().expect("server pid");
     let rss = RssSampler::start(pid);
     let baseline = rss.now();
-    println!("{}: {watchers} watchers on {STREAMS} streams, {writes} writes from {WRITERS} writers", s.kind);
+    println!(
+        "{}: {watchers} watchers on {STREAMS} streams, {writes} writes from {WRITERS} writers",
+        s.kind
+    );
     println!("  RSS at start: {:.1} MiB", mib(baseline));
 
     let mut control = s.client().await;
@@ -440,7 +533,11 @@ async fn many_watchers_get_every_event_once_in_order() {
     }
     assert_groups_ok(&reports, "creating watchers");
     let created = rss.now();
-    println!("  {watchers} watchers created in {:.2} s; RSS {:.1} MiB", t.elapsed().as_secs_f64(), mib(created));
+    println!(
+        "  {watchers} watchers created in {:.2} s; RSS {:.1} MiB",
+        t.elapsed().as_secs_f64(),
+        mib(created)
+    );
 
     // The burst, with every stream read concurrently.
     let deadline = Instant::now() + timeout;
@@ -487,18 +584,37 @@ async fn many_watchers_get_every_event_once_in_order() {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss.now();
-    println!("  RSS peak {:.1} MiB, 1 s after delivery {:.1} MiB (bound {:.0} MiB)", mib(peak), mib(after), mib(RSS_MAX_BYTES));
+    println!(
+        "  RSS peak {:.1} MiB, 1 s after delivery {:.1} MiB (bound {:.0} MiB)",
+        mib(peak),
+        mib(after),
+        mib(RSS_MAX_BYTES)
+    );
     assert_groups_ok(&reports, "delivering the burst");
     assert_eq!(events, watchers as u64 * writes as u64);
-    assert!(peak < RSS_MAX_BYTES, "server RSS peaked at {:.1} MiB, above {:.0} MiB", mib(peak), mib(RSS_MAX_BYTES));
+    assert!(
+        peak < RSS_MAX_BYTES,
+        "server RSS peaked at {:.1} MiB, above {:.0} MiB",
+        mib(peak),
+        mib(RSS_MAX_BYTES)
+    );
     // Still serving.
     let t = Instant::now();
-    let resp = tokio::time::timeout(Duration::from_secs(5), control.get(prefix, Some(GetOptions::new().with_prefix().with_count_only())))
-        .await
-        .expect("get answered within 5 s")
-        .expect("get");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        control.get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        ),
+    )
+    .await
+    .expect("get answered within 5 s")
+    .expect("get");
     assert_eq!(resp.count(), writes as i64);
-    println!("  count-only get of the prefix answered in {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "  count-only get of the prefix answered in {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -546,7 +662,16 @@ async fn stalled_watchers_cost_bounded_memory_and_stall_no_one() {
     for _ in 0..4 {
         writer_conns.push(s.client().await);
     }
-    let revisions = write_burst(&writer_conns, 16, prefix, writes, keys, VALUE_BYTES, deadline).await;
+    let revisions = write_burst(
+        &writer_conns,
+        16,
+        prefix,
+        writes,
+        keys,
+        VALUE_BYTES,
+        deadline,
+    )
+    .await;
     assert_eq!(revisions.len(), writes);
     let write_secs = start.elapsed().as_secs_f64();
     let after_writes = rss.now();
@@ -560,16 +685,28 @@ async fn stalled_watchers_cost_bounded_memory_and_stall_no_one() {
     // Other clients are served promptly: a fresh connection's read and write.
     let t = Instant::now();
     let mut fresh = s.client().await;
-    let got = tokio::time::timeout(Duration::from_secs(5), fresh.get(prefix, Some(GetOptions::new().with_prefix().with_count_only())))
-        .await
-        .expect("get on a fresh connection answered within 5 s")
-        .expect("get");
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        fresh.get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        ),
+    )
+    .await
+    .expect("get on a fresh connection answered within 5 s")
+    .expect("get");
     assert_eq!(got.count(), keys.min(writes) as i64);
-    tokio::time::timeout(Duration::from_secs(5), fresh.put("/stress/other", "x", None))
-        .await
-        .expect("put on a fresh connection answered within 5 s")
-        .expect("put");
-    println!("  fresh connection: get + put answered in {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        fresh.put("/stress/other", "x", None),
+    )
+    .await
+    .expect("put on a fresh connection answered within 5 s")
+    .expect("put");
+    println!(
+        "  fresh connection: get + put answered in {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
 
     // The healthy watcher got everything while the others stalled.
     let (healthy_report, healthy_done) = healthy_task.await.expect("healthy watcher task");

@@ -105,7 +105,9 @@ pub fn fnv64a(bytes: &[u8]) -> u64 {
 /// True if `data` starts like a bbolt file (a meta page with bbolt's magic at page 0, or
 /// at page 1 for one of the usual page sizes).
 pub fn looks_like_bbolt(data: &[u8]) -> bool {
-    let magic_at = |off: usize| data.len() >= off + PAGE_HEADER + 4 && u32_at(data, off + PAGE_HEADER) == MAGIC;
+    let magic_at = |off: usize| {
+        data.len() >= off + PAGE_HEADER + 4 && u32_at(data, off + PAGE_HEADER) == MAGIC
+    };
     magic_at(0) || PAGE_SIZES.iter().any(|&ps| magic_at(ps))
 }
 
@@ -113,17 +115,30 @@ pub fn looks_like_bbolt(data: &[u8]) -> bool {
 fn read_meta(data: &[u8], off: usize, slot: u64) -> Result<Meta, String> {
     let page = data
         .get(off..off + PAGE_HEADER + META_BYTES)
-        .ok_or_else(|| format!("meta page {slot}: file of {} bytes ends before it", data.len()))?;
+        .ok_or_else(|| {
+            format!(
+                "meta page {slot}: file of {} bytes ends before it",
+                data.len()
+            )
+        })?;
     let flags = u16_at(page, 8);
     if flags & META_FLAG == 0 {
-        return Err(format!("meta page {slot}: page flags {flags:#06x} are not a meta page's"));
+        return Err(format!(
+            "meta page {slot}: page flags {flags:#06x} are not a meta page's"
+        ));
     }
     let m = &page[PAGE_HEADER..];
     if u32_at(m, 0) != MAGIC {
-        return Err(format!("meta page {slot}: bad magic {:#010x}", u32_at(m, 0)));
+        return Err(format!(
+            "meta page {slot}: bad magic {:#010x}",
+            u32_at(m, 0)
+        ));
     }
     if u32_at(m, 4) != VERSION {
-        return Err(format!("meta page {slot}: unsupported bbolt version {}", u32_at(m, 4)));
+        return Err(format!(
+            "meta page {slot}: unsupported bbolt version {}",
+            u32_at(m, 4)
+        ));
     }
     let sum = u64_at(m, 56);
     if sum != 0 && sum != fnv64a(&m[..56]) {
@@ -168,7 +183,10 @@ impl<'a> Db<'a> {
             if m.page_size as usize == page_size {
                 Ok(m)
             } else {
-                Err(format!("meta page 1: page size {} differs from meta page 0's {page_size}", m.page_size))
+                Err(format!(
+                    "meta page 1: page size {} differs from meta page 0's {page_size}",
+                    m.page_size
+                ))
             }
         });
         let meta = match (m0, m1) {
@@ -182,7 +200,10 @@ impl<'a> Db<'a> {
             (Ok(m), Err(_)) | (Err(_), Ok(m)) => m,
             (Err(e), Err(_)) => return Err(format!("no valid meta page: {e}")),
         };
-        let need = meta.pgid.checked_mul(page_size as u64).ok_or("high-water mark overflows")?;
+        let need = meta
+            .pgid
+            .checked_mul(page_size as u64)
+            .ok_or("high-water mark overflows")?;
         if (data.len() as u64) < need {
             return Err(format!(
                 "file of {} bytes is shorter than its {} pages of {page_size} bytes: truncated",
@@ -190,7 +211,11 @@ impl<'a> Db<'a> {
                 meta.pgid
             ));
         }
-        Ok(Db { data, page_size, meta })
+        Ok(Db {
+            data,
+            page_size,
+            meta,
+        })
     }
 
     #[allow(dead_code)] // the tests read the txid; the tool needs only what `open` checks
@@ -214,7 +239,10 @@ impl<'a> Db<'a> {
 
     /// A walker that remembers the pages it has read (a page reached twice is corruption).
     pub fn walker(&self) -> Walker<'_, 'a> {
-        Walker { db: self, visited: HashSet::new() }
+        Walker {
+            db: self,
+            visited: HashSet::new(),
+        }
     }
 
     /// The bytes of page `id` and its overflow pages, checked against the file.
@@ -230,7 +258,10 @@ impl<'a> Db<'a> {
         }
         let overflow = u32_at(head, 12) as u64;
         if id + 1 + overflow > self.meta.pgid {
-            return Err(format!("page {id}: {overflow} overflow pages run past the high-water mark {}", self.meta.pgid));
+            return Err(format!(
+                "page {id}: {overflow} overflow pages run past the high-water mark {}",
+                self.meta.pgid
+            ));
         }
         Ok(&self.data[off..off + ((1 + overflow) * ps) as usize])
     }
@@ -253,7 +284,11 @@ impl<'a> Walker<'_, 'a> {
         let mut last: Option<&'a [u8]> = None;
         let mut check_order = |e: Entry<'a>| -> Result<(), String> {
             if last.is_some_and(|l| l >= e.key) {
-                return Err(format!("keys out of order: {:02x?} after {:02x?}", e.key, last.unwrap_or_default()));
+                return Err(format!(
+                    "keys out of order: {:02x?} after {:02x?}",
+                    e.key,
+                    last.unwrap_or_default()
+                ));
             }
             last = Some(e.key);
             f(e)
@@ -286,7 +321,9 @@ impl<'a> Walker<'_, 'a> {
                 Ok(())
             }
             LEAF_FLAG => leaf(page, &format!("page {id}"), f),
-            other => Err(format!("page {id}: flags {other:#06x} are neither a branch's nor a leaf's")),
+            other => Err(format!(
+                "page {id}: flags {other:#06x} are neither a branch's nor a leaf's"
+            )),
         }
     }
 }
@@ -294,22 +331,38 @@ impl<'a> Walker<'_, 'a> {
 /// The element table of a page: `count` elements of 16 bytes after the header.
 fn elements<'p>(page: &'p [u8], what: &str) -> Result<(usize, &'p [u8]), String> {
     if page.len() < PAGE_HEADER {
-        return Err(format!("{what}: {} bytes are shorter than a page header", page.len()));
+        return Err(format!(
+            "{what}: {} bytes are shorter than a page header",
+            page.len()
+        ));
     }
     let count = u16_at(page, 10) as usize;
     let end = PAGE_HEADER + count * ELEMENT;
     if end > page.len() {
-        return Err(format!("{what}: {count} elements overrun its {} bytes", page.len()));
+        return Err(format!(
+            "{what}: {count} elements overrun its {} bytes",
+            page.len()
+        ));
     }
     Ok((count, page))
 }
 
 /// `len` bytes at `pos` from the element at `elem`, inside `page`.
-fn slice_at<'p>(page: &'p [u8], elem: usize, pos: u32, len: u64, what: &str, i: usize) -> Result<&'p [u8], String> {
+fn slice_at<'p>(
+    page: &'p [u8],
+    elem: usize,
+    pos: u32,
+    len: u64,
+    what: &str,
+    i: usize,
+) -> Result<&'p [u8], String> {
     let start = elem as u64 + pos as u64;
     let end = start + len;
     if end > page.len() as u64 {
-        return Err(format!("{what}: element {i} ({len} bytes at {start}) overruns the page's {} bytes", page.len()));
+        return Err(format!(
+            "{what}: element {i} ({len} bytes at {start}) overruns the page's {} bytes",
+            page.len()
+        ));
     }
     Ok(&page[start as usize..end as usize])
 }
@@ -324,13 +377,24 @@ fn branch_children(page: &[u8], id: u64) -> Result<Vec<u64>, String> {
     for i in 0..count {
         let e = PAGE_HEADER + i * ELEMENT;
         // The key is only bounds-checked: lookups use it, a full walk does not.
-        slice_at(page, e, u32_at(page, e), u32_at(page, e + 4) as u64, &what, i)?;
+        slice_at(
+            page,
+            e,
+            u32_at(page, e),
+            u32_at(page, e + 4) as u64,
+            &what,
+            i,
+        )?;
         out.push(u64_at(page, e + 8));
     }
     Ok(out)
 }
 
-fn leaf<'a>(page: &'a [u8], what: &str, f: &mut dyn FnMut(Entry<'a>) -> Result<(), String>) -> Result<(), String> {
+fn leaf<'a>(
+    page: &'a [u8],
+    what: &str,
+    f: &mut dyn FnMut(Entry<'a>) -> Result<(), String>,
+) -> Result<(), String> {
     let (count, page) = elements(page, what)?;
     let flags = u16_at(page, 8);
     if flags != LEAF_FLAG {
@@ -339,12 +403,19 @@ fn leaf<'a>(page: &'a [u8], what: &str, f: &mut dyn FnMut(Entry<'a>) -> Result<(
     for i in 0..count {
         let e = PAGE_HEADER + i * ELEMENT;
         let eflags = u32_at(page, e);
-        let (pos, ksize, vsize) = (u32_at(page, e + 4), u32_at(page, e + 8) as u64, u32_at(page, e + 12) as u64);
+        let (pos, ksize, vsize) = (
+            u32_at(page, e + 4),
+            u32_at(page, e + 8) as u64,
+            u32_at(page, e + 12) as u64,
+        );
         let both = slice_at(page, e, pos, ksize + vsize, what, i)?;
         let (key, value) = both.split_at(ksize as usize);
         let bucket = if eflags & BUCKET_LEAF_FLAG != 0 {
             if value.len() < BUCKET_HEADER {
-                return Err(format!("{what}: bucket {key:02x?} has a {}-byte header", value.len()));
+                return Err(format!(
+                    "{what}: bucket {key:02x?} has a {}-byte header",
+                    value.len()
+                ));
             }
             Some(match u64_at(value, 0) {
                 0 => Bucket::Inline(&value[BUCKET_HEADER..]),
@@ -414,8 +485,19 @@ mod tests {
         b_header.extend_from_slice(&0u64.to_le_bytes());
         let mut i_value = vec![0u8; BUCKET_HEADER];
         i_value.extend_from_slice(&inline);
-        leaf_page(2, 0, &[(BUCKET_LEAF_FLAG, b"b", b_header), (BUCKET_LEAF_FLAG, b"i", i_value)]);
-        leaf_page(3, 1, &[(0, b"a", b"small".to_vec()), (0, b"z", vec![7u8; 5000])]);
+        leaf_page(
+            2,
+            0,
+            &[
+                (BUCKET_LEAF_FLAG, b"b", b_header),
+                (BUCKET_LEAF_FLAG, b"i", i_value),
+            ],
+        );
+        leaf_page(
+            3,
+            1,
+            &[(0, b"a", b"small".to_vec()), (0, b"z", vec![7u8; 5000])],
+        );
         d
     }
 
@@ -465,7 +547,10 @@ mod tests {
         m[4096 + PAGE_HEADER + 60] ^= 1;
         assert_eq!(Db::open(&m).unwrap().meta().txid, 10);
         // Truncation.
-        assert!(Db::open(&d[..4 * 4096]).err().unwrap().contains("truncated"));
+        assert!(Db::open(&d[..4 * 4096])
+            .err()
+            .unwrap()
+            .contains("truncated"));
         // Every single-byte flip and every truncation of the image: no panic.
         for at in (0..d.len()).step_by(7) {
             let mut x = d.clone();

@@ -54,15 +54,27 @@ pub struct Flag {
 }
 
 pub const fn flag(long: &'static str, value: &'static str) -> Flag {
-    Flag { long, short: None, value: Some(value) }
+    Flag {
+        long,
+        short: None,
+        value: Some(value),
+    }
 }
 
 /// A boolean switch (`--flag`, no value).
 pub const fn switch(long: &'static str) -> Flag {
-    Flag { long, short: None, value: None }
+    Flag {
+        long,
+        short: None,
+        value: None,
+    }
 }
 
-pub const WRITE_OUT: Flag = Flag { long: "write-out", short: Some('w'), value: Some("FORMAT") };
+pub const WRITE_OUT: Flag = Flag {
+    long: "write-out",
+    short: Some('w'),
+    value: Some("FORMAT"),
+};
 
 /// Parsed flags of one command (the last occurrence of a flag wins, as with etcd's tools).
 #[derive(Debug, Default)]
@@ -119,7 +131,11 @@ pub fn parse(args: &[String], spec: &[Flag]) -> Result<Parsed, CliError> {
 
 /// [`parse`] for commands that also take up to `max_args` positional arguments (a file),
 /// before, between or after the flags.
-pub fn parse_with_args(args: &[String], spec: &[Flag], max_args: usize) -> Result<Parsed, CliError> {
+pub fn parse_with_args(
+    args: &[String],
+    spec: &[Flag],
+    max_args: usize,
+) -> Result<Parsed, CliError> {
     let mut out = Parsed::default();
     let mut i = 0;
     while i < args.len() {
@@ -167,7 +183,10 @@ pub fn parse_with_args(args: &[String], spec: &[Flag], max_args: usize) -> Resul
         };
         if let Some(v) = &value {
             if v.is_empty() {
-                return Err(CliError::usage(format!("--{} needs a non-empty value", flag.long)));
+                return Err(CliError::usage(format!(
+                    "--{} needs a non-empty value",
+                    flag.long
+                )));
             }
         }
         out.values.push((flag.long, value));
@@ -201,7 +220,13 @@ mod tests {
         let p = parse(&args(&["-w=table", "--data-dir=x", "--data-dir=y"]), SPEC).unwrap();
         assert_eq!(p.get("data-dir"), Some("y"), "last one wins");
         assert_eq!(p.write_out(&["table", "json"]).unwrap(), "table");
-        assert_eq!(parse(&[], SPEC).unwrap().write_out(&["simple", "json"]).unwrap(), "simple");
+        assert_eq!(
+            parse(&[], SPEC)
+                .unwrap()
+                .write_out(&["simple", "json"])
+                .unwrap(),
+            "simple"
+        );
     }
 
     #[test]
@@ -214,17 +239,32 @@ mod tests {
             &["-x", "1"],
             &["-ww"],
         ] {
-            assert!(matches!(parse(&args(bad), SPEC), Err(CliError::Usage(_))), "{bad:?}");
+            assert!(
+                matches!(parse(&args(bad), SPEC), Err(CliError::Usage(_))),
+                "{bad:?}"
+            );
         }
         let p = parse(&args(&["--limit", "-3", "-w", "yaml"]), SPEC).unwrap();
         assert!(matches!(p.u64("limit"), Err(CliError::Usage(_))));
-        assert!(matches!(p.write_out(&["table", "json"]), Err(CliError::Usage(_))));
+        assert!(matches!(
+            p.write_out(&["table", "json"]),
+            Err(CliError::Usage(_))
+        ));
     }
 
     #[test]
     fn positional_arguments_and_switches() {
-        const SNAP: &[Flag] = &[flag("data-dir", "DIR"), switch("skip-hash-check"), WRITE_OUT];
-        let p = parse_with_args(&args(&["--skip-hash-check", "f.db", "--data-dir", "d"]), SNAP, 1).unwrap();
+        const SNAP: &[Flag] = &[
+            flag("data-dir", "DIR"),
+            switch("skip-hash-check"),
+            WRITE_OUT,
+        ];
+        let p = parse_with_args(
+            &args(&["--skip-hash-check", "f.db", "--data-dir", "d"]),
+            SNAP,
+            1,
+        )
+        .unwrap();
         assert_eq!(p.args, vec!["f.db".to_string()]);
         assert!(p.has("skip-hash-check"));
         assert_eq!(p.get("skip-hash-check"), None);
@@ -232,7 +272,13 @@ mod tests {
         let p = parse_with_args(&args(&["f.db"]), SNAP, 1).unwrap();
         assert!(!p.has("skip-hash-check"));
         for bad in [&["a", "b"][..], &["--skip-hash-check=true"]] {
-            assert!(matches!(parse_with_args(&args(bad), SNAP, 1), Err(CliError::Usage(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    parse_with_args(&args(bad), SNAP, 1),
+                    Err(CliError::Usage(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -54,17 +54,26 @@ pub fn resolve(f: &Flags<'_>) -> Result<Member, String> {
         return Err("--initial-advertise-peer-urls must not be empty".into());
     }
     let cluster: Vec<(String, Url)> = match f.initial_cluster {
-        None => advertised.iter().map(|u| (f.name.to_string(), u.clone())).collect(),
+        None => advertised
+            .iter()
+            .map(|u| (f.name.to_string(), u.clone()))
+            .collect(),
         Some(text) => parse_cluster(text).map_err(|e| format!("invalid --initial-cluster: {e}"))?,
     };
     let mut all: Vec<&Url> = cluster.iter().map(|(_, u)| u).collect();
     all.sort();
     if let Some(w) = all.windows(2).find(|w| w[0] == w[1]) {
-        return Err(format!("--initial-cluster lists the URL {} more than once", w[0]));
+        return Err(format!(
+            "--initial-cluster lists the URL {} more than once",
+            w[0]
+        ));
     }
     let mut listed: Vec<Url> = peer_urls_of(&cluster, f.name);
     if listed.is_empty() {
-        return Err(format!("couldn't find local name {:?} in the initial cluster configuration", f.name));
+        return Err(format!(
+            "couldn't find local name {:?} in the initial cluster configuration",
+            f.name
+        ));
     }
     let mut ap = advertised.clone();
     listed.sort();
@@ -79,7 +88,11 @@ pub fn resolve(f: &Flags<'_>) -> Result<Member, String> {
             show(&ap)
         ));
     }
-    let mut others: Vec<&str> = cluster.iter().map(|(n, _)| n.as_str()).filter(|n| *n != f.name).collect();
+    let mut others: Vec<&str> = cluster
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| *n != f.name)
+        .collect();
     others.sort_unstable();
     others.dedup();
     if !others.is_empty() {
@@ -94,7 +107,10 @@ pub fn resolve(f: &Flags<'_>) -> Result<Member, String> {
     let mut names: Vec<&str> = cluster.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
     names.dedup();
-    let member_ids: Vec<u64> = names.iter().map(|n| ids::member_id(&peer_urls_of(&cluster, n), token)).collect();
+    let member_ids: Vec<u64> = names
+        .iter()
+        .map(|n| ids::member_id(&peer_urls_of(&cluster, n), token))
+        .collect();
     Ok(Member {
         name: f.name.to_string(),
         member_id,
@@ -104,7 +120,11 @@ pub fn resolve(f: &Flags<'_>) -> Result<Member, String> {
 }
 
 fn peer_urls_of(cluster: &[(String, Url)], name: &str) -> Vec<Url> {
-    cluster.iter().filter(|(n, _)| n == name).map(|(_, u)| u.clone()).collect()
+    cluster
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, u)| u.clone())
+        .collect()
 }
 
 /// `name=url,name=url,...`, as `src/config/build.rs` parses it.
@@ -114,7 +134,9 @@ fn parse_cluster(text: &str) -> Result<Vec<(String, Url)>, String> {
     }
     text.split(',')
         .map(|pair| match pair.trim().split_once('=') {
-            Some((name, url)) if !name.is_empty() => Ok((name.to_string(), parse_item(url.trim())?)),
+            Some((name, url)) if !name.is_empty() => {
+                Ok((name.to_string(), parse_item(url.trim())?))
+            }
             _ => Err(format!("{:?} is not of the form name=url", pair.trim())),
         })
         .collect()
@@ -125,7 +147,12 @@ mod tests {
     use super::*;
 
     fn flags<'a>(name: &'a str, cluster: Option<&'a str>, peers: &'a str) -> Flags<'a> {
-        Flags { name, initial_cluster: cluster, initial_cluster_token: DEFAULT_TOKEN, initial_advertise_peer_urls: peers }
+        Flags {
+            name,
+            initial_cluster: cluster,
+            initial_cluster_token: DEFAULT_TOKEN,
+            initial_advertise_peer_urls: peers,
+        }
     }
 
     #[test]
@@ -134,7 +161,12 @@ mod tests {
         let m = resolve(&flags(DEFAULT_NAME, None, DEFAULT_PEER_URLS)).unwrap();
         assert_eq!(m.member_id, 0x8e9e05c52164694d);
         assert_eq!(m.cluster_id, 0xcdf818194e3a8c32);
-        let explicit = resolve(&flags("default", Some("default=http://localhost:2380"), DEFAULT_PEER_URLS)).unwrap();
+        let explicit = resolve(&flags(
+            "default",
+            Some("default=http://localhost:2380"),
+            DEFAULT_PEER_URLS,
+        ))
+        .unwrap();
         assert_eq!(explicit, m);
     }
 
@@ -142,10 +174,30 @@ mod tests {
     fn refuses_what_the_server_refuses() {
         let p = "http://127.0.0.1:2380";
         for (f, want) in [
-            (flags("n1", Some("n2=http://127.0.0.1:2380"), p), "couldn't find local name"),
-            (flags("n1", Some("n1=http://127.0.0.1:2381"), p), "must match"),
-            (flags("n1", Some("n1=http://127.0.0.1:2380,n2=http://127.0.0.1:2381"), p), "other members"),
-            (flags("n1", Some("n1=http://127.0.0.1:2380,n1=http://127.0.0.1:2380"), p), "more than once"),
+            (
+                flags("n1", Some("n2=http://127.0.0.1:2380"), p),
+                "couldn't find local name",
+            ),
+            (
+                flags("n1", Some("n1=http://127.0.0.1:2381"), p),
+                "must match",
+            ),
+            (
+                flags(
+                    "n1",
+                    Some("n1=http://127.0.0.1:2380,n2=http://127.0.0.1:2381"),
+                    p,
+                ),
+                "other members",
+            ),
+            (
+                flags(
+                    "n1",
+                    Some("n1=http://127.0.0.1:2380,n1=http://127.0.0.1:2380"),
+                    p,
+                ),
+                "more than once",
+            ),
             (flags("n1", Some("n1"), p), "name=url"),
             (flags("n1", None, "localhost:2380"), "peer-urls"),
             (flags("", None, p), "--name"),

@@ -37,7 +37,10 @@ fn open(path: &Path) -> Result<Store, CliError> {
         )));
     }
     if !path.is_file() {
-        return Err(CliError::failed(format!("{} is not a regular file", path.display())));
+        return Err(CliError::failed(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
     }
     Store::open(path, Options { create_if_missing: false }).map_err(|e| match e {
         BtreeError::Locked(_) => CliError::failed(format!(
@@ -105,11 +108,23 @@ pub fn info(target: &Target, format: &str) -> Result<(), CliError> {
         let rows = vec![
             ("file".to_string(), path.display().to_string()),
             ("page size".into(), s.page_size.to_string()),
-            ("page count".into(), format!("{} (high-water mark, meta pages included)", s.page_count)),
+            (
+                "page count".into(),
+                format!("{} (high-water mark, meta pages included)", s.page_count),
+            ),
             ("file bytes".into(), output::bytes(s.file_bytes)),
-            ("used pages".into(), format!("{used} ({})", output::human(used * PAGE_SIZE as u64))),
-            ("free pages".into(), format!("{} (+{} free-list pages)", s.free_pages, s.freelist_pages)),
-            ("fragmentation".into(), format!("{:.1}%", fragmentation_pct(&s))),
+            (
+                "used pages".into(),
+                format!("{used} ({})", output::human(used * PAGE_SIZE as u64)),
+            ),
+            (
+                "free pages".into(),
+                format!("{} (+{} free-list pages)", s.free_pages, s.freelist_pages),
+            ),
+            (
+                "fragmentation".into(),
+                format!("{:.1}%", fragmentation_pct(&s)),
+            ),
             ("tree depth".into(), s.depth.to_string()),
             ("entries".into(), s.entries.to_string()),
             ("txid".into(), s.txid.to_string()),
@@ -127,7 +142,8 @@ pub fn info(target: &Target, format: &str) -> Result<(), CliError> {
         write_table(&mut out, &rows)?;
     }
     out.flush()?;
-    v.map(|_| ()).map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
+    v.map(|_| ())
+        .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
 }
 
 /// Holds the WAL directory's lock (the one a running server holds) while defrag runs, so a
@@ -139,7 +155,8 @@ fn lock_wal_dir(data_dir: &Path) -> Result<Option<DirLock>, CliError> {
     if !dir.is_dir() {
         return Ok(None);
     }
-    let f = File::open(&dir).map_err(|e| CliError::failed(format!("cannot open {}: {e}", dir.display())))?;
+    let f = File::open(&dir)
+        .map_err(|e| CliError::failed(format!("cannot open {}: {e}", dir.display())))?;
     // SAFETY: plain syscall on a valid descriptor.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc == 0 {
@@ -153,7 +170,10 @@ fn lock_wal_dir(data_dir: &Path) -> Result<Option<DirLock>, CliError> {
             dir.display()
         )));
     }
-    Err(CliError::failed(format!("cannot lock {}: {err}", dir.display())))
+    Err(CliError::failed(format!(
+        "cannot lock {}: {err}",
+        dir.display()
+    )))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CliError> {
@@ -200,7 +220,11 @@ pub fn defrag(target: &Target, format: &str) -> Result<(), CliError> {
     // The copy is verified and durable: put it in place.
     fs::rename(&tmp, &path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        CliError::failed(format!("rename {} over {}: {e}", tmp.display(), path.display()))
+        CliError::failed(format!(
+            "rename {} over {}: {e}",
+            tmp.display(),
+            path.display()
+        ))
     })?;
     sync_dir(&dir)?;
     drop(src);
@@ -218,13 +242,36 @@ pub fn defrag(target: &Target, format: &str) -> Result<(), CliError> {
         writeln!(out, "{j}")?;
     } else {
         let saved = before.file_bytes.saturating_sub(after.file_bytes);
-        let pct = if before.file_bytes > 0 { saved as f64 * 100.0 / before.file_bytes as f64 } else { 0.0 };
+        let pct = if before.file_bytes > 0 {
+            saved as f64 * 100.0 / before.file_bytes as f64
+        } else {
+            0.0
+        };
         let rows = vec![
             ("file".to_string(), path.display().to_string()),
             ("entries".into(), after.entries.to_string()),
-            ("size before".into(), format!("{} ({} pages, {} free)", output::bytes(before.file_bytes), before.page_count, before.free_pages)),
-            ("size after".into(), format!("{} ({} pages, {} free)", output::bytes(after.file_bytes), after.page_count, after.free_pages)),
-            ("reclaimed".into(), format!("{} ({pct:.1}%)", output::human(saved))),
+            (
+                "size before".into(),
+                format!(
+                    "{} ({} pages, {} free)",
+                    output::bytes(before.file_bytes),
+                    before.page_count,
+                    before.free_pages
+                ),
+            ),
+            (
+                "size after".into(),
+                format!(
+                    "{} ({} pages, {} free)",
+                    output::bytes(after.file_bytes),
+                    after.page_count,
+                    after.free_pages
+                ),
+            ),
+            (
+                "reclaimed".into(),
+                format!("{} ({pct:.1}%)", output::human(saved)),
+            ),
         ];
         write_table(&mut out, &rows)?;
     }
@@ -249,24 +296,45 @@ fn copy_compacted(src: &Store, tmp: &Path) -> Result<Stats, CliError> {
             job.join().expect("compaction thread panicked")
         })
     };
-    let stats = compacted.map_err(|e| CliError::failed(format!("writing the compacted copy {}: {e}", tmp.display())))?;
+    let stats = compacted.map_err(|e| {
+        CliError::failed(format!("writing the compacted copy {}: {e}", tmp.display()))
+    })?;
     // The store grows its file in steps; the copy needs only its high-water mark.
     let f = fs::OpenOptions::new()
         .write(true)
         .open(tmp)
         .map_err(|e| CliError::failed(format!("cannot open {}: {e}", tmp.display())))?;
     let want = stats.page_count * PAGE_SIZE as u64;
-    let len = f.metadata().map_err(|e| CliError::failed(format!("stat {}: {e}", tmp.display())))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| CliError::failed(format!("stat {}: {e}", tmp.display())))?
+        .len();
     if len > want {
-        f.set_len(want).map_err(|e| CliError::failed(format!("ftruncate {}: {e}", tmp.display())))?;
+        f.set_len(want)
+            .map_err(|e| CliError::failed(format!("ftruncate {}: {e}", tmp.display())))?;
     }
-    f.sync_all().map_err(|e| CliError::failed(format!("fsync {}: {e}", tmp.display())))?;
+    f.sync_all()
+        .map_err(|e| CliError::failed(format!("fsync {}: {e}", tmp.display())))?;
     drop(f);
 
-    let copy = Store::open(tmp, Options { create_if_missing: false })
-        .map_err(|e| CliError::failed(format!("cannot reopen the compacted copy {}: {e}", tmp.display())))?;
-    let report = verify_with_spinner(&copy, "defrag: verifying the copy")
-        .map_err(|e| CliError::failed(format!("the compacted copy {} does not verify: {e}", tmp.display())))?;
+    let copy = Store::open(
+        tmp,
+        Options {
+            create_if_missing: false,
+        },
+    )
+    .map_err(|e| {
+        CliError::failed(format!(
+            "cannot reopen the compacted copy {}: {e}",
+            tmp.display()
+        ))
+    })?;
+    let report = verify_with_spinner(&copy, "defrag: verifying the copy").map_err(|e| {
+        CliError::failed(format!(
+            "the compacted copy {} does not verify: {e}",
+            tmp.display()
+        ))
+    })?;
     let (a, b) = (src.read(), copy.read());
     if report.entries != a.len() || a.meta() != b.meta() {
         return Err(CliError::failed(format!(
@@ -274,7 +342,11 @@ fn copy_compacted(src: &Store, tmp: &Path) -> Result<Stats, CliError> {
             tmp.display(),
             report.entries,
             a.len(),
-            if a.meta() == b.meta() { "equal" } else { "differs" }
+            if a.meta() == b.meta() {
+                "equal"
+            } else {
+                "differs"
+            }
         )));
     }
     Ok(copy.stats())

@@ -22,7 +22,10 @@ pub struct Identity {
 impl Identity {
     pub fn decode(payload: &[u8]) -> Result<Identity, String> {
         if payload.len() < 20 {
-            return Err(format!("metadata record of {} bytes is too short", payload.len()));
+            return Err(format!(
+                "metadata record of {} bytes is too short",
+                payload.len()
+            ));
         }
         let member_id = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
         let cluster_id = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
@@ -35,7 +38,11 @@ impl Identity {
         }
         let name = String::from_utf8(payload[20..].to_vec())
             .map_err(|_| "metadata name is not UTF-8".to_string())?;
-        Ok(Identity { member_id, cluster_id, name })
+        Ok(Identity {
+            member_id,
+            cluster_id,
+            name,
+        })
     }
 
     /// The inverse of [`Identity::decode`] (`Identity::encode` in `src/recovery.rs`).
@@ -98,7 +105,10 @@ pub fn request_simple(r: &InternalRequest) -> String {
         parts.push(format!("txn {}", txn_simple(t)));
     }
     if let Some(c) = &r.compaction {
-        parts.push(format!("compaction revision={} physical={}", c.revision, c.physical));
+        parts.push(format!(
+            "compaction revision={} physical={}",
+            c.revision, c.physical
+        ));
     }
     if let Some(g) = &r.lease_grant {
         parts.push(format!("lease_grant id={} ttl={}", lease_id(g.id), g.ttl));
@@ -112,7 +122,10 @@ pub fn request_simple(r: &InternalRequest) -> String {
             .iter()
             .map(|c| format!("id={} remaining_ttl={}", lease_id(c.id), c.remaining_ttl))
             .collect();
-        parts.push(format!("lease_checkpoint checkpoints=[{}]", items.join(", ")));
+        parts.push(format!(
+            "lease_checkpoint checkpoints=[{}]",
+            items.join(", ")
+        ));
     }
     if parts.is_empty() {
         return "empty_request".to_string();
@@ -141,7 +154,11 @@ fn put_simple(p: &PbPutRequest) -> String {
 }
 
 fn delete_simple(d: &PbDeleteRequest) -> String {
-    let mut s = format!("delete_range key={} range_end={}", quoted(&d.key), quoted(&d.range_end));
+    let mut s = format!(
+        "delete_range key={} range_end={}",
+        quoted(&d.key),
+        quoted(&d.range_end)
+    );
     if d.prev_kv {
         s.push_str(" prev_kv");
     }
@@ -149,7 +166,11 @@ fn delete_simple(d: &PbDeleteRequest) -> String {
 }
 
 fn range_simple(r: &PbRangeRequest) -> String {
-    let mut s = format!("range key={} range_end={}", quoted(&r.key), quoted(&r.range_end));
+    let mut s = format!(
+        "range key={} range_end={}",
+        quoted(&r.key),
+        quoted(&r.range_end)
+    );
     for (v, name) in [(r.limit, "limit"), (r.revision, "revision")] {
         if v != 0 {
             s.push_str(&format!(" {name}={v}"));
@@ -226,7 +247,11 @@ fn txn_simple(t: &PbTxnRequest) -> String {
     let list = |ops: &[PbTxnRequestOp]| ops.iter().map(op_simple).collect::<Vec<_>>().join(", ");
     format!(
         "compares=[{}] success=[{}] failure=[{}]",
-        t.compare.iter().map(compare_simple).collect::<Vec<_>>().join(", "),
+        t.compare
+            .iter()
+            .map(compare_simple)
+            .collect::<Vec<_>>()
+            .join(", "),
         list(&t.success),
         list(&t.failure)
     )
@@ -244,7 +269,10 @@ fn value_fields(m: &mut Map<String, Value>, name: &str, v: &[u8]) {
     let shown = &v[..v.len().min(VALUE_PREVIEW_BYTES)];
     m.insert(name.into(), Value::String(escape(shown, false)));
     m.insert(format!("{name}_size"), json!(v.len()));
-    m.insert(format!("{name}_truncated"), json!(v.len() > VALUE_PREVIEW_BYTES));
+    m.insert(
+        format!("{name}_truncated"),
+        json!(v.len() > VALUE_PREVIEW_BYTES),
+    );
 }
 
 fn put_json(p: &PbPutRequest) -> Value {
@@ -354,7 +382,11 @@ mod tests {
     use corekv_engine::request::{Command, LeaseCheckpoint, LeaseCheckpointRequest};
 
     fn put(k: &[u8], v: &[u8]) -> PbPutRequest {
-        PbPutRequest { key: k.to_vec(), value: v.to_vec(), ..Default::default() }
+        PbPutRequest {
+            key: k.to_vec(),
+            value: v.to_vec(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -383,27 +415,42 @@ mod tests {
 
         let r = InternalRequest::new(
             2,
-            Command::DeleteRange(PbDeleteRequest { key: b"a".to_vec(), range_end: b"b".to_vec(), prev_kv: true }),
-        );
-        assert_eq!(request_simple(&r), r#"delete_range key="a" range_end="b" prev_kv"#);
-
-        let txn = PbTxnRequest {
-            compare: vec![PbCompare {
-                result: 0,
-                target: 3,
-                key: b"k".to_vec(),
-                target_union: Some(PbTargetUnion::Value(b"v".to_vec())),
-                ..Default::default()
-            }, PbCompare {
-                result: 1,
-                target: 2,
+            Command::DeleteRange(PbDeleteRequest {
                 key: b"a".to_vec(),
                 range_end: b"b".to_vec(),
-                target_union: Some(PbTargetUnion::ModRevision(3)),
+                prev_kv: true,
+            }),
+        );
+        assert_eq!(
+            request_simple(&r),
+            r#"delete_range key="a" range_end="b" prev_kv"#
+        );
+
+        let txn = PbTxnRequest {
+            compare: vec![
+                PbCompare {
+                    result: 0,
+                    target: 3,
+                    key: b"k".to_vec(),
+                    target_union: Some(PbTargetUnion::Value(b"v".to_vec())),
+                    ..Default::default()
+                },
+                PbCompare {
+                    result: 1,
+                    target: 2,
+                    key: b"a".to_vec(),
+                    range_end: b"b".to_vec(),
+                    target_union: Some(PbTargetUnion::ModRevision(3)),
+                },
+            ],
+            success: vec![PbTxnRequestOp {
+                request: Some(PbTxnOpRequest::RequestPut(put(b"k", b"x"))),
             }],
-            success: vec![PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(put(b"k", b"x"))) }],
             failure: vec![PbTxnRequestOp {
-                request: Some(PbTxnOpRequest::RequestRange(PbRangeRequest { key: b"k".to_vec(), ..Default::default() })),
+                request: Some(PbTxnOpRequest::RequestRange(PbRangeRequest {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                })),
             }],
         };
         let r = InternalRequest::new(3, Command::Txn(txn));
@@ -413,17 +460,35 @@ mod tests {
         );
         assert_eq!(request_json(&r)["ops"][0]["compares"][1]["mod_revision"], 3);
 
-        let r = InternalRequest::new(4, Command::Compact(PbCompactionRequest { revision: 7, physical: false }));
+        let r = InternalRequest::new(
+            4,
+            Command::Compact(PbCompactionRequest {
+                revision: 7,
+                physical: false,
+            }),
+        );
         assert_eq!(request_simple(&r), "compaction revision=7 physical=false");
-        let r = InternalRequest::new(5, Command::LeaseGrant(PbLeaseGrantRequest { id: 0x694d, ttl: 60 }));
+        let r = InternalRequest::new(
+            5,
+            Command::LeaseGrant(PbLeaseGrantRequest {
+                id: 0x694d,
+                ttl: 60,
+            }),
+        );
         assert_eq!(request_simple(&r), "lease_grant id=694d ttl=60");
         let r = InternalRequest::new(
             6,
             Command::LeaseCheckpoint(LeaseCheckpointRequest {
-                checkpoints: vec![LeaseCheckpoint { id: 0x10, remaining_ttl: 5 }],
+                checkpoints: vec![LeaseCheckpoint {
+                    id: 0x10,
+                    remaining_ttl: 5,
+                }],
             }),
         );
-        assert_eq!(request_simple(&r), "lease_checkpoint checkpoints=[id=10 remaining_ttl=5]");
+        assert_eq!(
+            request_simple(&r),
+            "lease_checkpoint checkpoints=[id=10 remaining_ttl=5]"
+        );
         assert_eq!(request_kind(&InternalRequest::default()), ("empty", 0));
         assert_eq!(request_simple(&InternalRequest::default()), "empty_request");
     }

@@ -70,7 +70,9 @@ pub struct Plan {
 }
 
 fn be_u64(v: &[u8], what: &str) -> Result<u64, String> {
-    let b: [u8; 8] = v.try_into().map_err(|_| format!("{what}: {} bytes, expected 8", v.len()))?;
+    let b: [u8; 8] = v
+        .try_into()
+        .map_err(|_| format!("{what}: {} bytes, expected 8", v.len()))?;
     Ok(u64::from_be_bytes(b))
 }
 
@@ -89,21 +91,33 @@ pub fn decode_revision(k: &[u8]) -> Result<(i64, i64, bool), String> {
     if k[8] != b'_' {
         return Err(format!("revision key {k:02x?} has no '_' separator"));
     }
-    Ok((rev_part(&k[..8], "main revision")?, rev_part(&k[9..17], "sub revision")?, tombstone))
+    Ok((
+        rev_part(&k[..8], "main revision")?,
+        rev_part(&k[9..17], "sub revision")?,
+        tombstone,
+    ))
 }
 
 fn key_record(e: &Entry<'_>) -> Result<Record, String> {
     let (main, sub, tombstone) = decode_revision(e.key)?;
     let at = format!("record ({main}, {sub})");
-    let pb = PbKeyValue::decode(e.value).map_err(|err| format!("{at}: value is not an mvccpb.KeyValue: {err}"))?;
+    let pb = PbKeyValue::decode(e.value)
+        .map_err(|err| format!("{at}: value is not an mvccpb.KeyValue: {err}"))?;
     if main < 1 {
         return Err(format!("{at}: main revision below 1"));
     }
     let kv = if tombstone {
-        KeyValue { key: Bytes::from(pb.key), mod_revision: main, ..Default::default() }
+        KeyValue {
+            key: Bytes::from(pb.key),
+            mod_revision: main,
+            ..Default::default()
+        }
     } else {
         if pb.mod_revision != main {
-            return Err(format!("{at}: mod_revision {} differs from its key's revision", pb.mod_revision));
+            return Err(format!(
+                "{at}: mod_revision {} differs from its key's revision",
+                pb.mod_revision
+            ));
         }
         if pb.create_revision < 1 || pb.create_revision > main || pb.version < 1 {
             return Err(format!(
@@ -125,25 +139,37 @@ fn key_record(e: &Entry<'_>) -> Result<Record, String> {
 
 fn lease(e: &Entry<'_>) -> Result<LeaseTtl, String> {
     let id = be_u64(e.key, "lease key")? as i64;
-    let pb = LeasePb::decode(e.value).map_err(|err| format!("lease {id:x}: value is not a leasepb.Lease: {err}"))?;
+    let pb = LeasePb::decode(e.value)
+        .map_err(|err| format!("lease {id:x}: value is not a leasepb.Lease: {err}"))?;
     if pb.id != id || id == 0 {
         return Err(format!("lease {id:x}: its value names lease {:x}", pb.id));
     }
     if pb.ttl < 0 || pb.remaining_ttl < 0 {
-        return Err(format!("lease {id:x}: negative TTL {} / remaining {}", pb.ttl, pb.remaining_ttl));
+        return Err(format!(
+            "lease {id:x}: negative TTL {} / remaining {}",
+            pb.ttl, pb.remaining_ttl
+        ));
     }
-    Ok(LeaseTtl { id, ttl_secs: pb.ttl, remaining_ttl_secs: pb.remaining_ttl })
+    Ok(LeaseTtl {
+        id,
+        ttl_secs: pb.ttl,
+        remaining_ttl_secs: pb.remaining_ttl,
+    })
 }
 
 fn meta_entry(s: &mut EtcdSnapshot, e: &Entry<'_>) -> Result<(), String> {
     let compact = |v: &[u8], what: &str| -> Result<i64, String> {
-        decode_revision(v).map(|(main, _, _)| main).map_err(|err| format!("{what}: {err}"))
+        decode_revision(v)
+            .map(|(main, _, _)| main)
+            .map_err(|err| format!("{what}: {err}"))
     };
     match e.key {
         b"consistent_index" => s.consistent_index = Some(be_u64(e.value, "consistent_index")?),
         b"term" => s.term = Some(be_u64(e.value, "term")?),
         b"finishedCompactRev" => s.finished_compact = Some(compact(e.value, "finishedCompactRev")?),
-        b"scheduledCompactRev" => s.scheduled_compact = Some(compact(e.value, "scheduledCompactRev")?),
+        b"scheduledCompactRev" => {
+            s.scheduled_compact = Some(compact(e.value, "scheduledCompactRev")?)
+        }
         _ => {}
     }
     Ok(())
@@ -152,7 +178,11 @@ fn meta_entry(s: &mut EtcdSnapshot, e: &Entry<'_>) -> Result<(), String> {
 /// Reads the whole image (the file without its trailing sha256).
 pub fn read(image: &[u8]) -> Result<EtcdSnapshot, String> {
     let db = bbolt::Db::open(image)?;
-    let mut s = EtcdSnapshot { size: db.size(), page_size: db.page_size(), ..Default::default() };
+    let mut s = EtcdSnapshot {
+        size: db.size(),
+        page_size: db.page_size(),
+        ..Default::default()
+    };
     let mut walker = db.walker();
     let mut buckets: Vec<(&[u8], Bucket<'_>)> = Vec::new();
     walker
@@ -161,7 +191,10 @@ pub fn read(image: &[u8]) -> Result<EtcdSnapshot, String> {
                 buckets.push((e.key, b));
                 Ok(())
             }
-            None => Err(format!("top-level entry {:?} is not a bucket", String::from_utf8_lossy(e.key))),
+            None => Err(format!(
+                "top-level entry {:?} is not a bucket",
+                String::from_utf8_lossy(e.key)
+            )),
         })
         .map_err(|e| format!("root bucket: {e}"))?;
     let mut crc = 0u32;
@@ -216,7 +249,9 @@ impl EtcdSnapshot {
 
     /// The compacted revision of the restored key space.
     pub fn compact_revision(&self) -> i64 {
-        self.pending_compaction().or(self.finished_compact).unwrap_or(-1)
+        self.pending_compaction()
+            .or(self.finished_compact)
+            .unwrap_or(-1)
     }
 
     /// The revision of the restored key space, as etcd's restore computes it: the newest
@@ -237,7 +272,8 @@ impl EtcdSnapshot {
         let mut records = self.records;
         let mut compacted_now = 0;
         if let Some(at) = pending {
-            let mut newest: std::collections::HashMap<Bytes, usize> = std::collections::HashMap::new();
+            let mut newest: std::collections::HashMap<Bytes, usize> =
+                std::collections::HashMap::new();
             for (i, r) in records.iter().enumerate().take_while(|(_, r)| r.0 <= at) {
                 newest.insert(r.2.key.clone(), i);
             }
@@ -250,7 +286,13 @@ impl EtcdSnapshot {
             });
             compacted_now = before - records.len();
         }
-        Plan { records, leases: self.leases, compact_revision, revision, compacted_now }
+        Plan {
+            records,
+            leases: self.leases,
+            compact_revision,
+            revision,
+            compacted_now,
+        }
     }
 }
 
@@ -288,7 +330,13 @@ mod tests {
     #[test]
     fn finishes_a_scheduled_compaction() {
         let s = EtcdSnapshot {
-            records: vec![rec(2, "a", false), rec(3, "a", false), rec(4, "b", false), rec(5, "b", true), rec(6, "a", false)],
+            records: vec![
+                rec(2, "a", false),
+                rec(3, "a", false),
+                rec(4, "b", false),
+                rec(5, "b", true),
+                rec(6, "a", false),
+            ],
             finished_compact: Some(2),
             scheduled_compact: Some(5),
             ..Default::default()
@@ -299,8 +347,19 @@ mod tests {
         assert_eq!(kept, vec![(3, false), (6, false)]);
         assert_eq!(plan.compacted_now, 3);
         // A finished compaction above every record, and no records at all.
-        let s = EtcdSnapshot { records: vec![rec(2, "a", false)], finished_compact: Some(9), ..Default::default() };
-        assert_eq!((s.compact_revision(), s.revision(), s.into_plan().records.len()), (9, 9, 1));
+        let s = EtcdSnapshot {
+            records: vec![rec(2, "a", false)],
+            finished_compact: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(
+            (
+                s.compact_revision(),
+                s.revision(),
+                s.into_plan().records.len()
+            ),
+            (9, 9, 1)
+        );
         let s = EtcdSnapshot::default();
         assert_eq!((s.compact_revision(), s.revision()), (-1, 1));
     }

@@ -232,11 +232,18 @@ enum Action {
 
 fn resolve(args: &[String]) -> Result<(Action, usize), CliError> {
     let word = |i: usize| args.get(i).map(String::as_str);
-    let wants_help = |from: usize| args[from.min(args.len())..].iter().any(|a| a == "-h" || a == "--help");
+    let wants_help = |from: usize| {
+        args[from.min(args.len())..]
+            .iter()
+            .any(|a| a == "-h" || a == "--help")
+    };
     match word(0) {
         None => Err(CliError::usage("missing command")),
         Some(w) if is_help(w) => Ok((Action::Help(MAIN_USAGE), args.len())),
-        Some("version" | "--version") => Ok((Action::Help(concat!("corekvutl ", env!("CARGO_PKG_VERSION"), "\n")), args.len())),
+        Some("version" | "--version") => Ok((
+            Action::Help(concat!("corekvutl ", env!("CARGO_PKG_VERSION"), "\n")),
+            args.len(),
+        )),
         Some("wal") => match word(1) {
             Some("verify") if wants_help(2) => Ok((Action::Help(WAL_VERIFY_USAGE), 2)),
             Some("verify") => Ok((Action::Run("wal verify", WAL_FLAGS, WAL_VERIFY_USAGE), 2)),
@@ -244,7 +251,9 @@ fn resolve(args: &[String]) -> Result<(Action, usize), CliError> {
             Some("dump") => Ok((Action::Run("wal dump", DUMP_FLAGS, WAL_DUMP_USAGE), 2)),
             Some(w) if is_help(w) => Ok((Action::Help(WAL_USAGE), 2)),
             None => Err(CliError::usage("`wal` needs a subcommand: verify or dump")),
-            Some(other) => Err(CliError::usage(format!("unknown wal subcommand {other:?} (verify, dump)"))),
+            Some(other) => Err(CliError::usage(format!(
+                "unknown wal subcommand {other:?} (verify, dump)"
+            ))),
         },
         Some("db") => match word(1) {
             Some("info") if wants_help(2) => Ok((Action::Help(DB_INFO_USAGE), 2)),
@@ -253,16 +262,28 @@ fn resolve(args: &[String]) -> Result<(Action, usize), CliError> {
             Some("defrag") => Ok((Action::Run("defrag", DB_FLAGS, DEFRAG_USAGE), 2)),
             Some(w) if is_help(w) => Ok((Action::Help(DB_USAGE), 2)),
             None => Err(CliError::usage("`db` needs a subcommand: info or defrag")),
-            Some(other) => Err(CliError::usage(format!("unknown db subcommand {other:?} (info, defrag)"))),
+            Some(other) => Err(CliError::usage(format!(
+                "unknown db subcommand {other:?} (info, defrag)"
+            ))),
         },
         Some("snapshot") => match word(1) {
             Some("status") if wants_help(2) => Ok((Action::Help(SNAPSHOT_STATUS_USAGE), 2)),
-            Some("status") => Ok((Action::Run("snapshot status", STATUS_FLAGS, SNAPSHOT_STATUS_USAGE), 2)),
+            Some("status") => Ok((
+                Action::Run("snapshot status", STATUS_FLAGS, SNAPSHOT_STATUS_USAGE),
+                2,
+            )),
             Some("restore") if wants_help(2) => Ok((Action::Help(SNAPSHOT_RESTORE_USAGE), 2)),
-            Some("restore") => Ok((Action::Run("snapshot restore", RESTORE_FLAGS, SNAPSHOT_RESTORE_USAGE), 2)),
+            Some("restore") => Ok((
+                Action::Run("snapshot restore", RESTORE_FLAGS, SNAPSHOT_RESTORE_USAGE),
+                2,
+            )),
             Some(w) if is_help(w) => Ok((Action::Help(SNAPSHOT_USAGE), 2)),
-            None => Err(CliError::usage("`snapshot` needs a subcommand: status or restore")),
-            Some(other) => Err(CliError::usage(format!("unknown snapshot subcommand {other:?} (status, restore)"))),
+            None => Err(CliError::usage(
+                "`snapshot` needs a subcommand: status or restore",
+            )),
+            Some(other) => Err(CliError::usage(format!(
+                "unknown snapshot subcommand {other:?} (status, restore)"
+            ))),
         },
         Some("defrag") if wants_help(1) => Ok((Action::Help(DEFRAG_USAGE), 1)),
         Some("defrag") => Ok((Action::Run("defrag", DB_FLAGS, DEFRAG_USAGE), 1)),
@@ -286,7 +307,10 @@ fn db_target(p: &Parsed) -> Result<db::Target, CliError> {
 }
 
 fn snapshot_file(p: &Parsed) -> Result<PathBuf, CliError> {
-    p.args.first().map(PathBuf::from).ok_or_else(|| CliError::usage("the snapshot FILE is required"))
+    p.args
+        .first()
+        .map(PathBuf::from)
+        .ok_or_else(|| CliError::usage("the snapshot FILE is required"))
 }
 
 fn run(command: &str, p: &Parsed) -> Result<(), CliError> {
@@ -326,8 +350,12 @@ fn run(command: &str, p: &Parsed) -> Result<(), CliError> {
                 member: cluster::Flags {
                     name: p.get("name").unwrap_or(cluster::DEFAULT_NAME),
                     initial_cluster: p.get("initial-cluster"),
-                    initial_cluster_token: p.get("initial-cluster-token").unwrap_or(cluster::DEFAULT_TOKEN),
-                    initial_advertise_peer_urls: p.get("initial-advertise-peer-urls").unwrap_or(cluster::DEFAULT_PEER_URLS),
+                    initial_cluster_token: p
+                        .get("initial-cluster-token")
+                        .unwrap_or(cluster::DEFAULT_TOKEN),
+                    initial_advertise_peer_urls: p
+                        .get("initial-advertise-peer-urls")
+                        .unwrap_or(cluster::DEFAULT_PEER_URLS),
                 },
                 skip_hash_check: p.has("skip-hash-check"),
             };
@@ -364,7 +392,9 @@ fn main() -> ExitCode {
         Ok(()) | Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
         Err(CliError::Usage(m)) => {
             let synopsis = usage.split("\n\n").next().unwrap_or(usage);
-            eprintln!("corekvutl {name}: {m}\n{synopsis}\nRun `corekvutl {name} --help` for details.");
+            eprintln!(
+                "corekvutl {name}: {m}\n{synopsis}\nRun `corekvutl {name} --help` for details."
+            );
             ExitCode::from(2)
         }
         Err(CliError::Failed(m)) => {

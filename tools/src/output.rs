@@ -6,8 +6,18 @@ use crate::cli::CliError;
 
 /// Writes a FIELD | VALUE table in the style of etcdctl's `-w table`.
 pub fn write_table(out: &mut dyn Write, rows: &[(String, String)]) -> Result<(), CliError> {
-    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(5);
-    let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0).max(5);
+    let w0 = rows
+        .iter()
+        .map(|r| r.0.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let w1 = rows
+        .iter()
+        .map(|r| r.1.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     let line = format!("+{}+{}+", "-".repeat(w0 + 2), "-".repeat(w1 + 2));
     writeln!(out, "{line}")?;
     writeln!(out, "| {:<w0$} | {:<w1$} |", "FIELD", "VALUE")?;
@@ -21,15 +31,34 @@ pub fn write_table(out: &mut dyn Write, rows: &[(String, String)]) -> Result<(),
 
 /// Writes a table with a header row and any number of columns, in the style of etcdctl's
 /// `-w table` (`snapshot status`: HASH | REVISION | ...): headers centred, cells left-aligned.
-pub fn write_grid(out: &mut dyn Write, headers: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
+pub fn write_grid(
+    out: &mut dyn Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+) -> Result<(), CliError> {
     let widths: Vec<usize> = headers
         .iter()
         .enumerate()
-        .map(|(i, h)| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).chain([h.len()]).max().unwrap_or(0))
+        .map(|(i, h)| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
-    let line: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+";
+    let line: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+";
     writeln!(out, "{line}")?;
-    let head: String = headers.iter().zip(&widths).map(|(h, w)| format!("| {h:^w$} ")).collect();
+    let head: String = headers
+        .iter()
+        .zip(&widths)
+        .map(|(h, w)| format!("| {h:^w$} "))
+        .collect();
     writeln!(out, "{head}|")?;
     writeln!(out, "{line}")?;
     for r in rows {
@@ -129,7 +158,12 @@ mod tests {
     #[test]
     fn grids() {
         let mut out = Vec::new();
-        write_grid(&mut out, &["HASH", "REVISION"], &[vec!["abc".into(), "12345678901".into()]]).unwrap();
+        write_grid(
+            &mut out,
+            &["HASH", "REVISION"],
+            &[vec!["abc".into(), "12345678901".into()]],
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "+------+-------------+\n\
@@ -149,7 +183,11 @@ mod tests {
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(bytes(3 << 20), "3.0 MiB (3145728 bytes)");
         let mut out = Vec::new();
-        write_table(&mut out, &[("a".into(), "b".into()), ("long field".into(), "v".into())]).unwrap();
+        write_table(
+            &mut out,
+            &[("a".into(), "b".into()), ("long field".into(), "v".into())],
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,

@@ -164,8 +164,22 @@ mod tests {
 
     #[test]
     fn renders_bar_and_spinner() {
-        let bar = render("wal", Unit::Items("segments"), 3, Some(6), Duration::from_millis(1500), 0);
-        assert_eq!(bar, format!("wal [{}{}]  50% 3/6 segments 1.5s", "#".repeat(15), "-".repeat(15)));
+        let bar = render(
+            "wal",
+            Unit::Items("segments"),
+            3,
+            Some(6),
+            Duration::from_millis(1500),
+            0,
+        );
+        assert_eq!(
+            bar,
+            format!(
+                "wal [{}{}]  50% 3/6 segments 1.5s",
+                "#".repeat(15),
+                "-".repeat(15)
+            )
+        );
         let spin = render("defrag", Unit::Bytes, 2048, None, Duration::from_secs(2), 1);
         assert_eq!(spin, "defrag / 2.0 KiB 2.0s");
         let spin = render("verify", Unit::Elapsed, 0, None, Duration::from_secs(1), 2);

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 
 use corekv_engine::backend::{Backend, BackendMeta};
 use corekv_engine::btree::{self, PAGE_SIZE};
+use corekv_engine::sha256::Sha256;
 use corekv_engine::wal::{RecordKind, Wal, WalOptions};
 use corekv_raft::{codec, ConfState};
 use serde_json::{json, Value};
-use corekv_engine::sha256::Sha256;
 
 use crate::cli::CliError;
 use crate::cluster;
@@ -94,9 +94,13 @@ impl Source {
 }
 
 fn inspect(path: &Path) -> Result<Source, CliError> {
-    let md = fs::metadata(path).map_err(|e| CliError::failed(format!("cannot read snapshot {}: {e}", path.display())))?;
+    let md = fs::metadata(path)
+        .map_err(|e| CliError::failed(format!("cannot read snapshot {}: {e}", path.display())))?;
     if !md.is_file() {
-        return Err(CliError::failed(format!("{} is not a regular file", path.display())));
+        return Err(CliError::failed(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
     }
     let len = md.len();
     let mut head = Vec::new();
@@ -116,15 +120,27 @@ fn inspect(path: &Path) -> Result<Source, CliError> {
             }
         };
         if len < 2 * PAGE_SIZE as u64 {
-            return Err(fail(format!("a corekv snapshot holds at least two pages; this file has {len} bytes: truncated")));
+            return Err(fail(format!(
+                "a corekv snapshot holds at least two pages; this file has {len} bytes: truncated"
+            )));
         }
-        return Ok(Source { path: path.to_path_buf(), format: Format::Corekv, len, has_hash });
+        return Ok(Source {
+            path: path.to_path_buf(),
+            format: Format::Corekv,
+            len,
+            has_hash,
+        });
     }
     if crate::bbolt::looks_like_bbolt(&head) {
         // etcd's rule (etcdutl snapshot restore): a hash follows when the size is 32 bytes past
         // a multiple of 512.
         let has_hash = len % 512 == HASH_BYTES;
-        return Ok(Source { path: path.to_path_buf(), format: Format::Etcd, len, has_hash });
+        return Ok(Source {
+            path: path.to_path_buf(),
+            format: Format::Etcd,
+            len,
+            has_hash,
+        });
     }
     Err(fail(
         "not a snapshot: neither a corekv store image (magic CKVBTREE) nor an etcd bbolt file (magic 0xED0CDAED)"
@@ -133,7 +149,11 @@ fn inspect(path: &Path) -> Result<Source, CliError> {
 }
 
 /// Compares the computed and stored hashes.
-fn check_hash(src: &Source, computed: Option<[u8; 32]>, stored: Option<[u8; 32]>) -> Result<HashCheck, CliError> {
+fn check_hash(
+    src: &Source,
+    computed: Option<[u8; 32]>,
+    stored: Option<[u8; 32]>,
+) -> Result<HashCheck, CliError> {
     match (computed, stored) {
         (_, None) => Ok(HashCheck::Absent),
         (None, Some(_)) => Ok(HashCheck::Skipped),
@@ -156,7 +176,10 @@ fn hex(b: &[u8]) -> String {
 fn copy_image(src: &Source, dst: Option<&Path>, skip: bool) -> Result<HashCheck, CliError> {
     let mut f = File::open(&src.path).map_err(|e| src.fail(format!("cannot open: {e}")))?;
     let mut out = match dst {
-        Some(p) => Some(File::create(p).map_err(|e| CliError::failed(format!("cannot create {}: {e}", p.display())))?),
+        Some(p) => Some(
+            File::create(p)
+                .map_err(|e| CliError::failed(format!("cannot create {}: {e}", p.display())))?,
+        ),
         None => None,
     };
     let mut hasher = Sha256::new();
@@ -165,23 +188,27 @@ fn copy_image(src: &Source, dst: Option<&Path>, skip: bool) -> Result<HashCheck,
     let progress = Progress::start("reading the snapshot", Some(left), Unit::Bytes);
     while left > 0 {
         let n = (left as usize).min(buf.len());
-        f.read_exact(&mut buf[..n]).map_err(|e| src.fail(format!("read: {e}")))?;
+        f.read_exact(&mut buf[..n])
+            .map_err(|e| src.fail(format!("read: {e}")))?;
         if !skip {
             hasher.update(&buf[..n]);
         }
         if let (Some(o), Some(p)) = (out.as_mut(), dst) {
-            o.write_all(&buf[..n]).map_err(|e| CliError::failed(format!("write {}: {e}", p.display())))?;
+            o.write_all(&buf[..n])
+                .map_err(|e| CliError::failed(format!("write {}: {e}", p.display())))?;
         }
         left -= n as u64;
         progress.inc(n as u64);
     }
     drop(progress);
     if let (Some(o), Some(p)) = (out, dst) {
-        o.sync_all().map_err(|e| CliError::failed(format!("fsync {}: {e}", p.display())))?;
+        o.sync_all()
+            .map_err(|e| CliError::failed(format!("fsync {}: {e}", p.display())))?;
     }
     let stored = if src.has_hash {
         let mut h = [0u8; 32];
-        f.read_exact(&mut h).map_err(|e| src.fail(format!("read the sha256: {e}")))?;
+        f.read_exact(&mut h)
+            .map_err(|e| src.fail(format!("read the sha256: {e}")))?;
         Some(h)
     } else {
         None
@@ -205,7 +232,8 @@ fn read_etcd(src: &Source, skip: bool) -> Result<(EtcdSnapshot, HashCheck), CliE
     let check = check_hash(src, computed, stored)?;
     let snap = {
         let _p = Progress::start("reading the etcd database", None, Unit::Elapsed);
-        etcd_snapshot::read(image).map_err(|e| src.fail(format!("etcd snapshot is damaged: {e}")))?
+        etcd_snapshot::read(image)
+            .map_err(|e| src.fail(format!("etcd snapshot is damaged: {e}")))?
     };
     Ok((snap, check))
 }
@@ -218,7 +246,8 @@ struct Scratch {
 
 impl Scratch {
     fn create(path: PathBuf) -> Result<Scratch, CliError> {
-        fs::create_dir(&path).map_err(|e| CliError::failed(format!("cannot create {}: {e}", path.display())))?;
+        fs::create_dir(&path)
+            .map_err(|e| CliError::failed(format!("cannot create {}: {e}", path.display())))?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o700));
         Ok(Scratch { path, keep: false })
     }
@@ -233,8 +262,12 @@ impl Drop for Scratch {
 }
 
 fn temp_scratch() -> Result<Scratch, CliError> {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    Scratch::create(std::env::temp_dir().join(format!("corekvutl-snapshot-{}-{nanos}", std::process::id())))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Scratch::create(
+        std::env::temp_dir().join(format!("corekvutl-snapshot-{}-{nanos}", std::process::id())),
+    )
 }
 
 /// Status figures, etcdutl's columns.
@@ -251,7 +284,13 @@ struct Status {
 fn corekv_status(db: &Path, src: &Source) -> Result<(Status, BackendMeta, Counts), CliError> {
     let damaged = |e: &dyn std::fmt::Display| src.fail(format!("corekv snapshot is damaged: {e}"));
     let stats = {
-        let store = btree::Store::open(db, btree::Options { create_if_missing: false }).map_err(|e| damaged(&e))?;
+        let store = btree::Store::open(
+            db,
+            btree::Options {
+                create_if_missing: false,
+            },
+        )
+        .map_err(|e| damaged(&e))?;
         let _p = Progress::start("verifying the store", None, Unit::Elapsed);
         store.verify().map_err(|e| damaged(&e))?;
         store.stats()
@@ -262,7 +301,11 @@ fn corekv_status(db: &Path, src: &Source) -> Result<(Status, BackendMeta, Counts
         backend.load().map_err(|e| damaged(&e))?
     };
     let view = store.view();
-    let counts = Counts { keys: view.key_count(), leases: view.lease_count(), alarms: view.alarms().len() };
+    let counts = Counts {
+        keys: view.key_count(),
+        leases: view.lease_count(),
+        alarms: view.alarms().len(),
+    };
     drop((view, store));
     // The same hash as the member's Maintenance.Hash.
     let hash = backend.snapshot().hash().map_err(|e| damaged(&e))?;
@@ -290,11 +333,20 @@ pub fn status(path: &Path, format: &str) -> Result<(), CliError> {
             let db = scratch.path.join("db");
             let check = copy_image(&src, Some(&db), false)?;
             let (st, meta, _) = corekv_status(&db, &src)?;
-            (st, check, json!({"compactRevision": meta.compact_revision, "consistentIndex": meta.consistent_index}))
+            (
+                st,
+                check,
+                json!({"compactRevision": meta.compact_revision, "consistentIndex": meta.consistent_index}),
+            )
         }
         Format::Etcd => {
             let (snap, check) = read_etcd(&src, false)?;
-            let st = Status { hash: snap.hash, revision: snap.revision(), total_keys: snap.total_keys, total_size: snap.size };
+            let st = Status {
+                hash: snap.hash,
+                revision: snap.revision(),
+                total_keys: snap.total_keys,
+                total_size: snap.size,
+            };
             let extra = json!({
                 "compactRevision": snap.compact_revision(),
                 "consistentIndex": snap.consistent_index,
@@ -322,7 +374,12 @@ pub fn status(path: &Path, format: &str) -> Result<(), CliError> {
         output::write_grid(
             &mut out,
             &["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"],
-            &[vec![format!("{:x}", st.hash), st.revision.to_string(), st.total_keys.to_string(), output::human(st.total_size)]],
+            &[vec![
+                format!("{:x}", st.hash),
+                st.revision.to_string(),
+                st.total_keys.to_string(),
+                output::human(st.total_size),
+            ]],
         )?;
     }
     out.flush()?;
@@ -349,7 +406,8 @@ struct Restored {
 }
 
 fn dir_is_empty(d: &Path) -> Result<bool, CliError> {
-    let mut it = fs::read_dir(d).map_err(|e| CliError::failed(format!("cannot read {}: {e}", d.display())))?;
+    let mut it = fs::read_dir(d)
+        .map_err(|e| CliError::failed(format!("cannot read {}: {e}", d.display())))?;
     Ok(it.next().is_none())
 }
 
@@ -371,13 +429,19 @@ pub fn restore(a: &RestoreArgs<'_>, format: &str) -> Result<(), CliError> {
     let data_dir = a.data_dir;
     let created_dir = match fs::metadata(data_dir) {
         Ok(md) if !md.is_dir() => {
-            return Err(CliError::failed(format!("data dir {} exists and is not a directory", data_dir.display())))
+            return Err(CliError::failed(format!(
+                "data dir {} exists and is not a directory",
+                data_dir.display()
+            )))
         }
         Ok(_) => {
             if !dir_is_empty(data_dir)? {
                 let leftover = data_dir.join("member.restore.tmp");
                 let hint = if leftover.exists() && !data_dir.join("member").exists() {
-                    format!(" ({} was left by an interrupted restore: remove it)", leftover.display())
+                    format!(
+                        " ({} was left by an interrupted restore: remove it)",
+                        leftover.display()
+                    )
                 } else {
                     String::new()
                 };
@@ -389,11 +453,20 @@ pub fn restore(a: &RestoreArgs<'_>, format: &str) -> Result<(), CliError> {
             false
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(data_dir)
-                .map_err(|e| CliError::failed(format!("cannot create data dir {}: {e}", data_dir.display())))?;
+            fs::create_dir_all(data_dir).map_err(|e| {
+                CliError::failed(format!(
+                    "cannot create data dir {}: {e}",
+                    data_dir.display()
+                ))
+            })?;
             true
         }
-        Err(e) => return Err(CliError::failed(format!("cannot stat {}: {e}", data_dir.display()))),
+        Err(e) => {
+            return Err(CliError::failed(format!(
+                "cannot stat {}: {e}",
+                data_dir.display()
+            )))
+        }
     };
     // The server tightens a new data dir to 0700 too.
     let _ = fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700));
@@ -402,8 +475,9 @@ pub fn restore(a: &RestoreArgs<'_>, format: &str) -> Result<(), CliError> {
     let staging = data_dir.join("member.restore.tmp");
     let result = Scratch::create(staging.clone()).and_then(|mut scratch| {
         let r = build_member(a, &src, &member, &staging)?;
-        fs::rename(&staging, data_dir.join("member"))
-            .map_err(|e| CliError::failed(format!("rename {} to member: {e}", staging.display())))?;
+        fs::rename(&staging, data_dir.join("member")).map_err(|e| {
+            CliError::failed(format!("rename {} to member: {e}", staging.display()))
+        })?;
         scratch.keep = true;
         sync_dir(data_dir)?;
         if created_dir {
@@ -427,9 +501,15 @@ pub fn restore(a: &RestoreArgs<'_>, format: &str) -> Result<(), CliError> {
 }
 
 /// Writes `staging/snap/db` and `staging/wal`.
-fn build_member(a: &RestoreArgs<'_>, src: &Source, member: &cluster::Member, staging: &Path) -> Result<Restored, CliError> {
+fn build_member(
+    a: &RestoreArgs<'_>,
+    src: &Source,
+    member: &cluster::Member,
+    staging: &Path,
+) -> Result<Restored, CliError> {
     let snap_dir = staging.join("snap");
-    fs::create_dir(&snap_dir).map_err(|e| CliError::failed(format!("cannot create {}: {e}", snap_dir.display())))?;
+    fs::create_dir(&snap_dir)
+        .map_err(|e| CliError::failed(format!("cannot create {}: {e}", snap_dir.display())))?;
     let db = snap_dir.join("db");
     let restored = match src.format {
         Format::Corekv => {
@@ -481,10 +561,14 @@ fn build_member(a: &RestoreArgs<'_>, src: &Source, member: &cluster::Member, sta
                     .map_err(|e| src.fail(format!("cannot import: {e}")))?
             };
             // The check the server's start-up makes: the whole file, then the key space.
-            backend.verify().map_err(|e| CliError::failed(format!("the restored store does not verify: {e}")))?;
+            backend.verify().map_err(|e| {
+                CliError::failed(format!("the restored store does not verify: {e}"))
+            })?;
             let (store, loaded) = {
                 let _p = Progress::start("checking the restored key space", None, Unit::Elapsed);
-                backend.load().map_err(|e| src.fail(format!("the restored key space does not load: {e}")))?
+                backend
+                    .load()
+                    .map_err(|e| src.fail(format!("the restored key space does not load: {e}")))?
             };
             let view = store.view();
             Restored {
@@ -500,22 +584,53 @@ fn build_member(a: &RestoreArgs<'_>, src: &Source, member: &cluster::Member, sta
     };
     // The WAL as the server's bootstrap writes it: the identity, then the membership. No
     // entries: the server starts raft just after the store's consistent index.
-    let identity = Identity { member_id: member.member_id, cluster_id: member.cluster_id, name: member.name.clone() };
+    let identity = Identity {
+        member_id: member.member_id,
+        cluster_id: member.cluster_id,
+        name: member.name.clone(),
+    };
     let wal_dir = staging.join("wal");
-    let mut wal = Wal::create(&wal_dir, &identity.encode(), WalOptions::default())
-        .map_err(|e| CliError::failed(format!("cannot create the WAL in {}: {e}", wal_dir.display())))?;
-    let conf_state = ConfState { voters: vec![member.member_id], ..Default::default() };
-    wal.append(&[(RecordKind::ConfState, &codec::encode_conf_state(&conf_state))])
-        .map_err(|e| CliError::failed(format!("cannot write the WAL in {}: {e}", wal_dir.display())))?;
+    let mut wal =
+        Wal::create(&wal_dir, &identity.encode(), WalOptions::default()).map_err(|e| {
+            CliError::failed(format!(
+                "cannot create the WAL in {}: {e}",
+                wal_dir.display()
+            ))
+        })?;
+    let conf_state = ConfState {
+        voters: vec![member.member_id],
+        ..Default::default()
+    };
+    wal.append(&[(
+        RecordKind::ConfState,
+        &codec::encode_conf_state(&conf_state),
+    )])
+    .map_err(|e| {
+        CliError::failed(format!(
+            "cannot write the WAL in {}: {e}",
+            wal_dir.display()
+        ))
+    })?;
     drop(wal);
     sync_dir(&snap_dir)?;
     sync_dir(staging)?;
     Ok(restored)
 }
 
-fn report(a: &RestoreArgs<'_>, src: &Source, m: &cluster::Member, r: &Restored, format: &str) -> Result<(), CliError> {
+fn report(
+    a: &RestoreArgs<'_>,
+    src: &Source,
+    m: &cluster::Member,
+    r: &Restored,
+    format: &str,
+) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
-    let ignored: Vec<&str> = r.ignored.iter().filter(|(_, c)| *c > 0).map(|(n, _)| n.as_str()).collect();
+    let ignored: Vec<&str> = r
+        .ignored
+        .iter()
+        .filter(|(_, c)| *c > 0)
+        .map(|(n, _)| n.as_str())
+        .collect();
     if format == "json" {
         let j = json!({
             "data_dir": a.data_dir,
@@ -540,22 +655,54 @@ fn report(a: &RestoreArgs<'_>, src: &Source, m: &cluster::Member, r: &Restored, 
     } else {
         let mut rows = vec![
             ("data dir".to_string(), a.data_dir.display().to_string()),
-            ("snapshot".into(), format!("{} ({} snapshot, sha256 {})", src.path.display(), src.format.name(), r.check.name())),
-            ("member".into(), format!("{} {:x} ({})", m.name, m.member_id, m.peer_urls.join(","))),
+            (
+                "snapshot".into(),
+                format!(
+                    "{} ({} snapshot, sha256 {})",
+                    src.path.display(),
+                    src.format.name(),
+                    r.check.name()
+                ),
+            ),
+            (
+                "member".into(),
+                format!("{} {:x} ({})", m.name, m.member_id, m.peer_urls.join(",")),
+            ),
             ("cluster id".into(), format!("{:x}", m.cluster_id)),
             ("revision".into(), r.meta.revision.to_string()),
-            ("compacted revision".into(), r.meta.compact_revision.to_string()),
-            ("records".into(), format!("{} ({} live keys)", r.records, r.keys)),
+            (
+                "compacted revision".into(),
+                r.meta.compact_revision.to_string(),
+            ),
+            (
+                "records".into(),
+                format!("{} ({} live keys)", r.records, r.keys),
+            ),
             ("leases".into(), r.leases.to_string()),
-            ("raft log".into(), format!("starts after index {}, term {}", r.meta.consistent_index, r.meta.term)),
+            (
+                "raft log".into(),
+                format!(
+                    "starts after index {}, term {}",
+                    r.meta.consistent_index, r.meta.term
+                ),
+            ),
         ];
         if r.compacted_now > 0 {
-            rows.push(("compaction".into(), format!("finished etcd's scheduled compaction: {} records dropped", r.compacted_now)));
+            rows.push((
+                "compaction".into(),
+                format!(
+                    "finished etcd's scheduled compaction: {} records dropped",
+                    r.compacted_now
+                ),
+            ));
         }
         if !ignored.is_empty() {
             rows.push((
                 "not restored".into(),
-                format!("buckets {} (etcd's membership, alarms and auth)", ignored.join(", ")),
+                format!(
+                    "buckets {} (etcd's membership, alarms and auth)",
+                    ignored.join(", ")
+                ),
             ));
         }
         write_table(&mut out, &rows)?;

@@ -28,7 +28,10 @@ fn opts() -> WalOptions {
 /// Fails clearly when there is no WAL where one is expected.
 fn check_wal_present(data_dir: &Path, dir: &Path) -> Result<(), CliError> {
     if !data_dir.is_dir() {
-        return Err(CliError::failed(format!("data dir {} does not exist", data_dir.display())));
+        return Err(CliError::failed(format!(
+            "data dir {} does not exist",
+            data_dir.display()
+        )));
     }
     if !dir.is_dir() || walread::list_segments(dir)?.is_empty() {
         return Err(CliError::failed(format!(
@@ -52,7 +55,10 @@ fn segment_count(dir: &Path) -> u64 {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -61,14 +67,21 @@ fn file_name(path: &Path) -> String {
 /// What a record decodes to.
 enum Decoded {
     Metadata(Identity),
-    Entry { entry: Entry, request: Option<Box<InternalRequest>> },
+    Entry {
+        entry: Entry,
+        request: Option<Box<InternalRequest>>,
+    },
     HardState(HardState),
     ConfState(ConfState),
     Snapshot,
 }
 
 fn bad_record(r: &RecordRef, what: impl std::fmt::Display) -> String {
-    format!("bad record in {} at offset {}: {what}", r.path.display(), r.offset)
+    format!(
+        "bad record in {} at offset {}: {what}",
+        r.path.display(),
+        r.offset
+    )
 }
 
 /// Decodes one record's payload; an error names the file and offset.
@@ -80,14 +93,18 @@ fn decode(r: &RecordRef) -> Result<Decoded, String> {
         RecordKind::Entry => {
             let entry = codec::decode_entry(r.payload)
                 .map_err(|e| bad_record(r, format!("entry does not decode: {e}")))?;
-            let request = if entry.entry_type == EntryType::EntryNormal as i32 && !entry.data.is_empty() {
-                let req = InternalRequest::decode(entry.data.as_slice()).map_err(|e| {
-                    bad_record(r, format!("entry {} data is not a request: {e}", entry.index))
-                })?;
-                Some(Box::new(req))
-            } else {
-                None
-            };
+            let request =
+                if entry.entry_type == EntryType::EntryNormal as i32 && !entry.data.is_empty() {
+                    let req = InternalRequest::decode(entry.data.as_slice()).map_err(|e| {
+                        bad_record(
+                            r,
+                            format!("entry {} data is not a request: {e}", entry.index),
+                        )
+                    })?;
+                    Some(Box::new(req))
+                } else {
+                    None
+                };
             Ok(Decoded::Entry { entry, request })
         }
         RecordKind::HardState => codec::decode_hard_state(r.payload)
@@ -110,7 +127,10 @@ fn entry_type_name(t: i32) -> &'static str {
 }
 
 fn ids(list: &[u64]) -> String {
-    list.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>().join(",")
+    list.iter()
+        .map(|id| format!("{id:x}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn hard_state_simple(hs: &HardState) -> String {
@@ -118,7 +138,11 @@ fn hard_state_simple(hs: &HardState) -> String {
 }
 
 fn conf_state_simple(cs: &ConfState) -> String {
-    format!("voters=[{}] learners=[{}]", ids(&cs.voters), ids(&cs.learners))
+    format!(
+        "voters=[{}] learners=[{}]",
+        ids(&cs.voters),
+        ids(&cs.learners)
+    )
 }
 
 /// Folds entries as recovery does: a later entry with an index at or below the last one
@@ -153,7 +177,11 @@ impl Log {
             self.overwritten += (self.terms.len() - keep) as u64;
             self.terms.truncate(keep);
         }
-        let expected = if self.terms.is_empty() { index } else { self.last() + 1 };
+        let expected = if self.terms.is_empty() {
+            index
+        } else {
+            self.last() + 1
+        };
         if index != expected {
             return Err(format!(
                 "WAL entries are not contiguous: expected index {expected}, found {index}"
@@ -163,7 +191,10 @@ impl Log {
             self.first = index;
         }
         let warning = (term < self.last_term()).then(|| {
-            format!("entry {index} has term {term}, below the term {} of the entry before it", self.last_term())
+            format!(
+                "entry {index} has term {term}, below the term {} of the entry before it",
+                self.last_term()
+            )
         });
         self.terms.push(term);
         Ok(warning)
@@ -195,7 +226,11 @@ impl Checker {
             },
             Decoded::Entry { entry, request } => {
                 self.entry_records += 1;
-                if let Some(w) = self.log.append(entry.index, entry.term).map_err(|e| bad_record(r, e))? {
+                if let Some(w) = self
+                    .log
+                    .append(entry.index, entry.term)
+                    .map_err(|e| bad_record(r, e))?
+                {
                     self.warnings.push(w);
                 }
                 let kind = match (&request, entry.entry_type) {
@@ -207,7 +242,10 @@ impl Checker {
                                 entry.index
                             ));
                         } else if n > 1 {
-                            self.warnings.push(format!("entry {} carries a request with {n} operations set", entry.index));
+                            self.warnings.push(format!(
+                                "entry {} carries a request with {n} operations set",
+                                entry.index
+                            ));
                         }
                         kind
                     }
@@ -256,8 +294,13 @@ impl Checker {
             }
         }
         match &self.conf_state {
-            None => Some("WAL holds no membership (ConfState) record; the server would refuse to start".into()),
-            Some(cs) if cs.voters.is_empty() => Some("the last ConfState record has no voters".into()),
+            None => Some(
+                "WAL holds no membership (ConfState) record; the server would refuse to start"
+                    .into(),
+            ),
+            Some(cs) if cs.voters.is_empty() => {
+                Some("the last ConfState record has no voters".into())
+            }
             _ => None,
         }
     }
@@ -275,7 +318,12 @@ pub fn verify(data_dir: &Path, format: &str) -> Result<(), CliError> {
         Err(e) => {
             if json_out {
                 let mut j = json!({"wal_dir": dir, "ok": false, "error": e.to_string()});
-                if let WalError::Corrupt { path, offset, reason } = &e {
+                if let WalError::Corrupt {
+                    path,
+                    offset,
+                    reason,
+                } = &e
+                {
                     j["corruption"] = json!({"file": path, "offset": offset, "reason": reason});
                 }
                 let mut out = std::io::stdout().lock();
@@ -288,21 +336,34 @@ pub fn verify(data_dir: &Path, format: &str) -> Result<(), CliError> {
     let mut checker = Checker::default();
     let mut failure: Option<String> = None;
     {
-        let progress = Progress::start("wal verify: decoding", Some(report.segments as u64), Unit::Items("segments"));
-        let bounds = Bounds { max_records: Some(report.records), stop_at: None };
+        let progress = Progress::start(
+            "wal verify: decoding",
+            Some(report.segments as u64),
+            Unit::Items("segments"),
+        );
+        let bounds = Bounds {
+            max_records: Some(report.records),
+            stop_at: None,
+        };
         let mut seen = 0u64;
-        let end = walread::walk(&dir, opts().record_size_bytes_max, bounds, Some(&progress), &mut |r| {
-            if !r.segment_metadata {
-                seen += 1;
-            }
-            match checker.record(r) {
-                Ok(()) => Ok(true),
-                Err(e) => {
-                    failure = Some(e);
-                    Ok(false)
+        let end = walread::walk(
+            &dir,
+            opts().record_size_bytes_max,
+            bounds,
+            Some(&progress),
+            &mut |r| {
+                if !r.segment_metadata {
+                    seen += 1;
                 }
-            }
-        })?;
+                match checker.record(r) {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        failure = Some(e);
+                        Ok(false)
+                    }
+                }
+            },
+        )?;
         if failure.is_none() && seen < report.records {
             failure = Some(match end {
                 End::Invalid { path, offset, reason } => format!(
@@ -317,15 +378,24 @@ pub fn verify(data_dir: &Path, format: &str) -> Result<(), CliError> {
         }
     }
     if failure.is_none() {
-        let first_seq = walread::list_segments(&dir)?.first().map_or(0, |(seq, _)| *seq);
+        let first_seq = walread::list_segments(&dir)?
+            .first()
+            .map_or(0, |(seq, _)| *seq);
         failure = checker.finish(first_seq);
     }
 
     let mut out = std::io::stdout().lock();
     if json_out {
-        writeln!(out, "{}", verify_json(&dir, &report, &checker, failure.as_deref()))?;
+        writeln!(
+            out,
+            "{}",
+            verify_json(&dir, &report, &checker, failure.as_deref())
+        )?;
     } else {
-        write_table(&mut out, &verify_rows(&dir, &report, &checker, failure.as_deref()))?;
+        write_table(
+            &mut out,
+            &verify_rows(&dir, &report, &checker, failure.as_deref()),
+        )?;
         for w in &checker.warnings {
             writeln!(out, "warning: {w}")?;
         }
@@ -347,7 +417,12 @@ fn torn_tail_text(report: &VerifyReport) -> String {
     }
 }
 
-fn verify_rows(dir: &Path, report: &VerifyReport, c: &Checker, failure: Option<&str>) -> Vec<(String, String)> {
+fn verify_rows(
+    dir: &Path,
+    report: &VerifyReport,
+    c: &Checker,
+    failure: Option<&str>,
+) -> Vec<(String, String)> {
     let mut rows: Vec<(String, String)> = vec![
         ("wal dir".into(), dir.display().to_string()),
         ("segments".into(), report.segments.to_string()),
@@ -376,14 +451,33 @@ fn verify_rows(dir: &Path, report: &VerifyReport, c: &Checker, failure: Option<&
     rows.push(("entries".into(), entries));
     rows.push((
         "hard state".into(),
-        c.hard_state.as_ref().map_or("none".into(), |hs| format!("{} ({})", hard_state_simple(hs), output::count(c.hard_states, "record"))),
+        c.hard_state.as_ref().map_or("none".into(), |hs| {
+            format!(
+                "{} ({})",
+                hard_state_simple(hs),
+                output::count(c.hard_states, "record")
+            )
+        }),
     ));
     rows.push((
         "conf state".into(),
-        c.conf_state.as_ref().map_or("none".into(), |cs| format!("{} ({})", conf_state_simple(cs), output::count(c.conf_states, "record"))),
+        c.conf_state.as_ref().map_or("none".into(), |cs| {
+            format!(
+                "{} ({})",
+                conf_state_simple(cs),
+                output::count(c.conf_states, "record")
+            )
+        }),
     ));
     let requests: Vec<String> = c.requests.iter().map(|(k, n)| format!("{k}={n}")).collect();
-    rows.push(("requests".into(), if requests.is_empty() { "none".into() } else { requests.join(" ") }));
+    rows.push((
+        "requests".into(),
+        if requests.is_empty() {
+            "none".into()
+        } else {
+            requests.join(" ")
+        },
+    ));
     if c.snapshots > 0 {
         rows.push(("snapshot records".into(), c.snapshots.to_string()));
     }
@@ -438,11 +532,30 @@ pub fn dump(data_dir: &Path, args: &DumpArgs) -> Result<(), CliError> {
     check_wal_present(data_dir, &dir)?;
     // Verify first: it bounds the walk (to the records that were there, or up to the damage).
     let (bounds, corruption, torn_tail) = match engine_verify(&dir) {
-        Ok(report) => (Bounds { max_records: Some(report.records), stop_at: None }, None, report.torn_tail),
+        Ok(report) => (
+            Bounds {
+                max_records: Some(report.records),
+                stop_at: None,
+            },
+            None,
+            report.torn_tail,
+        ),
         Err(e @ WalError::Corrupt { .. }) => {
-            let WalError::Corrupt { path, offset, .. } = &e else { unreachable!() };
-            let seq = path.file_name().and_then(|n| n.to_str()).and_then(walread::segment_seq);
-            (Bounds { max_records: None, stop_at: seq.map(|s| (s, *offset)) }, Some(e), None)
+            let WalError::Corrupt { path, offset, .. } = &e else {
+                unreachable!()
+            };
+            let seq = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(walread::segment_seq);
+            (
+                Bounds {
+                    max_records: None,
+                    stop_at: seq.map(|s| (s, *offset)),
+                },
+                Some(e),
+                None,
+            )
         }
         Err(e) => return Err(CliError::failed(e.to_string())),
     };
@@ -450,13 +563,25 @@ pub fn dump(data_dir: &Path, args: &DumpArgs) -> Result<(), CliError> {
     // First pass: entry indexes in write order, to mark entries a later one overwrote.
     let mut indexes = Vec::new();
     {
-        let progress = Progress::start("wal dump: indexing", Some(segment_count(&dir)), Unit::Items("segments"));
-        walread::walk(&dir, opts().record_size_bytes_max, bounds, Some(&progress), &mut |r| {
-            if r.kind == RecordKind::Entry && r.payload.len() >= 16 {
-                indexes.push(u64::from_le_bytes(r.payload[8..16].try_into().expect("8 bytes")));
-            }
-            Ok(true)
-        })?;
+        let progress = Progress::start(
+            "wal dump: indexing",
+            Some(segment_count(&dir)),
+            Unit::Items("segments"),
+        );
+        walread::walk(
+            &dir,
+            opts().record_size_bytes_max,
+            bounds,
+            Some(&progress),
+            &mut |r| {
+                if r.kind == RecordKind::Entry && r.payload.len() >= 16 {
+                    indexes.push(u64::from_le_bytes(
+                        r.payload[8..16].try_into().expect("8 bytes"),
+                    ));
+                }
+                Ok(true)
+            },
+        )?;
     }
     // overwritten[i]: a later entry has an index <= entry i's.
     let mut overwritten = vec![false; indexes.len()];
@@ -534,9 +659,16 @@ pub fn dump(data_dir: &Path, args: &DumpArgs) -> Result<(), CliError> {
         return Err(CliError::failed(f));
     }
     if let Some(e) = corruption {
-        return Err(CliError::failed(format!("{e} (records before the damage were dumped)")));
+        return Err(CliError::failed(format!(
+            "{e} (records before the damage were dumped)"
+        )));
     }
-    if let End::Invalid { path, offset, reason } = end {
+    if let End::Invalid {
+        path,
+        offset,
+        reason,
+    } = end
+    {
         return Err(CliError::failed(format!(
             "wal: {} at offset {offset}: {reason} (the WAL changed while it was read?)",
             path.display()
@@ -619,11 +751,21 @@ mod tests {
         for (i, t) in [(1, 1), (2, 1), (3, 1), (2, 2), (3, 2), (4, 2)] {
             assert_eq!(log.append(i, t), Ok(None));
         }
-        assert_eq!((log.first, log.last(), log.last_term(), log.overwritten), (1, 4, 2, 2));
+        assert_eq!(
+            (log.first, log.last(), log.last_term(), log.overwritten),
+            (1, 4, 2, 2)
+        );
         assert!(log.append(6, 2).is_err(), "a gap");
-        assert!(log.append(5, 1).unwrap().is_some(), "term going backwards is a warning");
+        assert!(
+            log.append(5, 1).unwrap().is_some(),
+            "term going backwards is a warning"
+        );
         let mut log = Log::default();
-        assert_eq!(log.append(7, 1), Ok(None), "after released segments the log starts anywhere");
+        assert_eq!(
+            log.append(7, 1),
+            Ok(None),
+            "after released segments the log starts anywhere"
+        );
         assert!(log.append(9, 1).is_err());
         let mut log = Log::default();
         log.append(1, 1).unwrap();

@@ -50,7 +50,11 @@ pub enum End {
     /// `Bounds::stop_at` reached.
     StopPoint,
     /// A frame that is not a valid record.
-    Invalid { path: PathBuf, offset: u64, reason: String },
+    Invalid {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
 }
 
 /// Segment file name -> sequence number (`{seq:016x}.wal`).
@@ -64,12 +68,14 @@ pub fn segment_seq(name: &str) -> Option<u64> {
 
 /// Live segments of `dir`, ascending.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CliError> {
-    let entries = fs::read_dir(dir)
-        .map_err(|e| CliError::failed(format!("cannot read WAL directory {}: {e}", dir.display())))?;
+    let entries = fs::read_dir(dir).map_err(|e| {
+        CliError::failed(format!("cannot read WAL directory {}: {e}", dir.display()))
+    })?;
     let mut out = Vec::new();
     for entry in entries {
-        let entry = entry
-            .map_err(|e| CliError::failed(format!("cannot read WAL directory {}: {e}", dir.display())))?;
+        let entry = entry.map_err(|e| {
+            CliError::failed(format!("cannot read WAL directory {}: {e}", dir.display()))
+        })?;
         if let Some(seq) = entry.file_name().to_str().and_then(segment_seq) {
             out.push((seq, entry.path()));
         }
@@ -80,7 +86,11 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CliError> {
 
 enum Frame<'a> {
     End,
-    Record { kind: RecordKind, payload: &'a [u8], end: usize },
+    Record {
+        kind: RecordKind,
+        payload: &'a [u8],
+        end: usize,
+    },
     Invalid(String),
 }
 
@@ -104,7 +114,9 @@ fn parse_frame(data: &[u8], offset: usize, record_bytes_max: u32) -> Frame<'_> {
         return Frame::End;
     }
     if len > record_bytes_max {
-        return Frame::Invalid(format!("record length {len} over the maximum {record_bytes_max}"));
+        return Frame::Invalid(format!(
+            "record length {len} over the maximum {record_bytes_max}"
+        ));
     }
     let end = FRAME_HEADER_BYTES + len as usize;
     if end > rest.len() {
@@ -117,7 +129,11 @@ fn parse_frame(data: &[u8], offset: usize, record_bytes_max: u32) -> Frame<'_> {
     if crc32c::crc32c_append(crc32c::crc32c(&[kind_byte]), payload) != crc {
         return Frame::Invalid("record checksum mismatch".into());
     }
-    Frame::Record { kind, payload, end: offset + end }
+    Frame::Record {
+        kind,
+        payload,
+        end: offset + end,
+    }
 }
 
 fn check_header(data: &[u8], seq: u64) -> Result<(), String> {
@@ -136,7 +152,9 @@ fn check_header(data: &[u8], seq: u64) -> Result<(), String> {
     }
     let header_seq = u64::from_le_bytes(data[12..20].try_into().expect("8 bytes"));
     if header_seq != seq {
-        return Err(format!("header says segment {header_seq}, file name says {seq}"));
+        return Err(format!(
+            "header says segment {header_seq}, file name says {seq}"
+        ));
     }
     Ok(())
 }
@@ -165,7 +183,11 @@ pub fn walk(
             return Ok(End::StopPoint);
         }
         if let Err(reason) = check_header(&data, seq) {
-            return Ok(End::Invalid { path, offset: 0, reason });
+            return Ok(End::Invalid {
+                path,
+                offset: 0,
+                reason,
+            });
         }
         let mut offset = SEGMENT_HEADER_BYTES as usize;
         loop {
@@ -175,7 +197,11 @@ pub fn walk(
             match parse_frame(&data, offset, record_bytes_max) {
                 Frame::End => break,
                 Frame::Invalid(reason) => {
-                    return Ok(End::Invalid { path, offset: offset as u64, reason })
+                    return Ok(End::Invalid {
+                        path,
+                        offset: offset as u64,
+                        reason,
+                    })
                 }
                 Frame::Record { kind, payload, end } => {
                     let segment_metadata = offset == SEGMENT_HEADER_BYTES as usize;

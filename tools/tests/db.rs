@@ -50,7 +50,13 @@ fn fragmented(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
 }
 
 fn contents(path: &Path) -> (BTreeMap<Vec<u8>, Vec<u8>>, [u8; META_BYTES]) {
-    let store = Store::open(path, Options { create_if_missing: false }).unwrap();
+    let store = Store::open(
+        path,
+        Options {
+            create_if_missing: false,
+        },
+    )
+    .unwrap();
     store.verify().expect("store verifies");
     let r = store.read();
     let map = r
@@ -74,7 +80,9 @@ fn info_reports_stats_and_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let model = fragmented(&db_path(&data));
-    let expected = Store::open(db_path(&data), Options::default()).unwrap().stats();
+    let expected = Store::open(db_path(&data), Options::default())
+        .unwrap()
+        .stats();
 
     let out = tool(&["db", "info", "--data-dir", s(&data), "-w", "json"]);
     out.expect_code(0);
@@ -92,8 +100,21 @@ fn info_reports_stats_and_verifies() {
 
     let out = tool(&["db", "info", "--db", s(&db_path(&data))]);
     out.expect_code(0);
-    for field in ["page size", "page count", "file bytes", "free pages", "fragmentation", "tree depth", "entries", "txid", "verify"] {
-        assert!(out.stdout.contains(&format!("| {field} ")), "{field}:\n{out}");
+    for field in [
+        "page size",
+        "page count",
+        "file bytes",
+        "free pages",
+        "fragmentation",
+        "tree depth",
+        "entries",
+        "txid",
+        "verify",
+    ] {
+        assert!(
+            out.stdout.contains(&format!("| {field} ")),
+            "{field}:\n{out}"
+        );
     }
     assert!(out.stdout.contains("| 4096 "), "{out}");
     assert!(out.stdout.contains("OK ("), "{out}");
@@ -118,9 +139,15 @@ fn defrag_shrinks_the_file_and_keeps_its_contents() {
     assert_eq!(j["after"]["file_bytes"], size_after);
     assert_eq!(j["after"]["free_pages"], 0);
     assert_eq!(j["entries"], model.len());
-    assert!(size_after * 3 < size_before, "defrag should shrink {size_before} a lot, got {size_after}");
+    assert!(
+        size_after * 3 < size_before,
+        "defrag should shrink {size_before} a lot, got {size_after}"
+    );
     assert_eq!(size_after % PAGE_SIZE as u64, 0);
-    assert!(!db.with_file_name("db.defrag.tmp").exists(), "temp file left behind");
+    assert!(
+        !db.with_file_name("db.defrag.tmp").exists(),
+        "temp file left behind"
+    );
 
     let (map, meta) = contents(&db);
     assert!(map == model, "contents differ after defrag");
@@ -130,7 +157,10 @@ fn defrag_shrinks_the_file_and_keeps_its_contents() {
     let out = tool(&["defrag", "--db", s(&db)]);
     out.expect_code(0);
     for field in ["size before", "size after", "reclaimed", "entries"] {
-        assert!(out.stdout.contains(&format!("| {field} ")), "{field}:\n{out}");
+        assert!(
+            out.stdout.contains(&format!("| {field} ")),
+            "{field}:\n{out}"
+        );
     }
     assert!(contents(&db).0 == model);
     let info = tool(&["db", "info", "--db", s(&db), "-w", "json"]).json();
@@ -154,7 +184,10 @@ fn refuses_while_the_store_or_the_data_dir_is_locked() {
         assert!(out.stderr.contains("locked"), "{out}");
         let out = tool(&["defrag", "--data-dir", s(&data)]);
         out.expect_code(1);
-        assert!(out.stderr.contains("locked") && out.stderr.contains("stop it first"), "{out}");
+        assert!(
+            out.stderr.contains("locked") && out.stderr.contains("stop it first"),
+            "{out}"
+        );
     }
     {
         // A running server holds the WAL directory's lock.
@@ -162,12 +195,21 @@ fn refuses_while_the_store_or_the_data_dir_is_locked() {
         std::fs::create_dir_all(&wal).unwrap();
         let f = File::open(&wal).unwrap();
         // SAFETY: flock on a descriptor we own.
-        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+        assert_eq!(
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
         let out = tool(&["defrag", "--data-dir", s(&data)]);
         out.expect_code(1);
-        assert!(out.stderr.contains("in use") && out.stderr.contains("member/wal"), "{out}");
+        assert!(
+            out.stderr.contains("in use") && out.stderr.contains("member/wal"),
+            "{out}"
+        );
     }
-    assert!(std::fs::read(&db).unwrap() == original, "refused runs must not touch the file");
+    assert!(
+        std::fs::read(&db).unwrap() == original,
+        "refused runs must not touch the file"
+    );
 }
 
 #[test]
@@ -176,7 +218,10 @@ fn missing_and_damaged_files_fail_clearly() {
     let data = tmp.path().join("data");
     let out = tool(&["db", "info", "--data-dir", s(&data)]);
     out.expect_code(1);
-    assert!(out.stderr.contains("no database file at") && out.stderr.contains("member/snap/db"), "{out}");
+    assert!(
+        out.stderr.contains("no database file at") && out.stderr.contains("member/snap/db"),
+        "{out}"
+    );
     let out = tool(&["defrag", "--db", s(&tmp.path().join("nope"))]);
     out.expect_code(1);
     assert!(out.stderr.contains("no database file at"), "{out}");
@@ -198,6 +243,12 @@ fn missing_and_damaged_files_fail_clearly() {
     let out = tool(&["defrag", "--db", s(&db)]);
     out.expect_code(1);
     assert!(out.stderr.contains("corrupt page"), "{out}");
-    assert!(std::fs::read(&db).unwrap() == damaged, "a failed defrag leaves the original");
-    assert!(!db.with_file_name("db.defrag.tmp").exists(), "temp file left behind");
+    assert!(
+        std::fs::read(&db).unwrap() == damaged,
+        "a failed defrag leaves the original"
+    );
+    assert!(
+        !db.with_file_name("db.defrag.tmp").exists(),
+        "temp file left behind"
+    );
 }

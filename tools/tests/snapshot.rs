@@ -15,8 +15,8 @@ use corekv_engine::backend::Backend;
 use corekv_engine::btree::{self, PAGE_SIZE};
 use corekv_engine::mvcc::Store;
 use corekv_engine::pb::{
-    PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbPutRequest, PbRangeRequest, PbTxnOpRequest,
-    PbTxnRequest, PbTxnRequestOp,
+    PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbPutRequest, PbRangeRequest,
+    PbTxnOpRequest, PbTxnRequest, PbTxnRequestOp,
 };
 use corekv_engine::request::Command as Req;
 use corekv_engine::sha256::Sha256;
@@ -26,7 +26,9 @@ use serde_json::Value;
 // A real etcd on loopback.
 
 fn etcd_bin() -> PathBuf {
-    let p = std::env::var_os("ETCD_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
+    let p = std::env::var_os("ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
     assert!(
         p.is_file(),
         "etcd not found at {}: these tests read snapshots saved by a real etcd 3.4 \
@@ -48,7 +50,10 @@ impl Etcd {
         let mut last = String::new();
         for attempt in 0..3 {
             let ports = free_ports(2);
-            let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
+            let (client, peer) = (
+                format!("http://127.0.0.1:{}", ports[0]),
+                format!("http://127.0.0.1:{}", ports[1]),
+            );
             let data = dir.join(format!("etcd{attempt}.data"));
             let log = dir.join(format!("etcd{attempt}.log"));
             let log_file = std::fs::File::create(&log).unwrap();
@@ -60,15 +65,29 @@ impl Etcd {
             }
             cmd.args(["--name", "n1", "--data-dir"])
                 .arg(&data)
-                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
                 .arg("--initial-cluster")
                 .arg(format!("n1={peer}"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log_file.try_clone().unwrap()))
                 .stderr(Stdio::from(log_file));
             let child = cmd.spawn().expect("spawn etcd");
-            let mut e = Etcd { child: Some(child), client_port: ports[0], log };
+            let mut e = Etcd {
+                child: Some(child),
+                client_port: ports[0],
+                log,
+            };
             match e.wait_ready(&peer, Duration::from_secs(30)) {
                 Ok(()) => return e,
                 Err(err) => {
@@ -96,8 +115,13 @@ impl Etcd {
             let out = self.etcdctl(&["member", "list", "-w", "json"]);
             if out.code == 0 {
                 let j = out.json();
-                let ours = j["members"][0]["peerURLs"][0] == peer && j["members"].as_array().is_some_and(|m| m.len() == 1);
-                return if ours { Ok(()) } else { Err(format!("another server answers on the client port: {out}")) };
+                let ours = j["members"][0]["peerURLs"][0] == peer
+                    && j["members"].as_array().is_some_and(|m| m.len() == 1);
+                return if ours {
+                    Ok(())
+                } else {
+                    Err(format!("another server answers on the client port: {out}"))
+                };
             }
             if Instant::now() >= deadline {
                 return Err(format!("not ready after {timeout:?}: {out}"));
@@ -126,7 +150,10 @@ impl Etcd {
         cmd.arg("txn");
         let input = format!("\n{}\n\n\n", ops.join("\n"));
         let out = run_with_stdin(cmd, input.as_bytes(), Duration::from_secs(30));
-        assert!(out.code == 0 && out.stdout.starts_with("SUCCESS"), "etcdctl txn:\n{out}");
+        assert!(
+            out.code == 0 && out.stdout.starts_with("SUCCESS"),
+            "etcdctl txn:\n{out}"
+        );
     }
 
     /// SIGTERM to its PID, then SIGKILL if it has not exited within 10 s.
@@ -160,7 +187,9 @@ fn b64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -194,19 +223,43 @@ fn json_of(out: &Out) -> Value {
 /// Reads `Seen` with `etcdctl` through `ctl`; `past` is the revision of the historical read.
 fn seen(ctl: &dyn Fn(&[&str]) -> Out, past: i64) -> Seen {
     let all = json_of(&ctl(&["get", "", "--prefix", "-w", "json"]));
-    let past = json_of(&ctl(&["get", "", "--prefix", "-w", "json", &format!("--rev={past}")]));
+    let past = json_of(&ctl(&[
+        "get",
+        "",
+        "--prefix",
+        "-w",
+        "json",
+        &format!("--rev={past}"),
+    ]));
     let list = ctl(&["lease", "list"]);
     assert_eq!(list.code, 0, "{list}");
     let mut leases = Vec::new();
-    for id in list.stdout.lines().skip(1).map(str::trim).filter(|l| !l.is_empty()) {
+    for id in list
+        .stdout
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
         let ttl = json_of(&ctl(&["lease", "timetolive", id, "--keys", "-w", "json"]));
         // etcd lists a lease's keys in Go map order (it varies run to run): compare them sorted.
         let mut keys: Vec<Value> = ttl["keys"].as_array().cloned().unwrap_or_default();
         keys.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
-        leases.push((id.to_string(), Value::Array(keys), ttl["granted-ttl"].as_i64().unwrap_or_else(|| panic!("{ttl}"))));
+        leases.push((
+            id.to_string(),
+            Value::Array(keys),
+            ttl["granted-ttl"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{ttl}")),
+        ));
     }
     leases.sort_by(|a, b| a.0.cmp(&b.0));
-    Seen { revision: all["header"]["revision"].as_i64().unwrap(), kvs: all["kvs"].clone(), past: past["kvs"].clone(), leases }
+    Seen {
+        revision: all["header"]["revision"].as_i64().unwrap(),
+        kvs: all["kvs"].clone(),
+        past: past["kvs"].clone(),
+        leases,
+    }
 }
 
 /// `corekvutl snapshot status FILE -w json`, which must succeed.
@@ -224,8 +277,23 @@ fn restore(file: &Path, dir: &Path, extra: &[&str]) -> (Value, u16) {
     let peer = free_ports(1)[0];
     let url = format!("http://127.0.0.1:{peer}");
     let cluster = format!("n1={url}");
-    let mut args = vec!["snapshot", "restore", s(file), "--data-dir", s(dir), "--name", "n1"];
-    args.extend(["--initial-cluster", &cluster, "--initial-advertise-peer-urls", &url, "-w", "json"]);
+    let mut args = vec![
+        "snapshot",
+        "restore",
+        s(file),
+        "--data-dir",
+        s(dir),
+        "--name",
+        "n1",
+    ];
+    args.extend([
+        "--initial-cluster",
+        &cluster,
+        "--initial-advertise-peer-urls",
+        &url,
+        "-w",
+        "json",
+    ]);
     args.extend(extra);
     let out = tool(&args);
     out.expect_code(0);
@@ -238,8 +306,14 @@ fn serve(dir: &Path, peer: u16, report: &Value) -> Server {
     let server = Server::start_as(dir, "n1", Some(peer));
     let st = server.etcdctl(&["endpoint", "status", "-w", "json"]);
     let j: Value = serde_json::from_str(st.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {st}"));
-    assert_eq!(j[0]["Status"]["header"]["member_id"], report["member_id"], "{st}\n{report}");
-    assert_eq!(j[0]["Status"]["header"]["cluster_id"], report["cluster_id"], "{st}\n{report}");
+    assert_eq!(
+        j[0]["Status"]["header"]["member_id"], report["member_id"],
+        "{st}\n{report}"
+    );
+    assert_eq!(
+        j[0]["Status"]["header"]["cluster_id"], report["cluster_id"],
+        "{st}\n{report}"
+    );
     server
 }
 
@@ -269,7 +343,9 @@ fn bbolt_tree_pages(image: &[u8]) -> (Vec<usize>, usize) {
     let pages = (2..image.len() / ps)
         .filter(|&p| {
             let h = &image[p * ps..];
-            u64::from_le_bytes(h[..8].try_into().unwrap()) == p as u64 && matches!(h[8], 1 | 2) && h[9] == 0
+            u64::from_le_bytes(h[..8].try_into().unwrap()) == p as u64
+                && matches!(h[8], 1 | 2)
+                && h[9] == 0
         })
         .collect();
     (pages, ps)
@@ -283,7 +359,9 @@ fn bbolt_tree_pages(image: &[u8]) -> (Vec<usize>, usize) {
 /// Returns the compacted revision.
 fn etcd_workload(etcd: &Etcd) -> i64 {
     for batch in 0..5 {
-        let ops: Vec<String> = (0..40).map(|i| format!("put key/{:03} v1-{batch}-{i}", batch * 40 + i)).collect();
+        let ops: Vec<String> = (0..40)
+            .map(|i| format!("put key/{:03} v1-{batch}-{i}", batch * 40 + i))
+            .collect();
         etcd.txn(&ops);
     }
     for i in 0..60 {
@@ -295,12 +373,21 @@ fn etcd_workload(etcd: &Etcd) -> i64 {
     let out = etcd.ok(&["del", "key/1", "--prefix"]);
     assert_eq!(out.stdout.trim(), "100", "{out}");
     let grant = etcd.ok(&["lease", "grant", "3600"]);
-    let id = grant.stdout.split_whitespace().nth(1).expect("lease ID").to_string();
+    let id = grant
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("lease ID")
+        .to_string();
     etcd.ok(&["put", "lease/a", "1", &format!("--lease={id}")]);
     etcd.ok(&["put", "lease/b", "2", &format!("--lease={id}")]);
-    let big: String = (0..10_000).map(|i| (b'a' + (i * 7 % 26) as u8) as char).collect();
+    let big: String = (0..10_000)
+        .map(|i| (b'a' + (i * 7 % 26) as u8) as char)
+        .collect();
     etcd.ok(&["put", "big", &big]);
-    let rev = json_of(&etcd.etcdctl(&["get", "big", "-w", "json"]))["header"]["revision"].as_i64().unwrap();
+    let rev = json_of(&etcd.etcdctl(&["get", "big", "-w", "json"]))["header"]["revision"]
+        .as_i64()
+        .unwrap();
     let compact = rev - 30;
     etcd.ok(&["compaction", &compact.to_string()]);
     etcd.ok(&["put", "key/000", "v3"]);
@@ -317,10 +404,20 @@ fn etcd_snapshot_status_and_restore_into_corekv() {
     let mut etcd = Etcd::start(tmp.path());
     let compact = etcd_workload(&etcd);
     let before = seen(&|a| etcd.etcdctl(a), compact + 5);
-    assert_eq!(before.kvs.as_array().unwrap().len(), 200 - 10 - 100 - 1 + 2 + 3, "{:?}", before.kvs);
+    assert_eq!(
+        before.kvs.as_array().unwrap().len(),
+        200 - 10 - 100 - 1 + 2 + 3,
+        "{:?}",
+        before.kvs
+    );
     assert_eq!(before.leases.len(), 1);
     let compacted = etcd.etcdctl(&["get", "key/000", &format!("--rev={}", compact - 1)]);
-    assert!(compacted.stderr.contains("required revision has been compacted"), "{compacted}");
+    assert!(
+        compacted
+            .stderr
+            .contains("required revision has been compacted"),
+        "{compacted}"
+    );
     etcd.ok(&["snapshot", "save", s(&file)]);
     etcd.stop();
     let revision = before.revision;
@@ -331,15 +428,29 @@ fn etcd_snapshot_status_and_restore_into_corekv() {
     let reference = json_of(&run(cmd, Duration::from_secs(30)));
     let st = status_json(&file);
     for field in ["hash", "revision", "totalKey", "totalSize"] {
-        assert_eq!(st[field], reference[field], "{field}: ours {st} etcdctl's {reference}");
+        assert_eq!(
+            st[field], reference[field],
+            "{field}: ours {st} etcdctl's {reference}"
+        );
     }
     assert_eq!(st["revision"], revision);
-    assert_eq!((st["format"].as_str(), st["sha256"].as_str()), (Some("etcd"), Some("verified")));
+    assert_eq!(
+        (st["format"].as_str(), st["sha256"].as_str()),
+        (Some("etcd"), Some("verified"))
+    );
     assert_eq!(st["compactRevision"], compact);
     let table = tool(&["snapshot", "status", s(&file)]);
     table.expect_code(0);
-    assert!(table.stdout.contains("HASH") && table.stdout.contains("TOTAL KEYS"), "{table}");
-    assert!(table.stdout.contains(&format!("{:x}", st["hash"].as_u64().unwrap())), "{table}");
+    assert!(
+        table.stdout.contains("HASH") && table.stdout.contains("TOTAL KEYS"),
+        "{table}"
+    );
+    assert!(
+        table
+            .stdout
+            .contains(&format!("{:x}", st["hash"].as_u64().unwrap())),
+        "{table}"
+    );
 
     // restore, then serve with corekv: the same keys, values, revisions, versions, history
     // above the compaction, leases and keys attached.
@@ -349,16 +460,34 @@ fn etcd_snapshot_status_and_restore_into_corekv() {
     assert_eq!(report["compact_revision"], compact, "{report}");
     assert_eq!(report["leases"], 1, "{report}");
     assert_eq!(report["sha256"], "verified", "{report}");
-    let ignored: Vec<&str> = report["ignored_buckets"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
-    assert!(ignored.contains(&"members") && !ignored.contains(&"key"), "{report}");
+    let ignored: Vec<&str> = report["ignored_buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        ignored.contains(&"members") && !ignored.contains(&"key"),
+        "{report}"
+    );
     let mut server = serve(&d2, peer, &report);
     let after = seen(&|a| server.etcdctl(a), compact + 5);
     assert_eq!(after.revision, before.revision);
     assert_eq!(after.kvs, before.kvs, "live keys differ");
-    assert_eq!(after.past, before.past, "the read at revision {} differs", compact + 5);
+    assert_eq!(
+        after.past,
+        before.past,
+        "the read at revision {} differs",
+        compact + 5
+    );
     assert_eq!(after.leases, before.leases);
     let compacted = server.etcdctl(&["get", "key/000", &format!("--rev={}", compact - 1)]);
-    assert!(compacted.stderr.contains("required revision has been compacted"), "{compacted}");
+    assert!(
+        compacted
+            .stderr
+            .contains("required revision has been compacted"),
+        "{compacted}"
+    );
     // The restored member takes writes at the next revision, and keeps them over a restart.
     let put = json_of(&server.etcdctl(&["put", "after", "restore", "-w", "json"]));
     assert_eq!(put["header"]["revision"], revision + 1);
@@ -370,7 +499,19 @@ fn etcd_snapshot_status_and_restore_into_corekv() {
 
     // The data dir must be new: a second restore into it is refused.
     fails(
-        &["snapshot", "restore", s(&file), "--data-dir", s(&d2), "--name", "n1", "--initial-cluster", &format!("n1=http://127.0.0.1:{peer}"), "--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")],
+        &[
+            "snapshot",
+            "restore",
+            s(&file),
+            "--data-dir",
+            s(&d2),
+            "--name",
+            "n1",
+            "--initial-cluster",
+            &format!("n1=http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ],
         "not empty",
     );
 }
@@ -398,7 +539,17 @@ fn damaged_etcd_snapshots_are_refused() {
         p
     };
     let restore_args = |f: &Path, d: &Path| -> Vec<String> {
-        ["snapshot", "restore", s(f), "--data-dir", s(d), "--skip-hash-check"].iter().map(|x| x.to_string()).collect()
+        [
+            "snapshot",
+            "restore",
+            s(f),
+            "--data-dir",
+            s(d),
+            "--skip-hash-check",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
     };
     let must_fail_restore = |f: &Path, want: &str| {
         let d = tmp.path().join("never");
@@ -414,25 +565,49 @@ fn damaged_etcd_snapshots_are_refused() {
     let flipped = at("flipped.snap", &data);
     flip_byte(&flipped, (pages[pages.len() / 2] * ps + 100) as u64);
     fails(&["snapshot", "status", s(&flipped)], "sha256 mismatch");
-    fails(&["snapshot", "restore", s(&flipped), "--data-dir", s(&tmp.path().join("x"))], "sha256 mismatch");
+    fails(
+        &[
+            "snapshot",
+            "restore",
+            s(&flipped),
+            "--data-dir",
+            s(&tmp.path().join("x")),
+        ],
+        "sha256 mismatch",
+    );
     assert!(!tmp.path().join("x").exists());
     // A bad hash over good bytes.
     let mut bad_hash = data.clone();
     let n = bad_hash.len();
     bad_hash[n - 1] ^= 1;
-    fails(&["snapshot", "status", s(&at("badhash.snap", &bad_hash))], "sha256 mismatch");
+    fails(
+        &["snapshot", "status", s(&at("badhash.snap", &bad_hash))],
+        "sha256 mismatch",
+    );
 
     // Without a hash the structure must catch it: a page whose type is gone, a leaf
     // element pointing out of its page.
     let bare = at("bare.db", image);
     assert_eq!(status_json(&bare)["sha256"], "absent");
-    fails(&["snapshot", "restore", s(&bare), "--data-dir", s(&tmp.path().join("y"))], "--skip-hash-check");
+    fails(
+        &[
+            "snapshot",
+            "restore",
+            s(&bare),
+            "--data-dir",
+            s(&tmp.path().join("y")),
+        ],
+        "--skip-hash-check",
+    );
     assert!(!tmp.path().join("y").exists());
     // The root bucket's page (from the newer meta page) is always reached; other pages may be
     // free (old copies), where damage goes unnoticed as it does in bbolt.
     let meta = |slot: usize| {
         let m = &image[slot * ps + 16..];
-        (u64::from_le_bytes(m[48..56].try_into().unwrap()), u64::from_le_bytes(m[16..24].try_into().unwrap()) as usize)
+        (
+            u64::from_le_bytes(m[48..56].try_into().unwrap()),
+            u64::from_le_bytes(m[16..24].try_into().unwrap()) as usize,
+        )
     };
     let root = meta(0).max(meta(1)).1;
     assert!(pages.contains(&root), "{root} {pages:?}");
@@ -442,32 +617,74 @@ fn damaged_etcd_snapshots_are_refused() {
         x[p * ps + 8] = 0x10;
         let f = at("badtype.db", &x);
         let out = tool(&["snapshot", "status", s(&f)]);
-        assert!(out.code == 0 || (out.code == 1 && out.stderr.contains(&format!("page {p}"))), "{out}");
-        assert!(p != root || out.code == 1, "damage to the root page {root} went unnoticed: {out}");
+        assert!(
+            out.code == 0 || (out.code == 1 && out.stderr.contains(&format!("page {p}"))),
+            "{out}"
+        );
+        assert!(
+            p != root || out.code == 1,
+            "damage to the root page {root} went unnoticed: {out}"
+        );
         refused += (out.code == 1) as usize;
         let mut x = image.to_vec();
         // Element 0's position: far out of the page.
         x[p * ps + 16 + 4..p * ps + 16 + 8].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
         let f = at("badpos.db", &x);
         let out = tool(&["snapshot", "status", s(&f)]);
-        assert!(out.code == 0 || (out.code == 1 && out.stderr.contains("etcd snapshot is damaged")), "{out}");
-        assert!(p != root || out.code == 1, "damage to the root page {root} went unnoticed: {out}");
+        assert!(
+            out.code == 0 || (out.code == 1 && out.stderr.contains("etcd snapshot is damaged")),
+            "{out}"
+        );
+        assert!(
+            p != root || out.code == 1,
+            "damage to the root page {root} went unnoticed: {out}"
+        );
     }
-    assert!(refused * 2 >= pages.len(), "only {refused} of {} damaged pages noticed", pages.len());
-    must_fail_restore(&at("badtype2.db", &{
-        let mut x = image.to_vec();
-        x[root * ps + 8] = 0x10;
-        x
-    }), "etcd snapshot is damaged");
+    assert!(
+        refused * 2 >= pages.len(),
+        "only {refused} of {} damaged pages noticed",
+        pages.len()
+    );
+    must_fail_restore(
+        &at("badtype2.db", &{
+            let mut x = image.to_vec();
+            x[root * ps + 8] = 0x10;
+            x
+        }),
+        "etcd snapshot is damaged",
+    );
 
     // Truncated: mid-page, at a page boundary (the meta's high-water mark says more), and
     // at a page boundary plus 32 bytes (looks hashed: the hash cannot match).
-    fails(&["snapshot", "status", s(&at("t1.db", &data[..data.len() - 1000]))], "truncated");
-    fails(&["snapshot", "status", s(&at("t2.db", &image[..image.len() - ps]))], "truncated");
+    fails(
+        &[
+            "snapshot",
+            "status",
+            s(&at("t1.db", &data[..data.len() - 1000])),
+        ],
+        "truncated",
+    );
+    fails(
+        &[
+            "snapshot",
+            "status",
+            s(&at("t2.db", &image[..image.len() - ps])),
+        ],
+        "truncated",
+    );
     must_fail_restore(&at("t2.db", &image[..image.len() - ps]), "truncated");
-    fails(&["snapshot", "status", s(&at("t3.db", &data[..3 * ps + 32]))], "sha256 mismatch");
-    fails(&["snapshot", "status", s(&at("t4.db", &data[..100]))], "truncated");
-    fails(&["snapshot", "status", s(&at("t5.db", &data[..10]))], "not a snapshot");
+    fails(
+        &["snapshot", "status", s(&at("t3.db", &data[..3 * ps + 32]))],
+        "sha256 mismatch",
+    );
+    fails(
+        &["snapshot", "status", s(&at("t4.db", &data[..100]))],
+        "truncated",
+    );
+    fails(
+        &["snapshot", "status", s(&at("t5.db", &data[..10]))],
+        "not a snapshot",
+    );
 
     // Damage anywhere in the image without its hash: exit 0 or 1, never a crash.
     for i in 0..48 {
@@ -476,7 +693,10 @@ fn damaged_etcd_snapshots_are_refused() {
         x[off] ^= 0xa5;
         let f = at("fuzz.db", &x);
         let out = tool(&["snapshot", "status", s(&f), "-w", "json"]);
-        assert!(matches!(out.code, 0 | 1) && !out.stderr.contains("panicked"), "flip at {off}:\n{out}");
+        assert!(
+            matches!(out.code, 0 | 1) && !out.stderr.contains("panicked"),
+            "flip at {off}:\n{out}"
+        );
     }
 }
 
@@ -484,7 +704,12 @@ fn damaged_etcd_snapshots_are_refused() {
 // (b) corekv snapshots.
 
 fn put(store: &mut Store, k: &str, v: &[u8], lease: i64) {
-    let r = PbPutRequest { key: k.as_bytes().to_vec(), value: v.to_vec(), lease, ..Default::default() };
+    let r = PbPutRequest {
+        key: k.as_bytes().to_vec(),
+        value: v.to_vec(),
+        lease,
+        ..Default::default()
+    };
     store.apply(&Req::Put(r)).expect("put");
 }
 
@@ -493,7 +718,12 @@ fn put(store: &mut Store, k: &str, v: &[u8], lease: i64) {
 fn build_store(db: &Path) -> Store {
     let mut store = Store::new();
     for i in 0..150 {
-        put(&mut store, &format!("c/{i:03}"), format!("v1-{i}").as_bytes(), 0);
+        put(
+            &mut store,
+            &format!("c/{i:03}"),
+            format!("v1-{i}").as_bytes(),
+            0,
+        );
     }
     let ops = (0..30)
         .map(|i| PbTxnRequestOp {
@@ -504,19 +734,43 @@ fn build_store(db: &Path) -> Store {
             })),
         })
         .collect();
-    store.apply(&Req::Txn(PbTxnRequest { success: ops, ..Default::default() })).expect("txn");
+    store
+        .apply(&Req::Txn(PbTxnRequest {
+            success: ops,
+            ..Default::default()
+        }))
+        .expect("txn");
     for i in 0..40 {
-        put(&mut store, &format!("c/{i:03}"), format!("v2-{i}").as_bytes(), 0);
+        put(
+            &mut store,
+            &format!("c/{i:03}"),
+            format!("v2-{i}").as_bytes(),
+            0,
+        );
     }
     let compact = store.revision() - 10;
     store
-        .apply(&Req::DeleteRange(PbDeleteRequest { key: b"c/10".to_vec(), range_end: b"c/11".to_vec(), ..Default::default() }))
+        .apply(&Req::DeleteRange(PbDeleteRequest {
+            key: b"c/10".to_vec(),
+            range_end: b"c/11".to_vec(),
+            ..Default::default()
+        }))
         .expect("delete");
-    store.apply(&Req::LeaseGrant(PbLeaseGrantRequest { ttl: 3600, id: 0x1234 })).expect("grant");
+    store
+        .apply(&Req::LeaseGrant(PbLeaseGrantRequest {
+            ttl: 3600,
+            id: 0x1234,
+        }))
+        .expect("grant");
     put(&mut store, "lease/a", b"1", 0x1234);
     put(&mut store, "lease/b", b"2", 0x1234);
     put(&mut store, "big", &vec![b'z'; 20_000], 0);
-    store.apply(&Req::Compact(PbCompactionRequest { revision: compact, physical: true })).expect("compact");
+    store
+        .apply(&Req::Compact(PbCompactionRequest {
+            revision: compact,
+            physical: true,
+        }))
+        .expect("compact");
     put(&mut store, "c/000", b"v3", 0);
     let changes = store.take_changes();
     let mut backend = Backend::open(db).unwrap();
@@ -526,7 +780,14 @@ fn build_store(db: &Path) -> Store {
 
 /// The live keys as etcdctl prints them (`-w json`'s kvs).
 fn expected_kvs(store: &Store) -> Value {
-    let r = store.view().range(&PbRangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).unwrap();
+    let r = store
+        .view()
+        .range(&PbRangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .unwrap();
     let kvs: Vec<Value> = r
         .kvs
         .iter()
@@ -558,28 +819,55 @@ fn corekv_snapshot_status_and_restore() {
     // The image as Maintenance.Snapshot streams it: the store compacted into whole pages,
     // then its sha256.
     let image = tmp.path().join("image.db");
-    let stats = btree::Store::open(&db, btree::Options { create_if_missing: false }).unwrap().compact_to(&image).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+    let stats = btree::Store::open(
+        &db,
+        btree::Options {
+            create_if_missing: false,
+        },
+    )
+    .unwrap()
+    .compact_to(&image)
+    .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
     f.set_len(stats.page_count * PAGE_SIZE as u64).unwrap();
     drop(f);
     let file = tmp.path().join("corekv.snap");
     with_hash(&image, &file);
 
     let st = status_json(&file);
-    assert_eq!((st["format"].as_str(), st["sha256"].as_str()), (Some("corekv"), Some("verified")), "{st}");
+    assert_eq!(
+        (st["format"].as_str(), st["sha256"].as_str()),
+        (Some("corekv"), Some("verified")),
+        "{st}"
+    );
     assert_eq!(st["revision"], revision);
     assert_eq!(st["compactRevision"], compact);
     assert_eq!(st["totalKey"], stats.entries);
     assert_eq!(st["totalSize"], stats.page_count * PAGE_SIZE as u64);
     let bare = status_json(&db);
     assert_eq!(bare["sha256"], "absent");
-    assert_eq!(bare["hash"], st["hash"], "the hash covers the contents, not the layout");
+    assert_eq!(
+        bare["hash"], st["hash"],
+        "the hash covers the contents, not the layout"
+    );
     assert_eq!(bare["revision"], revision);
 
     let d2 = tmp.path().join("d2");
     let (report, peer) = restore(&file, &d2, &[]);
-    assert_eq!((report["revision"].as_i64(), report["compact_revision"].as_i64()), (Some(revision), Some(compact)));
-    assert_eq!(report["consistent_index"], 1, "the new member's log starts over");
+    assert_eq!(
+        (
+            report["revision"].as_i64(),
+            report["compact_revision"].as_i64()
+        ),
+        (Some(revision), Some(compact))
+    );
+    assert_eq!(
+        report["consistent_index"], 1,
+        "the new member's log starts over"
+    );
     let server = serve(&d2, peer, &report);
     let got = json_of(&server.etcdctl(&["get", "", "--prefix", "-w", "json"]));
     assert_eq!(got["header"]["revision"], revision);
@@ -587,9 +875,16 @@ fn corekv_snapshot_status_and_restore() {
     let leases = server.etcdctl(&["lease", "list"]);
     assert!(leases.stdout.contains("1234"), "{leases}");
     let ttl = json_of(&server.etcdctl(&["lease", "timetolive", "1234", "--keys", "-w", "json"]));
-    assert_eq!(ttl["keys"], serde_json::json!([b64(b"lease/a"), b64(b"lease/b")]), "{ttl}");
+    assert_eq!(
+        ttl["keys"],
+        serde_json::json!([b64(b"lease/a"), b64(b"lease/b")]),
+        "{ttl}"
+    );
     let past = server.etcdctl(&["get", "c/000", &format!("--rev={}", compact - 1)]);
-    assert!(past.stderr.contains("required revision has been compacted"), "{past}");
+    assert!(
+        past.stderr.contains("required revision has been compacted"),
+        "{past}"
+    );
 
     // If the server streams snapshots (Maintenance.Snapshot), the one it sends restores to
     // the same key space.
@@ -597,22 +892,37 @@ fn corekv_snapshot_status_and_restore() {
     let out = server.etcdctl(&["snapshot", "save", s(&saved)]);
     if out.code == 0 {
         let st2 = status_json(&saved);
-        assert_eq!((st2["format"].as_str(), st2["sha256"].as_str()), (Some("corekv"), Some("verified")), "{st2}");
+        assert_eq!(
+            (st2["format"].as_str(), st2["sha256"].as_str()),
+            (Some("corekv"), Some("verified")),
+            "{st2}"
+        );
         assert_eq!(st2["revision"], revision);
         let d3 = tmp.path().join("d3");
         let (report3, peer3) = restore(&saved, &d3, &[]);
         let server3 = serve(&d3, peer3, &report3);
         let got3 = json_of(&server3.etcdctl(&["get", "", "--prefix", "-w", "json"]));
-        assert_eq!((&got3["kvs"], &got3["header"]["revision"]), (&got["kvs"], &got["header"]["revision"]));
+        assert_eq!(
+            (&got3["kvs"], &got3["header"]["revision"]),
+            (&got["kvs"], &got["header"]["revision"])
+        );
     } else {
-        assert!(out.stderr.contains("not implemented"), "etcdctl snapshot save against corekv:\n{out}");
-        eprintln!("note: corekv does not serve Maintenance.Snapshot yet; its images were not checked");
+        assert!(
+            out.stderr.contains("not implemented"),
+            "etcdctl snapshot save against corekv:\n{out}"
+        );
+        eprintln!(
+            "note: corekv does not serve Maintenance.Snapshot yet; its images were not checked"
+        );
     }
     drop(server);
 
     // A bare image (a copied db file) needs --skip-hash-check, as in etcdutl.
     let d4 = tmp.path().join("d4");
-    fails(&["snapshot", "restore", s(&db), "--data-dir", s(&d4)], "--skip-hash-check");
+    fails(
+        &["snapshot", "restore", s(&db), "--data-dir", s(&d4)],
+        "--skip-hash-check",
+    );
     let (report4, _) = restore(&db, &d4, &["--skip-hash-check"]);
     assert_eq!(report4["sha256"], "absent");
     assert_eq!(report4["revision"], revision);
@@ -636,37 +946,100 @@ fn damaged_corekv_snapshots_and_bad_usage() {
     };
     let ps = PAGE_SIZE;
     // Truncated, inside a page and at a page boundary.
-    fails(&["snapshot", "status", s(&at("t1", &data[..data.len() - 100]))], "truncated");
-    fails(&["snapshot", "status", s(&at("t2", &data[..3 * ps + 32]))], "sha256 mismatch");
-    fails(&["snapshot", "status", s(&at("t3", &data[..ps]))], "truncated");
+    fails(
+        &[
+            "snapshot",
+            "status",
+            s(&at("t1", &data[..data.len() - 100])),
+        ],
+        "truncated",
+    );
+    fails(
+        &["snapshot", "status", s(&at("t2", &data[..3 * ps + 32]))],
+        "sha256 mismatch",
+    );
+    fails(
+        &["snapshot", "status", s(&at("t3", &data[..ps]))],
+        "truncated",
+    );
     // A flipped byte: the hash catches it; without the hash, the page checksums do.
     let flipped = at("flipped", &data);
     flip_byte(&flipped, 2 * ps as u64 + 50);
     fails(&["snapshot", "status", s(&flipped)], "sha256 mismatch");
     let d = tmp.path().join("never");
-    fails(&["snapshot", "restore", s(&flipped), "--data-dir", s(&d)], "sha256 mismatch");
+    fails(
+        &["snapshot", "restore", s(&flipped), "--data-dir", s(&d)],
+        "sha256 mismatch",
+    );
     assert!(!d.exists());
     let mut bare = data[..data.len() - 32].to_vec();
     bare[2 * ps + 50] ^= 0xff;
     let bare = at("bare", &bare);
-    fails(&["snapshot", "status", s(&bare)], "corekv snapshot is damaged");
-    fails(&["snapshot", "restore", s(&bare), "--data-dir", s(&d), "--skip-hash-check"], "damaged");
+    fails(
+        &["snapshot", "status", s(&bare)],
+        "corekv snapshot is damaged",
+    );
+    fails(
+        &[
+            "snapshot",
+            "restore",
+            s(&bare),
+            "--data-dir",
+            s(&d),
+            "--skip-hash-check",
+        ],
+        "damaged",
+    );
     assert!(!d.exists(), "a failed restore must not leave the data dir");
     // An existing empty dir is used, and left empty (not removed) after a failure.
     std::fs::create_dir(&d).unwrap();
-    fails(&["snapshot", "restore", s(&bare), "--data-dir", s(&d), "--skip-hash-check"], "damaged");
+    fails(
+        &[
+            "snapshot",
+            "restore",
+            s(&bare),
+            "--data-dir",
+            s(&d),
+            "--skip-hash-check",
+        ],
+        "damaged",
+    );
     assert!(d.is_dir() && std::fs::read_dir(&d).unwrap().next().is_none());
     // Not a snapshot at all; missing.
-    fails(&["snapshot", "status", s(&at("junk", &vec![7u8; 3 * ps]))], "not a snapshot");
-    fails(&["snapshot", "status", s(&tmp.path().join("missing"))], "No such file");
+    fails(
+        &["snapshot", "status", s(&at("junk", &vec![7u8; 3 * ps]))],
+        "not a snapshot",
+    );
+    fails(
+        &["snapshot", "status", s(&tmp.path().join("missing"))],
+        "No such file",
+    );
 
     // Bad usage: exit 2.
     for args in [
         &["snapshot", "status"][..],
         &["snapshot", "status", "a", "b"],
         &["snapshot", "restore", s(&file)],
-        &["snapshot", "restore", s(&file), "--data-dir", s(&d), "--name", "n1", "--initial-cluster", "n2=http://127.0.0.1:1"],
-        &["snapshot", "restore", s(&file), "--data-dir", s(&d), "--initial-advertise-peer-urls", "nope"],
+        &[
+            "snapshot",
+            "restore",
+            s(&file),
+            "--data-dir",
+            s(&d),
+            "--name",
+            "n1",
+            "--initial-cluster",
+            "n2=http://127.0.0.1:1",
+        ],
+        &[
+            "snapshot",
+            "restore",
+            s(&file),
+            "--data-dir",
+            s(&d),
+            "--initial-advertise-peer-urls",
+            "nope",
+        ],
         &["snapshot", "bogus"],
     ] {
         let out = tool(args);
@@ -678,8 +1051,19 @@ fn damaged_corekv_snapshots_and_bad_usage() {
     // The restored member's identity follows the flags as the server computes them: etcd's
     // defaults give etcd's well-known IDs.
     let d5 = tmp.path().join("d5");
-    let out = tool(&["snapshot", "restore", s(&file), "--data-dir", s(&d5), "-w", "json"]);
+    let out = tool(&[
+        "snapshot",
+        "restore",
+        s(&file),
+        "--data-dir",
+        s(&d5),
+        "-w",
+        "json",
+    ]);
     out.expect_code(0);
     let j = out.json();
-    assert_eq!((j["member_id"].as_u64(), j["cluster_id"].as_u64()), (Some(0x8e9e05c52164694d), Some(0xcdf818194e3a8c32)));
+    assert_eq!(
+        (j["member_id"].as_u64(), j["cluster_id"].as_u64()),
+        (Some(0x8e9e05c52164694d), Some(0xcdf818194e3a8c32))
+    );
 }

@@ -48,17 +48,48 @@ fn sound_multi_segment_wal_verifies_and_dumps() {
 
     let out = tool(&["wal", "dump", "--data-dir", s(&data)]);
     out.expect_code(0);
-    let entries: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("entry ")).collect();
+    let entries: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("entry "))
+        .collect();
     assert_eq!(entries.len(), 60);
-    assert!(entries[59].starts_with("entry index=60 term=1 type=normal put key=\"key060\""), "{out}");
-    assert_eq!(out.stdout.lines().filter(|l| l.starts_with("metadata ")).count(), 1, "metadata shown once");
+    assert!(
+        entries[59].starts_with("entry index=60 term=1 type=normal put key=\"key060\""),
+        "{out}"
+    );
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("metadata "))
+            .count(),
+        1,
+        "metadata shown once"
+    );
 
-    let out = tool(&["wal", "dump", "--data-dir", s(&data), "--start-index", "58", "-w", "json"]);
+    let out = tool(&[
+        "wal",
+        "dump",
+        "--data-dir",
+        s(&data),
+        "--start-index",
+        "58",
+        "-w",
+        "json",
+    ]);
     out.expect_code(0);
     let recs = out.json_lines();
-    let idx: Vec<u64> = recs.iter().filter(|r| r["record"] == "entry").map(|r| r["index"].as_u64().unwrap()).collect();
+    let idx: Vec<u64> = recs
+        .iter()
+        .filter(|r| r["record"] == "entry")
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(idx, vec![58, 59, 60]);
-    assert_eq!(recs.len(), 1 + 6, "metadata, then 3 entries with their hard states");
+    assert_eq!(
+        recs.len(),
+        1 + 6,
+        "metadata, then 3 entries with their hard states"
+    );
 
     assert!(before == snapshot_files(&data), "nothing modified");
 }
@@ -92,7 +123,11 @@ fn corruption_in_a_non_last_segment_names_file_and_offset() {
     let out = tool(&["wal", "dump", "--data-dir", s(&data)]);
     out.expect_code(1);
     assert!(out.stderr.contains(&want), "{out}");
-    assert_eq!(out.stdout.lines().count(), 3, "metadata, conf state, first entry:\n{out}");
+    assert_eq!(
+        out.stdout.lines().count(),
+        3,
+        "metadata, conf state, first entry:\n{out}"
+    );
 }
 
 #[test]
@@ -104,7 +139,10 @@ fn corruption_in_the_middle_of_the_last_segment_is_not_a_torn_tail() {
     drop(w);
     let last = segs.last().unwrap();
     let offsets = frame_offsets(last);
-    assert!(offsets.len() >= 4, "last segment needs records after the damaged one");
+    assert!(
+        offsets.len() >= 4,
+        "last segment needs records after the damaged one"
+    );
     let target = offsets[1];
     flip_byte(last, target + 9 + 1);
 
@@ -139,14 +177,21 @@ fn torn_tail_is_reported_not_failed_and_not_repaired() {
 
     let out = tool(&["wal", "verify", "--data-dir", s(&data)]);
     out.expect_code(0);
-    assert!(out.stdout.contains(&format!("{} at offset {target}", last.display())), "{out}");
+    assert!(
+        out.stdout
+            .contains(&format!("{} at offset {target}", last.display())),
+        "{out}"
+    );
 
     let out = tool(&["wal", "dump", "--data-dir", s(&data)]);
     out.expect_code(0);
     assert!(out.stderr.contains("torn tail"), "{out}");
     assert_eq!(out.stdout.lines().count(), 1 + 120);
 
-    assert!(before == snapshot_files(&data), "verify must not repair the tail");
+    assert!(
+        before == snapshot_files(&data),
+        "verify must not repair the tail"
+    );
 }
 
 #[test]
@@ -175,12 +220,28 @@ fn overwritten_entries_are_resolved_and_marked() {
 
     let out = tool(&["wal", "dump", "--data-dir", s(&data)]);
     out.expect_code(0);
-    let entries: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("entry ")).collect();
+    let entries: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("entry "))
+        .collect();
     assert_eq!(entries.len(), 6);
-    assert!(entries[0].starts_with("entry index=1 term=1 type=normal put"), "{out}");
-    assert!(entries[1].starts_with("entry index=2 term=1 type=normal overwritten put"), "{out}");
-    assert!(entries[2].starts_with("entry index=3 term=1 type=normal overwritten put"), "{out}");
-    assert!(entries[3].starts_with("entry index=2 term=2 type=normal put"), "{out}");
+    assert!(
+        entries[0].starts_with("entry index=1 term=1 type=normal put"),
+        "{out}"
+    );
+    assert!(
+        entries[1].starts_with("entry index=2 term=1 type=normal overwritten put"),
+        "{out}"
+    );
+    assert!(
+        entries[2].starts_with("entry index=3 term=1 type=normal overwritten put"),
+        "{out}"
+    );
+    assert!(
+        entries[3].starts_with("entry index=2 term=2 type=normal put"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -188,11 +249,31 @@ fn records_that_do_not_decode_fail_verify_with_their_position() {
     // (name, what to append after a sound start, expected message)
     type Build = fn(&mut TestWal);
     let cases: [(&str, Build, &str); 5] = [
-        ("garbage entry", |w| w.raw(RecordKind::Entry, b"not an entry"), "entry does not decode"),
-        ("garbage request", |w| w.entry_data(2, 1, vec![0xff, 0xff, 0xff]), "data is not a request"),
-        ("index gap", |w| w.put(3, 1, b"k", b"v"), "not contiguous: expected index 2, found 3"),
-        ("garbage hard state", |w| w.raw(RecordKind::HardState, &[1, 2, 3]), "hard state does not decode"),
-        ("garbage conf state", |w| w.raw(RecordKind::ConfState, &[9; 5]), "conf state does not decode"),
+        (
+            "garbage entry",
+            |w| w.raw(RecordKind::Entry, b"not an entry"),
+            "entry does not decode",
+        ),
+        (
+            "garbage request",
+            |w| w.entry_data(2, 1, vec![0xff, 0xff, 0xff]),
+            "data is not a request",
+        ),
+        (
+            "index gap",
+            |w| w.put(3, 1, b"k", b"v"),
+            "not contiguous: expected index 2, found 3",
+        ),
+        (
+            "garbage hard state",
+            |w| w.raw(RecordKind::HardState, &[1, 2, 3]),
+            "hard state does not decode",
+        ),
+        (
+            "garbage conf state",
+            |w| w.raw(RecordKind::ConfState, &[9; 5]),
+            "conf state does not decode",
+        ),
     ];
     for (name, build, want) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -255,8 +336,17 @@ fn a_log_not_starting_at_index_1_is_accepted_with_a_warning() {
     let j = out.json();
     assert_eq!(j["entries"]["first_index"], 5);
     assert_eq!(j["entries"]["last_index"], 6);
-    assert!(j["warnings"][0].as_str().unwrap().contains("starts at index 5"), "{out}");
+    assert!(
+        j["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("starts at index 5"),
+        "{out}"
+    );
     let out = tool(&["wal", "verify", "--data-dir", s(&data)]);
     out.expect_code(0);
-    assert!(out.stdout.contains("warning: the log starts at index 5"), "{out}");
+    assert!(
+        out.stdout.contains("warning: the log starts at index 5"),
+        "{out}"
+    );
 }

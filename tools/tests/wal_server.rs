@@ -24,15 +24,24 @@ fn verify_and_dump_a_server_written_wal() {
     // defrag is offline only: the running server's WAL lock makes it refuse.
     let out = tool(&["defrag", "--data-dir", data_s]);
     out.expect_code(1);
-    assert!(out.stderr.contains("in use") && out.stderr.contains("locked"), "{out}");
+    assert!(
+        out.stderr.contains("in use") && out.stderr.contains("locked"),
+        "{out}"
+    );
 
     server.kill();
     let before = snapshot_files(&data);
 
     let out = tool(&["wal", "verify", "--data-dir", data_s]);
     out.expect_code(0);
-    assert!(out.stdout.contains("| result ") && out.stdout.contains("OK"), "{out}");
-    assert!(out.stdout.contains("| name ") && out.stdout.contains("n1"), "{out}");
+    assert!(
+        out.stdout.contains("| result ") && out.stdout.contains("OK"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("| name ") && out.stdout.contains("n1"),
+        "{out}"
+    );
 
     let out = tool(&["wal", "verify", "--data-dir", data_s, "-w", "json"]);
     out.expect_code(0);
@@ -55,15 +64,31 @@ fn verify_and_dump_a_server_written_wal() {
         r#"put key="foo" value="bar" lease=0"#,
         r#"put key="k2" value="v2" lease=0"#,
         r#"put key="tab" value="a\x09b" lease=0"#,
-        &format!(r#"put key="long" value="{}"...(100 bytes) lease=0"#, "x".repeat(64)),
+        &format!(
+            r#"put key="long" value="{}"...(100 bytes) lease=0"#,
+            "x".repeat(64)
+        ),
         r#"delete_range key="k2" range_end="""#,
     ] {
-        assert_eq!(lines.iter().filter(|l| l.ends_with(want)).count(), 1, "want {want}:\n{out}");
+        assert_eq!(
+            lines.iter().filter(|l| l.ends_with(want)).count(),
+            1,
+            "want {want}:\n{out}"
+        );
     }
-    assert!(lines.iter().any(|l| l.starts_with("confstate voters=[")), "{out}");
-    assert!(lines.iter().any(|l| l.starts_with("hardstate term=")), "{out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("confstate voters=[")),
+        "{out}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("hardstate term=")),
+        "{out}"
+    );
     let foo = lines.iter().find(|l| l.contains(r#"key="foo""#)).unwrap();
-    assert!(foo.starts_with("entry index=") && foo.contains(" term=") && foo.contains(" type=normal "), "{foo}");
+    assert!(
+        foo.starts_with("entry index=") && foo.contains(" term=") && foo.contains(" type=normal "),
+        "{foo}"
+    );
 
     // JSON: one object per line, the same content.
     let out = tool(&["wal", "dump", "--data-dir", data_s, "-w", "json"]);
@@ -83,12 +108,30 @@ fn verify_and_dump_a_server_written_wal() {
     // --start-index and --limit.
     let foo_index = puts[0]["index"].as_u64().unwrap();
     let start = (foo_index + 1).to_string();
-    let out = tool(&["wal", "dump", "--data-dir", data_s, "--start-index", &start, "--limit", "1"]);
+    let out = tool(&[
+        "wal",
+        "dump",
+        "--data-dir",
+        data_s,
+        "--start-index",
+        &start,
+        "--limit",
+        "1",
+    ]);
     out.expect_code(0);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "metadata + one record:\n{out}");
-    assert!(lines[1].starts_with(&format!("entry index={start} ")), "{out}");
-    assert!(lines[1].ends_with(r#"put key="k2" value="v2" lease=0"#), "{out}");
+    assert!(
+        lines[1].starts_with(&format!("entry index={start} ")),
+        "{out}"
+    );
+    assert!(
+        lines[1].ends_with(r#"put key="k2" value="v2" lease=0"#),
+        "{out}"
+    );
 
-    assert!(before == snapshot_files(&data), "verify and dump must not modify the data dir");
+    assert!(
+        before == snapshot_files(&data),
+        "verify and dump must not modify the data dir"
+    );
 }

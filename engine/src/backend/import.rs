@@ -40,7 +40,9 @@ impl Backend {
     ) -> Result<Backend, BackendError> {
         let path = path.as_ref();
         if path.exists() {
-            return Err(BackendError::Btree(BtreeError::AlreadyExists(path.to_path_buf())));
+            return Err(BackendError::Btree(BtreeError::AlreadyExists(
+                path.to_path_buf(),
+            )));
         }
         if meta.compact_revision < -1 || meta.compact_revision > meta.revision {
             return Err(bad(format!(
@@ -68,10 +70,20 @@ impl Backend {
                 )));
             }
             if last.is_some_and(|l| l >= (main, sub)) {
-                return Err(bad(format!("record at revision ({main}, {sub}) after {last:?}")));
+                return Err(bad(format!(
+                    "record at revision ({main}, {sub}) after {last:?}"
+                )));
             }
             last = Some((main, sub));
-            layout::encode_record(&mut buf, &WrittenRecord { main, sub, kv: &kv, tombstone });
+            layout::encode_record(
+                &mut buf,
+                &WrittenRecord {
+                    main,
+                    sub,
+                    kv: &kv,
+                    tombstone,
+                },
+            );
             w.insert(&layout::revision_key(main, sub), &buf)?;
             batch += layout::REVISION_KEY_BYTES + buf.len();
             if batch >= IMPORT_BATCH_BYTES {
@@ -98,9 +110,17 @@ impl Backend {
     /// contents, revision and compacted revision: for a store restored from a snapshot into
     /// a member whose raft log starts over (so, unlike [`Backend::commit`], the index may go
     /// back). One transaction; durable when it returns.
-    pub fn reset_log_position(&mut self, consistent_index: u64, term: u64) -> Result<(), BackendError> {
+    pub fn reset_log_position(
+        &mut self,
+        consistent_index: u64,
+        term: u64,
+    ) -> Result<(), BackendError> {
         let mut w = self.store.write()?;
-        let meta = BackendMeta { consistent_index, term, ..self.meta };
+        let meta = BackendMeta {
+            consistent_index,
+            term,
+            ..self.meta
+        };
         w.set_meta(&meta.encode());
         w.commit()?;
         self.meta = meta;
@@ -126,7 +146,11 @@ mod tests {
     }
 
     fn tomb(key: &str, main: i64) -> KeyValue {
-        KeyValue { key: Bytes::copy_from_slice(key.as_bytes()), mod_revision: main, ..Default::default() }
+        KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            mod_revision: main,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -141,8 +165,17 @@ mod tests {
             (5, 0, tomb("a", 5), true),
             (5, 1, kv("c", "x", 5, 5, 1, 7), false),
         ];
-        let leases = vec![LeaseTtl { id: 7, ttl_secs: 600, remaining_ttl_secs: 0 }];
-        let meta = BackendMeta { consistent_index: 1, term: 1, revision: 6, compact_revision: 3 };
+        let leases = vec![LeaseTtl {
+            id: 7,
+            ttl_secs: 600,
+            remaining_ttl_secs: 0,
+        }];
+        let meta = BackendMeta {
+            consistent_index: 1,
+            term: 1,
+            revision: 6,
+            compact_revision: 3,
+        };
         let backend = Backend::import(&path, records, leases, meta).unwrap();
         assert_eq!(backend.meta(), meta);
         let (store, loaded) = backend.load().unwrap();
@@ -150,7 +183,10 @@ mod tests {
         let view = store.view();
         assert_eq!(view.revision(), 6);
         let lease = view.lease(7).expect("lease 7");
-        assert_eq!(lease.keys, vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
+        assert_eq!(
+            lease.keys,
+            vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]
+        );
         assert_eq!(backend.verify().unwrap().entries, 6);
         drop(backend);
         let mut again = Backend::open(&path).unwrap();
@@ -160,24 +196,78 @@ mod tests {
         assert!(Backend::open(&path).is_err(), "still locked by `again`");
         drop(again);
         let b = Backend::open(&path).unwrap();
-        assert_eq!(b.meta(), BackendMeta { consistent_index: 0, term: 0, ..meta });
+        assert_eq!(
+            b.meta(),
+            BackendMeta {
+                consistent_index: 0,
+                term: 0,
+                ..meta
+            }
+        );
         assert_eq!(b.load().unwrap().0.revision(), 6);
     }
 
     #[test]
     fn refuses_bad_input() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = BackendMeta { consistent_index: 1, term: 1, revision: 5, compact_revision: -1 };
-        let cases: Vec<(Vec<(i64, i64, KeyValue, bool)>, Vec<LeaseTtl>, BackendMeta, &str)> = vec![
-            (vec![(3, 0, kv("a", "1", 3, 3, 1, 0), false), (2, 0, kv("b", "1", 2, 2, 1, 0), false)], vec![], meta, "after"),
-            (vec![(3, 0, kv("a", "1", 3, 4, 1, 0), false)], vec![], meta, "mod_revision"),
-            (vec![(6, 0, kv("a", "1", 6, 6, 1, 0), false)], vec![], meta, "below the newest"),
-            (vec![], vec![LeaseTtl { id: 0, ttl_secs: 1, remaining_ttl_secs: 0 }], meta, "zero or repeated"),
-            (vec![], vec![], BackendMeta { compact_revision: 6, ..meta }, "compacted revision"),
+        let meta = BackendMeta {
+            consistent_index: 1,
+            term: 1,
+            revision: 5,
+            compact_revision: -1,
+        };
+        let cases: Vec<(
+            Vec<(i64, i64, KeyValue, bool)>,
+            Vec<LeaseTtl>,
+            BackendMeta,
+            &str,
+        )> = vec![
+            (
+                vec![
+                    (3, 0, kv("a", "1", 3, 3, 1, 0), false),
+                    (2, 0, kv("b", "1", 2, 2, 1, 0), false),
+                ],
+                vec![],
+                meta,
+                "after",
+            ),
+            (
+                vec![(3, 0, kv("a", "1", 3, 4, 1, 0), false)],
+                vec![],
+                meta,
+                "mod_revision",
+            ),
+            (
+                vec![(6, 0, kv("a", "1", 6, 6, 1, 0), false)],
+                vec![],
+                meta,
+                "below the newest",
+            ),
+            (
+                vec![],
+                vec![LeaseTtl {
+                    id: 0,
+                    ttl_secs: 1,
+                    remaining_ttl_secs: 0,
+                }],
+                meta,
+                "zero or repeated",
+            ),
+            (
+                vec![],
+                vec![],
+                BackendMeta {
+                    compact_revision: 6,
+                    ..meta
+                },
+                "compacted revision",
+            ),
         ];
         for (i, (records, leases, meta, want)) in cases.into_iter().enumerate() {
             let path = dir.path().join(format!("db{i}"));
-            let err = Backend::import(&path, records, leases, meta).unwrap_err().to_string();
+            let err = Backend::import(&path, records, leases, meta)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "case {i}: {err}");
         }
         let path = dir.path().join("db0");

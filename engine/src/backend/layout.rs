@@ -69,7 +69,10 @@ fn i64_at(v: &[u8], at: usize) -> i64 {
 /// A revision record's fields (borrowed from `v`) and its tombstone flag.
 pub(super) fn decode_record(v: &[u8]) -> Result<(KvRef<'_>, bool), String> {
     if v.len() < RECORD_HEADER_BYTES {
-        return Err(format!("record of {} bytes is shorter than its header", v.len()));
+        return Err(format!(
+            "record of {} bytes is shorter than its header",
+            v.len()
+        ));
     }
     let flags = v[0];
     if flags & !FLAG_TOMBSTONE != 0 {
@@ -78,7 +81,10 @@ pub(super) fn decode_record(v: &[u8]) -> Result<(KvRef<'_>, bool), String> {
     let key_len = u32::from_le_bytes(v[33..37].try_into().expect("4 bytes")) as usize;
     let rest = &v[RECORD_HEADER_BYTES..];
     if key_len > rest.len() {
-        return Err(format!("record key of {key_len} bytes overruns its {} bytes", v.len()));
+        return Err(format!(
+            "record key of {key_len} bytes overruns its {} bytes",
+            v.len()
+        ));
     }
     let (key, value) = rest.split_at(key_len);
     let kv = KvRef {
@@ -110,7 +116,10 @@ pub(super) fn encode_lease(l: &LeaseTtl) -> [u8; LEASE_VALUE_BYTES] {
 
 pub(super) fn decode_lease(k: &[u8], v: &[u8]) -> Result<LeaseTtl, String> {
     if k.len() != LEASE_KEY_BYTES || k[0] != LEASE_PREFIX || v.len() != LEASE_VALUE_BYTES {
-        return Err(format!("lease entry {k:02x?} ({} bytes) is malformed", v.len()));
+        return Err(format!(
+            "lease entry {k:02x?} ({} bytes) is malformed",
+            v.len()
+        ));
     }
     Ok(LeaseTtl {
         id: u64::from_be_bytes(k[1..].try_into().expect("8 bytes")) as i64,
@@ -131,10 +140,16 @@ pub(super) fn alarm_key(alarm: i32, member_id: u64) -> [u8; ALARM_KEY_BYTES] {
 /// `(alarm type, member ID)` of an alarm entry.
 pub(super) fn decode_alarm(k: &[u8], v: &[u8]) -> Result<(i32, u64), String> {
     if k.len() != ALARM_KEY_BYTES || k[0] != ALARM_PREFIX || !v.is_empty() {
-        return Err(format!("alarm entry {k:02x?} ({} bytes) is malformed", v.len()));
+        return Err(format!(
+            "alarm entry {k:02x?} ({} bytes) is malformed",
+            v.len()
+        ));
     }
     let alarm = u32::from_be_bytes(k[1..5].try_into().expect("4 bytes")) as i32;
-    Ok((alarm, u64::from_be_bytes(k[5..].try_into().expect("8 bytes"))))
+    Ok((
+        alarm,
+        u64::from_be_bytes(k[5..].try_into().expect("8 bytes")),
+    ))
 }
 
 /// What the B+ tree's meta slot holds: the log position the committed key space includes.
@@ -153,8 +168,12 @@ pub struct BackendMeta {
 
 impl BackendMeta {
     /// A store no commit has reached: an empty key space at revision 1.
-    pub const FRESH: BackendMeta =
-        BackendMeta { consistent_index: 0, term: 0, revision: 1, compact_revision: -1 };
+    pub const FRESH: BackendMeta = BackendMeta {
+        consistent_index: 0,
+        term: 0,
+        revision: 1,
+        compact_revision: -1,
+    };
 
     /// format u32 LE, reserved u32, consistent_index u64 LE, term u64 LE, revision i64 LE,
     /// compact_revision i64 LE, 24 reserved bytes (all zero).
@@ -174,7 +193,11 @@ impl BackendMeta {
         let format = u32::from_le_bytes(m[0..4].try_into().expect("4 bytes"));
         if format == 0 {
             // A fresh file: the B+ tree's meta slot starts zeroed.
-            return if m.iter().all(|b| *b == 0) { Ok(BackendMeta::FRESH) } else { Err(None) };
+            return if m.iter().all(|b| *b == 0) {
+                Ok(BackendMeta::FRESH)
+            } else {
+                Err(None)
+            };
         }
         if format != FORMAT_VERSION {
             return Err(Some(format));

@@ -16,14 +16,18 @@ pub struct Snapshot {
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("txid", &self.txn.txid()).finish()
+        f.debug_struct("Snapshot")
+            .field("txid", &self.txn.txid())
+            .finish()
     }
 }
 
 impl Backend {
     /// Pins the last commit.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { txn: self.store.read() }
+        Snapshot {
+            txn: self.store.read(),
+        }
     }
 }
 
@@ -61,16 +65,26 @@ mod tests {
     use crate::mvcc::alarm::{ACTION_ACTIVATE, ACTION_DEACTIVATE, ALARM_CORRUPT, ALARM_NOSPACE};
     use crate::mvcc::Store;
     use crate::pb::{
-        PbAlarmRequest, PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbPutRequest, PbRangeRequest,
+        PbAlarmRequest, PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbPutRequest,
+        PbRangeRequest,
     };
     use crate::request::Command;
 
     fn put(key: &str, value: Vec<u8>, lease: i64) -> Command {
-        Command::Put(PbPutRequest { key: key.into(), value, lease, ..Default::default() })
+        Command::Put(PbPutRequest {
+            key: key.into(),
+            value,
+            lease,
+            ..Default::default()
+        })
     }
 
     fn alarm(action: i32, member_id: u64, alarm: i32) -> Command {
-        Command::Alarm(PbAlarmRequest { action, member_id, alarm })
+        Command::Alarm(PbAlarmRequest {
+            action,
+            member_id,
+            alarm,
+        })
     }
 
     /// Applies `commands` and commits what they changed at the next index.
@@ -83,29 +97,58 @@ mod tests {
     }
 
     fn everything(store: &Store) -> crate::pb::PbRangeResponse {
-        store.view().range(&PbRangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).unwrap()
+        store
+            .view()
+            .range(&PbRangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .unwrap()
     }
 
     /// A store with history, leases, an alarm, deletions and a compaction.
     fn populated(dir: &std::path::Path) -> (Backend, Store) {
         let mut backend = Backend::open(dir.join("db")).unwrap();
         let (mut store, _) = backend.load().unwrap();
-        apply_commit(&mut backend, &mut store, &[Command::LeaseGrant(PbLeaseGrantRequest { id: 9, ttl: 100 })]);
+        apply_commit(
+            &mut backend,
+            &mut store,
+            &[Command::LeaseGrant(PbLeaseGrantRequest { id: 9, ttl: 100 })],
+        );
         for round in 0..4 {
-            let batch: Vec<Command> =
-                (0..50).map(|i| put(&format!("k{i:03}"), vec![round as u8; 100 + 40 * i], if i % 7 == 0 { 9 } else { 0 })).collect();
+            let batch: Vec<Command> = (0..50)
+                .map(|i| {
+                    put(
+                        &format!("k{i:03}"),
+                        vec![round as u8; 100 + 40 * i],
+                        if i % 7 == 0 { 9 } else { 0 },
+                    )
+                })
+                .collect();
             apply_commit(&mut backend, &mut store, &batch);
         }
         apply_commit(
             &mut backend,
             &mut store,
             &[
-                Command::DeleteRange(PbDeleteRequest { key: b"k01".to_vec(), range_end: b"k04".to_vec(), ..Default::default() }),
+                Command::DeleteRange(PbDeleteRequest {
+                    key: b"k01".to_vec(),
+                    range_end: b"k04".to_vec(),
+                    ..Default::default()
+                }),
                 alarm(ACTION_ACTIVATE, 77, ALARM_NOSPACE),
             ],
         );
         let rev = store.revision();
-        apply_commit(&mut backend, &mut store, &[Command::Compact(PbCompactionRequest { revision: rev, physical: false })]);
+        apply_commit(
+            &mut backend,
+            &mut store,
+            &[Command::Compact(PbCompactionRequest {
+                revision: rev,
+                physical: false,
+            })],
+        );
         (backend, store)
     }
 
@@ -117,15 +160,26 @@ mod tests {
         apply_commit(
             &mut backend,
             &mut store,
-            &[put("a", b"1".to_vec(), 0), alarm(ACTION_ACTIVATE, 5, ALARM_NOSPACE), alarm(ACTION_ACTIVATE, 3, ALARM_CORRUPT)],
+            &[
+                put("a", b"1".to_vec(), 0),
+                alarm(ACTION_ACTIVATE, 5, ALARM_NOSPACE),
+                alarm(ACTION_ACTIVATE, 3, ALARM_CORRUPT),
+            ],
         );
         drop(backend);
         let mut backend = Backend::open(dir.path().join("db")).unwrap();
         let (mut loaded, _) = backend.load().unwrap();
-        assert_eq!(loaded.view().alarms(), vec![(5, ALARM_NOSPACE), (3, ALARM_CORRUPT)]);
+        assert_eq!(
+            loaded.view().alarms(),
+            vec![(5, ALARM_NOSPACE), (3, ALARM_CORRUPT)]
+        );
         // Still in force after the reload: CORRUPT refuses writes.
         assert!(loaded.apply(&put("b", b"1".to_vec(), 0)).is_err());
-        apply_commit(&mut backend, &mut loaded, &[alarm(ACTION_DEACTIVATE, 3, ALARM_CORRUPT)]);
+        apply_commit(
+            &mut backend,
+            &mut loaded,
+            &[alarm(ACTION_DEACTIVATE, 3, ALARM_CORRUPT)],
+        );
         let (again, _) = backend.load().unwrap();
         assert_eq!(again.view().alarms(), vec![(5, ALARM_NOSPACE)]);
     }
@@ -137,19 +191,39 @@ mod tests {
         let copy = dir.path().join("copy");
         let snap = backend.snapshot();
         let stats = snap.compact_to(&copy).unwrap();
-        assert!(matches!(snap.compact_to(&copy), Err(BackendError::Btree(crate::btree::BtreeError::AlreadyExists(_)))));
+        assert!(matches!(
+            snap.compact_to(&copy),
+            Err(BackendError::Btree(
+                crate::btree::BtreeError::AlreadyExists(_)
+            ))
+        ));
         assert_eq!(stats.free_pages, 0);
-        assert!(stats.page_count < backend.stats().page_count, "{} !< {}", stats.page_count, backend.stats().page_count);
+        assert!(
+            stats.page_count < backend.stats().page_count,
+            "{} !< {}",
+            stats.page_count,
+            backend.stats().page_count
+        );
         let copied = Backend::open(&copy).unwrap();
         assert_eq!(copied.meta(), backend.meta());
-        assert_eq!(copied.size_bytes(), stats.page_count * crate::btree::PAGE_SIZE as u64);
+        assert_eq!(
+            copied.size_bytes(),
+            stats.page_count * crate::btree::PAGE_SIZE as u64
+        );
         copied.verify().unwrap();
         let (loaded, _) = copied.load().unwrap();
         assert_eq!(everything(&loaded), everything(&store));
         assert_eq!(loaded.view().alarms(), store.view().alarms());
         assert_eq!(loaded.view().lease_ttls(), store.view().lease_ttls());
-        assert_eq!(loaded.view().hash_kv(0).unwrap(), store.view().hash_kv(0).unwrap());
-        assert_eq!(copied.snapshot().hash().unwrap(), snap.hash().unwrap(), "same entries, same hash");
+        assert_eq!(
+            loaded.view().hash_kv(0).unwrap(),
+            store.view().hash_kv(0).unwrap()
+        );
+        assert_eq!(
+            copied.snapshot().hash().unwrap(),
+            snap.hash().unwrap(),
+            "same entries, same hash"
+        );
     }
 
     #[test]
@@ -160,7 +234,11 @@ mod tests {
         let before = pinned.hash().unwrap();
         assert_eq!(backend.snapshot().hash().unwrap(), before, "deterministic");
         // A later commit does not change what the pinned snapshot hashes.
-        apply_commit(&mut backend, &mut store, &[alarm(ACTION_DEACTIVATE, 77, ALARM_NOSPACE)]);
+        apply_commit(
+            &mut backend,
+            &mut store,
+            &[alarm(ACTION_DEACTIVATE, 77, ALARM_NOSPACE)],
+        );
         assert_eq!(pinned.hash().unwrap(), before);
         assert_eq!(pinned.meta().unwrap().revision, backend.meta().revision);
         let no_alarm = backend.snapshot().hash().unwrap();

@@ -44,7 +44,10 @@ pub struct Backend {
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend").field("path", &self.store.path()).field("meta", &self.meta).finish()
+        f.debug_struct("Backend")
+            .field("path", &self.store.path())
+            .field("meta", &self.meta)
+            .finish()
     }
 }
 
@@ -109,7 +112,9 @@ impl Backend {
             consistent_index,
             term,
             revision: changes.revision().unwrap_or(self.meta.revision),
-            compact_revision: changes.compact_revision().unwrap_or(self.meta.compact_revision),
+            compact_revision: changes
+                .compact_revision()
+                .unwrap_or(self.meta.compact_revision),
         };
         let mut w = self.store.write()?;
         write_changes(&mut w, changes)?;
@@ -145,7 +150,8 @@ impl Backend {
                 version: kv.version,
                 lease: kv.lease,
             };
-            r.record(main, sub, kv, tombstone).map_err(BackendError::from)
+            r.record(main, sub, kv, tombstone)
+                .map_err(BackendError::from)
         })?;
         Ok((r.finish(meta.revision, meta.compact_revision)?, meta))
     }
@@ -170,7 +176,8 @@ impl Backend {
         let snap = self.store.read();
         let meta = decode_meta(&snap)?;
         let compact = meta.compact_revision;
-        let rev = resolve_hash_revision(revision, meta.revision, compact).map_err(BackendError::Kv)?;
+        let rev =
+            resolve_hash_revision(revision, meta.revision, compact).map_err(BackendError::Kv)?;
         let mut h = Hasher::new();
         if rev > 0 {
             let newest = newest_per_key(&snap, rev)?;
@@ -183,7 +190,11 @@ impl Backend {
                 Ok(())
             })?;
         }
-        Ok(KvHash { hash: h.finish(), revision: meta.revision, compact_revision: compact })
+        Ok(KvHash {
+            hash: h.finish(),
+            revision: meta.revision,
+            compact_revision: compact,
+        })
     }
 }
 

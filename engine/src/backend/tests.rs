@@ -69,11 +69,17 @@ fn value(rng: &mut Rng) -> Vec<u8> {
         90..=97 => 100 + rng.below(2000),
         _ => 3000 + rng.below(20_000),
     };
-    (0..len).map(|i| (i as u8).wrapping_add(rng.below(7) as u8)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_add(rng.below(7) as u8))
+        .collect()
 }
 
 fn put_req(rng: &mut Rng, key: Vec<u8>) -> PbPutRequest {
-    let mut p = PbPutRequest { key, value: value(rng), ..Default::default() };
+    let mut p = PbPutRequest {
+        key,
+        value: value(rng),
+        ..Default::default()
+    };
     match rng.below(20) {
         0 => p.ignore_lease = true,
         1 => {
@@ -93,7 +99,11 @@ fn delete_req(rng: &mut Rng) -> PbDeleteRequest {
         1 => self::key(rng),
         _ => Vec::new(),
     };
-    PbDeleteRequest { key, range_end, ..Default::default() }
+    PbDeleteRequest {
+        key,
+        range_end,
+        ..Default::default()
+    }
 }
 
 /// A txn of 1..=3 writes to distinct keys, chosen by a version compare.
@@ -114,15 +124,24 @@ fn txn_req(rng: &mut Rng) -> PbTxnRequest {
                 let request = if rng.chance(70) {
                     PbTxnOpRequest::RequestPut(put_req(rng, k.clone()))
                 } else {
-                    PbTxnOpRequest::RequestDeleteRange(PbDeleteRequest { key: k.clone(), ..Default::default() })
+                    PbTxnOpRequest::RequestDeleteRange(PbDeleteRequest {
+                        key: k.clone(),
+                        ..Default::default()
+                    })
                 };
-                PbTxnRequestOp { request: Some(request) }
+                PbTxnRequestOp {
+                    request: Some(request),
+                }
             })
             .collect()
     };
     let success = ops(rng, &keys);
     let failure = ops(rng, &keys[..1]);
-    PbTxnRequest { compare, success, failure }
+    PbTxnRequest {
+        compare,
+        success,
+        failure,
+    }
 }
 
 fn lease_id(rng: &mut Rng) -> i64 {
@@ -137,18 +156,27 @@ fn command(rng: &mut Rng, view: &ReadView) -> Command {
         }
         40..=51 => Command::DeleteRange(delete_req(rng)),
         52..=65 => Command::Txn(txn_req(rng)),
-        66..=74 => Command::LeaseGrant(PbLeaseGrantRequest { id: lease_id(rng), ttl: rng.between(5, 100) }),
+        66..=74 => Command::LeaseGrant(PbLeaseGrantRequest {
+            id: lease_id(rng),
+            ttl: rng.between(5, 100),
+        }),
         75..=80 => Command::LeaseRevoke(PbLeaseRevokeRequest { id: lease_id(rng) }),
         81..=86 => {
             let checkpoints = (0..rng.below(3) + 1)
-                .map(|_| LeaseCheckpoint { id: lease_id(rng), remaining_ttl: rng.between(0, 100) })
+                .map(|_| LeaseCheckpoint {
+                    id: lease_id(rng),
+                    remaining_ttl: rng.between(0, 100),
+                })
                 .collect();
             Command::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints })
         }
         87..=90 => {
             // Mostly valid: between the compacted and the current revision.
             let lo = view.compact_revision();
-            Command::Compact(PbCompactionRequest { revision: rng.between(lo, view.revision()), physical: false })
+            Command::Compact(PbCompactionRequest {
+                revision: rng.between(lo, view.revision()),
+                physical: false,
+            })
         }
         _ => {
             // Keys outside the usual space, some sorting before the others' prefix.
@@ -162,17 +190,30 @@ fn command(rng: &mut Rng, view: &ReadView) -> Command {
 // Comparing two key spaces.
 
 fn all_keys(revision: i64) -> PbRangeRequest {
-    PbRangeRequest { key: vec![0], range_end: vec![0], revision, ..Default::default() }
+    PbRangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        revision,
+        ..Default::default()
+    }
 }
 
 /// `got` answers every read exactly as `want`: the structures, ranges at every revision,
 /// watch catch-up windows, leases, and HashKV.
 fn assert_same(got: &ReadView, want: &ReadView, rng: &mut Rng, ctx: &str) {
     assert_eq!(got.dump(), want.dump(), "{ctx}: key space");
-    assert_eq!((got.revision(), got.compact_revision()), (want.revision(), want.compact_revision()), "{ctx}");
+    assert_eq!(
+        (got.revision(), got.compact_revision()),
+        (want.revision(), want.compact_revision()),
+        "{ctx}"
+    );
     let rev = want.revision();
     for r in (want.compact_revision() - 1).max(0)..=rev + 1 {
-        assert_eq!(got.range(&all_keys(r)), want.range(&all_keys(r)), "{ctx}: range at {r}");
+        assert_eq!(
+            got.range(&all_keys(r)),
+            want.range(&all_keys(r)),
+            "{ctx}: range at {r}"
+        );
     }
     for _ in 0..4 {
         let mut req = all_keys(rng.between(0, rev));
@@ -186,7 +227,11 @@ fn assert_same(got: &ReadView, want: &ReadView, rng: &mut Rng, ctx: &str) {
             v.changes(&[0], &[0], after, up_to, 1000)
                 .map(|evs| evs.iter().map(|e| e.to_pb(true)).collect::<Vec<_>>())
         };
-        assert_eq!(events(got), events(want), "{ctx}: changes ({after}, {up_to}]");
+        assert_eq!(
+            events(got),
+            events(want),
+            "{ctx}: changes ({after}, {up_to}]"
+        );
         let r = rng.between(-1, rev + 1);
         assert_eq!(got.hash_kv(r), want.hash_kv(r), "{ctx}: hash at {r}");
     }
@@ -229,7 +274,11 @@ fn round_trip(seed: u64, steps: usize) {
     let mut store = Store::new();
     let mut log: Vec<Command> = Vec::new();
     let mut pending = ChangeSet::default();
-    let mut committed = Committed { view: store.view(), index: 0, term: 0 };
+    let mut committed = Committed {
+        view: store.view(),
+        index: 0,
+        term: 0,
+    };
     let (mut crashes, mut commits) = (0, 0);
     for step in 0..steps {
         let cmd = command(&mut rng, &store.view());
@@ -241,13 +290,29 @@ fn round_trip(seed: u64, steps: usize) {
         if rng.chance(8) {
             pending.merge(store.take_changes());
             let (index, term) = (log.len() as u64, 1 + log.len() as u64 / 100);
-            backend.commit(&std::mem::take(&mut pending), index, term).unwrap();
-            committed = Committed { view: store.view(), index, term };
+            backend
+                .commit(&std::mem::take(&mut pending), index, term)
+                .unwrap();
+            committed = Committed {
+                view: store.view(),
+                index,
+                term,
+            };
             commits += 1;
             if rng.chance(30) {
                 let (loaded, _) = backend.load().unwrap();
-                assert_same(&loaded.view(), &committed.view, &mut rng, &format!("seed {seed} step {step}: load"));
-                assert_same_hashes(&backend, &committed.view, &mut rng, &format!("seed {seed} step {step}"));
+                assert_same(
+                    &loaded.view(),
+                    &committed.view,
+                    &mut rng,
+                    &format!("seed {seed} step {step}: load"),
+                );
+                assert_same_hashes(
+                    &backend,
+                    &committed.view,
+                    &mut rng,
+                    &format!("seed {seed} step {step}"),
+                );
             }
         }
         if rng.chance(2) {
@@ -256,7 +321,12 @@ fn round_trip(seed: u64, steps: usize) {
             let ctx = format!("seed {seed} step {step}: crash");
             let recovered;
             (backend, recovered) = recover(&path, &log, &committed, &mut rng, &ctx);
-            assert_same(&recovered.view(), &store.view(), &mut rng, &format!("{ctx}: after replay"));
+            assert_same(
+                &recovered.view(),
+                &store.view(),
+                &mut rng,
+                &format!("{ctx}: after replay"),
+            );
             store = recovered;
             crashes += 1;
         }
@@ -268,9 +338,22 @@ fn round_trip(seed: u64, steps: usize) {
     let backend = Backend::open(&path).unwrap();
     let (loaded, meta) = backend.load().unwrap();
     assert_eq!(meta.consistent_index, log.len() as u64);
-    assert_same(&loaded.view(), &store.view(), &mut rng, &format!("seed {seed}: final"));
-    assert_same_hashes(&backend, &store.view(), &mut rng, &format!("seed {seed}: final"));
-    assert!(commits > 5 && crashes > 0 || steps < 300, "seed {seed}: {commits} commits, {crashes} crashes");
+    assert_same(
+        &loaded.view(),
+        &store.view(),
+        &mut rng,
+        &format!("seed {seed}: final"),
+    );
+    assert_same_hashes(
+        &backend,
+        &store.view(),
+        &mut rng,
+        &format!("seed {seed}: final"),
+    );
+    assert!(
+        commits > 5 && crashes > 0 || steps < 300,
+        "seed {seed}: {commits} commits, {crashes} crashes"
+    );
 }
 
 /// Reopens the backend after a crash: it must hold exactly the last commit; then replays
@@ -284,8 +367,15 @@ fn recover(
 ) -> (Backend, Store) {
     let backend = Backend::open(path).unwrap();
     let (mut store, meta) = backend.load().unwrap();
-    assert_eq!((meta.consistent_index, meta.term), (committed.index, committed.term), "{ctx}");
-    assert_eq!((meta.revision, meta.compact_revision), (store.revision(), committed.view.dump().compact_revision));
+    assert_eq!(
+        (meta.consistent_index, meta.term),
+        (committed.index, committed.term),
+        "{ctx}"
+    );
+    assert_eq!(
+        (meta.revision, meta.compact_revision),
+        (store.revision(), committed.view.dump().compact_revision)
+    );
     assert_same(&store.view(), &committed.view, rng, ctx);
     for cmd in &log[meta.consistent_index as usize..] {
         let _ = store.apply(cmd);
@@ -304,11 +394,18 @@ fn random_histories_load_back_identically() {
 // Targeted cases.
 
 fn put(key: &str, value: &str) -> Command {
-    Command::Put(PbPutRequest { key: key.into(), value: value.into(), ..Default::default() })
+    Command::Put(PbPutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    })
 }
 
 fn compact(revision: i64) -> Command {
-    Command::Compact(PbCompactionRequest { revision, physical: false })
+    Command::Compact(PbCompactionRequest {
+        revision,
+        physical: false,
+    })
 }
 
 fn apply(store: &mut Store, cmd: &Command) {
@@ -321,10 +418,16 @@ fn compaction_removes_history_from_the_file() {
     let mut backend = Backend::open(&path).unwrap();
     let mut store = Store::new();
     for i in 0..300 {
-        apply(&mut store, &put(&format!("k{}", i % 10), &"v".repeat(i % 50)));
+        apply(
+            &mut store,
+            &put(&format!("k{}", i % 10), &"v".repeat(i % 50)),
+        );
     }
     for i in 0..4 {
-        let cmd = Command::DeleteRange(PbDeleteRequest { key: format!("k{i}").into(), ..Default::default() });
+        let cmd = Command::DeleteRange(PbDeleteRequest {
+            key: format!("k{i}").into(),
+            ..Default::default()
+        });
         apply(&mut store, &cmd);
     }
     backend.commit(&store.take_changes(), 1, 1).unwrap();
@@ -341,7 +444,12 @@ fn compaction_removes_history_from_the_file() {
     backend.verify().unwrap();
     let (loaded, meta) = backend.load().unwrap();
     assert_eq!((meta.revision, meta.compact_revision), (305, 305));
-    assert_same(&loaded.view(), &store.view(), &mut Rng::new(1), "after compaction");
+    assert_same(
+        &loaded.view(),
+        &store.view(),
+        &mut Rng::new(1),
+        "after compaction",
+    );
 }
 
 /// A compaction whose removals include records written in the same batch.
@@ -350,13 +458,24 @@ fn one_batch_may_write_and_remove_a_revision() {
     let (_dir, path) = tmp();
     let mut backend = Backend::open(&path).unwrap();
     let mut store = Store::new();
-    for cmd in [put("a", "1"), put("a", "2"), put("b", "1"), compact(4), put("a", "3")] {
+    for cmd in [
+        put("a", "1"),
+        put("a", "2"),
+        put("b", "1"),
+        compact(4),
+        put("a", "3"),
+    ] {
         apply(&mut store, &cmd);
     }
     backend.commit(&store.take_changes(), 5, 1).unwrap();
     assert_eq!(backend.stats().entries, 3); // a@3, b@4, a@5
     let (loaded, _) = backend.load().unwrap();
-    assert_same(&loaded.view(), &store.view(), &mut Rng::new(2), "same batch");
+    assert_same(
+        &loaded.view(),
+        &store.view(),
+        &mut Rng::new(2),
+        "same batch",
+    );
 }
 
 /// The revision survives even when compaction removed every record that carried it.
@@ -365,14 +484,20 @@ fn revision_is_kept_when_its_records_are_compacted_away() {
     let (_dir, path) = tmp();
     let mut backend = Backend::open(&path).unwrap();
     let mut store = Store::new();
-    let del = Command::DeleteRange(PbDeleteRequest { key: "a".into(), ..Default::default() });
+    let del = Command::DeleteRange(PbDeleteRequest {
+        key: "a".into(),
+        ..Default::default()
+    });
     for cmd in [put("a", "1"), del, compact(3)] {
         apply(&mut store, &cmd);
     }
     backend.commit(&store.take_changes(), 3, 1).unwrap();
     assert_eq!(backend.stats().entries, 0);
     let (loaded, meta) = backend.load().unwrap();
-    assert_eq!((loaded.revision(), loaded.compact_revision(), meta.revision), (3, 3, 3));
+    assert_eq!(
+        (loaded.revision(), loaded.compact_revision(), meta.revision),
+        (3, 3, 3)
+    );
 }
 
 #[test]
@@ -381,16 +506,32 @@ fn fresh_and_empty_commits() {
     let mut backend = Backend::open(&path).unwrap();
     assert_eq!(backend.meta(), BackendMeta::FRESH);
     let (store, meta) = backend.load().unwrap();
-    assert_eq!((store.revision(), store.compact_revision(), meta), (1, 0, BackendMeta::FRESH));
+    assert_eq!(
+        (store.revision(), store.compact_revision(), meta),
+        (1, 0, BackendMeta::FRESH)
+    );
     backend.commit(&ChangeSet::default(), 5, 2).unwrap();
     drop(backend);
     let mut backend = Backend::open(&path).unwrap();
-    let want = BackendMeta { consistent_index: 5, term: 2, ..BackendMeta::FRESH };
+    let want = BackendMeta {
+        consistent_index: 5,
+        term: 2,
+        ..BackendMeta::FRESH
+    };
     assert_eq!(backend.meta(), want);
     assert_eq!(backend.load().unwrap().1, want);
     // The log never goes back.
     let err = backend.commit(&ChangeSet::default(), 4, 2).unwrap_err();
-    assert!(matches!(err, BackendError::IndexWentBack { committed: 5, given: 4 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            BackendError::IndexWentBack {
+                committed: 5,
+                given: 4
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(backend.meta(), want);
     assert!(backend.size_bytes() >= 2 * PAGE_SIZE as u64);
     assert!(backend.size_in_use_bytes() <= backend.size_bytes());
@@ -402,7 +543,10 @@ fn a_commit_with_fresh_looking_meta_reopens() {
     let (_dir, path) = tmp();
     let mut backend = Backend::open(&path).unwrap();
     let mut store = Store::new();
-    apply(&mut store, &Command::LeaseGrant(PbLeaseGrantRequest { id: 1, ttl: 9 }));
+    apply(
+        &mut store,
+        &Command::LeaseGrant(PbLeaseGrantRequest { id: 1, ttl: 9 }),
+    );
     backend.commit(&store.take_changes(), 0, 0).unwrap();
     drop(backend);
     let backend = Backend::open(&path).unwrap();
@@ -416,21 +560,52 @@ fn leases_and_their_keys_survive_a_reload() {
     let mut backend = Backend::open(&path).unwrap();
     let mut store = Store::new();
     let grant = |id| Command::LeaseGrant(PbLeaseGrantRequest { id, ttl: 30 });
-    let leased = |k: &str, lease| Command::Put(PbPutRequest { key: k.into(), value: b"v".to_vec(), lease, ..Default::default() });
-    let cp = Command::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints: vec![LeaseCheckpoint { id: -3, remaining_ttl: 9 }] });
-    for cmd in [grant(-3), grant(i64::MAX), leased("a", -3), leased("b", i64::MAX), leased("c", -3), cp, leased("a", 0)] {
+    let leased = |k: &str, lease| {
+        Command::Put(PbPutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+    };
+    let cp = Command::LeaseCheckpoint(LeaseCheckpointRequest {
+        checkpoints: vec![LeaseCheckpoint {
+            id: -3,
+            remaining_ttl: 9,
+        }],
+    });
+    for cmd in [
+        grant(-3),
+        grant(i64::MAX),
+        leased("a", -3),
+        leased("b", i64::MAX),
+        leased("c", -3),
+        cp,
+        leased("a", 0),
+    ] {
         apply(&mut store, &cmd);
     }
     backend.commit(&store.take_changes(), 1, 1).unwrap();
     let (loaded, _) = backend.load().unwrap();
     let lease = loaded.view().lease(-3).unwrap();
-    assert_eq!((lease.ttl_secs, lease.remaining_ttl_secs, lease.keys), (30, 9, vec![Bytes::from("c")]));
+    assert_eq!(
+        (lease.ttl_secs, lease.remaining_ttl_secs, lease.keys),
+        (30, 9, vec![Bytes::from("c")])
+    );
     assert_same(&loaded.view(), &store.view(), &mut Rng::new(3), "leases");
-    apply(&mut store, &Command::LeaseRevoke(PbLeaseRevokeRequest { id: -3 }));
+    apply(
+        &mut store,
+        &Command::LeaseRevoke(PbLeaseRevokeRequest { id: -3 }),
+    );
     backend.commit(&store.take_changes(), 2, 1).unwrap();
     let (loaded, _) = backend.load().unwrap();
     assert_eq!(loaded.view().leases(), vec![i64::MAX]);
-    assert_same(&loaded.view(), &store.view(), &mut Rng::new(4), "after revoke");
+    assert_same(
+        &loaded.view(),
+        &store.view(),
+        &mut Rng::new(4),
+        "after revoke",
+    );
 }
 
 /// A crash while the newest meta page was being written: the B+ tree falls back to the
@@ -453,7 +628,8 @@ fn torn_newest_meta_page_falls_back_to_the_previous_commit() {
     let slot = backend.stats().txid % 2;
     drop(backend);
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(&[0xA5; 100], slot * PAGE_SIZE as u64 + 20).unwrap();
+    file.write_all_at(&[0xA5; 100], slot * PAGE_SIZE as u64 + 20)
+        .unwrap();
     drop(file);
     let backend = Backend::open(&path).unwrap();
     let (loaded, meta) = backend.load().unwrap();
@@ -478,16 +654,31 @@ fn damage_is_reported_not_loaded() {
         let mut w = backend.store.write().unwrap();
         w.insert(k, v).unwrap();
         w.commit().unwrap();
-        assert!(matches!(backend.load(), Err(BackendError::Corrupt(_))), "{k:02x?}");
+        assert!(
+            matches!(backend.load(), Err(BackendError::Corrupt(_))),
+            "{k:02x?}"
+        );
         let mut w = backend.store.write().unwrap();
         w.remove(k).unwrap();
         w.commit().unwrap();
         backend.load().unwrap();
     }
     // A record whose mod_revision disagrees with its key.
-    let kv = KeyValue { key: "z".into(), mod_revision: 3, ..Default::default() };
+    let kv = KeyValue {
+        key: "z".into(),
+        mod_revision: 3,
+        ..Default::default()
+    };
     let mut buf = Vec::new();
-    layout::encode_record(&mut buf, &WrittenRecord { main: 3, sub: 0, kv: &kv, tombstone: false });
+    layout::encode_record(
+        &mut buf,
+        &WrittenRecord {
+            main: 3,
+            sub: 0,
+            kv: &kv,
+            tombstone: false,
+        },
+    );
     let mut w = backend.store.write().unwrap();
     w.insert(&layout::revision_key(2, 5), &buf).unwrap();
     w.commit().unwrap();
@@ -499,7 +690,10 @@ fn damage_is_reported_not_loaded() {
     w.set_meta(&meta);
     w.commit().unwrap();
     drop(backend);
-    assert!(matches!(Backend::open(&path), Err(BackendError::UnsupportedFormat(2))));
+    assert!(matches!(
+        Backend::open(&path),
+        Err(BackendError::UnsupportedFormat(2))
+    ));
 }
 
 #[test]
@@ -514,17 +708,51 @@ fn layout_round_trips() {
     };
     let mut buf = Vec::new();
     for tombstone in [false, true] {
-        layout::encode_record(&mut buf, &WrittenRecord { main: i64::MAX, sub: 4, kv: &kv, tombstone });
+        layout::encode_record(
+            &mut buf,
+            &WrittenRecord {
+                main: i64::MAX,
+                sub: 4,
+                kv: &kv,
+                tombstone,
+            },
+        );
         let (got, t) = layout::decode_record(&buf).unwrap();
-        assert_eq!((got.key, got.value, t), (&kv.key[..], &kv.value[..], tombstone));
-        assert_eq!((got.create_revision, got.mod_revision, got.version, got.lease), (3, i64::MAX, 12, -8));
+        assert_eq!(
+            (got.key, got.value, t),
+            (&kv.key[..], &kv.value[..], tombstone)
+        );
+        assert_eq!(
+            (
+                got.create_revision,
+                got.mod_revision,
+                got.version,
+                got.lease
+            ),
+            (3, i64::MAX, 12, -8)
+        );
     }
-    assert_eq!(layout::decode_revision_key(&layout::revision_key(i64::MAX, 7)), Ok((i64::MAX, 7)));
+    assert_eq!(
+        layout::decode_revision_key(&layout::revision_key(i64::MAX, 7)),
+        Ok((i64::MAX, 7))
+    );
     assert!(layout::revision_key(1, i64::MAX) < layout::revision_key(2, 0));
     assert!(layout::revision_key(255, 0) < layout::revision_key(256, 0));
-    let lease = LeaseTtl { id: -5, ttl_secs: 60, remaining_ttl_secs: 7 };
-    assert_eq!(layout::decode_lease(&layout::lease_key(-5), &layout::encode_lease(&lease)), Ok(lease));
-    let meta = BackendMeta { consistent_index: u64::MAX, term: 3, revision: 99, compact_revision: -1 };
+    let lease = LeaseTtl {
+        id: -5,
+        ttl_secs: 60,
+        remaining_ttl_secs: 7,
+    };
+    assert_eq!(
+        layout::decode_lease(&layout::lease_key(-5), &layout::encode_lease(&lease)),
+        Ok(lease)
+    );
+    let meta = BackendMeta {
+        consistent_index: u64::MAX,
+        term: 3,
+        revision: 99,
+        compact_revision: -1,
+    };
     assert_eq!(BackendMeta::decode(&meta.encode()), Ok(meta));
     assert_eq!(BackendMeta::decode(&[0; 64]), Ok(BackendMeta::FRESH));
     let mut bad = meta.encode();
@@ -541,8 +769,14 @@ fn hash_kv_refuses_compacted_and_future_revisions() {
         apply(&mut store, &cmd);
     }
     backend.commit(&store.take_changes(), 4, 1).unwrap();
-    assert!(matches!(backend.hash_kv(2), Err(BackendError::Kv(KvError::Compacted))));
-    assert!(matches!(backend.hash_kv(5), Err(BackendError::Kv(KvError::FutureRevision))));
+    assert!(matches!(
+        backend.hash_kv(2),
+        Err(BackendError::Kv(KvError::Compacted))
+    ));
+    assert!(matches!(
+        backend.hash_kv(5),
+        Err(BackendError::Kv(KvError::FutureRevision))
+    ));
     let h = backend.hash_kv(0).unwrap();
     assert_eq!((h.revision, h.compact_revision), (4, 2));
     assert_eq!(h, store.view().hash_kv(0).unwrap());
@@ -560,12 +794,18 @@ fn load_a_million_keys() {
     let (mut applying, mut committing) = (Duration::ZERO, Duration::ZERO);
     for i in 0..N {
         let started = Instant::now();
-        let p = PbPutRequest { key: format!("{i:08}").into_bytes(), value: vec![(i % 251) as u8; 256], ..Default::default() };
+        let p = PbPutRequest {
+            key: format!("{i:08}").into_bytes(),
+            value: vec![(i % 251) as u8; 256],
+            ..Default::default()
+        };
         store.apply(&Command::Put(p)).unwrap();
         applying += started.elapsed();
         if (i + 1) % 10_000 == 0 {
             let started = Instant::now();
-            backend.commit(&store.take_changes(), i as u64 + 1, 1).unwrap();
+            backend
+                .commit(&store.take_changes(), i as u64 + 1, 1)
+                .unwrap();
             committing += started.elapsed();
         }
     }
@@ -582,7 +822,10 @@ fn load_a_million_keys() {
     let started = Instant::now();
     let (loaded, meta) = backend.load().unwrap();
     let load = started.elapsed();
-    assert_eq!((loaded.view().key_count(), meta.consistent_index, scanned), (N, N as u64, N * 264));
+    assert_eq!(
+        (loaded.view().key_count(), meta.consistent_index, scanned),
+        (N, N as u64, N * 264)
+    );
     let started = Instant::now();
     let hash = backend.hash_kv(0).unwrap();
     let hashed = started.elapsed();

@@ -14,7 +14,9 @@
 //! estimates are etcd's and live here so both sides share them.
 
 use super::state::State;
-use crate::pb::{PbAlarmMember, PbAlarmRequest, PbAlarmResponse, PbPutRequest, PbTxnOpRequest, PbTxnRequest};
+use crate::pb::{
+    PbAlarmMember, PbAlarmRequest, PbAlarmResponse, PbPutRequest, PbTxnOpRequest, PbTxnRequest,
+};
 use crate::request::Command;
 use crate::KvError;
 

@@ -80,7 +80,10 @@ impl ChangeSet {
     /// Number of changes: records written, history entries removed, leases touched, and
     /// one for a changed alarm set.
     pub fn len(&self) -> usize {
-        self.written.len() + self.removed.len() + self.leases.len() + usize::from(self.alarms.is_some())
+        self.written.len()
+            + self.removed.len()
+            + self.leases.len()
+            + usize::from(self.alarms.is_some())
     }
 
     /// True if nothing changed (the set may still move the revision: commit it anyway to

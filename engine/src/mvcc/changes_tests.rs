@@ -11,15 +11,27 @@ use crate::pb::{
 use crate::request::{LeaseCheckpoint, LeaseCheckpointRequest};
 
 pub(crate) fn put(key: &str, value: &str, lease: i64) -> Command {
-    Command::Put(PbPutRequest { key: key.into(), value: value.into(), lease, ..Default::default() })
+    Command::Put(PbPutRequest {
+        key: key.into(),
+        value: value.into(),
+        lease,
+        ..Default::default()
+    })
 }
 
 pub(crate) fn del(key: &str, end: &str) -> Command {
-    Command::DeleteRange(PbDeleteRequest { key: key.into(), range_end: end.into(), ..Default::default() })
+    Command::DeleteRange(PbDeleteRequest {
+        key: key.into(),
+        range_end: end.into(),
+        ..Default::default()
+    })
 }
 
 pub(crate) fn compact(revision: i64) -> Command {
-    Command::Compact(PbCompactionRequest { revision, physical: false })
+    Command::Compact(PbCompactionRequest {
+        revision,
+        physical: false,
+    })
 }
 
 fn grant(id: i64, ttl: i64) -> Command {
@@ -31,7 +43,9 @@ fn revoke(id: i64) -> Command {
 }
 
 fn checkpoint(id: i64, remaining_ttl: i64) -> Command {
-    Command::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints: vec![LeaseCheckpoint { id, remaining_ttl }] })
+    Command::LeaseCheckpoint(LeaseCheckpointRequest {
+        checkpoints: vec![LeaseCheckpoint { id, remaining_ttl }],
+    })
 }
 
 fn txn_puts(keys: &[&str]) -> Command {
@@ -45,11 +59,24 @@ fn txn_puts(keys: &[&str]) -> Command {
             })),
         })
         .collect();
-    Command::Txn(PbTxnRequest { compare: Vec::new(), success, failure: Vec::new() })
+    Command::Txn(PbTxnRequest {
+        compare: Vec::new(),
+        success,
+        failure: Vec::new(),
+    })
 }
 
 fn written(c: &ChangeSet) -> Vec<(i64, i64, String, bool)> {
-    c.written().map(|r| (r.main, r.sub, String::from_utf8(r.kv.key.to_vec()).unwrap(), r.tombstone)).collect()
+    c.written()
+        .map(|r| {
+            (
+                r.main,
+                r.sub,
+                String::from_utf8(r.kv.key.to_vec()).unwrap(),
+                r.tombstone,
+            )
+        })
+        .collect()
 }
 
 fn apply_all(store: &mut Store, commands: &[Command]) {
@@ -61,7 +88,10 @@ fn apply_all(store: &mut Store, commands: &[Command]) {
 #[test]
 fn writes_are_tracked_in_revision_order() {
     let mut s = Store::new();
-    apply_all(&mut s, &[put("a", "1", 0), txn_puts(&["b", "c"]), del("a", "")]);
+    apply_all(
+        &mut s,
+        &[put("a", "1", 0), txn_puts(&["b", "c"]), del("a", "")],
+    );
     let c = s.take_changes();
     assert_eq!(
         written(&c),
@@ -72,7 +102,10 @@ fn writes_are_tracked_in_revision_order() {
             (4, 0, "a".into(), true)
         ]
     );
-    assert_eq!((c.revision(), c.compact_revision(), c.len()), (Some(4), Some(-1), 4));
+    assert_eq!(
+        (c.revision(), c.compact_revision(), c.len()),
+        (Some(4), Some(-1), 4)
+    );
     let next = s.take_changes();
     assert!(next.is_empty());
     assert_eq!(next.revision(), Some(4));
@@ -93,7 +126,16 @@ fn failed_and_empty_commands_track_nothing() {
 fn compaction_reports_what_it_removed() {
     let mut s = Store::new();
     // a: 2, 3; b: 4, tombstone 5; c: 6
-    apply_all(&mut s, &[put("a", "1", 0), put("a", "2", 0), put("b", "1", 0), del("b", ""), put("c", "1", 0)]);
+    apply_all(
+        &mut s,
+        &[
+            put("a", "1", 0),
+            put("a", "2", 0),
+            put("b", "1", 0),
+            del("b", ""),
+            put("c", "1", 0),
+        ],
+    );
     s.take_changes();
     s.apply(&compact(5)).unwrap();
     let c = s.take_changes();
@@ -107,14 +149,37 @@ fn compaction_reports_what_it_removed() {
 #[test]
 fn lease_changes_keep_the_last_state() {
     let mut s = Store::new();
-    apply_all(&mut s, &[grant(7, 60), grant(8, 30), put("k", "v", 7), checkpoint(7, 42), checkpoint(99, 1)]);
+    apply_all(
+        &mut s,
+        &[
+            grant(7, 60),
+            grant(8, 30),
+            put("k", "v", 7),
+            checkpoint(7, 42),
+            checkpoint(99, 1),
+        ],
+    );
     let c = s.take_changes();
     let leases: Vec<_> = c.leases().collect();
     assert_eq!(
         leases,
         vec![
-            (7, Some(LeaseTtl { id: 7, ttl_secs: 60, remaining_ttl_secs: 42 })),
-            (8, Some(LeaseTtl { id: 8, ttl_secs: 30, remaining_ttl_secs: 0 }))
+            (
+                7,
+                Some(LeaseTtl {
+                    id: 7,
+                    ttl_secs: 60,
+                    remaining_ttl_secs: 42
+                })
+            ),
+            (
+                8,
+                Some(LeaseTtl {
+                    id: 8,
+                    ttl_secs: 30,
+                    remaining_ttl_secs: 0
+                })
+            )
         ]
     );
     s.apply(&revoke(7)).unwrap();
@@ -131,9 +196,15 @@ fn merge_appends_and_takes_the_later_position() {
     let mut first = s.take_changes();
     apply_all(&mut s, &[revoke(1), put("b", "1", 0), compact(2)]);
     first.merge(s.take_changes());
-    assert_eq!(written(&first), vec![(2, 0, "a".into(), false), (3, 0, "b".into(), false)]);
+    assert_eq!(
+        written(&first),
+        vec![(2, 0, "a".into(), false), (3, 0, "b".into(), false)]
+    );
     assert_eq!(first.leases().collect::<Vec<_>>(), vec![(1, None)]);
-    assert_eq!((first.revision(), first.compact_revision()), (Some(3), Some(2)));
+    assert_eq!(
+        (first.revision(), first.compact_revision()),
+        (Some(3), Some(2))
+    );
     let mut empty = ChangeSet::default();
     empty.merge(ChangeSet::default());
     assert_eq!((empty.revision(), empty.len()), (None, 0));
@@ -160,7 +231,8 @@ struct Persisted {
 impl Persisted {
     fn commit(&mut self, c: &ChangeSet) {
         for r in c.written() {
-            self.records.insert((r.main, r.sub), (r.kv.clone(), r.tombstone));
+            self.records
+                .insert((r.main, r.sub), (r.kv.clone(), r.tombstone));
         }
         for rev in c.removed() {
             self.records.remove(rev);
@@ -176,8 +248,17 @@ impl Persisted {
     }
 
     fn restore(&self) -> Store {
-        let records = self.records.iter().map(|((m, s), (kv, t))| (*m, *s, kv.clone(), *t));
-        Store::restore(records, self.leases.values().copied(), self.compact, self.revision).unwrap()
+        let records = self
+            .records
+            .iter()
+            .map(|((m, s), (kv, t))| (*m, *s, kv.clone(), *t));
+        Store::restore(
+            records,
+            self.leases.values().copied(),
+            self.compact,
+            self.revision,
+        )
+        .unwrap()
     }
 }
 
@@ -213,7 +294,10 @@ fn restore_rebuilds_the_same_key_space() {
     disk.commit(&s.take_changes());
     let restored = disk.restore();
     assert_eq!(restored.view().dump(), s.view().dump());
-    assert_eq!(restored.view().lease(5).unwrap().keys, vec![Bytes::from("f")]);
+    assert_eq!(
+        restored.view().lease(5).unwrap().keys,
+        vec![Bytes::from("f")]
+    );
     // It goes on exactly like the original.
     let (mut a, mut b) = (s, restored);
     for c in [put("g", "1", 5), revoke(5), compact(9)] {
@@ -224,8 +308,18 @@ fn restore_rebuilds_the_same_key_space() {
 
 #[test]
 fn restore_refuses_inconsistent_input() {
-    let kv = |main: i64| KeyValue { key: "k".into(), mod_revision: main, create_revision: main, version: 1, ..Default::default() };
-    let lease = LeaseTtl { id: 1, ttl_secs: 5, remaining_ttl_secs: 0 };
+    let kv = |main: i64| KeyValue {
+        key: "k".into(),
+        mod_revision: main,
+        create_revision: main,
+        version: 1,
+        ..Default::default()
+    };
+    let lease = LeaseTtl {
+        id: 1,
+        ttl_secs: 5,
+        remaining_ttl_secs: 0,
+    };
     let out_of_order = vec![(3, 0, kv(3), false), (2, 0, kv(2), false)];
     assert!(Store::restore(out_of_order, [], -1, 3).is_err());
     assert!(Store::restore(vec![(3, 0, kv(4), false)], [], -1, 4).is_err());
@@ -245,11 +339,31 @@ fn restore_refuses_inconsistent_input() {
 fn hash_kv_matches_etcd() {
     let mut s = Store::new();
     let view = s.view();
-    assert_eq!(view.hash_kv(0).unwrap(), KvHash { hash: 1084519789, revision: 1, compact_revision: -1 });
-    apply_all(&mut s, &[put("a", "1", 0), put("b", "22", 0), put("a", "333", 0), del("b", ""), txn_puts(&["c", "d"])]);
+    assert_eq!(
+        view.hash_kv(0).unwrap(),
+        KvHash {
+            hash: 1084519789,
+            revision: 1,
+            compact_revision: -1
+        }
+    );
+    apply_all(
+        &mut s,
+        &[
+            put("a", "1", 0),
+            put("b", "22", 0),
+            put("a", "333", 0),
+            del("b", ""),
+            txn_puts(&["c", "d"]),
+        ],
+    );
     let v = s.view();
     for (rev, want) in ETCD_HASHES_BEFORE_COMPACT {
-        assert_eq!(v.hash_kv(*rev).unwrap().hash, *want, "rev {rev} before compaction");
+        assert_eq!(
+            v.hash_kv(*rev).unwrap().hash,
+            *want,
+            "rev {rev} before compaction"
+        );
     }
     s.apply(&compact(4)).unwrap();
     s.apply(&put("e", "5", 0)).unwrap();
@@ -258,7 +372,11 @@ fn hash_kv_matches_etcd() {
     assert_eq!(v.hash_kv(8), Err(KvError::FutureRevision));
     for (rev, want) in ETCD_HASHES_AFTER_COMPACT {
         let got = v.hash_kv(*rev).unwrap();
-        assert_eq!((got.hash, got.revision, got.compact_revision), (*want, 7, 4), "rev {rev} after compaction");
+        assert_eq!(
+            (got.hash, got.revision, got.compact_revision),
+            (*want, 7, 4),
+            "rev {rev} after compaction"
+        );
     }
 }
 
@@ -272,4 +390,9 @@ const ETCD_HASHES_BEFORE_COMPACT: &[(i64, u32)] = &[
     (6, 1355864938),
 ];
 /// At 5, `b@3` is skipped: it survived compaction at 4 but is not live at 5 (etcd's `keep`).
-const ETCD_HASHES_AFTER_COMPACT: &[(i64, u32)] = &[(0, 2858640329), (5, 1975542125), (6, 3270378548), (7, 2858640329)];
+const ETCD_HASHES_AFTER_COMPACT: &[(i64, u32)] = &[
+    (0, 2858640329),
+    (5, 1975542125),
+    (6, 3270378548),
+    (7, 2858640329),
+];

@@ -29,7 +29,12 @@ pub(super) fn compact(
         state.history.remove(&key);
     }
     state.compact_revision = rev;
-    Ok((PbCompactionResponse { header: header(state.revision) }, removed))
+    Ok((
+        PbCompactionResponse {
+            header: header(state.revision),
+        },
+        removed,
+    ))
 }
 
 /// The history entries compaction at `rev` removes, visiting each distinct key once.
@@ -38,7 +43,9 @@ fn obsolete(state: &State, rev: i64) -> Vec<HistKey> {
     let mut lower = Bound::Unbounded;
     while let Some(((key, _, _), _)) = state.history.range((lower, Bound::Unbounded)).next() {
         let upto = (key.clone(), rev, i64::MAX);
-        let mut old = state.history.range((key.clone(), i64::MIN, i64::MIN)..=upto);
+        let mut old = state
+            .history
+            .range((key.clone(), i64::MIN, i64::MIN)..=upto);
         // The newest revision <= rev survives if it is a live value.
         if let Some((newest, record)) = old.next_back() {
             if record.tombstone {

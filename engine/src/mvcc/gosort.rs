@@ -341,7 +341,9 @@ mod tests {
             (0..300).collect(),
             (0..300).rev().collect(),
             (0..300).map(|i| i % 3).collect(),
-            (0..300).map(|i| if i % 2 == 0 { i } else { 300 - i }).collect(),
+            (0..300)
+                .map(|i| if i % 2 == 0 { i } else { 300 - i })
+                .collect(),
             vec![5; 100],
         ];
         for mut v in inputs {
@@ -355,8 +357,11 @@ mod tests {
     #[test]
     fn short_slices_are_stable() {
         // Up to 12 elements Go uses plain insertion sort: equal elements keep their order.
-        let mut v: Vec<(u8, usize)> =
-            [3u8, 1, 3, 2, 1, 3, 2, 1, 1, 2, 3, 1].iter().copied().zip(0..).collect();
+        let mut v: Vec<(u8, usize)> = [3u8, 1, 3, 2, 1, 3, 2, 1, 1, 2, 3, 1]
+            .iter()
+            .copied()
+            .zip(0..)
+            .collect();
         sort(&mut v, |a, b| a.0 < b.0);
         let mut expected = v.clone();
         expected.sort();

@@ -78,7 +78,10 @@ pub(crate) struct Hasher {
 impl Hasher {
     /// Starts with etcd's bucket name.
     pub fn new() -> Hasher {
-        Hasher { crc: crc32c::crc32c(b"key"), buf: Vec::new() }
+        Hasher {
+            crc: crc32c::crc32c(b"key"),
+            buf: Vec::new(),
+        }
     }
 
     /// Adds one record as etcd stores it.
@@ -166,7 +169,11 @@ pub(super) fn hash_state(state: &State, rev: i64) -> Result<KvHash, KvError> {
             h.add(*main, *sub, KvRef::of(&record.kv), record.tombstone);
         }
     }
-    Ok(KvHash { hash: h.finish(), revision: state.revision, compact_revision: compact })
+    Ok(KvHash {
+        hash: h.finish(),
+        revision: state.revision,
+        compact_revision: compact,
+    })
 }
 
 #[cfg(test)]
@@ -206,7 +213,10 @@ mod tests {
             assert_eq!(buf, pb.encode_to_vec());
             buf.clear();
             encode_kv(&mut buf, kv, true);
-            let tomb = crate::pb::PbKeyValue { key: key.to_vec(), ..Default::default() };
+            let tomb = crate::pb::PbKeyValue {
+                key: key.to_vec(),
+                ..Default::default()
+            };
             assert_eq!(buf, tomb.encode_to_vec());
         }
     }
@@ -217,6 +227,9 @@ mod tests {
         assert_eq!(resolve_hash_revision(-3, 10, 4), Ok(-3));
         assert_eq!(resolve_hash_revision(4, 10, 4), Err(KvError::Compacted));
         assert_eq!(resolve_hash_revision(5, 10, 4), Ok(5));
-        assert_eq!(resolve_hash_revision(11, 10, 4), Err(KvError::FutureRevision));
+        assert_eq!(
+            resolve_hash_revision(11, 10, 4),
+            Err(KvError::FutureRevision)
+        );
     }
 }

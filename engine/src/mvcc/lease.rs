@@ -9,7 +9,9 @@ use super::header;
 use super::state::{LeaseRecord, State};
 use super::txn;
 use super::Event;
-use crate::pb::{PbLeaseGrantRequest, PbLeaseGrantResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse};
+use crate::pb::{
+    PbLeaseGrantRequest, PbLeaseGrantResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse,
+};
 use crate::request::LeaseCheckpointRequest;
 use crate::KvError;
 
@@ -18,7 +20,10 @@ pub const MAX_LEASE_TTL_SECS: i64 = 9_000_000_000;
 
 /// etcd's lessor.Grant. Checks in etcd's order: no ID, TTL too large, ID taken. Does not
 /// change the revision; the header reports the current one.
-pub(super) fn grant(state: &mut State, r: &PbLeaseGrantRequest) -> Result<PbLeaseGrantResponse, KvError> {
+pub(super) fn grant(
+    state: &mut State,
+    r: &PbLeaseGrantRequest,
+) -> Result<PbLeaseGrantResponse, KvError> {
     if r.id == 0 {
         return Err(KvError::LeaseNotFound);
     }
@@ -29,18 +34,31 @@ pub(super) fn grant(state: &mut State, r: &PbLeaseGrantRequest) -> Result<PbLeas
         return Err(KvError::LeaseExists);
     }
     state.leases.insert(r.id, LeaseRecord::new(r.ttl));
-    Ok(PbLeaseGrantResponse { header: header(state.revision), id: r.id, ttl: r.ttl, error: String::new() })
+    Ok(PbLeaseGrantResponse {
+        header: header(state.revision),
+        id: r.id,
+        ttl: r.ttl,
+        error: String::new(),
+    })
 }
 
 /// etcd's lessor.Revoke: deletes every attached key in one revision (sub revisions in key
 /// order), then forgets the lease. The header reports the revision after the deletes.
-pub(super) fn revoke(state: &mut State, r: &PbLeaseRevokeRequest) -> Result<(PbLeaseRevokeResponse, Vec<Event>), KvError> {
+pub(super) fn revoke(
+    state: &mut State,
+    r: &PbLeaseRevokeRequest,
+) -> Result<(PbLeaseRevokeResponse, Vec<Event>), KvError> {
     let lease = state.leases.get(&r.id).ok_or(KvError::LeaseNotFound)?;
     // The key set is ordered, so the deletes come out in key order on every member.
     let keys: Vec<Bytes> = lease.keys.iter().cloned().collect();
     let events = txn::delete_keys(state, &keys);
     state.leases.remove(&r.id);
-    Ok((PbLeaseRevokeResponse { header: header(state.revision) }, events))
+    Ok((
+        PbLeaseRevokeResponse {
+            header: header(state.revision),
+        },
+        events,
+    ))
 }
 
 /// Records remaining TTLs; unknown IDs are skipped (the lease may have been revoked after

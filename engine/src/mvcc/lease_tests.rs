@@ -21,12 +21,20 @@ fn revoke(id: i64) -> Command {
 }
 
 fn checkpoint(points: &[(i64, i64)]) -> Command {
-    let checkpoints = points.iter().map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl }).collect();
+    let checkpoints = points
+        .iter()
+        .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+        .collect();
     Command::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints })
 }
 
 fn put_req(key: &str, lease: i64) -> PbPutRequest {
-    PbPutRequest { key: key.into(), value: b"v".to_vec(), lease, ..Default::default() }
+    PbPutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    }
 }
 
 fn put(key: &str, lease: i64) -> Command {
@@ -34,11 +42,18 @@ fn put(key: &str, lease: i64) -> Command {
 }
 
 fn put_keep_lease(key: &str) -> Command {
-    Command::Put(PbPutRequest { ignore_lease: true, ..put_req(key, 0) })
+    Command::Put(PbPutRequest {
+        ignore_lease: true,
+        ..put_req(key, 0)
+    })
 }
 
 fn del_req(key: &str, end: &str) -> PbDeleteRequest {
-    PbDeleteRequest { key: key.into(), range_end: end.into(), ..Default::default() }
+    PbDeleteRequest {
+        key: key.into(),
+        range_end: end.into(),
+        ..Default::default()
+    }
 }
 
 fn del(key: &str, end: &str) -> Command {
@@ -46,15 +61,23 @@ fn del(key: &str, end: &str) -> Command {
 }
 
 fn op_put(key: &str, lease: i64) -> PbTxnRequestOp {
-    PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(put_req(key, lease))) }
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestPut(put_req(key, lease))),
+    }
 }
 
 fn op_del(key: &str) -> PbTxnRequestOp {
-    PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestDeleteRange(del_req(key, ""))) }
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestDeleteRange(del_req(key, ""))),
+    }
 }
 
 fn txn(success: Vec<PbTxnRequestOp>) -> Command {
-    Command::Txn(PbTxnRequest { compare: Vec::new(), success, failure: Vec::new() })
+    Command::Txn(PbTxnRequest {
+        compare: Vec::new(),
+        success,
+        failure: Vec::new(),
+    })
 }
 
 /// Every lease and its keys, as strings.
@@ -63,14 +86,23 @@ fn lease_keys(s: &Store) -> BTreeMap<i64, Vec<String>> {
     view.leases()
         .into_iter()
         .map(|id| {
-            let keys = view.lease(id).unwrap().keys.iter().map(|k| String::from_utf8(k.to_vec()).unwrap()).collect();
+            let keys = view
+                .lease(id)
+                .unwrap()
+                .keys
+                .iter()
+                .map(|k| String::from_utf8(k.to_vec()).unwrap())
+                .collect();
             (id, keys)
         })
         .collect()
 }
 
 fn lease_of(s: &Store, key: &str) -> Option<i64> {
-    let r = PbRangeRequest { key: key.into(), ..Default::default() };
+    let r = PbRangeRequest {
+        key: key.into(),
+        ..Default::default()
+    };
     s.view().range(&r).unwrap().kvs.first().map(|kv| kv.lease)
 }
 
@@ -100,11 +132,23 @@ fn grant_rules() {
     let cases: Vec<Case> = vec![
         (vec![], (5, 10), Ok((5, 10))),
         (vec![], (i64::MAX, 1), Ok((i64::MAX, 1))),
-        (vec![], (5, lease::MAX_LEASE_TTL_SECS), Ok((5, lease::MAX_LEASE_TTL_SECS))),
-        (vec![], (5, lease::MAX_LEASE_TTL_SECS + 1), Err(KvError::LeaseTtlTooLarge)),
+        (
+            vec![],
+            (5, lease::MAX_LEASE_TTL_SECS),
+            Ok((5, lease::MAX_LEASE_TTL_SECS)),
+        ),
+        (
+            vec![],
+            (5, lease::MAX_LEASE_TTL_SECS + 1),
+            Err(KvError::LeaseTtlTooLarge),
+        ),
         (vec![grant(5, 10)], (5, 20), Err(KvError::LeaseExists)),
         // etcd checks the TTL before the ID being taken.
-        (vec![grant(5, 10)], (5, lease::MAX_LEASE_TTL_SECS + 1), Err(KvError::LeaseTtlTooLarge)),
+        (
+            vec![grant(5, 10)],
+            (5, lease::MAX_LEASE_TTL_SECS + 1),
+            Err(KvError::LeaseTtlTooLarge),
+        ),
         // The proposer never sends ID 0; apply refuses it as etcd's lessor does.
         (vec![], (0, 10), Err(KvError::LeaseNotFound)),
         (vec![put("a", 0), grant(1, 5)], (2, 7), Ok((2, 7))),
@@ -116,27 +160,58 @@ fn grant_rules() {
         }
         let (revision, before) = (s.revision(), lease_keys(&s));
         let got = s.apply(&grant(id, ttl));
-        assert_eq!(s.revision(), revision, "case {i}: a grant never bumps the revision");
+        assert_eq!(
+            s.revision(),
+            revision,
+            "case {i}: a grant never bumps the revision"
+        );
         match (got, want) {
             (Ok(applied), Ok((want_id, want_ttl))) => {
                 assert_eq!(header_revision(&applied.response), revision, "case {i}");
-                let CommandResponse::LeaseGrant(resp) = applied.response else { panic!("case {i}") };
+                let CommandResponse::LeaseGrant(resp) = applied.response else {
+                    panic!("case {i}")
+                };
                 assert_eq!((resp.id, resp.ttl), (want_id, want_ttl), "case {i}");
                 assert!(applied.events.is_empty(), "case {i}");
                 let info = s.view().lease(id).unwrap();
-                assert_eq!(info, LeaseInfo { id, ttl_secs: ttl, remaining_ttl_secs: 0, keys: vec![] }, "case {i}");
+                assert_eq!(
+                    info,
+                    LeaseInfo {
+                        id,
+                        ttl_secs: ttl,
+                        remaining_ttl_secs: 0,
+                        keys: vec![]
+                    },
+                    "case {i}"
+                );
             }
             (Err(got), Err(want)) => {
                 assert_eq!(got, want, "case {i}");
-                assert_eq!(lease_keys(&s), before, "case {i}: a failed grant changes nothing");
+                assert_eq!(
+                    lease_keys(&s),
+                    before,
+                    "case {i}: a failed grant changes nothing"
+                );
             }
             (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
         }
     }
-    assert_eq!(KvError::LeaseExists.message(), "etcdserver: lease already exists");
-    assert_eq!(KvError::LeaseExists.code(), crate::StatusCode::FailedPrecondition);
-    assert_eq!(KvError::LeaseTtlTooLarge.message(), "etcdserver: too large lease TTL");
-    assert_eq!(KvError::LeaseTtlTooLarge.code(), crate::StatusCode::OutOfRange);
+    assert_eq!(
+        KvError::LeaseExists.message(),
+        "etcdserver: lease already exists"
+    );
+    assert_eq!(
+        KvError::LeaseExists.code(),
+        crate::StatusCode::FailedPrecondition
+    );
+    assert_eq!(
+        KvError::LeaseTtlTooLarge.message(),
+        "etcdserver: too large lease TTL"
+    );
+    assert_eq!(
+        KvError::LeaseTtlTooLarge.code(),
+        crate::StatusCode::OutOfRange
+    );
 }
 
 #[test]
@@ -146,20 +221,94 @@ fn keys_follow_their_lease() {
     // (commands after leases 1..=3 are granted, expected keys per lease; a failing
     // command is listed with the error it must fail with)
     let cases: Vec<(&str, Steps, Keys)> = vec![
-        ("put attaches", vec![(put("a", 1), None)], vec![(1, vec!["a"])]),
-        ("puts keep key order", vec![(put("b", 1), None), (put("a", 1), None)], vec![(1, vec!["a", "b"])]),
-        ("another lease moves the key", vec![(put("a", 1), None), (put("a", 2), None)], vec![(1, vec![]), (2, vec!["a"])]),
-        ("no lease detaches", vec![(put("a", 1), None), (put("a", 0), None)], vec![(1, vec![])]),
-        ("same lease again", vec![(put("a", 1), None), (put("a", 1), None)], vec![(1, vec!["a"])]),
-        ("ignore_lease keeps it", vec![(put("a", 1), None), (put_keep_lease("a"), None)], vec![(1, vec!["a"])]),
-        ("delete detaches", vec![(put("a", 1), None), (put("b", 2), None), (del("a", ""), None)], vec![(1, vec![]), (2, vec!["b"])]),
-        ("range delete detaches", vec![(put("a", 1), None), (put("b", 1), None), (put("c", 1), None), (del("a", "c"), None)], vec![(1, vec!["c"])]),
-        ("unknown lease attaches nothing", vec![(put("a", 1), None), (put("a", 9), Some(KvError::LeaseNotFound))], vec![(1, vec!["a"])]),
-        ("txn puts and deletes", vec![(put("c", 3), None), (txn(vec![op_put("a", 1), op_put("b", 2), op_del("c")]), None)], vec![(1, vec!["a"]), (2, vec!["b"]), (3, vec![])]),
-        ("txn put, delete, put again", vec![(txn(vec![op_put("a", 1), op_del("a"), op_put("a", 2)]), None)], vec![(1, vec![]), (2, vec!["a"])]),
-        ("failed txn attaches nothing", vec![(txn(vec![op_put("a", 1), op_put("b", 9)]), Some(KvError::LeaseNotFound))], vec![(1, vec![])]),
-        ("revoke detaches only its own", vec![(put("a", 1), None), (put("b", 2), None), (revoke(1), None)], vec![(2, vec!["b"])]),
-        ("re-put after revoke", vec![(put("a", 1), None), (revoke(1), None), (put("a", 2), None)], vec![(2, vec!["a"])]),
+        (
+            "put attaches",
+            vec![(put("a", 1), None)],
+            vec![(1, vec!["a"])],
+        ),
+        (
+            "puts keep key order",
+            vec![(put("b", 1), None), (put("a", 1), None)],
+            vec![(1, vec!["a", "b"])],
+        ),
+        (
+            "another lease moves the key",
+            vec![(put("a", 1), None), (put("a", 2), None)],
+            vec![(1, vec![]), (2, vec!["a"])],
+        ),
+        (
+            "no lease detaches",
+            vec![(put("a", 1), None), (put("a", 0), None)],
+            vec![(1, vec![])],
+        ),
+        (
+            "same lease again",
+            vec![(put("a", 1), None), (put("a", 1), None)],
+            vec![(1, vec!["a"])],
+        ),
+        (
+            "ignore_lease keeps it",
+            vec![(put("a", 1), None), (put_keep_lease("a"), None)],
+            vec![(1, vec!["a"])],
+        ),
+        (
+            "delete detaches",
+            vec![
+                (put("a", 1), None),
+                (put("b", 2), None),
+                (del("a", ""), None),
+            ],
+            vec![(1, vec![]), (2, vec!["b"])],
+        ),
+        (
+            "range delete detaches",
+            vec![
+                (put("a", 1), None),
+                (put("b", 1), None),
+                (put("c", 1), None),
+                (del("a", "c"), None),
+            ],
+            vec![(1, vec!["c"])],
+        ),
+        (
+            "unknown lease attaches nothing",
+            vec![
+                (put("a", 1), None),
+                (put("a", 9), Some(KvError::LeaseNotFound)),
+            ],
+            vec![(1, vec!["a"])],
+        ),
+        (
+            "txn puts and deletes",
+            vec![
+                (put("c", 3), None),
+                (txn(vec![op_put("a", 1), op_put("b", 2), op_del("c")]), None),
+            ],
+            vec![(1, vec!["a"]), (2, vec!["b"]), (3, vec![])],
+        ),
+        (
+            "txn put, delete, put again",
+            vec![(txn(vec![op_put("a", 1), op_del("a"), op_put("a", 2)]), None)],
+            vec![(1, vec![]), (2, vec!["a"])],
+        ),
+        (
+            "failed txn attaches nothing",
+            vec![(
+                txn(vec![op_put("a", 1), op_put("b", 9)]),
+                Some(KvError::LeaseNotFound),
+            )],
+            vec![(1, vec![])],
+        ),
+        (
+            "revoke detaches only its own",
+            vec![(put("a", 1), None), (put("b", 2), None), (revoke(1), None)],
+            vec![(2, vec!["b"])],
+        ),
+        (
+            "re-put after revoke",
+            vec![(put("a", 1), None), (revoke(1), None), (put("a", 2), None)],
+            vec![(2, vec!["a"])],
+        ),
     ];
     for (name, commands, want) in cases {
         let mut s = three_leases();
@@ -170,8 +319,10 @@ fn keys_follow_their_lease() {
                 (got, want) => panic!("{name}: {command:?} gave {got:?}, want error {want:?}"),
             }
         }
-        let mut want: BTreeMap<i64, Vec<String>> =
-            want.into_iter().map(|(id, keys)| (id, keys.into_iter().map(String::from).collect())).collect();
+        let mut want: BTreeMap<i64, Vec<String>> = want
+            .into_iter()
+            .map(|(id, keys)| (id, keys.into_iter().map(String::from).collect()))
+            .collect();
         // Leases the case does not mention must be granted and empty unless revoked.
         for id in 1..=3 {
             if s.view().lease(id).is_some() {
@@ -197,16 +348,30 @@ fn revoke_deletes_attached_keys_in_one_revision() {
     assert_eq!(s.revision(), 5);
     let applied = s.apply(&revoke(1)).unwrap();
     assert_eq!(applied.revision, 6);
-    assert_eq!(header_revision(&applied.response), 6, "header is the deleting revision");
+    assert_eq!(
+        header_revision(&applied.response),
+        6,
+        "header is the deleting revision"
+    );
     type Seen<'a> = (EventKind, &'a [u8], i64, Option<&'a [u8]>);
     let events: Vec<Seen> = applied
         .events
         .iter()
-        .map(|e| (e.kind, &e.kv.key[..], e.kv.mod_revision, e.prev_kv.as_ref().map(|p| &p.key[..])))
+        .map(|e| {
+            (
+                e.kind,
+                &e.kv.key[..],
+                e.kv.mod_revision,
+                e.prev_kv.as_ref().map(|p| &p.key[..]),
+            )
+        })
         .collect();
     assert_eq!(
         events,
-        vec![(EventKind::Delete, &b"a"[..], 6, Some(&b"a"[..])), (EventKind::Delete, &b"b"[..], 6, Some(&b"b"[..]))],
+        vec![
+            (EventKind::Delete, &b"a"[..], 6, Some(&b"a"[..])),
+            (EventKind::Delete, &b"b"[..], 6, Some(&b"b"[..]))
+        ],
         "one delete per key, in key order, like DeleteRange"
     );
     // Sub revisions follow key order: the history has a at (6, 0) and b at (6, 1).
@@ -224,12 +389,19 @@ fn revoke_deletes_attached_keys_in_one_revision() {
 
     // A lease without keys goes without a new revision.
     let applied = s.apply(&revoke(3)).unwrap();
-    assert_eq!((applied.revision, header_revision(&applied.response)), (6, 6));
+    assert_eq!(
+        (applied.revision, header_revision(&applied.response)),
+        (6, 6)
+    );
     assert!(applied.events.is_empty());
 
     // Unknown or already revoked: not found, nothing changes.
     for id in [1, 3, 42, 0] {
-        assert_eq!(s.apply(&revoke(id)).unwrap_err(), KvError::LeaseNotFound, "lease {id}");
+        assert_eq!(
+            s.apply(&revoke(id)).unwrap_err(),
+            KvError::LeaseNotFound,
+            "lease {id}"
+        );
     }
     assert_eq!((s.revision(), s.view().leases()), (6, vec![2]));
 }
@@ -240,7 +412,14 @@ fn revoke_of_a_lease_whose_keys_were_all_deleted_bumps_nothing() {
     s.apply(&put("a", 1)).unwrap();
     s.apply(&del("a", "")).unwrap();
     let applied = s.apply(&revoke(1)).unwrap();
-    assert_eq!((applied.revision, header_revision(&applied.response), applied.events.len()), (3, 3, 0));
+    assert_eq!(
+        (
+            applied.revision,
+            header_revision(&applied.response),
+            applied.events.len()
+        ),
+        (3, 3, 0)
+    );
 }
 
 #[test]
@@ -258,14 +437,31 @@ fn checkpoints_record_remaining_ttls() {
     ];
     for (points, want) in cases {
         let applied = s.apply(&checkpoint(&points)).unwrap();
-        assert_eq!((applied.revision, header_revision(&applied.response)), (2, 2), "{points:?}: no new revision");
+        assert_eq!(
+            (applied.revision, header_revision(&applied.response)),
+            (2, 2),
+            "{points:?}: no new revision"
+        );
         assert!(applied.events.is_empty());
-        let got: Vec<i64> = (1..=3).map(|id| s.view().lease(id).unwrap().remaining_ttl_secs).collect();
+        let got: Vec<i64> = (1..=3)
+            .map(|id| s.view().lease(id).unwrap().remaining_ttl_secs)
+            .collect();
         assert_eq!(got, want, "{points:?}");
-        assert_eq!(s.view().lease(99), None, "a checkpoint never creates a lease");
+        assert_eq!(
+            s.view().lease(99),
+            None,
+            "a checkpoint never creates a lease"
+        );
     }
-    assert_eq!(s.view().lease_ttls(), vec![(1, 60, 0), (2, 60, 2), (3, 60, 59)]);
-    assert_eq!(s.view().lease(1).unwrap().keys, vec![Bytes::from_static(b"a")], "keys untouched");
+    assert_eq!(
+        s.view().lease_ttls(),
+        vec![(1, 60, 0), (2, 60, 2), (3, 60, 59)]
+    );
+    assert_eq!(
+        s.view().lease(1).unwrap().keys,
+        vec![Bytes::from_static(b"a")],
+        "keys untouched"
+    );
 }
 
 #[test]
@@ -276,7 +472,10 @@ fn views_keep_the_leases_they_were_taken_with() {
     s.apply(&revoke(2)).unwrap();
     s.apply(&grant(9, 30)).unwrap();
     assert_eq!(before.leases(), vec![1, 2, 3]);
-    assert_eq!(before.lease(2).unwrap().keys, vec![Bytes::from_static(b"a")]);
+    assert_eq!(
+        before.lease(2).unwrap().keys,
+        vec![Bytes::from_static(b"a")]
+    );
     assert_eq!(s.view().leases(), vec![1, 3, 9]);
     assert_eq!(s.view().lease_count(), 3);
 }
@@ -285,7 +484,9 @@ fn views_keep_the_leases_they_were_taken_with() {
 fn lease_commands_survive_the_log_encoding() {
     for command in [grant(7, 10), revoke(7), checkpoint(&[(7, 3), (8, 0)])] {
         let bytes = InternalRequest::new(1, command.clone()).encode_to_vec();
-        let decoded = InternalRequest::decode(bytes.as_slice()).unwrap().into_command();
+        let decoded = InternalRequest::decode(bytes.as_slice())
+            .unwrap()
+            .into_command();
         assert_eq!(decoded, Some(command));
     }
 }
@@ -293,7 +494,16 @@ fn lease_commands_survive_the_log_encoding() {
 /// Replaying the same log gives the same leases, keys and checkpoints (restart safety).
 #[test]
 fn replay_is_deterministic() {
-    let log = vec![grant(1, 10), put("a", 1), grant(2, 20), put("b", 2), checkpoint(&[(2, 15)]), put("a", 2), revoke(1), grant(1, 5)];
+    let log = vec![
+        grant(1, 10),
+        put("a", 1),
+        grant(2, 20),
+        put("b", 2),
+        checkpoint(&[(2, 15)]),
+        put("a", 2),
+        revoke(1),
+        grant(1, 5),
+    ];
     let build = || {
         let mut s = Store::new();
         for c in &log {
@@ -304,5 +514,8 @@ fn replay_is_deterministic() {
     let (x, y) = (build(), build());
     assert_eq!(x.view().lease_ttls(), vec![(1, 5, 0), (2, 20, 15)]);
     assert_eq!(lease_keys(&x), lease_keys(&y));
-    assert_eq!(lease_keys(&x).get(&2).cloned(), Some(vec!["a".to_string(), "b".to_string()]));
+    assert_eq!(
+        lease_keys(&x).get(&2).cloned(),
+        Some(vec!["a".to_string(), "b".to_string()])
+    );
 }

@@ -19,10 +19,10 @@
 pub mod alarm;
 mod changes;
 mod compact;
-mod hash;
-pub mod lease;
 mod compare;
 mod gosort;
+mod hash;
+pub mod lease;
 mod range;
 mod range_encode;
 mod restore;
@@ -31,17 +31,17 @@ mod txn;
 pub mod validate;
 
 #[cfg(test)]
-mod model_tests;
-#[cfg(test)]
-mod lease_tests;
-#[cfg(test)]
-mod tests;
+mod alarm_tests;
 #[cfg(test)]
 mod changes_tests;
 #[cfg(test)]
-mod alarm_tests;
+mod lease_tests;
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod range_encode_tests;
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
 
@@ -52,9 +52,9 @@ use state::State;
 
 pub use changes::{ChangeSet, LeaseTtl, WrittenRecord};
 pub use hash::KvHash;
+pub(crate) use hash::{resolve_hash_revision, Hasher, KvRef};
 pub use range::RangeAnswer;
 pub use range_encode::HeaderFields;
-pub(crate) use hash::{resolve_hash_revision, Hasher, KvRef};
 pub use restore::{RestoreError, Restorer};
 
 /// `mvccpb.Event.EventType` values.
@@ -155,7 +155,11 @@ impl Store {
     }
 
     fn from_state(state: State) -> Store {
-        Store { state, changes: ChangeSet::default(), tracking: true }
+        Store {
+            state,
+            changes: ChangeSet::default(),
+            tracking: true,
+        }
     }
 
     /// Applies one committed write atomically: on `Err` nothing changed.
@@ -185,27 +189,42 @@ impl Store {
                 removed = gone;
                 (CommandResponse::Compact(resp), Vec::new())
             }
-            Command::LeaseGrant(r) => (CommandResponse::LeaseGrant(lease::grant(&mut work, r)?), Vec::new()),
+            Command::LeaseGrant(r) => (
+                CommandResponse::LeaseGrant(lease::grant(&mut work, r)?),
+                Vec::new(),
+            ),
             Command::LeaseRevoke(r) => {
                 let (resp, events) = lease::revoke(&mut work, r)?;
                 (CommandResponse::LeaseRevoke(resp), events)
             }
             Command::LeaseCheckpoint(r) => {
                 let revision = lease::checkpoint(&mut work, r);
-                (CommandResponse::LeaseCheckpoint(header(revision)), Vec::new())
+                (
+                    CommandResponse::LeaseCheckpoint(header(revision)),
+                    Vec::new(),
+                )
             }
-            Command::Alarm(r) => (CommandResponse::Alarm(alarm::apply(&mut work, r)), Vec::new()),
+            Command::Alarm(r) => (
+                CommandResponse::Alarm(alarm::apply(&mut work, r)),
+                Vec::new(),
+            ),
         };
         let before = self.state.revision;
-        let alarms_changed = matches!(command, Command::Alarm(_)) && work.alarms != self.state.alarms;
+        let alarms_changed =
+            matches!(command, Command::Alarm(_)) && work.alarms != self.state.alarms;
         self.state = work;
         if self.tracking {
             self.track(command, before, removed);
             if alarms_changed {
-                self.changes.note_alarms(self.state.alarms.iter().copied().collect());
+                self.changes
+                    .note_alarms(self.state.alarms.iter().copied().collect());
             }
         }
-        Ok(Applied { response, events, revision: self.state.revision })
+        Ok(Applied {
+            response,
+            events,
+            revision: self.state.revision,
+        })
     }
 
     /// Notes what the command just applied changed: the records at the new revision (if
@@ -213,7 +232,11 @@ impl Store {
     fn track(&mut self, command: &Command, before: i64, removed: Vec<(i64, i64)>) {
         let now = self.state.revision;
         if now > before {
-            for ((_, sub), record) in self.state.by_revision.range((now, i64::MIN)..=(now, i64::MAX)) {
+            for ((_, sub), record) in self
+                .state
+                .by_revision
+                .range((now, i64::MIN)..=(now, i64::MAX))
+            {
                 self.changes.note_written(*sub, record.clone());
             }
         }
@@ -266,7 +289,9 @@ impl Store {
     }
     /// An O(1) immutable snapshot of the current state.
     pub fn view(&self) -> ReadView {
-        ReadView { state: self.state.clone() }
+        ReadView {
+            state: self.state.clone(),
+        }
     }
 
     /// The current revision (1 for an empty store).
@@ -331,14 +356,21 @@ impl ReadView {
     /// `RangeResponse` with `header` filled in: the same bytes as prost-encoding
     /// [`ReadView::range`]'s response after the network layer fills its header, written
     /// from the records into one buffer of the final size.
-    pub fn range_encoded(&self, req: &pb::PbRangeRequest, header: HeaderFields) -> Result<Bytes, KvError> {
+    pub fn range_encoded(
+        &self,
+        req: &pb::PbRangeRequest,
+        header: HeaderFields,
+    ) -> Result<Bytes, KvError> {
         Ok(self.range_answer(req)?.encode_to_bytes(&header))
     }
 
     /// etcd's Txn for a read-only txn (see [`validate::is_read_only`]), read from this
     /// snapshot: compares and ranges see this view; nothing is written.
     pub fn txn_read_only(&self, req: &pb::PbTxnRequest) -> Result<pb::PbTxnResponse, KvError> {
-        debug_assert!(validate::is_read_only(req), "only read-only txns are served from a view");
+        debug_assert!(
+            validate::is_read_only(req),
+            "only read-only txns are served from a view"
+        );
         let mut work = self.state.clone();
         let (resp, events) = txn::apply_txn(&mut work, req)?;
         assert!(events.is_empty(), "a read-only txn produced events");
@@ -363,7 +395,12 @@ impl ReadView {
         if up_to <= after {
             return Ok(Vec::new());
         }
-        Ok(self.state.changes(&state::KeyRange::new(key, range_end), after, up_to, events_max))
+        Ok(self.state.changes(
+            &state::KeyRange::new(key, range_end),
+            after,
+            up_to,
+            events_max,
+        ))
     }
 
     /// The IDs of every granted lease, ascending.
@@ -388,18 +425,29 @@ impl ReadView {
 
     /// `(granted TTL, checkpointed remaining TTL or 0)` of lease `id`, without its keys.
     pub fn lease_ttl(&self, id: i64) -> Option<(i64, i64)> {
-        self.state.leases.get(&id).map(|l| (l.ttl_secs, l.remaining_ttl_secs))
+        self.state
+            .leases
+            .get(&id)
+            .map(|l| (l.ttl_secs, l.remaining_ttl_secs))
     }
 
     /// Every lease as `(id, granted TTL, checkpointed remaining TTL or 0)`, ascending by ID,
     /// without the key sets (what the lessor needs to take over deadlines).
     pub fn lease_ttls(&self) -> Vec<(i64, i64, i64)> {
-        self.state.leases.iter().map(|(id, l)| (*id, l.ttl_secs, l.remaining_ttl_secs)).collect()
+        self.state
+            .leases
+            .iter()
+            .map(|(id, l)| (*id, l.ttl_secs, l.remaining_ttl_secs))
+            .collect()
     }
 
     /// The active alarms as `(member ID, alarm type)`, ordered by type then member.
     pub fn alarms(&self) -> Vec<(u64, i32)> {
-        self.state.alarms.iter().map(|(alarm, member)| (*member, *alarm)).collect()
+        self.state
+            .alarms
+            .iter()
+            .map(|(alarm, member)| (*member, *alarm))
+            .collect()
     }
 
     /// Number of live keys in this snapshot.
@@ -443,7 +491,10 @@ impl ReadView {
             .history
             .iter()
             .map(|((k, m, sub), r)| {
-                let same = s.by_revision.get(&(*m, *sub)).is_some_and(|b| std::sync::Arc::ptr_eq(b, r));
+                let same = s
+                    .by_revision
+                    .get(&(*m, *sub))
+                    .is_some_and(|b| std::sync::Arc::ptr_eq(b, r));
                 (k.clone(), *m, *sub, same)
             })
             .collect();
@@ -452,11 +503,22 @@ impl ReadView {
             compact_revision: s.compact_revision,
             by_revision,
             history,
-            latest: s.latest.iter().map(|(k, r)| (k.clone(), r.kv.mod_revision)).collect(),
+            latest: s
+                .latest
+                .iter()
+                .map(|(k, r)| (k.clone(), r.kv.mod_revision))
+                .collect(),
             leases: s
                 .leases
                 .iter()
-                .map(|(id, l)| (*id, l.ttl_secs, l.remaining_ttl_secs, l.keys.iter().cloned().collect()))
+                .map(|(id, l)| {
+                    (
+                        *id,
+                        l.ttl_secs,
+                        l.remaining_ttl_secs,
+                        l.keys.iter().cloned().collect(),
+                    )
+                })
                 .collect(),
         }
     }
@@ -490,12 +552,23 @@ impl Event {
                 },
             ),
         };
-        let prev_kv = if with_prev_kv { self.prev_kv.as_ref().map(KeyValue::to_pb) } else { None };
-        pb::PbEvent { r#type, kv: Some(kv), prev_kv }
+        let prev_kv = if with_prev_kv {
+            self.prev_kv.as_ref().map(KeyValue::to_pb)
+        } else {
+            None
+        };
+        pb::PbEvent {
+            r#type,
+            kv: Some(kv),
+            prev_kv,
+        }
     }
 }
 
 /// A response header carrying only a revision; the network layer fills the rest.
 fn header(revision: i64) -> Option<pb::PbResponseHeader> {
-    Some(pb::PbResponseHeader { revision, ..Default::default() })
+    Some(pb::PbResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }

@@ -66,7 +66,10 @@ impl Ctx {
 }
 
 fn hdr(revision: i64) -> Option<PbResponseHeader> {
-    Some(PbResponseHeader { revision, ..Default::default() })
+    Some(PbResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
@@ -79,23 +82,37 @@ fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
 
 impl Model {
     fn new() -> Model {
-        Model { keys: Vec::new(), revision: 1, compacted: -1 }
+        Model {
+            keys: Vec::new(),
+            revision: 1,
+            compacted: -1,
+        }
     }
 
     fn get_at(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
         let (_, revs) = self.keys.iter().find(|(k, _)| k == key)?;
-        revs.iter().filter(|r| r.main <= rev).last().and_then(|r| r.kv.clone())
+        revs.iter()
+            .filter(|r| r.main <= rev)
+            .last()
+            .and_then(|r| r.kv.clone())
     }
 
     fn live_at(&self, start: &[u8], end: &[u8], rev: i64) -> Vec<KeyValue> {
-        let mut names: Vec<&Vec<u8>> =
-            self.keys.iter().map(|(k, _)| k).filter(|k| in_range(k, start, end)).collect();
+        let mut names: Vec<&Vec<u8>> = self
+            .keys
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| in_range(k, start, end))
+            .collect();
         names.sort();
         names.iter().filter_map(|k| self.get_at(k, rev)).collect()
     }
 
     fn push(&mut self, ctx: &mut Ctx, key: &[u8], kv: Option<KeyValue>, event: MEvent) {
-        let rev = MRev { main: ctx.begin + 1, kv };
+        let rev = MRev {
+            main: ctx.begin + 1,
+            kv,
+        };
         match self.keys.iter_mut().find(|(k, _)| k == key) {
             Some((_, revs)) => revs.push(rev),
             None => self.keys.push((key.to_vec(), vec![rev])),
@@ -145,7 +162,12 @@ impl Model {
                 pb
             })
             .collect();
-        Ok(PbRangeResponse { header: hdr(current), kvs, more, count })
+        Ok(PbRangeResponse {
+            header: hdr(current),
+            kvs,
+            more,
+            count,
+        })
     }
 
     fn put(&mut self, ctx: &mut Ctx, r: &PbPutRequest) -> Result<PbPutResponse, KvError> {
@@ -164,19 +186,38 @@ impl Model {
             create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
             mod_revision: rev,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
-            lease: if r.ignore_lease { prev.as_ref().unwrap().lease } else { r.lease },
+            lease: if r.ignore_lease {
+                prev.as_ref().unwrap().lease
+            } else {
+                r.lease
+            },
         };
-        let prev_kv = if r.prev_kv { prev.as_ref().map(KeyValue::to_pb) } else { None };
+        let prev_kv = if r.prev_kv {
+            prev.as_ref().map(KeyValue::to_pb)
+        } else {
+            None
+        };
         self.push(ctx, &r.key, Some(kv.clone()), (EventKind::Put, kv, prev));
-        Ok(PbPutResponse { header: hdr(rev), prev_kv })
+        Ok(PbPutResponse {
+            header: hdr(rev),
+            prev_kv,
+        })
     }
 
     fn delete(&mut self, ctx: &mut Ctx, r: &PbDeleteRequest) -> PbDeleteResponse {
         let victims = self.live_at(&r.key, &r.range_end, ctx.current());
         for v in &victims {
-            let tomb =
-                KeyValue { key: v.key.clone(), mod_revision: ctx.begin + 1, ..Default::default() };
-            self.push(ctx, &v.key, None, (EventKind::Delete, tomb, Some(v.clone())));
+            let tomb = KeyValue {
+                key: v.key.clone(),
+                mod_revision: ctx.begin + 1,
+                ..Default::default()
+            };
+            self.push(
+                ctx,
+                &v.key,
+                None,
+                (EventKind::Delete, tomb, Some(v.clone())),
+            );
         }
         PbDeleteResponse {
             header: hdr(ctx.current()),
@@ -263,10 +304,16 @@ impl Model {
                 }
                 None => unreachable!("the generator always sets a request"),
             };
-            responses.push(PbResponseOp { response: Some(response) });
+            responses.push(PbResponseOp {
+                response: Some(response),
+            });
         }
         Ok((
-            PbTxnResponse { header: Some(Default::default()), succeeded: path[0], responses },
+            PbTxnResponse {
+                header: Some(Default::default()),
+                succeeded: path[0],
+                responses,
+            },
             used,
         ))
     }
@@ -284,7 +331,10 @@ impl Model {
         &mut self,
         command: &Command,
     ) -> Result<(CommandResponse, Vec<MEvent>), KvError> {
-        let mut ctx = Ctx { begin: self.revision, events: Vec::new() };
+        let mut ctx = Ctx {
+            begin: self.revision,
+            events: Vec::new(),
+        };
         let response = match command {
             Command::Put(p) => CommandResponse::Put(self.put(&mut ctx, p)?),
             Command::DeleteRange(d) => CommandResponse::DeleteRange(self.delete(&mut ctx, d)),
@@ -310,7 +360,10 @@ impl Model {
                 })
             }
             // The model covers the key space only; lease_tests.rs covers leases.
-            Command::LeaseGrant(_) | Command::LeaseRevoke(_) | Command::LeaseCheckpoint(_) | Command::Alarm(_) => {
+            Command::LeaseGrant(_)
+            | Command::LeaseRevoke(_)
+            | Command::LeaseCheckpoint(_)
+            | Command::Alarm(_) => {
                 unreachable!("the model generates no lease commands")
             }
         };
@@ -340,21 +393,27 @@ fn compare_one(c: &PbCompare, kv: &KeyValue) -> bool {
     use std::cmp::Ordering;
     let int = |v: Option<i64>| v.unwrap_or(0);
     let ord = match (c.target, &c.target_union) {
-        (0, u) => kv.version.cmp(&int(if let Some(PbTargetUnion::Version(v)) = u {
-            Some(*v)
-        } else {
-            None
-        })),
-        (1, u) => kv.create_revision.cmp(&int(if let Some(PbTargetUnion::CreateRevision(v)) = u {
-            Some(*v)
-        } else {
-            None
-        })),
-        (2, u) => kv.mod_revision.cmp(&int(if let Some(PbTargetUnion::ModRevision(v)) = u {
-            Some(*v)
-        } else {
-            None
-        })),
+        (0, u) => kv
+            .version
+            .cmp(&int(if let Some(PbTargetUnion::Version(v)) = u {
+                Some(*v)
+            } else {
+                None
+            })),
+        (1, u) => kv
+            .create_revision
+            .cmp(&int(if let Some(PbTargetUnion::CreateRevision(v)) = u {
+                Some(*v)
+            } else {
+                None
+            })),
+        (2, u) => kv
+            .mod_revision
+            .cmp(&int(if let Some(PbTargetUnion::ModRevision(v)) = u {
+                Some(*v)
+            } else {
+                None
+            })),
         (3, Some(PbTargetUnion::Value(v))) => kv.value.as_ref().cmp(v.as_slice()),
         (3, _) => kv.value.as_ref().cmp(&b""[..]),
         _ => Ordering::Equal,
@@ -387,7 +446,11 @@ fn gen_put(rng: &mut Rng) -> PbPutRequest {
     let ignore_value = rng.chance(8);
     PbPutRequest {
         key: key(rng),
-        value: if ignore_value { Vec::new() } else { format!("v{}", rng.below(5)).into_bytes() },
+        value: if ignore_value {
+            Vec::new()
+        } else {
+            format!("v{}", rng.below(5)).into_bytes()
+        },
         lease: rng.below(3) as i64,
         prev_kv: rng.chance(50),
         ignore_value,
@@ -396,7 +459,11 @@ fn gen_put(rng: &mut Rng) -> PbPutRequest {
 }
 
 fn gen_delete(rng: &mut Rng) -> PbDeleteRequest {
-    PbDeleteRequest { key: key(rng), range_end: range_end(rng), prev_kv: rng.chance(50) }
+    PbDeleteRequest {
+        key: key(rng),
+        range_end: range_end(rng),
+        prev_kv: rng.chance(50),
+    }
 }
 
 fn gen_range(rng: &mut Rng, revision: i64, compacted: i64) -> PbRangeRequest {
@@ -404,17 +471,41 @@ fn gen_range(rng: &mut Rng, revision: i64, compacted: i64) -> PbRangeRequest {
     PbRangeRequest {
         key: key(rng),
         range_end: range_end(rng),
-        limit: if rng.chance(40) { rng.between(-1, 4) } else { 0 },
+        limit: if rng.chance(40) {
+            rng.between(-1, 4)
+        } else {
+            0
+        },
         revision: if rng.chance(50) { pick_rev(rng) } else { 0 },
-        sort_order: if rng.chance(20) { rng.between(1, 2) as i32 } else { 0 },
+        sort_order: if rng.chance(20) {
+            rng.between(1, 2) as i32
+        } else {
+            0
+        },
         sort_target: 0,
         serializable: false,
         keys_only: rng.chance(15),
         count_only: rng.chance(10),
-        min_mod_revision: if rng.chance(15) { rng.between(0, revision) } else { 0 },
-        max_mod_revision: if rng.chance(15) { rng.between(0, revision) } else { 0 },
-        min_create_revision: if rng.chance(15) { rng.between(0, revision) } else { 0 },
-        max_create_revision: if rng.chance(15) { rng.between(0, revision) } else { 0 },
+        min_mod_revision: if rng.chance(15) {
+            rng.between(0, revision)
+        } else {
+            0
+        },
+        max_mod_revision: if rng.chance(15) {
+            rng.between(0, revision)
+        } else {
+            0
+        },
+        min_create_revision: if rng.chance(15) {
+            rng.between(0, revision)
+        } else {
+            0
+        },
+        max_create_revision: if rng.chance(15) {
+            rng.between(0, revision)
+        } else {
+            0
+        },
     }
 }
 
@@ -430,7 +521,11 @@ fn gen_compare(rng: &mut Rng, revision: i64) -> PbCompare {
         result: rng.below(4) as i32,
         target,
         key: key(rng),
-        range_end: if rng.chance(25) { range_end(rng) } else { Vec::new() },
+        range_end: if rng.chance(25) {
+            range_end(rng)
+        } else {
+            Vec::new()
+        },
         target_union: if rng.chance(90) { Some(union) } else { None },
     }
 }
@@ -444,14 +539,18 @@ fn gen_ops(rng: &mut Rng, depth: u32, revision: i64, compacted: i64) -> Vec<PbTx
                 2 => PbTxnOpRequest::RequestRange(gen_range(rng, revision, compacted)),
                 _ => PbTxnOpRequest::RequestTxn(gen_txn(rng, depth + 1, revision, compacted)),
             };
-            PbTxnRequestOp { request: Some(request) }
+            PbTxnRequestOp {
+                request: Some(request),
+            }
         })
         .collect()
 }
 
 fn gen_txn(rng: &mut Rng, depth: u32, revision: i64, compacted: i64) -> PbTxnRequest {
     PbTxnRequest {
-        compare: (0..rng.below(3)).map(|_| gen_compare(rng, revision)).collect(),
+        compare: (0..rng.below(3))
+            .map(|_| gen_compare(rng, revision))
+            .collect(),
         success: gen_ops(rng, depth, revision, compacted),
         failure: gen_ops(rng, depth, revision, compacted),
     }
@@ -479,9 +578,17 @@ fn event_summary(e: &Event) -> MEvent {
 fn check_reads(rng: &mut Rng, view: &ReadView, model: &Model, step: usize) {
     for _ in 0..4 {
         let req = gen_range(rng, model.revision, model.compacted);
-        assert_eq!(view.range(&req), model.range(&req, model.revision), "step {step}: {req:?}");
+        assert_eq!(
+            view.range(&req),
+            model.range(&req, model.revision),
+            "step {step}: {req:?}"
+        );
     }
-    assert_eq!(view.key_count(), model.live_at(b"", &[0], model.revision).len(), "step {step}");
+    assert_eq!(
+        view.key_count(),
+        model.live_at(b"", &[0], model.revision).len(),
+        "step {step}"
+    );
 }
 
 fn run_seed(seed: u64, steps: usize) {
@@ -510,8 +617,12 @@ fn run_seed(seed: u64, steps: usize) {
             (model.revision, model.compacted.max(0))
         );
         check_reads(&mut rng, &store.view(), &model, step);
-        let retained: Vec<(Vec<u8>, i64)> =
-            store.state.history.keys().map(|(k, m, _)| (k.to_vec(), *m)).collect();
+        let retained: Vec<(Vec<u8>, i64)> = store
+            .state
+            .history
+            .keys()
+            .map(|(k, m, _)| (k.to_vec(), *m))
+            .collect();
         let mut retained = retained;
         retained.sort();
         assert_eq!(retained, model.retained(), "step {step}: retained history");

@@ -59,7 +59,13 @@ pub(super) fn answer(state: &State, r: &PbRangeRequest) -> Result<RangeAnswer, K
         kvs.truncate(r.limit as usize);
         more = true;
     }
-    Ok(RangeAnswer { records: kvs, revision: state.revision, count, more, keys_only: r.keys_only })
+    Ok(RangeAnswer {
+        records: kvs,
+        revision: state.revision,
+        count,
+        more,
+        keys_only: r.keys_only,
+    })
 }
 
 impl RangeAnswer {
@@ -68,7 +74,11 @@ impl RangeAnswer {
     pub fn to_pb(&self) -> PbRangeResponse {
         PbRangeResponse {
             header: header(self.revision),
-            kvs: self.records.iter().map(|rec| to_pb(&rec.kv, self.keys_only)).collect(),
+            kvs: self
+                .records
+                .iter()
+                .map(|rec| to_pb(&rec.kv, self.keys_only))
+                .collect(),
             more: self.more,
             count: self.count,
         }
@@ -111,7 +121,9 @@ fn fetch_limit(r: &PbRangeRequest) -> usize {
         return 0;
     }
     // Go wraps MaxInt64+1 to a negative limit, which also means "all".
-    r.limit.checked_add(1).map_or(0, |l| usize::try_from(l).unwrap_or(0))
+    r.limit
+        .checked_add(1)
+        .map_or(0, |l| usize::try_from(l).unwrap_or(0))
 }
 
 /// Reads up to `limit` live keys (0 = all) and counts every live key in the range.
@@ -175,7 +187,11 @@ fn to_pb(kv: &KeyValue, keys_only: bool) -> PbKeyValue {
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
-        value: if keys_only { Vec::new() } else { kv.value.to_vec() },
+        value: if keys_only {
+            Vec::new()
+        } else {
+            kv.value.to_vec()
+        },
         lease: kv.lease,
     }
 }

@@ -52,8 +52,11 @@ pub struct HeaderFields {
 impl RangeAnswer {
     /// Length in bytes of the encoded `RangeResponse` with `header`.
     pub fn encoded_len(&self, header: &HeaderFields) -> usize {
-        let kvs: usize =
-            self.records.iter().map(|rec| nested_len(RESPONSE_KVS, kv_len(&rec.kv, self.keys_only))).sum();
+        let kvs: usize = self
+            .records
+            .iter()
+            .map(|rec| nested_len(RESPONSE_KVS, kv_len(&rec.kv, self.keys_only)))
+            .sum();
         nested_len(RESPONSE_HEADER, header_len(header, self.revision))
             + kvs
             + varint_field_len(RESPONSE_MORE, u64::from(self.more))
@@ -108,7 +111,11 @@ fn kv_len(kv: &KeyValue, keys_only: bool) -> usize {
         + varint_field_len(KV_CREATE_REVISION, kv.create_revision as u64)
         + varint_field_len(KV_MOD_REVISION, kv.mod_revision as u64)
         + varint_field_len(KV_VERSION, kv.version as u64)
-        + if keys_only { 0 } else { bytes_field_len(KV_VALUE, &kv.value) }
+        + if keys_only {
+            0
+        } else {
+            bytes_field_len(KV_VALUE, &kv.value)
+        }
         + varint_field_len(KV_LEASE, kv.lease as u64)
 }
 

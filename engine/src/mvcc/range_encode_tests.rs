@@ -11,7 +11,9 @@ use bytes::BufMut;
 use prost::Message;
 
 use super::*;
-use crate::pb::{PbCompactionRequest, PbDeleteRequest, PbPutRequest, PbRangeRequest, PbRangeResponse};
+use crate::pb::{
+    PbCompactionRequest, PbDeleteRequest, PbPutRequest, PbRangeRequest, PbRangeResponse,
+};
 
 /// A small deterministic generator (xorshift64).
 struct Rng(u64);
@@ -93,7 +95,11 @@ fn apply_random(rng: &mut Rng, store: &mut Store) {
         }
         14..=17 => {
             let k = key(rng);
-            Command::DeleteRange(PbDeleteRequest { range_end: range_end(rng, &k), key: k, prev_kv: false })
+            Command::DeleteRange(PbDeleteRequest {
+                range_end: range_end(rng, &k),
+                key: k,
+                prev_kv: false,
+            })
         }
         _ => Command::Compact(PbCompactionRequest {
             revision: rng.between(store.compact_revision(), store.revision()),
@@ -106,9 +112,19 @@ fn apply_random(rng: &mut Rng, store: &mut Store) {
 
 fn random_request(rng: &mut Rng, revision: i64, compacted: i64) -> PbRangeRequest {
     let k = key(rng);
-    let filter = |rng: &mut Rng| if rng.chance(15) { rng.between(0, revision + 1) } else { 0 };
+    let filter = |rng: &mut Rng| {
+        if rng.chance(15) {
+            rng.between(0, revision + 1)
+        } else {
+            0
+        }
+    };
     PbRangeRequest {
-        range_end: if rng.chance(80) { range_end(rng, &k) } else { vec![0] },
+        range_end: if rng.chance(80) {
+            range_end(rng, &k)
+        } else {
+            vec![0]
+        },
         key: if rng.chance(10) { b"\0".to_vec() } else { k },
         limit: match rng.below(10) {
             0..=4 => 0,
@@ -116,9 +132,21 @@ fn random_request(rng: &mut Rng, revision: i64, compacted: i64) -> PbRangeReques
             8 => rng.pick(&[-1, i64::MAX, i64::MIN, 1_000_000]),
             _ => rng.between(1, 40),
         },
-        revision: if rng.chance(40) { rng.between(compacted - 1, revision + 1) } else { 0 },
-        sort_order: if rng.chance(40) { rng.between(0, 3) as i32 } else { 0 },
-        sort_target: if rng.chance(40) { rng.between(0, 5) as i32 } else { 0 },
+        revision: if rng.chance(40) {
+            rng.between(compacted - 1, revision + 1)
+        } else {
+            0
+        },
+        sort_order: if rng.chance(40) {
+            rng.between(0, 3) as i32
+        } else {
+            0
+        },
+        sort_target: if rng.chance(40) {
+            rng.between(0, 5) as i32
+        } else {
+            0
+        },
         serializable: rng.chance(50),
         keys_only: rng.chance(20),
         count_only: rng.chance(10),
@@ -130,8 +158,13 @@ fn random_request(rng: &mut Rng, revision: i64, compacted: i64) -> PbRangeReques
 }
 
 fn random_header(rng: &mut Rng) -> HeaderFields {
-    let field = |rng: &mut Rng| rng.pick(&[0, 1, 127, 128, 0x1234_5678_9abc_def0, 1 << 63, u64::MAX]);
-    HeaderFields { cluster_id: field(rng), member_id: field(rng), raft_term: field(rng) }
+    let field =
+        |rng: &mut Rng| rng.pick(&[0, 1, 127, 128, 0x1234_5678_9abc_def0, 1 << 63, u64::MAX]);
+    HeaderFields {
+        cluster_id: field(rng),
+        member_id: field(rng),
+        raft_term: field(rng),
+    }
 }
 
 /// What the network layer's `fill_header` does to the usual path's response.
@@ -159,7 +192,11 @@ fn check(view: &ReadView, req: &PbRangeRequest, h: &HeaderFields, what: &str) ->
     // appending to a buffer that already holds something (as tonic's frame header).
     let mut expected = view.range(req).unwrap();
     fill_header(&mut expected, h);
-    assert_eq!(PbRangeResponse::decode(bytes.as_slice()).unwrap(), expected, "{what}");
+    assert_eq!(
+        PbRangeResponse::decode(bytes.as_slice()).unwrap(),
+        expected,
+        "{what}"
+    );
     let answer = view.range_answer(req).unwrap();
     assert_eq!(answer.encoded_len(h), bytes.len(), "{what}");
     assert_eq!(answer.to_pb().kvs.len(), answer.len());
@@ -198,13 +235,21 @@ fn encoding_matches_prost_on_random_stores_and_requests() {
                 }
                 // The same request on an older snapshot.
                 if let Some(old) = old_views.get(rng.below(old_views.len() as u64) as usize) {
-                    check(old, &req, &h, &format!("{what} (old view at {})", old.revision()));
+                    check(
+                        old,
+                        &req,
+                        &h,
+                        &format!("{what} (old view at {})", old.revision()),
+                    );
                 }
             }
         }
     }
     // The generator reaches both answers (most with kvs) and errors.
-    assert!(answered > 5000 && nonempty > 2500 && failed > 100, "{answered} {nonempty} {failed}");
+    assert!(
+        answered > 5000 && nonempty > 2500 && failed > 100,
+        "{answered} {nonempty} {failed}"
+    );
 }
 
 #[test]
@@ -222,16 +267,42 @@ fn encoding_matches_prost_on_a_large_answer() {
         store.apply(&Command::Put(put)).unwrap();
     }
     let view = store.view();
-    let h = HeaderFields { cluster_id: 0xdead_beef, member_id: 42, raft_term: 3 };
-    let all = PbRangeRequest { key: b"key/".to_vec(), range_end: b"key0".to_vec(), ..Default::default() };
+    let h = HeaderFields {
+        cluster_id: 0xdead_beef,
+        member_id: 42,
+        raft_term: 3,
+    };
+    let all = PbRangeRequest {
+        key: b"key/".to_vec(),
+        range_end: b"key0".to_vec(),
+        ..Default::default()
+    };
     assert!(check(&view, &all, &h, "all"));
-    let sorted = PbRangeRequest { sort_order: 2, sort_target: 4, limit: 5000, ..all.clone() };
+    let sorted = PbRangeRequest {
+        sort_order: 2,
+        sort_target: 4,
+        limit: 5000,
+        ..all.clone()
+    };
     assert!(check(&view, &sorted, &h, "sorted by value, limited"));
-    let keys_only = PbRangeRequest { keys_only: true, ..all.clone() };
+    let keys_only = PbRangeRequest {
+        keys_only: true,
+        ..all.clone()
+    };
     assert!(check(&view, &keys_only, &h, "keys only"));
-    let count_only = PbRangeRequest { count_only: true, ..all };
+    let count_only = PbRangeRequest {
+        count_only: true,
+        ..all
+    };
     assert!(check(&view, &count_only, &h, "count only"));
-    let all = PbRangeRequest { key: b"key/".to_vec(), range_end: b"key0".to_vec(), ..Default::default() };
+    let all = PbRangeRequest {
+        key: b"key/".to_vec(),
+        range_end: b"key0".to_vec(),
+        ..Default::default()
+    };
     let answer = view.range_answer(&all).unwrap();
-    assert_eq!((answer.len(), answer.count(), answer.more()), (20_000, 20_000, false));
+    assert_eq!(
+        (answer.len(), answer.count(), answer.more()),
+        (20_000, 20_000, false)
+    );
 }

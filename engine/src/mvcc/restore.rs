@@ -45,13 +45,19 @@ impl Default for Restorer {
 impl Restorer {
     /// An empty key space with no lease.
     pub fn new() -> Restorer {
-        Restorer { state: State::new(), last: None }
+        Restorer {
+            state: State::new(),
+            last: None,
+        }
     }
 
     /// Adds a granted lease. Leases must all come before the first record.
     pub fn lease(&mut self, lease: LeaseTtl) -> Result<(), RestoreError> {
         if self.last.is_some() {
-            return fail(format!("lease {} after the first revision record", lease.id));
+            return fail(format!(
+                "lease {} after the first revision record",
+                lease.id
+            ));
         }
         if lease.id == 0 || self.state.leases.contains_key(&lease.id) {
             return fail(format!("lease ID {} is zero or repeated", lease.id));
@@ -99,7 +105,9 @@ impl Restorer {
     pub fn finish(mut self, revision: i64, compact_revision: i64) -> Result<Store, RestoreError> {
         let newest = self.last.map_or(1, |(main, _)| main);
         if revision < newest {
-            return fail(format!("revision {revision} is below the newest record's {newest}"));
+            return fail(format!(
+                "revision {revision} is below the newest record's {newest}"
+            ));
         }
         if compact_revision < -1 || compact_revision > revision {
             return fail(format!(

@@ -57,7 +57,11 @@ pub(super) struct LeaseRecord {
 impl LeaseRecord {
     /// A fresh lease with no keys and no checkpoint.
     pub fn new(ttl_secs: i64) -> LeaseRecord {
-        LeaseRecord { ttl_secs, remaining_ttl_secs: 0, keys: imbl::OrdSet::new() }
+        LeaseRecord {
+            ttl_secs,
+            remaining_ttl_secs: 0,
+            keys: imbl::OrdSet::new(),
+        }
     }
 }
 
@@ -141,7 +145,11 @@ impl State {
         if requested > self.revision {
             return Err(KvError::FutureRevision);
         }
-        let rev = if requested <= 0 { self.revision } else { requested };
+        let rev = if requested <= 0 {
+            self.revision
+        } else {
+            requested
+        };
         if rev < self.compact_revision {
             return Err(KvError::Compacted);
         }
@@ -213,7 +221,13 @@ impl State {
     /// order, the earliest `events_max` of them. Each carries the key's previous revision
     /// when history still holds it (a watcher's prev_kv). Callers bound `up_to - after`:
     /// the changes in that window are gathered before they are ordered.
-    pub fn changes(&self, range: &KeyRange, after: i64, up_to: i64, events_max: usize) -> Vec<super::Event> {
+    pub fn changes(
+        &self,
+        range: &KeyRange,
+        after: i64,
+        up_to: i64,
+        events_max: usize,
+    ) -> Vec<super::Event> {
         let window = (after.saturating_add(1), i64::MIN)..=(up_to, i64::MAX);
         let mut out = Vec::new();
         for ((main, sub), record) in self.by_revision.range(window) {
@@ -223,7 +237,11 @@ impl State {
             if !range.contains(&record.kv.key) {
                 continue;
             }
-            let kind = if record.tombstone { super::EventKind::Delete } else { super::EventKind::Put };
+            let kind = if record.tombstone {
+                super::EventKind::Delete
+            } else {
+                super::EventKind::Put
+            };
             // The key's previous revision, if history still holds it and it was live.
             let before = (record.kv.key.clone(), *main, *sub);
             let prev_kv = self
@@ -232,7 +250,11 @@ impl State {
                 .next_back()
                 .filter(|((k, _, _), p)| *k == record.kv.key && !p.tombstone)
                 .map(|(_, p)| p.kv.clone());
-            out.push(super::Event { kind, kv: record.kv.clone(), prev_kv });
+            out.push(super::Event {
+                kind,
+                kv: record.kv.clone(),
+                prev_kv,
+            });
         }
         out
     }

@@ -129,7 +129,11 @@ struct Writer<'a> {
 impl<'a> Writer<'a> {
     fn new(state: &'a mut State) -> Writer<'a> {
         let begin = state.revision;
-        Writer { state, begin, events: Vec::new() }
+        Writer {
+            state,
+            begin,
+            events: Vec::new(),
+        }
     }
 
     /// The revision every change of this command gets.
@@ -168,17 +172,37 @@ impl<'a> Writer<'a> {
                 _ => r.lease,
             },
         };
-        let prev_kv = if r.prev_kv { prev.as_ref().map(KeyValue::to_pb) } else { None };
-        let event = Event { kind: EventKind::Put, kv: kv.clone(), prev_kv: prev };
-        self.record(Record { kv, tombstone: false }, event);
-        Ok(PbPutResponse { header: header(rev), prev_kv })
+        let prev_kv = if r.prev_kv {
+            prev.as_ref().map(KeyValue::to_pb)
+        } else {
+            None
+        };
+        let event = Event {
+            kind: EventKind::Put,
+            kv: kv.clone(),
+            prev_kv: prev,
+        };
+        self.record(
+            Record {
+                kv,
+                tombstone: false,
+            },
+            event,
+        );
+        Ok(PbPutResponse {
+            header: header(rev),
+            prev_kv,
+        })
     }
 
     /// etcd's DeleteRange: a tombstone per live key in the range, in key order.
     fn delete_range(&mut self, r: &PbDeleteRequest) -> Result<PbDeleteResponse, KvError> {
         let victims = self.delete_live(&KeyRange::new(&r.key, &r.range_end));
-        let prev_kvs =
-            if r.prev_kv { victims.iter().map(|v| v.kv.to_pb()).collect() } else { Vec::new() };
+        let prev_kvs = if r.prev_kv {
+            victims.iter().map(|v| v.kv.to_pb()).collect()
+        } else {
+            Vec::new()
+        };
         // Deleting nothing reports the current revision: begin, or begin + 1 if this txn
         // already wrote (etcd's storeTxnWrite.DeleteRange).
         Ok(PbDeleteResponse {
@@ -193,11 +217,23 @@ impl<'a> Writer<'a> {
         let victims = self.state.live_in(range);
         let rev = self.write_revision();
         for victim in &victims {
-            let kv =
-                KeyValue { key: victim.kv.key.clone(), mod_revision: rev, ..Default::default() };
-            let event =
-                Event { kind: EventKind::Delete, kv: kv.clone(), prev_kv: Some(victim.kv.clone()) };
-            self.record(Record { kv, tombstone: true }, event);
+            let kv = KeyValue {
+                key: victim.kv.key.clone(),
+                mod_revision: rev,
+                ..Default::default()
+            };
+            let event = Event {
+                kind: EventKind::Delete,
+                kv: kv.clone(),
+                prev_kv: Some(victim.kv.clone()),
+            };
+            self.record(
+                Record {
+                    kv,
+                    tombstone: true,
+                },
+                event,
+            );
         }
         victims
     }
@@ -231,6 +267,10 @@ impl<'a> Writer<'a> {
             };
             responses.push(PbResponseOp { response });
         }
-        Ok(PbTxnResponse { header: Some(Default::default()), succeeded: path.succeeded, responses })
+        Ok(PbTxnResponse {
+            header: Some(Default::default()),
+            succeeded: path.succeeded,
+            responses,
+        })
     }
 }

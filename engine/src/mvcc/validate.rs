@@ -164,20 +164,26 @@ fn add_put<'a>(puts: &mut Puts<'a>, dels: &Deletes<'a>, key: &'a [u8]) -> Result
 /// etcd's isTxnReadonly: every op of both branches, nested txns included, is a range.
 /// Such a txn changes nothing, so it is served as a read instead of through the log.
 pub fn is_read_only(r: &PbTxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(PbTxnOpRequest::RequestRange(_)) => true,
-        Some(PbTxnOpRequest::RequestTxn(nested)) => is_read_only(nested),
-        _ => false,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(PbTxnOpRequest::RequestRange(_)) => true,
+            Some(PbTxnOpRequest::RequestTxn(nested)) => is_read_only(nested),
+            _ => false,
+        })
 }
 
 /// etcd's isTxnSerializable: every range of both branches asks for a serializable read.
 pub fn is_serializable(r: &PbTxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(PbTxnOpRequest::RequestRange(range)) => range.serializable,
-        Some(PbTxnOpRequest::RequestTxn(nested)) => is_serializable(nested),
-        _ => true,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(PbTxnOpRequest::RequestRange(range)) => range.serializable,
+            Some(PbTxnOpRequest::RequestTxn(nested)) => is_serializable(nested),
+            _ => true,
+        })
 }
 
 #[cfg(test)]
@@ -186,27 +192,79 @@ mod read_only_tests {
 
     fn range(serializable: bool) -> PbTxnRequestOp {
         PbTxnRequestOp {
-            request: Some(PbTxnOpRequest::RequestRange(PbRangeRequest { key: b"k".to_vec(), serializable, ..Default::default() })),
+            request: Some(PbTxnOpRequest::RequestRange(PbRangeRequest {
+                key: b"k".to_vec(),
+                serializable,
+                ..Default::default()
+            })),
         }
     }
 
     fn put() -> PbTxnRequestOp {
-        PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(PbPutRequest { key: b"k".to_vec(), ..Default::default() })) }
+        PbTxnRequestOp {
+            request: Some(PbTxnOpRequest::RequestPut(PbPutRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        }
     }
 
     fn nested(success: Vec<PbTxnRequestOp>) -> PbTxnRequestOp {
-        PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestTxn(PbTxnRequest { success, ..Default::default() })) }
+        PbTxnRequestOp {
+            request: Some(PbTxnOpRequest::RequestTxn(PbTxnRequest {
+                success,
+                ..Default::default()
+            })),
+        }
     }
 
     #[test]
     fn read_only_and_serializable_follow_every_branch() {
         let cases: Vec<(PbTxnRequest, bool, bool)> = vec![
             (PbTxnRequest::default(), true, true),
-            (PbTxnRequest { success: vec![range(true)], failure: vec![range(true)], ..Default::default() }, true, true),
-            (PbTxnRequest { success: vec![range(true)], failure: vec![range(false)], ..Default::default() }, true, false),
-            (PbTxnRequest { success: vec![range(true)], failure: vec![put()], ..Default::default() }, false, true),
-            (PbTxnRequest { success: vec![nested(vec![put()])], ..Default::default() }, false, true),
-            (PbTxnRequest { success: vec![nested(vec![range(false)])], ..Default::default() }, true, false),
+            (
+                PbTxnRequest {
+                    success: vec![range(true)],
+                    failure: vec![range(true)],
+                    ..Default::default()
+                },
+                true,
+                true,
+            ),
+            (
+                PbTxnRequest {
+                    success: vec![range(true)],
+                    failure: vec![range(false)],
+                    ..Default::default()
+                },
+                true,
+                false,
+            ),
+            (
+                PbTxnRequest {
+                    success: vec![range(true)],
+                    failure: vec![put()],
+                    ..Default::default()
+                },
+                false,
+                true,
+            ),
+            (
+                PbTxnRequest {
+                    success: vec![nested(vec![put()])],
+                    ..Default::default()
+                },
+                false,
+                true,
+            ),
+            (
+                PbTxnRequest {
+                    success: vec![nested(vec![range(false)])],
+                    ..Default::default()
+                },
+                true,
+                false,
+            ),
         ];
         for (i, (txn, read_only, serializable)) in cases.iter().enumerate() {
             assert_eq!(is_read_only(txn), *read_only, "case {i}");

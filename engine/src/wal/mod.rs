@@ -213,7 +213,9 @@ impl Wal {
             // Segments holding no record (only metadata) still count as live segments.
             if !segment_starts.iter().any(|(seq, _)| *seq == segment.seq) {
                 let at = segment_starts.partition_point(|(seq, _)| *seq < segment.seq);
-                let first = segment_starts.get(at).map_or(records.len(), |(_, first)| *first);
+                let first = segment_starts
+                    .get(at)
+                    .map_or(records.len(), |(_, first)| *first);
                 segment_starts.insert(at, (segment.seq, first));
             }
         }
@@ -237,7 +239,10 @@ impl Wal {
             write_offset_bytes: last.data_end_bytes,
             allocated_bytes,
             sealed_bytes: scan.data_bytes() - last.data_end_bytes,
-            sealed_sizes: scan.segments[..scan.segments.len() - 1].iter().map(|s| (s.seq, s.data_end_bytes)).collect(),
+            sealed_sizes: scan.segments[..scan.segments.len() - 1]
+                .iter()
+                .map(|s| (s.seq, s.data_end_bytes))
+                .collect(),
             poisoned: false,
             writer: BatchWriter::new(),
             _lock: lock,
@@ -298,7 +303,10 @@ impl Wal {
         }
         let limit = seq.min(self.seq);
         let mut released = 0;
-        for old in segment::list_segments(&self.dir)?.into_iter().filter(|s| *s < limit) {
+        for old in segment::list_segments(&self.dir)?
+            .into_iter()
+            .filter(|s| *s < limit)
+        {
             let path = self.dir.join(segment::segment_name(old));
             fs::remove_file(&path).map_err(|e| WalError::io(&path, "remove", e))?;
             let data_bytes = self.sealed_sizes.remove(&old).unwrap_or(0);

@@ -54,9 +54,10 @@ pub(crate) fn scan_dir(
         let is_last = i + 1 == seqs.len();
         // One segment in memory at a time: segments are bounded by the segment size.
         let data = fs::read(&path).map_err(|e| WalError::io(&path, "read", e))?;
-        let scan = segment::scan_segment(&path, seq, &data, is_last, opts, &mut |kind, payload| {
-            on_record(seq, kind, payload)
-        })?;
+        let scan =
+            segment::scan_segment(&path, seq, &data, is_last, opts, &mut |kind, payload| {
+                on_record(seq, kind, payload)
+            })?;
         check_same_metadata(&path, &mut metadata, scan.metadata)?;
         tail = scan.tail;
         segments.push(ScannedSegment {

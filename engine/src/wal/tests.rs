@@ -656,7 +656,10 @@ fn crash_at_every_byte_of_the_last_segment_recovers_the_complete_records() {
 #[test]
 fn release_before_drops_old_segments_and_reopen_works() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = WalOptions { segment_size_bytes: 4096, ..WalOptions::default() };
+    let opts = WalOptions {
+        segment_size_bytes: 4096,
+        ..WalOptions::default()
+    };
     let mut wal = Wal::create(dir.path(), b"meta", opts.clone()).unwrap();
     let payload = vec![7u8; 1000];
     for _ in 0..40 {
@@ -667,12 +670,19 @@ fn release_before_drops_old_segments_and_reopen_works() {
     let before = wal.size_bytes();
     assert_eq!(wal.release_before(live - 1).unwrap(), (live - 1) as usize);
     assert!(wal.size_bytes() < before);
-    assert_eq!(wal.release_before(live + 10).unwrap(), 1, "the live segment always stays");
+    assert_eq!(
+        wal.release_before(live + 10).unwrap(),
+        1,
+        "the live segment always stays"
+    );
     wal.append(&[(RecordKind::Entry, b"after")]).unwrap();
     drop(wal);
     let (wal, recovered) = Wal::open(dir.path(), opts).unwrap();
     assert_eq!(recovered.metadata, b"meta");
-    assert_eq!(recovered.segment_starts.first().map(|(seq, _)| *seq), Some(live));
+    assert_eq!(
+        recovered.segment_starts.first().map(|(seq, _)| *seq),
+        Some(live)
+    );
     assert_eq!(recovered.records.last().unwrap().payload, b"after");
     assert_eq!(wal.segment_seq(), live);
 }

@@ -20,19 +20,31 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
-    async fn member_add(&self, _: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        _: Request<PbMemberAddRequest>,
+    ) -> Result<Response<PbMemberAddResponse>, Status> {
         Err(unimplemented("Cluster.MemberAdd"))
     }
 
-    async fn member_remove(&self, _: Request<PbMemberRemoveRequest>) -> Result<Response<PbMemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        _: Request<PbMemberRemoveRequest>,
+    ) -> Result<Response<PbMemberRemoveResponse>, Status> {
         Err(unimplemented("Cluster.MemberRemove"))
     }
 
-    async fn member_update(&self, _: Request<PbMemberUpdateRequest>) -> Result<Response<PbMemberUpdateResponse>, Status> {
+    async fn member_update(
+        &self,
+        _: Request<PbMemberUpdateRequest>,
+    ) -> Result<Response<PbMemberUpdateResponse>, Status> {
         Err(unimplemented("Cluster.MemberUpdate"))
     }
 
-    async fn member_list(&self, _: Request<PbMemberListRequest>) -> Result<Response<PbMemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        _: Request<PbMemberListRequest>,
+    ) -> Result<Response<PbMemberListResponse>, Status> {
         let timer = Timer::start(Method::MemberList);
         let cluster = &self.shard.cluster;
         let members = cluster
@@ -54,10 +66,16 @@ impl PbClusterService for ClusterService {
             raft_term: status.map_or(0, |s| s.raft_term),
             revision: 0,
         };
-        timer.finish(Ok(Response::new(PbMemberListResponse { header: Some(header), members })))
+        timer.finish(Ok(Response::new(PbMemberListResponse {
+            header: Some(header),
+            members,
+        })))
     }
 
-    async fn member_promote(&self, _: Request<PbMemberPromoteRequest>) -> Result<Response<PbMemberPromoteResponse>, Status> {
+    async fn member_promote(
+        &self,
+        _: Request<PbMemberPromoteRequest>,
+    ) -> Result<Response<PbMemberPromoteResponse>, Status> {
         Err(unimplemented("Cluster.MemberPromote"))
     }
 }

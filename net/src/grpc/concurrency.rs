@@ -53,7 +53,11 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 /// `prefix` + the lease ID in lowercase hex, as Go's `%x` prints an int64.
 pub(crate) fn session_key(prefix: &[u8], lease: i64) -> Vec<u8> {
-    let hex = if lease < 0 { format!("-{:x}", lease.unsigned_abs()) } else { format!("{lease:x}") };
+    let hex = if lease < 0 {
+        format!("-{:x}", lease.unsigned_abs())
+    } else {
+        format!("{lease:x}")
+    };
     [prefix, hex.as_bytes()].concat()
 }
 
@@ -74,18 +78,35 @@ pub(crate) fn created_at(key: &[u8], rev: i64) -> PbCompare {
 }
 
 pub(crate) fn put_op(key: &[u8], value: &[u8], lease: i64) -> PbTxnRequestOp {
-    let put = PbPutRequest { key: key.to_vec(), value: value.to_vec(), lease, ..Default::default() };
-    PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(put)) }
+    let put = PbPutRequest {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        lease,
+        ..Default::default()
+    };
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestPut(put)),
+    }
 }
 
 pub(crate) fn get_op(key: &[u8]) -> PbTxnRequestOp {
-    let get = PbRangeRequest { key: key.to_vec(), ..Default::default() };
-    PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestRange(get)) }
+    let get = PbRangeRequest {
+        key: key.to_vec(),
+        ..Default::default()
+    };
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestRange(get)),
+    }
 }
 
 pub(crate) fn delete_op(key: &[u8]) -> PbTxnRequestOp {
-    let delete = PbDeleteRequest { key: key.to_vec(), ..Default::default() };
-    PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestDeleteRange(delete)) }
+    let delete = PbDeleteRequest {
+        key: key.to_vec(),
+        ..Default::default()
+    };
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestDeleteRange(delete)),
+    }
 }
 
 /// The oldest key under `prefix` by create revision (etcd's WithFirstCreate): the owner.
@@ -102,7 +123,9 @@ pub(crate) fn first_created(prefix: &[u8]) -> PbRangeRequest {
 
 /// The owner lookup as a txn op (it rides in the claim txn: one round trip uncontended).
 pub(crate) fn owner_op(prefix: &[u8]) -> PbTxnRequestOp {
-    PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestRange(first_created(prefix))) }
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestRange(first_created(prefix))),
+    }
 }
 
 /// The youngest key under `prefix` created at or before `max_rev` (etcd's WithLastCreate
@@ -147,24 +170,45 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) async fn txn(&self, request: PbTxnRequest) -> Result<PbTxnResponse, Status> {
-        let reply = self.shard.write(Command::Txn(request)).await.map_err(client_error)?;
-        let CommandResponse::Txn(mut resp) = reply.body else { return Err(mismatch()) };
+        let reply = self
+            .shard
+            .write(Command::Txn(request))
+            .await
+            .map_err(client_error)?;
+        let CommandResponse::Txn(mut resp) = reply.body else {
+            return Err(mismatch());
+        };
         fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
         Ok(resp)
     }
 
     pub(crate) async fn range(&self, request: PbRangeRequest) -> Result<PbRangeResponse, Status> {
-        let reply = self.shard.read(ReadOp::Range(request), false).await.map_err(client_error)?;
-        let ReadResult::Range(answer) = reply.body else { return Err(mismatch()) };
+        let reply = self
+            .shard
+            .read(ReadOp::Range(request), false)
+            .await
+            .map_err(client_error)?;
+        let ReadResult::Range(answer) = reply.body else {
+            return Err(mismatch());
+        };
         let mut resp = answer.to_pb();
         fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
         Ok(resp)
     }
 
     pub(crate) async fn delete(&self, key: &[u8]) -> Result<PbDeleteResponse, Status> {
-        let request = PbDeleteRequest { key: key.to_vec(), ..Default::default() };
-        let reply = self.shard.write(Command::DeleteRange(request)).await.map_err(client_error)?;
-        let CommandResponse::DeleteRange(mut resp) = reply.body else { return Err(mismatch()) };
+        let request = PbDeleteRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        };
+        let reply = self
+            .shard
+            .write(Command::DeleteRange(request))
+            .await
+            .map_err(client_error)?;
+        let CommandResponse::DeleteRange(mut resp) = reply.body else {
+            return Err(mismatch());
+        };
         fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
         Ok(resp)
     }
@@ -175,8 +219,15 @@ impl Store {
         if lease != 0 {
             return Ok(lease);
         }
-        let grant = PbLeaseGrantRequest { ttl: SESSION_TTL_SECS, id: 0 };
-        let reply = self.shard.write(Command::LeaseGrant(grant)).await.map_err(client_error)?;
+        let grant = PbLeaseGrantRequest {
+            ttl: SESSION_TTL_SECS,
+            id: 0,
+        };
+        let reply = self
+            .shard
+            .write(Command::LeaseGrant(grant))
+            .await
+            .map_err(client_error)?;
         match reply.body {
             CommandResponse::LeaseGrant(resp) => Ok(resp.id),
             _ => Err(mismatch()),
@@ -186,11 +237,17 @@ impl Store {
     /// Waits until no key under `prefix` created at or before `max_rev` is left (etcd's
     /// waitDeletes): watches the youngest such key until it is deleted, then looks again.
     /// Answers the header of the read that found none.
-    pub(crate) async fn wait_deletes(&self, prefix: &[u8], max_rev: i64) -> Result<PbResponseHeader, Status> {
+    pub(crate) async fn wait_deletes(
+        &self,
+        prefix: &[u8],
+        max_rev: i64,
+    ) -> Result<PbResponseHeader, Status> {
         loop {
             let resp = self.range(last_created_up_to(prefix, max_rev)).await?;
             let header = resp.header.unwrap_or_default();
-            let Some(ahead) = resp.kvs.first() else { return Ok(header) };
+            let Some(ahead) = resp.kvs.first() else {
+                return Ok(header);
+            };
             self.wait_delete(&ahead.key, header.revision).await?;
         }
     }
@@ -201,7 +258,9 @@ impl Store {
         let mut watch = KeyWatch::open(&self.shard, key.to_vec(), Vec::new(), from_rev).await?;
         loop {
             match watch.next().await? {
-                Watched::Events(_, events) if events.iter().any(|e| e.r#type == EVENT_DELETE) => return Ok(()),
+                Watched::Events(_, events) if events.iter().any(|e| e.r#type == EVENT_DELETE) => {
+                    return Ok(())
+                }
                 Watched::Events(..) => {}
                 Watched::Compacted => return Ok(()),
             }
@@ -226,27 +285,48 @@ pub(crate) struct KeyWatch {
 
 impl KeyWatch {
     /// Watches `key` (to `range_end`, as etcd ranges) from revision `start`.
-    pub(crate) async fn open(shard: &ShardClient, key: Vec<u8>, range_end: Vec<u8>, start: i64) -> Result<KeyWatch, Status> {
+    pub(crate) async fn open(
+        shard: &ShardClient,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        start: i64,
+    ) -> Result<KeyWatch, Status> {
         let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
         let (tx, responses) = crate::shard_api::watch_channel(WATCH_QUEUED_BYTES_MAX);
-        shard.watch_open(stream_id, tx).await.map_err(client_error)?;
+        shard
+            .watch_open(stream_id, tx)
+            .await
+            .map_err(client_error)?;
         // Built before the create request goes out, so that a failure below still closes.
-        let watch = KeyWatch { shard: shard.clone(), stream_id, responses };
+        let watch = KeyWatch {
+            shard: shard.clone(),
+            stream_id,
+            responses,
+        };
         let mut create = PbWatchRequestUnion::CreateRequest(Default::default());
         if let PbWatchRequestUnion::CreateRequest(c) = &mut create {
             c.key = key;
             c.range_end = range_end;
             c.start_revision = start;
         }
-        let request = PbWatchRequest { request_union: Some(create) };
-        shard.watch_request(stream_id, request).await.map_err(client_error)?;
+        let request = PbWatchRequest {
+            request_union: Some(create),
+        };
+        shard
+            .watch_request(stream_id, request)
+            .await
+            .map_err(client_error)?;
         Ok(watch)
     }
 
     /// The next events (or the end by compaction). Waits as long as nothing happens.
     pub(crate) async fn next(&mut self) -> Result<Watched, Status> {
         loop {
-            let resp = self.responses.recv_async().await.map_err(|_| client_error(watch_lost()))?;
+            let resp = self
+                .responses
+                .recv_async()
+                .await
+                .map_err(|_| client_error(watch_lost()))?;
             if resp.canceled {
                 if resp.compact_revision > 0 {
                     return Ok(Watched::Compacted);
@@ -292,7 +372,10 @@ pub(crate) struct Undo {
 
 impl Undo {
     pub(crate) fn new(shard: &ShardClient, command: Command) -> Undo {
-        Undo { shard: Some(shard.clone()), command: Some(command) }
+        Undo {
+            shard: Some(shard.clone()),
+            command: Some(command),
+        }
     }
 
     /// The claim stands: nothing to undo.
@@ -310,7 +393,9 @@ impl Undo {
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        let (Some(shard), Some(command)) = (self.shard.take(), self.command.take()) else { return };
+        let (Some(shard), Some(command)) = (self.shard.take(), self.command.take()) else {
+            return;
+        };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = shard.write(command).await;
@@ -333,7 +418,10 @@ mod tests {
 
     #[test]
     fn session_keys_print_the_lease_like_go() {
-        assert_eq!(session_key(b"m/", 0x694d7e5a1c2b3f01), b"m/694d7e5a1c2b3f01".to_vec());
+        assert_eq!(
+            session_key(b"m/", 0x694d7e5a1c2b3f01),
+            b"m/694d7e5a1c2b3f01".to_vec()
+        );
         assert_eq!(session_key(b"m/", 255), b"m/ff".to_vec());
         assert_eq!(session_key(b"m/", -1), b"m/-1".to_vec());
     }

@@ -17,12 +17,12 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::concurrency::{
-    contenders_prefix, created_at, delete_op, first_created, get_op, prefix_end, put_op, range_kvs, session_key, KeyWatch,
-    Store, Undo, Watched,
+    contenders_prefix, created_at, delete_op, first_created, get_op, prefix_end, put_op, range_kvs,
+    session_key, KeyWatch, Store, Undo, Watched,
 };
 use super::v3pb::{
-    self, CampaignRequest, CampaignResponse, HttpFuture, LeaderKey, LeaderRequest, LeaderResponse, Limits,
-    ProclaimRequest, ProclaimResponse, ResignRequest, ResignResponse,
+    self, CampaignRequest, CampaignResponse, HttpFuture, LeaderKey, LeaderRequest, LeaderResponse,
+    Limits, ProclaimRequest, ProclaimResponse, ResignRequest, ResignResponse,
 };
 use crate::shard_api::ShardClient;
 
@@ -57,7 +57,12 @@ pub(crate) struct ElectionServer {
 
 impl ElectionServer {
     pub(crate) fn new(shard: ShardClient, limits: Limits) -> ElectionServer {
-        ElectionServer { service: Arc::new(ElectionService { store: Store { shard } }), limits }
+        ElectionServer {
+            service: Arc::new(ElectionService {
+                store: Store { shard },
+            }),
+            limits,
+        }
     }
 }
 
@@ -79,16 +84,30 @@ impl tower::Service<http::Request<Body>> for ElectionServer {
         let limits = self.limits;
         match req.uri().path() {
             "/v3electionpb.Election/Campaign" => {
-                v3pb::unary(req, limits, move |r: CampaignRequest| async move { s.campaign(r).await })
+                v3pb::unary(req, limits, move |r: CampaignRequest| async move {
+                    s.campaign(r).await
+                })
             }
             "/v3electionpb.Election/Proclaim" => {
-                v3pb::unary(req, limits, move |r: ProclaimRequest| async move { s.proclaim(r).await })
+                v3pb::unary(req, limits, move |r: ProclaimRequest| async move {
+                    s.proclaim(r).await
+                })
             }
-            "/v3electionpb.Election/Leader" => v3pb::unary(req, limits, move |r: LeaderRequest| async move { s.leader(r).await }),
+            "/v3electionpb.Election/Leader" => {
+                v3pb::unary(req, limits, move |r: LeaderRequest| async move {
+                    s.leader(r).await
+                })
+            }
             "/v3electionpb.Election/Observe" => {
-                v3pb::server_streaming(req, limits, move |r: LeaderRequest| async move { Ok(s.observe(r)) })
+                v3pb::server_streaming(req, limits, move |r: LeaderRequest| async move {
+                    Ok(s.observe(r))
+                })
             }
-            "/v3electionpb.Election/Resign" => v3pb::unary(req, limits, move |r: ResignRequest| async move { s.resign(r).await }),
+            "/v3electionpb.Election/Resign" => {
+                v3pb::unary(req, limits, move |r: ResignRequest| async move {
+                    s.resign(r).await
+                })
+            }
             _ => v3pb::unknown_method(),
         }
     }
@@ -100,7 +119,11 @@ struct ElectionService {
 
 /// The txn that gives up leadership: delete the key only if it is still the same claim.
 fn resign_txn(key: &[u8], rev: i64) -> PbTxnRequest {
-    PbTxnRequest { compare: vec![created_at(key, rev)], success: vec![delete_op(key)], failure: Vec::new() }
+    PbTxnRequest {
+        compare: vec![created_at(key, rev)],
+        success: vec![delete_op(key)],
+        failure: Vec::new(),
+    }
 }
 
 impl ElectionService {
@@ -117,23 +140,42 @@ impl ElectionService {
         };
         let resp = self.store.txn(claim).await?;
         let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-        let mut leader = LeaderKey { name: req.name, key, rev, lease };
+        let mut leader = LeaderKey {
+            name: req.name,
+            key,
+            rev,
+            lease,
+        };
         if !resp.succeeded {
-            self.rejoin(&mut leader, range_kvs(resp.responses.first()), &req.value).await?;
+            self.rejoin(&mut leader, range_kvs(resp.responses.first()), &req.value)
+                .await?;
         }
         // A client that gives up while waiting resigns, as etcd does on a cancelled
         // context; other failures leave the candidacy in place, as etcd does too.
-        let undo = Undo::new(&self.store.shard, Command::Txn(resign_txn(&leader.key, leader.rev)));
+        let undo = Undo::new(
+            &self.store.shard,
+            Command::Txn(resign_txn(&leader.key, leader.rev)),
+        );
         let waited = self.store.wait_deletes(&prefix, leader.rev - 1).await;
         undo.disarm();
         waited?;
-        Ok(CampaignResponse { header: resp.header, leader: Some(leader) })
+        Ok(CampaignResponse {
+            header: resp.header,
+            leader: Some(leader),
+        })
     }
 
     /// A re-campaign on a key this lease already holds: keep its create revision and
     /// proclaim the new value if it differs (resigning if that fails).
-    async fn rejoin(&self, leader: &mut LeaderKey, existing: &[PbKeyValue], value: &[u8]) -> Result<(), Status> {
-        let Some(kv) = existing.first() else { return Ok(()) };
+    async fn rejoin(
+        &self,
+        leader: &mut LeaderKey,
+        existing: &[PbKeyValue],
+        value: &[u8],
+    ) -> Result<(), Status> {
+        let Some(kv) = existing.first() else {
+            return Ok(());
+        };
         leader.rev = kv.create_revision;
         if kv.value == value {
             return Ok(());
@@ -152,10 +194,16 @@ impl ElectionService {
         // session lease, which the proclaimed value is then attached to.
         leader.lease = self.store.session_lease(leader.lease).await?;
         let header = self.proclaim_as(&leader, &req.value).await?;
-        Ok(ProclaimResponse { header: Some(header) })
+        Ok(ProclaimResponse {
+            header: Some(header),
+        })
     }
 
-    async fn proclaim_as(&self, leader: &LeaderKey, value: &[u8]) -> Result<PbResponseHeader, Status> {
+    async fn proclaim_as(
+        &self,
+        leader: &LeaderKey,
+        value: &[u8],
+    ) -> Result<PbResponseHeader, Status> {
         let txn = PbTxnRequest {
             compare: vec![created_at(&leader.key, leader.rev)],
             success: vec![put_op(&leader.key, value, leader.lease)],
@@ -170,9 +218,15 @@ impl ElectionService {
 
     /// Election.Leader: the oldest candidate's key-value.
     async fn leader(&self, req: LeaderRequest) -> Result<LeaderResponse, Status> {
-        let resp = self.store.range(first_created(&contenders_prefix(&req.name))).await?;
+        let resp = self
+            .store
+            .range(first_created(&contenders_prefix(&req.name)))
+            .await?;
         let kv = resp.kvs.into_iter().next().ok_or_else(no_leader)?;
-        Ok(LeaderResponse { header: resp.header, kv: Some(kv) })
+        Ok(LeaderResponse {
+            header: resp.header,
+            kv: Some(kv),
+        })
     }
 
     /// Election.Resign: delete the leader's key if it is still that claim. A stale claim is
@@ -180,14 +234,19 @@ impl ElectionService {
     async fn resign(&self, req: ResignRequest) -> Result<ResignResponse, Status> {
         let leader = req.leader.ok_or_else(missing_leader)?;
         let resp = self.store.txn(resign_txn(&leader.key, leader.rev)).await?;
-        Ok(ResignResponse { header: resp.header })
+        Ok(ResignResponse {
+            header: resp.header,
+        })
     }
 
     /// Election.Observe: a task follows the leadership and feeds the stream; it ends when
     /// the client goes away (the stream is dropped) or the shard stops.
     fn observe(&self, req: LeaderRequest) -> ReceiverStream<Result<LeaderResponse, Status>> {
         let (tx, rx) = mpsc::channel(OBSERVE_QUEUED_MAX);
-        let observer = Observer { store: self.store.clone(), prefix: contenders_prefix(&req.name) };
+        let observer = Observer {
+            store: self.store.clone(),
+            prefix: contenders_prefix(&req.name),
+        };
         tokio::spawn(async move {
             tokio::select! {
                 _ = tx.closed() => {}
@@ -224,7 +283,11 @@ impl Observer {
     /// The leader now, or (if none) the first candidate to appear, with etcd's header for it.
     async fn current_leader(&self) -> Result<(PbResponseHeader, PbKeyValue), Stop> {
         loop {
-            let resp = self.store.range(first_created(&self.prefix)).await.map_err(|_| Stop)?;
+            let resp = self
+                .store
+                .range(first_created(&self.prefix))
+                .await
+                .map_err(|_| Stop)?;
             let header = resp.header.unwrap_or_default();
             if let Some(kv) = resp.kvs.into_iter().next() {
                 return Ok((header, kv));
@@ -239,10 +302,18 @@ impl Observer {
     /// The first put under the prefix from revision `from`; `None` if compaction ended the watch.
     async fn first_put(&self, from: i64) -> Result<Option<(PbResponseHeader, PbKeyValue)>, Stop> {
         let range_end = prefix_end(&self.prefix);
-        let mut watch = KeyWatch::open(&self.store.shard, self.prefix.clone(), range_end, from).await.map_err(|_| Stop)?;
+        let mut watch = KeyWatch::open(&self.store.shard, self.prefix.clone(), range_end, from)
+            .await
+            .map_err(|_| Stop)?;
         loop {
-            let Watched::Events(mut header, events) = watch.next().await.map_err(|_| Stop)? else { return Ok(None) };
-            if let Some(kv) = events.into_iter().find(|e| e.r#type == EVENT_PUT).and_then(|e| e.kv) {
+            let Watched::Events(mut header, events) = watch.next().await.map_err(|_| Stop)? else {
+                return Ok(None);
+            };
+            if let Some(kv) = events
+                .into_iter()
+                .find(|e| e.r#type == EVENT_PUT)
+                .and_then(|e| e.kv)
+            {
                 // The response may hold several puts; etcd reports the one it takes.
                 header.revision = kv.mod_revision;
                 return Ok(Some((header, kv)));
@@ -252,10 +323,14 @@ impl Observer {
 
     /// Reports every put of the leader's `key` from revision `from` until it is deleted.
     async fn follow(&self, key: &[u8], from: i64, tx: &Updates) -> Result<(), Stop> {
-        let mut watch = KeyWatch::open(&self.store.shard, key.to_vec(), Vec::new(), from).await.map_err(|_| Stop)?;
+        let mut watch = KeyWatch::open(&self.store.shard, key.to_vec(), Vec::new(), from)
+            .await
+            .map_err(|_| Stop)?;
         loop {
             // Compaction under the watch: look the leader up afresh.
-            let Watched::Events(header, events) = watch.next().await.map_err(|_| Stop)? else { return Ok(()) };
+            let Watched::Events(header, events) = watch.next().await.map_err(|_| Stop)? else {
+                return Ok(());
+            };
             for event in events {
                 if event.r#type == EVENT_DELETE {
                     return Ok(());
@@ -267,5 +342,10 @@ impl Observer {
 }
 
 async fn send(tx: &Updates, header: PbResponseHeader, kv: PbKeyValue) -> Result<(), Stop> {
-    tx.send(Ok(LeaderResponse { header: Some(header), kv: Some(kv) })).await.map_err(|_| Stop)
+    tx.send(Ok(LeaderResponse {
+        header: Some(header),
+        kv: Some(kv),
+    }))
+    .await
+    .map_err(|_| Stop)
 }

@@ -45,13 +45,20 @@ fn mismatch() -> Status {
 impl PbKvService for KvService {
     /// The client port serves Range through `range.rs` (encoded once, no message built);
     /// this generated method answers the same where only the generated service is mounted.
-    async fn range(&self, request: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<PbRangeRequest>,
+    ) -> Result<Response<PbRangeResponse>, Status> {
         let timer = Timer::start(Method::Range);
         let result = async {
             let req = request.into_inner();
             validate::check_range(&req).map_err(to_status)?;
             let serializable = req.serializable;
-            let reply = self.shard.read(ReadOp::Range(req), serializable).await.map_err(to_status)?;
+            let reply = self
+                .shard
+                .read(ReadOp::Range(req), serializable)
+                .await
+                .map_err(to_status)?;
             match reply.body {
                 ReadResult::Range(answer) => {
                     let mut resp = answer.to_pb();
@@ -67,7 +74,10 @@ impl PbKvService for KvService {
 
     type RangeStreamStream = BoxStream<PbRangeStreamResponse>;
 
-    async fn range_stream(&self, _: Request<PbRangeRequest>) -> Result<Response<Self::RangeStreamStream>, Status> {
+    async fn range_stream(
+        &self,
+        _: Request<PbRangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
         Err(unimplemented("KV.RangeStream (an etcd 3.6 API)"))
     }
 
@@ -76,7 +86,10 @@ impl PbKvService for KvService {
         let result = async {
             let req = request.into_inner();
             // etcd's quotaKVServer runs before the request is validated.
-            self.shard.check_quota(alarm::put_cost(&req)).await.map_err(to_status)?;
+            self.shard
+                .check_quota(alarm::put_cost(&req))
+                .await
+                .map_err(to_status)?;
             validate::check_put(&req).map_err(to_status)?;
             self.check_size(req.encoded_len())?;
             match self.write(Command::Put(req)).await? {
@@ -91,7 +104,10 @@ impl PbKvService for KvService {
         timer.finish(result)
     }
 
-    async fn delete_range(&self, request: Request<PbDeleteRequest>) -> Result<Response<PbDeleteResponse>, Status> {
+    async fn delete_range(
+        &self,
+        request: Request<PbDeleteRequest>,
+    ) -> Result<Response<PbDeleteResponse>, Status> {
         let timer = Timer::start(Method::DeleteRange);
         let result = async {
             let req = request.into_inner();
@@ -113,13 +129,20 @@ impl PbKvService for KvService {
         let timer = Timer::start(Method::Txn);
         let result = async {
             let req = request.into_inner();
-            self.shard.check_quota(alarm::txn_cost(&req)).await.map_err(to_status)?;
+            self.shard
+                .check_quota(alarm::txn_cost(&req))
+                .await
+                .map_err(to_status)?;
             validate::check_txn(&req, self.shard.cluster.max_txn_ops).map_err(to_status)?;
             self.check_size(req.encoded_len())?;
             if validate::is_read_only(&req) {
                 // As etcd: a txn that only reads is served from a view, not the log.
                 let serializable = validate::is_serializable(&req);
-                let reply = self.shard.read(ReadOp::Txn(req), serializable).await.map_err(to_status)?;
+                let reply = self
+                    .shard
+                    .read(ReadOp::Txn(req), serializable)
+                    .await
+                    .map_err(to_status)?;
                 return match reply.body {
                     ReadResult::Txn(mut resp) => {
                         fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
@@ -140,7 +163,10 @@ impl PbKvService for KvService {
         timer.finish(result)
     }
 
-    async fn compact(&self, request: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        request: Request<PbCompactionRequest>,
+    ) -> Result<Response<PbCompactionResponse>, Status> {
         let timer = Timer::start(Method::Compact);
         let result = async {
             let req = request.into_inner();

@@ -61,11 +61,20 @@ async fn keep_alive_once(shard: &ShardClient, id: i64) -> Result<PbLeaseKeepAliv
 
 #[tonic::async_trait]
 impl PbLeaseService for LeaseService {
-    async fn lease_grant(&self, request: Request<PbLeaseGrantRequest>) -> Result<Response<PbLeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        request: Request<PbLeaseGrantRequest>,
+    ) -> Result<Response<PbLeaseGrantResponse>, Status> {
         let timer = Timer::start(Method::LeaseGrant);
         let result = async {
-            self.shard.check_quota(corekv_engine::mvcc::alarm::lease_grant_cost()).await.map_err(to_status)?;
-            match self.write(Command::LeaseGrant(request.into_inner())).await? {
+            self.shard
+                .check_quota(corekv_engine::mvcc::alarm::lease_grant_cost())
+                .await
+                .map_err(to_status)?;
+            match self
+                .write(Command::LeaseGrant(request.into_inner()))
+                .await?
+            {
                 (CommandResponse::LeaseGrant(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))
@@ -77,10 +86,16 @@ impl PbLeaseService for LeaseService {
         timer.finish(result)
     }
 
-    async fn lease_revoke(&self, request: Request<PbLeaseRevokeRequest>) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        request: Request<PbLeaseRevokeRequest>,
+    ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
         let timer = Timer::start(Method::LeaseRevoke);
         let result = async {
-            match self.write(Command::LeaseRevoke(request.into_inner())).await? {
+            match self
+                .write(Command::LeaseRevoke(request.into_inner()))
+                .await?
+            {
                 (CommandResponse::LeaseRevoke(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))
@@ -123,7 +138,13 @@ impl PbLeaseService for LeaseService {
         let timer = Timer::start(Method::LeaseTimeToLive);
         let result = async {
             let req = request.into_inner();
-            match self.lessor(LeaseOp::TimeToLive { id: req.id, keys: req.keys }).await? {
+            match self
+                .lessor(LeaseOp::TimeToLive {
+                    id: req.id,
+                    keys: req.keys,
+                })
+                .await?
+            {
                 (LeaseResult::TimeToLive(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))
@@ -135,7 +156,10 @@ impl PbLeaseService for LeaseService {
         timer.finish(result)
     }
 
-    async fn lease_leases(&self, _: Request<PbLeaseLeasesRequest>) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _: Request<PbLeaseLeasesRequest>,
+    ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
         let timer = Timer::start(Method::LeaseLeases);
         let result = async {
             match self.lessor(LeaseOp::Leases).await? {

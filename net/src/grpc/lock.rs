@@ -13,8 +13,12 @@ use corekv_engine::request::Command;
 use tonic::body::Body;
 use tonic::Status;
 
-use super::concurrency::{contenders_prefix, created_at, get_op, owner_op, put_op, range_kvs, session_key, Store, Undo};
-use super::v3pb::{self, HttpFuture, Limits, LockRequest, LockResponse, UnlockRequest, UnlockResponse};
+use super::concurrency::{
+    contenders_prefix, created_at, get_op, owner_op, put_op, range_kvs, session_key, Store, Undo,
+};
+use super::v3pb::{
+    self, HttpFuture, Limits, LockRequest, LockResponse, UnlockRequest, UnlockResponse,
+};
 use crate::shard_api::ShardClient;
 
 /// The Lock service, as tonic routes serve it.
@@ -26,7 +30,12 @@ pub(crate) struct LockServer {
 
 impl LockServer {
     pub(crate) fn new(shard: ShardClient, limits: Limits) -> LockServer {
-        LockServer { service: Arc::new(LockService { store: Store { shard } }), limits }
+        LockServer {
+            service: Arc::new(LockService {
+                store: Store { shard },
+            }),
+            limits,
+        }
     }
 }
 
@@ -46,9 +55,15 @@ impl tower::Service<http::Request<Body>> for LockServer {
     fn call(&mut self, req: http::Request<Body>) -> HttpFuture {
         let service = self.service.clone();
         match req.uri().path() {
-            "/v3lockpb.Lock/Lock" => v3pb::unary(req, self.limits, move |r: LockRequest| async move { service.lock(r).await }),
+            "/v3lockpb.Lock/Lock" => {
+                v3pb::unary(req, self.limits, move |r: LockRequest| async move {
+                    service.lock(r).await
+                })
+            }
             "/v3lockpb.Lock/Unlock" => {
-                v3pb::unary(req, self.limits, move |r: UnlockRequest| async move { service.unlock(r).await })
+                v3pb::unary(req, self.limits, move |r: UnlockRequest| async move {
+                    service.unlock(r).await
+                })
             }
             _ => v3pb::unknown_method(),
         }
@@ -75,20 +90,33 @@ impl LockService {
         let header = resp.header.unwrap_or_default();
         let my_rev = match resp.succeeded {
             true => header.revision,
-            false => range_kvs(resp.responses.first()).first().map_or(header.revision, |kv| kv.create_revision),
+            false => range_kvs(resp.responses.first())
+                .first()
+                .map_or(header.revision, |kv| kv.create_revision),
         };
-        let owner = range_kvs(resp.responses.get(1)).first().map(|kv| kv.create_revision);
+        let owner = range_kvs(resp.responses.get(1))
+            .first()
+            .map(|kv| kv.create_revision);
         if owner.is_none() || owner == Some(my_rev) {
-            return Ok(LockResponse { header: Some(header), key });
+            return Ok(LockResponse {
+                header: Some(header),
+                key,
+            });
         }
         // Waiting: if the client gives up (this future is dropped) or the wait fails, the
         // claim is deleted so it does not block the lockers behind it, as etcd's Unlock does.
-        let delete = PbDeleteRequest { key: key.clone(), ..Default::default() };
+        let delete = PbDeleteRequest {
+            key: key.clone(),
+            ..Default::default()
+        };
         let undo = Undo::new(&self.store.shard, Command::DeleteRange(delete));
         match self.store.wait_deletes(&prefix, my_rev - 1).await {
             Ok(header) => {
                 undo.disarm();
-                Ok(LockResponse { header: Some(header), key })
+                Ok(LockResponse {
+                    header: Some(header),
+                    key,
+                })
             }
             Err(err) => {
                 undo.run().await;
@@ -100,6 +128,8 @@ impl LockService {
     /// Unlock: a plain delete of the key Lock returned.
     async fn unlock(&self, req: UnlockRequest) -> Result<UnlockResponse, Status> {
         let resp = self.store.delete(&req.key).await?;
-        Ok(UnlockResponse { header: resp.header })
+        Ok(UnlockResponse {
+            header: resp.header,
+        })
     }
 }

@@ -45,27 +45,43 @@ pub(crate) fn status_errors(leader: u64, alarms: &[(u64, i32)]) -> Vec<String> {
     if leader == 0 {
         errors.push("etcdserver: no leader".to_string());
     }
-    errors.extend(alarms.iter().map(|(member, kind)| alarm::describe(*member, *kind)));
+    errors.extend(
+        alarms
+            .iter()
+            .map(|(member, kind)| alarm::describe(*member, *kind)),
+    );
     errors
 }
 
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
-    async fn alarm(&self, request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<PbAlarmRequest>,
+    ) -> Result<Response<PbAlarmResponse>, Status> {
         let timer = Timer::start(Method::Alarm);
         let result = async {
-            let reply = self.shard.write(Command::Alarm(request.into_inner())).await.map_err(to_status)?;
+            let reply = self
+                .shard
+                .write(Command::Alarm(request.into_inner()))
+                .await
+                .map_err(to_status)?;
             match reply.body {
                 // etcd 3.4 answers alarms without a header.
                 CommandResponse::Alarm(resp) => Ok(Response::new(resp)),
-                _ => Err(Status::internal("corekv: applied response does not match the request")),
+                _ => Err(Status::internal(
+                    "corekv: applied response does not match the request",
+                )),
             }
         }
         .await;
         timer.finish(result)
     }
 
-    async fn status(&self, _: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<PbStatusRequest>,
+    ) -> Result<Response<PbStatusResponse>, Status> {
         let timer = Timer::start(Method::Status);
         let result = async {
             let s = self.shard.status().await.map_err(to_status)?;
@@ -82,14 +98,22 @@ impl PbMaintenanceService for MaintenanceService {
                 db_size_quota: self.shard.cluster.quota_backend_bytes as i64,
                 ..Default::default()
             };
-            fill_header(&mut resp.header, &self.shard.cluster, s.revision, s.raft_term);
+            fill_header(
+                &mut resp.header,
+                &self.shard.cluster,
+                s.revision,
+                s.raft_term,
+            );
             Ok(Response::new(resp))
         }
         .await;
         timer.finish(result)
     }
 
-    async fn defragment(&self, _: Request<PbDefragmentRequest>) -> Result<Response<PbDefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _: Request<PbDefragmentRequest>,
+    ) -> Result<Response<PbDefragmentResponse>, Status> {
         let timer = Timer::start(Method::Defragment);
         let result = async {
             // The store writer logs the sizes before and after.
@@ -106,7 +130,10 @@ impl PbMaintenanceService for MaintenanceService {
         let result = async {
             let h = self.shard.store_hash().await.map_err(to_status)?;
             let term = self.shard.status().await.map_err(to_status)?.raft_term;
-            let mut resp = PbHashResponse { header: None, hash: h.hash };
+            let mut resp = PbHashResponse {
+                header: None,
+                hash: h.hash,
+            };
             fill_header(&mut resp.header, &self.shard.cluster, h.revision, term);
             Ok(Response::new(resp))
         }
@@ -114,7 +141,10 @@ impl PbMaintenanceService for MaintenanceService {
         timer.finish(result)
     }
 
-    async fn hash_kv(&self, request: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        request: Request<PbHashKvRequest>,
+    ) -> Result<Response<PbHashKvResponse>, Status> {
         let timer = Timer::start(Method::HashKv);
         let result = async {
             let revision = request.into_inner().revision;
@@ -126,7 +156,11 @@ impl PbMaintenanceService for MaintenanceService {
                 .map_err(|e| Status::internal(format!("corekv: HashKV failed: {e}")))?
                 .map_err(to_status)?;
             // hash_revision is etcd 3.5's; 3.4 leaves it 0.
-            let mut resp = PbHashKvResponse { hash: h.hash, compact_revision: h.compact_revision, ..Default::default() };
+            let mut resp = PbHashKvResponse {
+                hash: h.hash,
+                compact_revision: h.compact_revision,
+                ..Default::default()
+            };
             fill_header(&mut resp.header, &self.shard.cluster, h.revision, term);
             Ok(Response::new(resp))
         }
@@ -136,16 +170,25 @@ impl PbMaintenanceService for MaintenanceService {
 
     type SnapshotStream = BoxStream<PbSnapshotResponse>;
 
-    async fn snapshot(&self, _: Request<PbSnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _: Request<PbSnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         let timer = Timer::start(Method::Snapshot);
         let result = async {
             let image = self.shard.snapshot().await.map_err(to_status)?;
-            log::info!("sending a snapshot of {} bytes at revision {}", image.size_bytes, image.revision);
+            log::info!(
+                "sending a snapshot of {} bytes at revision {}",
+                image.size_bytes,
+                image.revision
+            );
             let (chunks, stream) = flume::bounded(SNAPSHOT_CHUNKS_QUEUED_MAX);
             std::thread::Builder::new()
                 .name("snapshot-send".into())
                 .spawn(move || send_image(image, &chunks))
-                .map_err(|e| Status::internal(format!("corekv: cannot start the snapshot sender: {e}")))?;
+                .map_err(|e| {
+                    Status::internal(format!("corekv: cannot start the snapshot sender: {e}"))
+                })?;
             let stream: Self::SnapshotStream = Box::pin(stream.into_stream());
             Ok(Response::new(stream))
         }
@@ -153,11 +196,17 @@ impl PbMaintenanceService for MaintenanceService {
         timer.finish(result)
     }
 
-    async fn move_leader(&self, _: Request<PbMoveLeaderRequest>) -> Result<Response<PbMoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _: Request<PbMoveLeaderRequest>,
+    ) -> Result<Response<PbMoveLeaderResponse>, Status> {
         Err(unimplemented("Maintenance.MoveLeader"))
     }
 
-    async fn downgrade(&self, _: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _: Request<PbDowngradeRequest>,
+    ) -> Result<Response<PbDowngradeResponse>, Status> {
         Err(unimplemented("Maintenance.Downgrade"))
     }
 }
@@ -172,18 +221,33 @@ fn send_image(image: SnapshotImage, chunks: &flume::Sender<Result<PbSnapshotResp
         let mut blob = vec![0u8; len];
         if let Err(err) = image.file.read_exact_at(&mut blob, sent) {
             log::error!("snapshot: cannot read the image: {err}");
-            let _ = chunks.send(Err(to_status(KvError::Unavailable(format!("etcdserver: snapshot failed: {err}")))));
+            let _ = chunks.send(Err(to_status(KvError::Unavailable(format!(
+                "etcdserver: snapshot failed: {err}"
+            )))));
             return;
         }
         sha.update(&blob);
         sent += len as u64;
-        let resp = PbSnapshotResponse { header: None, remaining_bytes: image.size_bytes - sent, blob, version: String::new() };
+        let resp = PbSnapshotResponse {
+            header: None,
+            remaining_bytes: image.size_bytes - sent,
+            blob,
+            version: String::new(),
+        };
         if chunks.send(Ok(resp)).is_err() {
-            log::info!("snapshot: the client went away after {sent} of {} bytes", image.size_bytes);
+            log::info!(
+                "snapshot: the client went away after {sent} of {} bytes",
+                image.size_bytes
+            );
             return;
         }
     }
-    let digest = PbSnapshotResponse { header: None, remaining_bytes: 0, blob: sha.finish().to_vec(), version: String::new() };
+    let digest = PbSnapshotResponse {
+        header: None,
+        remaining_bytes: 0,
+        blob: sha.finish().to_vec(),
+        version: String::new(),
+    };
     let _ = chunks.send(Ok(digest));
 }
 
@@ -194,10 +258,16 @@ mod tests {
     #[test]
     fn status_errors_are_etcds() {
         assert!(status_errors(7, &[]).is_empty());
-        assert_eq!(status_errors(0, &[]), vec!["etcdserver: no leader".to_string()]);
+        assert_eq!(
+            status_errors(0, &[]),
+            vec!["etcdserver: no leader".to_string()]
+        );
         assert_eq!(
             status_errors(7, &[(7, alarm::ALARM_NOSPACE), (9, alarm::ALARM_CORRUPT)]),
-            vec!["memberID:7 alarm:NOSPACE ".to_string(), "memberID:9 alarm:CORRUPT ".to_string()]
+            vec![
+                "memberID:7 alarm:NOSPACE ".to_string(),
+                "memberID:9 alarm:CORRUPT ".to_string()
+            ]
         );
     }
 }

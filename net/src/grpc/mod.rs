@@ -14,7 +14,9 @@ mod watch;
 use std::sync::Arc;
 use std::time::Instant;
 
-use corekv_engine::pb::{PbClusterServer, PbKvServer, PbMaintenanceServer, PbResponseHeader, PbWatchServer};
+use corekv_engine::pb::{
+    PbClusterServer, PbKvServer, PbMaintenanceServer, PbResponseHeader, PbWatchServer,
+};
 use corekv_engine::{KvError, StatusCode};
 use tonic::service::Routes;
 
@@ -39,12 +41,19 @@ pub fn routes(shard: ShardClient) -> Routes {
         .max_encoding_message_size(encode_max);
     let lease = corekv_engine::pb::PbLeaseServer::new(lease::LeaseService::new(shard.clone()))
         .max_decoding_message_size(decode_max);
-    let limits = v3pb::Limits { decode_max, encode_max };
+    let limits = v3pb::Limits {
+        decode_max,
+        encode_max,
+    };
     let lock = lock::LockServer::new(shard.clone(), limits);
     let election = election::ElectionServer::new(shard.clone(), limits);
     let cluster = PbClusterServer::new(cluster::ClusterService::new(shard))
         .max_decoding_message_size(decode_max);
-    Routes::new(kv).add_service(maintenance).add_service(cluster).add_service(watch).add_service(lease)
+    Routes::new(kv)
+        .add_service(maintenance)
+        .add_service(cluster)
+        .add_service(watch)
+        .add_service(lease)
         .add_service(lock)
         .add_service(election)
 }
@@ -54,9 +63,14 @@ pub fn routes(shard: ShardClient) -> Routes {
 /// the KV service's `/etcdserverpb.KV/{*rest}`, so only Range leaves the generated service.
 pub fn router(shard: ShardClient) -> axum::Router {
     let decode_max = shard.cluster.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let limits = v3pb::Limits { decode_max, encode_max: usize::MAX };
+    let limits = v3pb::Limits {
+        decode_max,
+        encode_max: usize::MAX,
+    };
     let range = range::RangeServer::new(shard.clone(), limits);
-    routes(shard).into_axum_router().route_service(range::PATH, range)
+    routes(shard)
+        .into_axum_router()
+        .route_service(range::PATH, range)
 }
 
 /// Maps an engine error to the gRPC status etcd sends for it.
@@ -98,7 +112,10 @@ pub(crate) struct Timer {
 
 impl Timer {
     pub(crate) fn start(method: Method) -> Timer {
-        Timer { method, started: Instant::now() }
+        Timer {
+            method,
+            started: Instant::now(),
+        }
     }
     pub(crate) fn finish<T>(self, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
         metrics::global().record(self.method, result.is_ok(), self.started.elapsed());

@@ -54,7 +54,9 @@ impl Codec for RangeCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<PbRangeResponse, PbRangeRequest>::raw_decoder(BufferSettings::default())
+        tonic_prost::ProstCodec::<PbRangeResponse, PbRangeRequest>::raw_decoder(
+            BufferSettings::default(),
+        )
     }
 }
 
@@ -98,7 +100,9 @@ impl tower::Service<http::Request<axum::body::Body>> for RangeServer {
     }
 
     fn call(&mut self, req: http::Request<axum::body::Body>) -> HttpFuture {
-        let handler = RangeHandler { shard: self.shard.clone() };
+        let handler = RangeHandler {
+            shard: self.shard.clone(),
+        };
         let limits = self.limits;
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(RangeCodec)
@@ -137,7 +141,10 @@ impl tower::Service<Request<PbRangeRequest>> for RangeHandler {
 async fn range(shard: &ShardClient, req: PbRangeRequest) -> Result<RangeReply, Status> {
     validate::check_range(&req).map_err(to_status)?;
     let serializable = req.serializable;
-    let reply = shard.read(ReadOp::Range(req), serializable).await.map_err(to_status)?;
+    let reply = shard
+        .read(ReadOp::Range(req), serializable)
+        .await
+        .map_err(to_status)?;
     match reply.body {
         ReadResult::Range(answer) => {
             let header = HeaderFields {
@@ -147,7 +154,9 @@ async fn range(shard: &ShardClient, req: PbRangeRequest) -> Result<RangeReply, S
             };
             Ok(RangeReply { answer, header })
         }
-        ReadResult::Txn(_) => Err(Status::internal("corekv: read response does not match the request")),
+        ReadResult::Txn(_) => Err(Status::internal(
+            "corekv: read response does not match the request",
+        )),
     }
 }
 
@@ -190,9 +199,17 @@ mod tests {
         let (tx, rx) = flume::bounded(16);
         std::thread::spawn(move || {
             while let Ok(request) = rx.recv() {
-                if let ShardRequest::Read { op: ReadOp::Range(req), reply, .. } = request {
+                if let ShardRequest::Read {
+                    op: ReadOp::Range(req),
+                    reply,
+                    ..
+                } = request
+                {
                     let body = view.range_answer(&req).map(ReadResult::Range);
-                    let _ = reply.send(body.map(|body| Reply { body, raft_term: RAFT_TERM }));
+                    let _ = reply.send(body.map(|body| Reply {
+                        body,
+                        raft_term: RAFT_TERM,
+                    }));
                 }
             }
         });
@@ -224,10 +241,15 @@ mod tests {
     }
 
     /// The response's grpc-status (headers for trailers-only answers) and data.
-    async fn call(router: axum::Router, request: http::Request<axum::body::Body>) -> (http::HeaderMap, Vec<u8>) {
+    async fn call(
+        router: axum::Router,
+        request: http::Request<axum::body::Body>,
+    ) -> (http::HeaderMap, Vec<u8>) {
         let response = router.oneshot(request).await.unwrap();
         let headers = response.headers().clone();
-        let data = axum::body::to_bytes(axum::body::Body::new(response.into_body()), usize::MAX).await.unwrap();
+        let data = axum::body::to_bytes(axum::body::Body::new(response.into_body()), usize::MAX)
+            .await
+            .unwrap();
         (headers, data.to_vec())
     }
 
@@ -235,8 +257,12 @@ mod tests {
     fn expected(shard_keys: u32, req: &PbRangeRequest) -> Vec<u8> {
         let mut resp = store(shard_keys).view().range(req).unwrap();
         let revision = resp.header.as_ref().unwrap().revision;
-        resp.header =
-            Some(PbResponseHeader { cluster_id: CLUSTER_ID, member_id: MEMBER_ID, revision, raft_term: RAFT_TERM });
+        resp.header = Some(PbResponseHeader {
+            cluster_id: CLUSTER_ID,
+            member_id: MEMBER_ID,
+            revision,
+            raft_term: RAFT_TERM,
+        });
         resp.encode_to_vec()
     }
 
@@ -244,41 +270,87 @@ mod tests {
     async fn exact_route_takes_range_ahead_of_the_kv_service() {
         let shard = fake_shard(3);
         let marker = tower::service_fn(|_: http::Request<axum::body::Body>| async {
-            let response = http::Response::builder().header("x-route", "range").body(Body::default());
+            let response = http::Response::builder()
+                .header("x-route", "range")
+                .body(Body::default());
             Ok::<_, Infallible>(response.unwrap())
         });
         let router = || {
             let generated = super::super::routes(shard.clone()).into_axum_router();
             generated.route_service(PATH, marker)
         };
-        let req = PbRangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() };
+        let req = PbRangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            ..Default::default()
+        };
         let (headers, _) = call(router(), grpc_request(PATH, &req)).await;
-        assert_eq!(headers.get("x-route").map(|v| v.to_str().unwrap()), Some("range"));
+        assert_eq!(
+            headers.get("x-route").map(|v| v.to_str().unwrap()),
+            Some("range")
+        );
         // Every other KV method (and a path that only starts like Range's) still reaches
         // the generated service, which answers them itself.
-        let others =
-            ["/etcdserverpb.KV/Put", "/etcdserverpb.KV/Txn", "/etcdserverpb.KV/RangeX", "/etcdserverpb.KV/Range/"];
+        let others = [
+            "/etcdserverpb.KV/Put",
+            "/etcdserverpb.KV/Txn",
+            "/etcdserverpb.KV/RangeX",
+            "/etcdserverpb.KV/Range/",
+        ];
         for path in others {
             let (headers, _) = call(router(), grpc_request(path, &PbPutRequest::default())).await;
-            assert!(headers.get("x-route").is_none(), "{path} went to the Range route");
-            assert!(headers.get("grpc-status").is_some() || headers.get("content-type").is_some(), "{path}");
+            assert!(
+                headers.get("x-route").is_none(),
+                "{path} went to the Range route"
+            );
+            assert!(
+                headers.get("grpc-status").is_some() || headers.get("content-type").is_some(),
+                "{path}"
+            );
         }
     }
 
     #[tokio::test]
     async fn range_route_sends_what_the_generated_service_would() {
         let shard = fake_shard(3000);
-        let all = || PbRangeRequest { key: b"k".to_vec(), range_end: vec![0], ..Default::default() };
+        let all = || PbRangeRequest {
+            key: b"k".to_vec(),
+            range_end: vec![0],
+            ..Default::default()
+        };
         let requests = [
-            PbRangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() },
-            PbRangeRequest { key: b"k00010".to_vec(), ..Default::default() },
-            PbRangeRequest { limit: 7, sort_order: 2, sort_target: 4, ..all() },
-            PbRangeRequest { keys_only: true, serializable: true, ..all() },
-            PbRangeRequest { count_only: true, ..all() },
-            PbRangeRequest { key: b"nothing".to_vec(), ..Default::default() },
+            PbRangeRequest {
+                key: b"k".to_vec(),
+                range_end: b"l".to_vec(),
+                ..Default::default()
+            },
+            PbRangeRequest {
+                key: b"k00010".to_vec(),
+                ..Default::default()
+            },
+            PbRangeRequest {
+                limit: 7,
+                sort_order: 2,
+                sort_target: 4,
+                ..all()
+            },
+            PbRangeRequest {
+                keys_only: true,
+                serializable: true,
+                ..all()
+            },
+            PbRangeRequest {
+                count_only: true,
+                ..all()
+            },
+            PbRangeRequest {
+                key: b"nothing".to_vec(),
+                ..Default::default()
+            },
         ];
         for req in &requests {
-            let (headers, data) = call(super::super::router(shard.clone()), grpc_request(PATH, req)).await;
+            let (headers, data) =
+                call(super::super::router(shard.clone()), grpc_request(PATH, req)).await;
             assert!(headers.get("grpc-status").is_none(), "{req:?}: {headers:?}");
             let message = expected(3000, req);
             let mut frame = vec![0u8];
@@ -288,11 +360,22 @@ mod tests {
         }
         // etcd's checks and errors are kept.
         let empty_key = PbRangeRequest::default();
-        let (headers, _) = call(super::super::router(shard.clone()), grpc_request(PATH, &empty_key)).await;
+        let (headers, _) = call(
+            super::super::router(shard.clone()),
+            grpc_request(PATH, &empty_key),
+        )
+        .await;
         assert_eq!(headers.get("grpc-status").unwrap(), "3");
         // (tonic percent-encodes the message, as for every other method.)
-        assert_eq!(headers.get("grpc-message").unwrap(), "etcdserver:%20key%20is%20not%20provided");
-        let future = PbRangeRequest { key: b"k".to_vec(), revision: 1_000_000, ..Default::default() };
+        assert_eq!(
+            headers.get("grpc-message").unwrap(),
+            "etcdserver:%20key%20is%20not%20provided"
+        );
+        let future = PbRangeRequest {
+            key: b"k".to_vec(),
+            revision: 1_000_000,
+            ..Default::default()
+        };
         let (headers, _) = call(super::super::router(shard), grpc_request(PATH, &future)).await;
         assert_eq!(headers.get("grpc-status").unwrap(), "11");
     }

@@ -73,7 +73,8 @@ pub(crate) struct ProclaimRequest {
 }
 
 /// The future a hand-written service returns for one HTTP/2 request.
-pub(crate) type HttpFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+pub(crate) type HttpFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
 /// Message size limits applied to every method of a service.
 #[derive(Debug, Clone, Copy)]
@@ -135,7 +136,11 @@ where
 }
 
 /// Serves one server-streaming call: decodes `Req`, runs `f`, streams what it returns.
-pub(crate) fn server_streaming<Req, Resp, F, Fut, S>(req: http::Request<Body>, limits: Limits, f: F) -> HttpFuture
+pub(crate) fn server_streaming<Req, Resp, F, Fut, S>(
+    req: http::Request<Body>,
+    limits: Limits,
+    f: F,
+) -> HttpFuture
 where
     Req: prost::Message + Default + Send + 'static,
     Resp: prost::Message + Send + 'static,
@@ -152,7 +157,9 @@ where
                 f(request.into_inner()).await.map(Response::new)
             }
         });
-        Ok(grpc::<Req, Resp>(limits).server_streaming(handler, req).await)
+        Ok(grpc::<Req, Resp>(limits)
+            .server_streaming(handler, req)
+            .await)
     })
 }
 
@@ -161,8 +168,14 @@ pub(crate) fn unknown_method() -> HttpFuture {
     Box::pin(async {
         let mut response = http::Response::new(Body::default());
         let headers = response.headers_mut();
-        headers.insert(Status::GRPC_STATUS, (tonic::Code::Unimplemented as i32).into());
-        headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
+        headers.insert(
+            Status::GRPC_STATUS,
+            (tonic::Code::Unimplemented as i32).into(),
+        );
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            tonic::metadata::GRPC_CONTENT_TYPE,
+        );
         Ok(response)
     })
 }

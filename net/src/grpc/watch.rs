@@ -13,7 +13,6 @@ use super::to_status;
 use crate::metrics;
 use crate::shard_api::{watch_channel, ShardClient, WATCH_STREAM_QUEUED_BYTES_MAX};
 
-
 /// Stream ids are unique per process (the shard keys its streams by them).
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -31,13 +30,19 @@ impl WatchService {
 impl PbWatchService for WatchService {
     type WatchStream = BoxStream<PbWatchResponse>;
 
-    async fn watch(&self, request: Request<Streaming<PbWatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<Streaming<PbWatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let mut inbound = request.into_inner();
         let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
         // A client that reads slower than the queue's byte bound falls back to catch-up
         // from history on the shard: it costs a position, not memory.
         let (responses, outbound) = watch_channel(WATCH_STREAM_QUEUED_BYTES_MAX);
-        self.shard.watch_open(stream_id, responses).await.map_err(to_status)?;
+        self.shard
+            .watch_open(stream_id, responses)
+            .await
+            .map_err(to_status)?;
         let shard = self.shard.clone();
         tokio::spawn(async move {
             // Each request is handed over before the next is read: the shard's bounded
@@ -60,13 +65,17 @@ impl PbWatchService for WatchService {
             }
         });
         let cluster = self.shard.cluster.clone();
-        let out = outbound.into_stream().map(move |mut response: PbWatchResponse| {
-            let header = response.header.get_or_insert_with(Default::default);
-            header.cluster_id = cluster.cluster_id;
-            header.member_id = cluster.member_id;
-            metrics::global().watch_events_sent.fetch_add(response.events.len() as u64, Ordering::Relaxed);
-            Ok(response)
-        });
+        let out = outbound
+            .into_stream()
+            .map(move |mut response: PbWatchResponse| {
+                let header = response.header.get_or_insert_with(Default::default);
+                header.cluster_id = cluster.cluster_id;
+                header.member_id = cluster.member_id;
+                metrics::global()
+                    .watch_events_sent
+                    .fetch_add(response.events.len() as u64, Ordering::Relaxed);
+                Ok(response)
+            });
         Ok(Response::new(Box::pin(out)))
     }
 }

@@ -365,7 +365,9 @@ impl Server {
                 Ok(()) => return s,
                 Err(e) => {
                     let tail = s.log_tail(40);
-                    if tail.contains("address already in use") || tail.contains("Address already in use") {
+                    if tail.contains("address already in use")
+                        || tail.contains("Address already in use")
+                    {
                         eprintln!("[harness] {kind} port clash, retrying with new ports");
                         s.kill_quiet();
                         last_err = e;
@@ -864,7 +866,8 @@ pub fn http_request(addr: &str, method: &str, path: &str) -> Result<HttpResponse
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: corekv-tests\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
-    s.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
     parse_http_response(&raw)
@@ -900,7 +903,9 @@ fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
     if chunked {
         body = dechunk(&body)?;
     } else if let Some((_, len)) = headers.iter().find(|(k, _)| k == "content-length") {
-        let n: usize = len.parse().map_err(|_| format!("bad content-length {len}"))?;
+        let n: usize = len
+            .parse()
+            .map_err(|_| format!("bad content-length {len}"))?;
         if body.len() < n {
             return Err(format!("short body: {} < {n}", body.len()));
         }
@@ -972,4 +977,3 @@ pub fn shell_words(s: &str) -> Vec<String> {
     }
     words
 }
-

@@ -27,7 +27,11 @@ pub struct Out {
 
 impl std::fmt::Display for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -36,20 +40,27 @@ impl Out {
     pub fn expect_code(&self, code: i32) -> &Self {
         assert_eq!(self.code, code, "unexpected exit code:\n{self}");
         // Progress lines are for terminals only; the tests' pipes must see none.
-        assert!(!self.stderr.contains('\r') && !self.stderr.contains('\x1b'), "progress drawn on a pipe:\n{self}");
+        assert!(
+            !self.stderr.contains('\r') && !self.stderr.contains('\x1b'),
+            "progress drawn on a pipe:\n{self}"
+        );
         self
     }
 
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"))
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"))
     }
 
     #[track_caller]
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
         self.stdout
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line is not JSON ({e}): {l}\n{self}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("line is not JSON ({e}): {l}\n{self}"))
+            })
             .collect()
     }
 }
@@ -62,7 +73,9 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Out {
 
 fn run_keep_stdin(mut cmd: Command, timeout: Duration) -> Out {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     let mut out_pipe = child.stdout.take().unwrap();
     let mut err_pipe = child.stderr.take().unwrap();
     let out_t = std::thread::spawn(move || {
@@ -99,7 +112,9 @@ pub fn run_with_stdin(mut cmd: Command, input: &[u8], timeout: Duration) -> Out 
     // From a file, so that no writer thread is needed however much the command reads.
     let tmp = tempfile::NamedTempFile::new().expect("stdin file");
     std::fs::write(tmp.path(), input).expect("write stdin file");
-    cmd.stdin(Stdio::from(std::fs::File::open(tmp.path()).expect("open stdin file")));
+    cmd.stdin(Stdio::from(
+        std::fs::File::open(tmp.path()).expect("open stdin file"),
+    ));
     run_keep_stdin(cmd, timeout)
 }
 
@@ -111,7 +126,10 @@ pub fn tool(args: &[&str]) -> Out {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tools has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tools has a parent")
+        .to_path_buf()
 }
 
 pub fn corekv_bin() -> PathBuf {
@@ -128,7 +146,9 @@ pub fn corekv_bin() -> PathBuf {
 
 /// `n` distinct free loopback ports.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
     ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
@@ -142,7 +162,9 @@ pub fn etcdctl_cmd(port: u16) -> Command {
             cmd.env_remove(&k);
         }
     }
-    cmd.env("ETCDCTL_API", "3").arg(format!("--endpoints=127.0.0.1:{port}")).arg("--command-timeout=5s");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=127.0.0.1:{port}"))
+        .arg("--command-timeout=5s");
     cmd
 }
 
@@ -169,7 +191,10 @@ impl Server {
         for _attempt in 0..3 {
             let ports = free_ports(2);
             let peer_port = peer_port.unwrap_or(ports[1]);
-            let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{peer_port}"));
+            let (client, peer) = (
+                format!("http://127.0.0.1:{}", ports[0]),
+                format!("http://127.0.0.1:{peer_port}"),
+            );
             let log = data_dir.with_extension("log");
             let log_file = std::fs::File::create(&log).expect("server log");
             let mut cmd = Command::new(&bin);
@@ -181,15 +206,32 @@ impl Server {
             }
             cmd.args(["--name", name, "--data-dir"])
                 .arg(data_dir)
-                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
                 .arg("--initial-cluster")
                 .arg(format!("{name}={peer}"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log_file.try_clone().unwrap()))
                 .stderr(Stdio::from(log_file));
-            let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
-            let mut s = Server { child: Some(child), client_port: ports[0], data_dir: data_dir.to_path_buf(), log };
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+            let mut s = Server {
+                child: Some(child),
+                client_port: ports[0],
+                data_dir: data_dir.to_path_buf(),
+                log,
+            };
             match s.wait_ready(Duration::from_secs(30)) {
                 Ok(()) => return s,
                 Err(e) => {
@@ -233,7 +275,10 @@ impl Server {
     #[track_caller]
     pub fn put(&self, key: &str, value: &str) {
         let out = self.etcdctl(&["put", key, value]);
-        assert!(out.code == 0 && out.stdout.contains("OK"), "etcdctl put {key}:\n{out}");
+        assert!(
+            out.code == 0 && out.stdout.contains("OK"),
+            "etcdctl put {key}:\n{out}"
+        );
     }
 
     /// Stops the server with SIGKILL to its PID (as a crash would) and reaps it.
@@ -282,24 +327,43 @@ pub struct TestWal {
 impl TestWal {
     pub fn create(data_dir: &Path, segment_size_bytes: u64) -> TestWal {
         let dir = wal_dir(data_dir);
-        let opts = WalOptions { segment_size_bytes, ..WalOptions::default() };
+        let opts = WalOptions {
+            segment_size_bytes,
+            ..WalOptions::default()
+        };
         let wal = Wal::create(&dir, &identity(MEMBER_ID, 0xc1, "n1"), opts).expect("create WAL");
         TestWal { wal, dir }
     }
 
     pub fn conf_state(&mut self) {
-        let cs = ConfState { voters: vec![MEMBER_ID], ..Default::default() };
-        self.wal.append(&[(RecordKind::ConfState, &codec::encode_conf_state(&cs))]).unwrap();
+        let cs = ConfState {
+            voters: vec![MEMBER_ID],
+            ..Default::default()
+        };
+        self.wal
+            .append(&[(RecordKind::ConfState, &codec::encode_conf_state(&cs))])
+            .unwrap();
     }
 
     pub fn hard_state(&mut self, term: u64, commit: u64) {
-        let hs = HardState { term, vote: MEMBER_ID, commit };
-        self.wal.append(&[(RecordKind::HardState, &codec::encode_hard_state(&hs))]).unwrap();
+        let hs = HardState {
+            term,
+            vote: MEMBER_ID,
+            commit,
+        };
+        self.wal
+            .append(&[(RecordKind::HardState, &codec::encode_hard_state(&hs))])
+            .unwrap();
     }
 
     /// Appends an entry with raw `data`.
     pub fn entry_data(&mut self, index: u64, term: u64, data: Vec<u8>) {
-        let e = Entry { index, term, data, ..Default::default() };
+        let e = Entry {
+            index,
+            term,
+            data,
+            ..Default::default()
+        };
         let mut buf = Vec::new();
         codec::encode_entry(&e, &mut buf);
         self.wal.append(&[(RecordKind::Entry, &buf)]).unwrap();
@@ -309,7 +373,11 @@ impl TestWal {
     pub fn put(&mut self, index: u64, term: u64, key: &[u8], value: &[u8]) {
         let req = InternalRequest::new(
             index,
-            Req::Put(PbPutRequest { key: key.to_vec(), value: value.to_vec(), ..Default::default() }),
+            Req::Put(PbPutRequest {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                ..Default::default()
+            }),
         );
         self.entry_data(index, term, req.encode_to_vec());
     }
@@ -347,7 +415,11 @@ pub fn frame_offsets(segment: &Path) -> Vec<u64> {
 /// Flips the bits of one byte of a file.
 pub fn flip_byte(path: &Path, offset: u64) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, offset).unwrap();
     b[0] ^= 0xff;
