@@ -25,3 +25,6 @@ pub mod wal;
 pub use etcd_client::proto as pb;
 
 pub use error::{KvError, StatusCode};
+
+#[cfg(test)]
+mod test_rng;

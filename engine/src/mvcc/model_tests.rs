@@ -10,29 +10,7 @@ use crate::pb::{
     PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
 };
 
-/// A small deterministic generator (xorshift64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + self.below((hi - lo + 1) as u64) as i64
-    }
-}
+use crate::test_rng::Rng;
 
 /// One revision of one key; `kv == None` is a tombstone.
 #[derive(Clone, Debug)]
@@ -592,7 +570,7 @@ fn check_reads(rng: &mut Rng, view: &ReadView, model: &Model, step: usize) {
 }
 
 fn run_seed(seed: u64, steps: usize) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut store = Store::with_test_leases();
     let mut model = Model::new();
     let mut snapshots: Vec<(ReadView, Model)> = Vec::new();

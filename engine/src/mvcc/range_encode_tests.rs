@@ -15,33 +15,7 @@ use crate::pb::{
     PbCompactionRequest, PbDeleteRequest, PbPutRequest, PbRangeRequest, PbRangeResponse,
 };
 
-/// A small deterministic generator (xorshift64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + self.below((hi - lo + 1) as u64) as i64
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
+use crate::test_rng::Rng;
 
 /// Lease IDs puts may name: small, huge and negative ones (10-byte varints).
 const LEASES: &[i64] = &[0, 1, 2, i64::MAX, -1, i64::MIN];
@@ -211,7 +185,7 @@ fn check(view: &ReadView, req: &PbRangeRequest, h: &HeaderFields, what: &str) ->
 fn encoding_matches_prost_on_random_stores_and_requests() {
     let (mut answered, mut failed, mut nonempty) = (0, 0, 0);
     for seed in 1..=40u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let mut store = Store::new();
         store.set_change_tracking(false);
         store.grant_leases_for_tests(LEASES.iter().copied().filter(|id| *id != 0));
