@@ -13,9 +13,6 @@
 //!
 //! [`Config::load`] turns the arguments and environment into an [`Action`].
 
-// The server wires this module in piece by piece; not every accessor has a caller yet.
-#![allow(dead_code)]
-
 mod build;
 mod compaction;
 mod file;
@@ -140,13 +137,6 @@ pub enum Action {
 /// A configuration error; `Display` is the message (main prints `corekv: <msg>`, exits 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(String);
-
-impl ConfigError {
-    /// The error message.
-    pub fn message(&self) -> &str {
-        &self.0
-    }
-}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -11,7 +11,6 @@ mod range;
 mod v3pb;
 mod watch;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use corekv_engine::pb::{
@@ -126,6 +125,3 @@ impl Timer {
 pub(crate) fn unimplemented(what: &str) -> tonic::Status {
     tonic::Status::unimplemented(format!("corekv: {what} is not implemented yet"))
 }
-
-#[allow(dead_code)]
-fn _assert_send_sync(_: Arc<ClusterInfo>) {}
