@@ -391,19 +391,24 @@ impl Sequencer {
         let data = InternalRequest::new(self.proposal_seq, command).encode_to_vec();
         self.turn_bytes += data.len();
         match self.raft.propose(data) {
-            Ok(index) => {
+            Ok(Some(index)) => {
                 debug_assert!(self
                     .waiting_writes
                     .back()
                     .is_none_or(|(last, _)| *last < index));
                 self.waiting_writes.push_back((index, reply));
             }
+            Ok(None) => {
+                let _ = reply.send(Err(KvError::Unavailable("etcdserver: no leader".into())));
+            }
             Err(err) => {
                 metrics::global()
                     .proposals_failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let reason = match err {
-                    ProposeError::NotLeader { .. } => "etcdserver: no leader".to_string(),
+                    ProposeError::NoLeader | ProposeError::NotLeader { .. } => {
+                        "etcdserver: no leader".to_string()
+                    }
                     ProposeError::Dropped(why) => format!("etcdserver: request dropped: {why}"),
                 };
                 let _ = reply.send(Err(KvError::Unavailable(reason)));

@@ -12,4 +12,7 @@ mod log_bridge;
 mod node;
 
 pub use node::{Cycle, NodeOptions, ProposeError, RaftNode, ReadReady, Restored};
-pub use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+pub use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
+};

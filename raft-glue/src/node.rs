@@ -6,9 +6,9 @@
 //! requests may be served. Entries are applied in log order and acknowledged with
 //! [`RaftNode::applied`]. Pre-vote and check-quorum are on, as the cluster design requires.
 
-use raft::eraftpb::{ConfState, Entry, HardState, Message};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
-use raft::{RawNode, ReadOnlyOption, StateRole};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 
 /// How this member's raft is configured.
 #[derive(Debug, Clone)]
@@ -42,7 +42,9 @@ pub struct Restored {
 /// Why a proposal was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProposeError {
-    /// This member is not the leader (forwarding is the cluster issue's work).
+    /// No leader is known, so the proposal cannot be forwarded.
+    NoLeader,
+    /// Only the leader may do this (membership changes, leader transfer).
     NotLeader { leader_id: u64 },
     /// raft refused it (e.g. the uncommitted log is over its size limit).
     Dropped(String),
@@ -54,6 +56,16 @@ pub struct Cycle {
 }
 
 impl Cycle {
+    /// Messages that may leave before this cycle is durable: a leader's appends go to the
+    /// followers while its own fdatasync runs (raft's asynchronous persistence).
+    pub fn take_early_messages(&mut self) -> Vec<Message> {
+        self.ready.take_messages()
+    }
+    /// A snapshot from the leader to install before this cycle's entries, if any.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        let snap = self.ready.snapshot();
+        (!snap.is_empty()).then_some(snap)
+    }
     /// New log entries to append to the WAL, in index order.
     pub fn entries(&self) -> &[Entry] {
         self.ready.entries()
@@ -93,10 +105,8 @@ impl RaftNode {
     /// initial voters and no entries.
     pub fn new(opts: NodeOptions, restored: Restored) -> Result<RaftNode, raft::Error> {
         assert!(opts.id != 0, "raft id 0 is reserved");
-        assert!(
-            !restored.conf_state.voters.is_empty(),
-            "a raft group needs a voter"
-        );
+        // A member joining an existing cluster starts with no membership: it learns it from
+        // the leader's first append or snapshot.
         let log_start = restored.snapshot.map_or(0, |(index, _)| index);
         assert!(
             restored
@@ -154,17 +164,85 @@ impl RaftNode {
         self.raw.tick();
     }
 
-    /// Proposes a client write; returns the log index it will have if committed.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, ProposeError> {
+    /// Proposes a client write. On the leader, returns the log index it will have if
+    /// committed; a follower forwards it to the leader (raft's MsgProp) and learns its
+    /// fate by applying it (or not, if the leader changes meanwhile), so gets `None`.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<Option<u64>, ProposeError> {
+        let leading = self.raw.raft.state == StateRole::Leader;
+        if !leading && self.raw.raft.leader_id == raft::INVALID_ID {
+            return Err(ProposeError::NoLeader);
+        }
+        self.raw
+            .propose(Vec::new(), data)
+            .map_err(|e| ProposeError::Dropped(e.to_string()))?;
+        Ok(leading.then(|| self.raw.raft.raft_log.last_index()))
+    }
+
+    /// Proposes a membership change (leader only). `context` travels with the entry.
+    pub fn propose_conf_change(
+        &mut self,
+        context: Vec<u8>,
+        change: ConfChangeV2,
+    ) -> Result<u64, ProposeError> {
         if self.raw.raft.state != StateRole::Leader {
             return Err(ProposeError::NotLeader {
                 leader_id: self.raw.raft.leader_id,
             });
         }
         self.raw
-            .propose(Vec::new(), data)
+            .propose_conf_change(context, change)
             .map_err(|e| ProposeError::Dropped(e.to_string()))?;
         Ok(self.raw.raft.raft_log.last_index())
+    }
+
+    /// Applies a committed membership change; returns the membership after it.
+    pub fn apply_conf_change(&mut self, change: &ConfChangeV2) -> Result<ConfState, raft::Error> {
+        let conf = self.raw.apply_conf_change(change)?;
+        self.raw.store().wl().set_conf_state(conf.clone());
+        Ok(conf)
+    }
+
+    /// Hands raft a message from a peer.
+    pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        self.raw.step(message)
+    }
+
+    /// Asks the leader to hand leadership to `transferee` (leader only; raft checks it).
+    pub fn transfer_leader(&mut self, transferee: u64) {
+        self.raw.transfer_leader(transferee);
+    }
+
+    /// Tells raft a peer could not be reached, so it probes instead of streaming appends.
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.raw.report_unreachable(id);
+    }
+
+    /// Tells raft how sending a snapshot to `id` ended.
+    pub fn report_snapshot(&mut self, id: u64, delivered: bool) {
+        let status = if delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(id, status);
+    }
+
+    /// The term of the entry at `index`, if the in-memory log still holds it.
+    pub fn term_of(&self, index: u64) -> Option<u64> {
+        self.raw.raft.raft_log.term(index).ok()
+    }
+
+    /// The highest log index known to be replicated on `id` (leader only).
+    pub fn matched(&self, id: u64) -> Option<u64> {
+        if self.raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        self.raw.raft.prs().get(id).map(|p| p.matched)
+    }
+
+    /// Whether this member may campaign (it is a voter).
+    pub fn is_voter(&self) -> bool {
+        self.conf_state().voters.contains(&self.opts.id)
     }
 
     /// Asks for a read index; the answer comes back in a later [`ReadReady::read_states`]
@@ -186,6 +264,14 @@ impl RaftNode {
     /// Hands back a cycle whose entries and hard state are now durable.
     pub fn persisted(&mut self, cycle: Cycle) -> ReadReady {
         let mut ready = cycle.ready;
+        if !ready.snapshot().is_empty() {
+            // The caller installed the snapshot's data; the log now starts after it.
+            self.raw
+                .store()
+                .wl()
+                .apply_snapshot(ready.snapshot().clone())
+                .expect("a snapshot raft accepted is newer than the log");
+        }
         let mut out = ReadReady {
             committed: ready.take_committed_entries(),
             read_states: take_read_states(&mut ready),
@@ -314,7 +400,9 @@ mod tests {
         node.campaign().unwrap();
         drain(&mut node, &mut log);
         assert!(node.is_leader());
-        let idx: Vec<u64> = (0..3).map(|i| node.propose(vec![i]).unwrap()).collect();
+        let idx: Vec<u64> = (0..3)
+            .map(|i| node.propose(vec![i]).unwrap().unwrap())
+            .collect();
         assert_eq!(idx, vec![idx[0], idx[0] + 1, idx[0] + 2]);
         let out = drain(&mut node, &mut log);
         let data: Vec<Vec<u8>> = out
@@ -377,7 +465,7 @@ mod tests {
         node.campaign().unwrap();
         drain(&mut node, &mut log);
         assert!(node.is_leader());
-        let index = node.propose(b"next".to_vec()).unwrap();
+        let index = node.propose(b"next".to_vec()).unwrap().unwrap();
         assert!(
             index > 104,
             "new entries follow the recovered tail (got {index})"
@@ -391,7 +479,7 @@ mod tests {
         let mut node = single(1);
         assert_eq!(
             node.propose(vec![1]),
-            Err(ProposeError::NotLeader { leader_id: 0 })
+            Err(ProposeError::NoLeader)
         );
     }
 
