@@ -443,7 +443,7 @@ enum Install {
 /// as long as the returned file is open.
 fn write_image(snap: Snapshot, path: &Path) -> Result<SnapshotImage, String> {
     remove_stale(path);
-    let revision = snap.meta().map_err(|e| e.to_string())?.revision;
+    let meta = snap.meta().map_err(|e| e.to_string())?;
     let stats = snap.compact_to(path).map_err(|e| e.to_string());
     drop(snap);
     let stats = match stats {
@@ -458,7 +458,9 @@ fn write_image(snap: Snapshot, path: &Path) -> Result<SnapshotImage, String> {
     Ok(SnapshotImage {
         file: file?,
         size_bytes: stats.page_count * PAGE_SIZE as u64,
-        revision,
+        revision: meta.revision,
+        index: meta.consistent_index,
+        term: meta.term,
     })
 }
 

@@ -51,6 +51,9 @@ pub enum KvError {
     NoSpace,
     /// The CORRUPT alarm is active: writes are refused.
     Corrupt,
+    /// A membership or leadership request refused (etcd's cluster errors: "member not
+    /// found", "not enough started members", "not leader", ...), with etcd's code and text.
+    Cluster(StatusCode, String),
 }
 
 impl KvError {
@@ -72,6 +75,7 @@ impl KvError {
             KvError::Unavailable(reason) => reason,
             KvError::NoSpace => "etcdserver: mvcc: database space exceeded",
             KvError::Corrupt => "etcdserver: corrupt cluster",
+            KvError::Cluster(_, text) => text,
         }
     }
 
@@ -93,6 +97,7 @@ impl KvError {
             KvError::Unavailable(_) => StatusCode::Unavailable,
             KvError::NoSpace => StatusCode::ResourceExhausted,
             KvError::Corrupt => StatusCode::DataLoss,
+            KvError::Cluster(code, _) => *code,
         }
     }
 }
@@ -104,3 +109,16 @@ impl fmt::Display for KvError {
 }
 
 impl std::error::Error for KvError {}
+
+impl From<crate::membership::MembershipError> for KvError {
+    fn from(err: crate::membership::MembershipError) -> KvError {
+        use crate::membership::MembershipError as E;
+        let code = match err {
+            E::NotFound => StatusCode::NotFound,
+            E::IdExists | E::PeerUrlExists | E::Removed | E::NotLearner => {
+                StatusCode::FailedPrecondition
+            }
+        };
+        KvError::Cluster(code, err.to_string())
+    }
+}

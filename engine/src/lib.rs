@@ -6,6 +6,7 @@
 //!   snapshots ([`mvcc::ReadView`]) and never block the writer.
 //! - [`backend`]: the key space on disk: revision records and leases in the B+ tree
 //!   ([`btree`]), committed in batches with the raft index they include, loaded on start.
+//! - [`membership`]: the cluster's members (ids, names, URLs, learners), replicated state.
 //! - [`request`]: what travels through the raft log ([`request::InternalRequest`]).
 //! - [`sha256`]: SHA-256, for the digest that ends a snapshot image.
 //! - [`error`]: the errors a client can see from the key space, with etcd's texts.
@@ -16,6 +17,7 @@
 pub mod backend;
 pub mod btree;
 pub mod error;
+pub mod membership;
 pub mod mvcc;
 pub mod request;
 pub mod sha256;

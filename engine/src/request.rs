@@ -31,6 +31,16 @@ pub struct InternalRequest {
     pub lease_checkpoint: Option<LeaseCheckpointRequest>,
     #[prost(message, optional, tag = "9")]
     pub alarm: Option<PbAlarmRequest>,
+    /// The member that proposed this request (0: the leader itself, or an older entry).
+    /// The proposer answers its client when it applies the entry; the id matches it.
+    #[prost(uint64, tag = "10")]
+    pub origin: u64,
+    #[prost(message, optional, tag = "11")]
+    pub member_attributes: Option<MemberAttributesRequest>,
+    #[prost(message, optional, tag = "12")]
+    pub member_update: Option<MemberUpdateRequest>,
+    #[prost(message, optional, tag = "13")]
+    pub member_conf: Option<MemberConfRequest>,
 }
 
 /// Remaining TTLs the leader records in the log so that a restart (or a new leader) does not
@@ -51,6 +61,67 @@ pub struct LeaseCheckpoint {
     pub remaining_ttl: i64,
 }
 
+/// A member publishes its name and client URLs after it starts (etcd's attributes).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberAttributesRequest {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(string, repeated, tag = "3")]
+    pub client_urls: Vec<String>,
+}
+
+/// Cluster.MemberUpdate: a member's new peer URLs.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberUpdateRequest {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, repeated, tag = "2")]
+    pub peer_urls: Vec<String>,
+}
+
+/// The membership side of a raft configuration change; travels as the change's context.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberConfRequest {
+    /// 0 add voter, 1 add learner, 2 remove, 3 promote.
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    #[prost(uint64, tag = "2")]
+    pub id: u64,
+    #[prost(string, repeated, tag = "3")]
+    pub peer_urls: Vec<String>,
+}
+
+impl MemberConfRequest {
+    /// The change, or `None` for a kind this build does not know.
+    pub fn kind(&self) -> Option<crate::membership::ConfChangeKind> {
+        use crate::membership::ConfChangeKind as K;
+        Some(match self.kind {
+            0 => K::AddVoter,
+            1 => K::AddLearner,
+            2 => K::Remove,
+            3 => K::Promote,
+            _ => return None,
+        })
+    }
+
+    /// The request for `kind` on `member`.
+    pub fn new(kind: crate::membership::ConfChangeKind, member: &crate::membership::Member) -> Self {
+        use crate::membership::ConfChangeKind as K;
+        MemberConfRequest {
+            kind: match kind {
+                K::AddVoter => 0,
+                K::AddLearner => 1,
+                K::Remove => 2,
+                K::Promote => 3,
+            },
+            id: member.id,
+            peer_urls: member.peer_urls.clone(),
+        }
+    }
+}
+
 /// The one request an [`InternalRequest`] carries, by value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -68,6 +139,12 @@ pub enum Command {
     /// List, raise or clear an alarm (etcd's Maintenance.Alarm goes through the log, GET
     /// included). No revision change.
     Alarm(PbAlarmRequest),
+    /// A member's published attributes (no revision change).
+    MemberAttributes(MemberAttributesRequest),
+    /// New peer URLs for a member (no revision change).
+    MemberUpdate(MemberUpdateRequest),
+    /// The membership half of a committed raft configuration change (no revision change).
+    MemberConf(MemberConfRequest),
 }
 
 impl InternalRequest {
@@ -86,6 +163,9 @@ impl InternalRequest {
             Command::LeaseRevoke(r) => request.lease_revoke = Some(r),
             Command::LeaseCheckpoint(r) => request.lease_checkpoint = Some(r),
             Command::Alarm(r) => request.alarm = Some(r),
+            Command::MemberAttributes(r) => request.member_attributes = Some(r),
+            Command::MemberUpdate(r) => request.member_update = Some(r),
+            Command::MemberConf(r) => request.member_conf = Some(r),
         }
         request
     }
@@ -112,6 +192,15 @@ impl InternalRequest {
         }
         if let Some(r) = self.lease_checkpoint {
             return Some(Command::LeaseCheckpoint(r));
+        }
+        if let Some(r) = self.member_attributes {
+            return Some(Command::MemberAttributes(r));
+        }
+        if let Some(r) = self.member_update {
+            return Some(Command::MemberUpdate(r));
+        }
+        if let Some(r) = self.member_conf {
+            return Some(Command::MemberConf(r));
         }
         self.alarm.map(Command::Alarm)
     }

@@ -5,12 +5,14 @@
 //! - [`grpc`]: etcd's gRPC services (KV, Maintenance, Cluster) at etcd's method paths.
 //! - [`http`]: `/health`, `/version`, `/metrics` on the client port (and metrics URLs).
 //! - [`serve`]: one core's accept loop: HTTP/1.1 and HTTP/2 (gRPC) on the same port.
+//! - [`peer`]: the raft transport between members (--listen-peer-urls).
 //! - [`metrics`]: lock-free counters and histograms rendered as Prometheus text.
 
 mod authority;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod peer;
 pub mod serve;
 pub mod shard_api;
 

@@ -194,6 +194,27 @@ pub struct Metrics {
     pub leases_live: AtomicI64,
     /// Leases revoked because they expired.
     pub lease_expirations: AtomicU64,
+    /// Raft: leader changes seen by this member (etcd_server_leader_changes_seen_total).
+    pub leader_changes: AtomicU64,
+    /// 1 if this member knows a leader.
+    pub has_leader: AtomicI64,
+    /// 1 if this member is the leader.
+    pub is_leader: AtomicI64,
+    /// Entries committed (etcd_server_proposals_committed_total is the commit index).
+    pub proposals_committed: AtomicU64,
+    /// Proposals waiting to be applied.
+    pub proposals_pending: AtomicI64,
+    /// Round-trip time of pings to peers.
+    pub peer_round_trip_seconds: Histogram,
+    /// Snapshots sent to followers, and those that failed.
+    pub snapshot_sends: AtomicU64,
+    pub snapshot_send_failures: AtomicU64,
+    /// Duration of a successful snapshot send.
+    pub snapshot_send_seconds: Histogram,
+    /// Snapshots received and installed.
+    pub snapshot_installs: AtomicU64,
+    /// Raft messages dropped because a peer's queue was full or it was unreachable.
+    pub peer_messages_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -210,6 +231,17 @@ impl Metrics {
             wal_fsync_seconds: Histogram::new(SECONDS_BUCKETS),
             backend_commit_seconds: Histogram::new(SECONDS_BUCKETS),
             batch_entries: Histogram::new(COUNT_BUCKETS),
+            leader_changes: AtomicU64::new(0),
+            has_leader: AtomicI64::new(0),
+            is_leader: AtomicI64::new(0),
+            proposals_committed: AtomicU64::new(0),
+            proposals_pending: AtomicI64::new(0),
+            peer_round_trip_seconds: Histogram::new(SECONDS_BUCKETS),
+            snapshot_sends: AtomicU64::new(0),
+            snapshot_send_failures: AtomicU64::new(0),
+            snapshot_send_seconds: Histogram::new(SECONDS_BUCKETS),
+            snapshot_installs: AtomicU64::new(0),
+            peer_messages_dropped: AtomicU64::new(0),
             batch_bytes: Histogram::new(BYTES_BUCKETS),
             current_revision: AtomicI64::new(1),
             compact_revision: AtomicI64::new(0),
@@ -313,6 +345,84 @@ impl Metrics {
             "corekv_db_size_bytes",
             "Bytes on disk.",
             self.db_size_bytes.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "etcd_server_leader_changes_seen_total",
+            "The number of leader changes seen.",
+            self.leader_changes.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not.",
+            self.has_leader.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "etcd_server_is_leader",
+            "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            self.is_leader.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed.",
+            self.proposals_committed.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied.",
+            self.proposals_applied.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit.",
+            self.proposals_pending.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "etcd_server_proposals_failed_total",
+            "The total number of failed proposals seen.",
+            self.proposals_failed.load(Relaxed),
+        );
+        histogram(
+            &mut out,
+            "etcd_network_peer_round_trip_time_seconds",
+            "Round-trip-time histogram between peers.",
+            &self.peer_round_trip_seconds,
+        );
+        counter(
+            &mut out,
+            "etcd_network_snapshot_send_success",
+            "Total number of successful snapshot sends.",
+            self.snapshot_sends.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "etcd_network_snapshot_send_failures",
+            "Total number of snapshot send failures.",
+            self.snapshot_send_failures.load(Relaxed),
+        );
+        histogram(
+            &mut out,
+            "etcd_network_snapshot_send_total_duration_seconds",
+            "Total latency distributions of v3 snapshot sends.",
+            &self.snapshot_send_seconds,
+        );
+        counter(
+            &mut out,
+            "corekv_snapshot_installs_total",
+            "Snapshots received from a leader and installed.",
+            self.snapshot_installs.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "corekv_peer_messages_dropped_total",
+            "Raft messages dropped: the peer's queue was full or it was unreachable.",
+            self.peer_messages_dropped.load(Relaxed),
         );
         counter(
             &mut out,

@@ -157,6 +157,9 @@ pub struct SnapshotImage {
     pub size_bytes: u64,
     /// The key space's revision the image holds.
     pub revision: i64,
+    /// The raft log position (index, term) of the last entry the image holds.
+    pub index: u64,
+    pub term: u64,
 }
 
 /// Raft and storage figures reported by Maintenance.Status.

@@ -82,6 +82,45 @@ pub fn decode_hard_state(payload: &[u8]) -> Result<HardState, DecodeError> {
     Ok(hs)
 }
 
+/// Encodes a raft message for a peer (raft's own protobuf encoding).
+pub fn encode_message(message: &raft::eraftpb::Message) -> Vec<u8> {
+    prost_raft::Message::encode_to_vec(message)
+}
+
+/// Decodes a message a peer sent with [`encode_message`].
+pub fn decode_message(payload: &[u8]) -> Result<raft::eraftpb::Message, DecodeError> {
+    <raft::eraftpb::Message as prost_raft::Message>::decode(payload)
+        .map_err(|_| DecodeError("raft message does not decode"))
+}
+
+/// Encodes a configuration change for a log entry.
+pub fn encode_conf_change(change: &raft::eraftpb::ConfChangeV2) -> Vec<u8> {
+    prost_raft::Message::encode_to_vec(change)
+}
+
+/// Decodes a configuration change from a committed entry's data.
+pub fn decode_conf_change(payload: &[u8]) -> Result<raft::eraftpb::ConfChangeV2, DecodeError> {
+    <raft::eraftpb::ConfChangeV2 as prost_raft::Message>::decode(payload)
+        .map_err(|_| DecodeError("configuration change does not decode"))
+}
+
+/// Encodes a snapshot marker: the log now starts after `(index, term)`, whose effects the
+/// revision store holds (16 bytes: index u64 LE, term u64 LE).
+pub fn encode_snapshot_marker(index: u64, term: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&term.to_le_bytes());
+    out
+}
+
+/// Decodes a marker written by [`encode_snapshot_marker`]: `(index, term)`.
+pub fn decode_snapshot_marker(payload: &[u8]) -> Result<(u64, u64), DecodeError> {
+    let mut r = Reader(payload);
+    let marker = (r.u64()?, r.u64()?);
+    r.finish()?;
+    Ok(marker)
+}
+
 /// Encodes a membership configuration (voters and learners).
 pub fn encode_conf_state(cs: &ConfState) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + 8 * (cs.voters.len() + cs.learners.len()));
@@ -174,6 +213,16 @@ mod tests {
         }
         buf.push(0);
         assert!(decode_entry(&buf).is_err(), "trailing byte must not decode");
+    }
+
+    #[test]
+    fn snapshot_marker_round_trips() {
+        let buf = encode_snapshot_marker(1_000, 7);
+        assert_eq!(decode_snapshot_marker(&buf).unwrap(), (1_000, 7));
+        assert!(decode_snapshot_marker(&buf[..15]).is_err());
+        let mut long = buf;
+        long.push(0);
+        assert!(decode_snapshot_marker(&long).is_err());
     }
 
     #[test]

@@ -13,6 +13,28 @@ pub(super) const LEASE_PREFIX: u8 = b'l';
 /// the value is empty.
 pub(super) const ALARM_PREFIX: u8 = b'a';
 const ALARM_KEY_BYTES: usize = 13;
+/// Tree keys of cluster members: `m` + member ID u64 BE; the value is
+/// `membership::encode_member`'s.
+pub(super) const MEMBER_PREFIX: u8 = b'm';
+/// Tree keys of removed member IDs: `r` + member ID u64 BE; the value is empty.
+pub(super) const REMOVED_PREFIX: u8 = b'r';
+const MEMBER_KEY_BYTES: usize = 9;
+
+/// The tree key of member `id` under `prefix` (`MEMBER_PREFIX` or `REMOVED_PREFIX`).
+pub(super) fn member_key(prefix: u8, id: u64) -> [u8; MEMBER_KEY_BYTES] {
+    let mut k = [0u8; MEMBER_KEY_BYTES];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The member ID of a member or removed-member key.
+pub(super) fn decode_member_key(prefix: u8, k: &[u8]) -> Result<u64, String> {
+    if k.len() != MEMBER_KEY_BYTES || k[0] != prefix {
+        return Err(format!("member key {k:02x?} is malformed"));
+    }
+    Ok(u64::from_be_bytes(k[1..].try_into().expect("8 bytes")))
+}
 pub(super) const REVISION_KEY_BYTES: usize = 17;
 const LEASE_KEY_BYTES: usize = 9;
 const LEASE_VALUE_BYTES: usize = 16;

@@ -185,6 +185,52 @@ mod tests {
     }
 
     #[test]
+    fn membership_survives_a_reload_and_a_compacted_copy() {
+        use crate::membership::{ConfChangeKind, Member, Membership};
+        use crate::request::{Command, MemberAttributesRequest, MemberConfRequest};
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = Backend::open(dir.path().join("db")).unwrap();
+        let (mut store, _) = backend.load().unwrap();
+        let member = |id: u64, url: &str| Member {
+            id,
+            peer_urls: vec![url.into()],
+            ..Default::default()
+        };
+        store.seed_membership(Membership::with_members([
+            member(1, "http://a:2380"),
+            member(2, "http://b:2380"),
+        ]));
+        let commands = [
+            Command::MemberAttributes(MemberAttributesRequest {
+                id: 1,
+                name: "a".into(),
+                client_urls: vec!["http://a:2379".into()],
+            }),
+            Command::MemberConf(MemberConfRequest::new(
+                ConfChangeKind::AddLearner,
+                &member(3, "http://c:2380"),
+            )),
+            Command::MemberConf(MemberConfRequest::new(
+                ConfChangeKind::Remove,
+                &member(2, ""),
+            )),
+        ];
+        apply_commit(&mut backend, &mut store, &commands);
+        let want = store.view().membership().clone();
+        assert_eq!(want.members().count(), 2);
+        assert!(want.get(3).unwrap().is_learner && want.is_removed(2));
+        assert_eq!(want.get(1).unwrap().name, "a");
+        drop(backend);
+        let backend = Backend::open(dir.path().join("db")).unwrap();
+        let (loaded, _) = backend.load().unwrap();
+        assert_eq!(loaded.view().membership(), &want);
+        let copy = dir.path().join("copy");
+        backend.snapshot().compact_to(&copy).unwrap();
+        let (from_copy, _) = Backend::open(&copy).unwrap().load().unwrap();
+        assert_eq!(from_copy.view().membership(), &want);
+    }
+
+    #[test]
     fn compacted_copy_holds_the_same_key_space_in_fewer_pages() {
         let dir = tempfile::tempdir().unwrap();
         let (backend, store) = populated(dir.path());

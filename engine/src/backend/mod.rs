@@ -136,6 +136,21 @@ impl Backend {
             let (alarm, member_id) = layout::decode_alarm(k, v).map_err(BackendError::Corrupt)?;
             r.alarm(member_id, alarm);
         }
+        let mut membership = crate::membership::Membership::default();
+        for entry in prefix_range(&snap, layout::MEMBER_PREFIX) {
+            let (k, v) = entry?;
+            let id = layout::decode_member_key(layout::MEMBER_PREFIX, k)
+                .map_err(BackendError::Corrupt)?;
+            let member = crate::membership::decode_member(id, v).map_err(BackendError::Corrupt)?;
+            membership.restore_member(member);
+        }
+        for entry in prefix_range(&snap, layout::REMOVED_PREFIX) {
+            let (k, _) = entry?;
+            let id = layout::decode_member_key(layout::REMOVED_PREFIX, k)
+                .map_err(BackendError::Corrupt)?;
+            membership.restore_removed(id);
+        }
+        r.membership(membership);
         let leases = prefix_range(&snap, layout::LEASE_PREFIX);
         for entry in leases {
             let (k, v) = entry?;
@@ -224,6 +239,18 @@ fn write_changes(w: &mut btree::WriteTxn<'_>, changes: &ChangeSet) -> Result<(),
             }
         }
     }
+    if let Some(ms) = changes.membership() {
+        for prefix in [layout::MEMBER_PREFIX, layout::REMOVED_PREFIX] {
+            remove_prefix(w, prefix)?;
+        }
+        for m in ms.members() {
+            let k = layout::member_key(layout::MEMBER_PREFIX, m.id);
+            w.insert(&k, &crate::membership::encode_member(m))?;
+        }
+        for id in ms.removed() {
+            w.insert(&layout::member_key(layout::REMOVED_PREFIX, id), &[])?;
+        }
+    }
     if let Some(alarms) = changes.alarms() {
         let (start, end) = ([layout::ALARM_PREFIX], [layout::ALARM_PREFIX + 1]);
         let stored: Vec<Vec<u8>> = w
@@ -236,6 +263,19 @@ fn write_changes(w: &mut btree::WriteTxn<'_>, changes: &ChangeSet) -> Result<(),
         for &(alarm, member_id) in alarms {
             w.insert(&layout::alarm_key(alarm, member_id), &[])?;
         }
+    }
+    Ok(())
+}
+
+/// Removes every entry whose key starts with `prefix`.
+fn remove_prefix(w: &mut btree::WriteTxn<'_>, prefix: u8) -> Result<(), BackendError> {
+    let (start, end) = ([prefix], [prefix + 1]);
+    let stored: Vec<Vec<u8>> = w
+        .range(Bound::Included(&start[..]), Bound::Excluded(&end[..]))
+        .map(|entry| entry.map(|(k, _)| k.to_vec()))
+        .collect::<Result<_, _>>()?;
+    for k in stored {
+        w.remove(&k)?;
     }
     Ok(())
 }

@@ -145,7 +145,12 @@ pub(super) fn refusal(state: &State, command: &Command) -> Option<KvError> {
             | Command::Compact(_)
             | Command::LeaseGrant(_)
             | Command::LeaseRevoke(_) => return Some(KvError::Corrupt),
-            Command::LeaseCheckpoint(_) | Command::Alarm(_) => {}
+            // Membership is raft's business, applied whatever the key space's state.
+            Command::LeaseCheckpoint(_)
+            | Command::Alarm(_)
+            | Command::MemberAttributes(_)
+            | Command::MemberUpdate(_)
+            | Command::MemberConf(_) => {}
         }
     }
     if is_raised(state, ALARM_NOSPACE) {

@@ -62,6 +62,8 @@ pub struct ChangeSet {
     /// The whole set of active alarms as `(alarm type, member ID)` if an alarm request
     /// changed it; `None` if untouched.
     alarms: Option<Vec<(i32, u64)>>,
+    /// The whole membership if a command changed it; `None` if untouched.
+    membership: Option<Arc<crate::membership::Membership>>,
 }
 
 impl std::fmt::Debug for ChangeSet {
@@ -84,6 +86,7 @@ impl ChangeSet {
             + self.removed.len()
             + self.leases.len()
             + usize::from(self.alarms.is_some())
+            + usize::from(self.membership.is_some())
     }
 
     /// True if nothing changed (the set may still move the revision: commit it anyway to
@@ -122,6 +125,9 @@ impl ChangeSet {
         if later.alarms.is_some() {
             self.alarms = later.alarms;
         }
+        if later.membership.is_some() {
+            self.membership = later.membership;
+        }
     }
 
     /// The records written, in revision order.
@@ -148,6 +154,15 @@ impl ChangeSet {
     /// changed it (`None`: the stored alarms stay as they are).
     pub fn alarms(&self) -> Option<&[(i32, u64)]> {
         self.alarms.as_deref()
+    }
+
+    /// The whole membership, if this set changed it.
+    pub fn membership(&self) -> Option<&crate::membership::Membership> {
+        self.membership.as_deref()
+    }
+
+    pub(super) fn note_membership(&mut self, membership: Arc<crate::membership::Membership>) {
+        self.membership = Some(membership);
     }
 
     pub(super) fn note_alarms(&mut self, alarms: Vec<(i32, u64)>) {

@@ -43,6 +43,8 @@ mod range_encode_tests;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::pb;
@@ -97,6 +99,8 @@ pub enum CommandResponse {
     LeaseCheckpoint(Option<pb::PbResponseHeader>),
     /// etcd's alarm response carries no header.
     Alarm(pb::PbAlarmResponse),
+    /// A membership change or update: the members after it.
+    Members(Vec<crate::membership::Member>),
 }
 
 /// A lease as a [`ReadView`] shows it.
@@ -208,16 +212,24 @@ impl Store {
                 CommandResponse::Alarm(alarm::apply(&mut work, r)),
                 Vec::new(),
             ),
+            Command::MemberAttributes(_) | Command::MemberUpdate(_) | Command::MemberConf(_) => (
+                CommandResponse::Members(apply_membership(&mut work, command)?),
+                Vec::new(),
+            ),
         };
         let before = self.state.revision;
         let alarms_changed =
             matches!(command, Command::Alarm(_)) && work.alarms != self.state.alarms;
+        let members_changed = !Arc::ptr_eq(&work.membership, &self.state.membership);
         self.state = work;
         if self.tracking {
             self.track(command, before, removed);
             if alarms_changed {
                 self.changes
                     .note_alarms(self.state.alarms.iter().copied().collect());
+            }
+            if members_changed {
+                self.changes.note_membership(self.state.membership.clone());
             }
         }
         Ok(Applied {
@@ -261,6 +273,19 @@ impl Store {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Sets the membership of a new cluster before its first entry (every initial member
+    /// derives the same one from its flags). Tracked, so the revision store persists it.
+    pub fn seed_membership(&mut self, membership: crate::membership::Membership) {
+        assert!(
+            self.state.membership.is_empty(),
+            "membership is seeded once, into an empty store"
+        );
+        self.state.membership = Arc::new(membership);
+        if self.tracking {
+            self.changes.note_membership(self.state.membership.clone());
         }
     }
 
@@ -441,6 +466,11 @@ impl ReadView {
             .collect()
     }
 
+    /// The cluster's members as of this view.
+    pub fn membership(&self) -> &crate::membership::Membership {
+        &self.state.membership
+    }
+
     /// The active alarms as `(member ID, alarm type)`, ordered by type then member.
     pub fn alarms(&self) -> Vec<(u64, i32)> {
         self.state
@@ -571,4 +601,31 @@ fn header(revision: i64) -> Option<pb::PbResponseHeader> {
         revision,
         ..Default::default()
     })
+}
+
+/// Applies a membership command to `work`'s membership (copied on write).
+fn apply_membership(
+    work: &mut State,
+    command: &Command,
+) -> Result<Vec<crate::membership::Member>, KvError> {
+    let mut ms = (*work.membership).clone();
+    match command {
+        Command::MemberAttributes(r) => ms.set_attributes(r.id, &r.name, &r.client_urls)?,
+        Command::MemberUpdate(r) => ms.set_peer_urls(r.id, &r.peer_urls)?,
+        Command::MemberConf(r) => {
+            let kind = r.kind().ok_or_else(|| {
+                KvError::Unavailable(format!("unknown membership change kind {}", r.kind))
+            })?;
+            let member = ms.get(r.id).cloned().unwrap_or(crate::membership::Member {
+                id: r.id,
+                peer_urls: r.peer_urls.clone(),
+                ..Default::default()
+            });
+            ms.apply_change(kind, &member)?;
+        }
+        _ => unreachable!("only membership commands come here"),
+    }
+    let members = ms.members().cloned().collect();
+    work.membership = Arc::new(ms);
+    Ok(members)
 }

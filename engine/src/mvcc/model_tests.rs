@@ -341,8 +341,11 @@ impl Model {
             Command::LeaseGrant(_)
             | Command::LeaseRevoke(_)
             | Command::LeaseCheckpoint(_)
-            | Command::Alarm(_) => {
-                unreachable!("the model generates no lease commands")
+            | Command::Alarm(_)
+            | Command::MemberAttributes(_)
+            | Command::MemberUpdate(_)
+            | Command::MemberConf(_) => {
+                unreachable!("the model generates no lease, alarm or membership commands")
             }
         };
         self.revision = ctx.current();

@@ -68,6 +68,11 @@ impl Restorer {
         Ok(())
     }
 
+    /// Sets the cluster membership read back from disk.
+    pub fn membership(&mut self, membership: crate::membership::Membership) {
+        self.state.membership = std::sync::Arc::new(membership);
+    }
+
     /// Adds an active alarm (`alarm` type raised by member `member_id`).
     pub fn alarm(&mut self, member_id: u64, alarm: i32) {
         self.state.alarms.insert((alarm, member_id));

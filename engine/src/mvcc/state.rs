@@ -40,6 +40,8 @@ pub(super) struct State {
     pub leases: OrdMap<i64, LeaseRecord>,
     /// Active alarms as `(alarm type, member ID)` (etcd's alarm store; see `alarm.rs`).
     pub alarms: imbl::OrdSet<(i32, u64)>,
+    /// The cluster's members (shared: it changes rarely, and the state is cloned per apply).
+    pub membership: Arc<crate::membership::Membership>,
 }
 
 /// A granted lease as the replicated state holds it. Cloning is O(1) (the key set is shared).
@@ -132,6 +134,7 @@ impl State {
             compact_revision: -1,
             leases: OrdMap::new(),
             alarms: imbl::OrdSet::new(),
+            membership: Arc::default(),
         }
     }
 
