@@ -24,6 +24,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use ids::member_id as member_id_of;
 pub use ids::{cluster_id, member_id};
 #[allow(unused_imports)] // `Scheme` is for callers matching on `Url::scheme`.
 pub use url::{Scheme, Url};

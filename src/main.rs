@@ -57,8 +57,10 @@ fn run(config: Config) {
         cluster_id: config.cluster_id(),
         name: config.name.clone(),
     };
-    let recovered = recovery::open(&config.data_dir, identity)
-        .unwrap_or_else(|e| fatal("cannot open data dir", e));
+    let recovered = recovery::open(&config.data_dir, identity.clone(), || {
+        bootstrap_plan(&config, identity)
+    })
+    .unwrap_or_else(|e| fatal("cannot open data dir", e));
     let cluster = Arc::new(cluster_info(&config, &recovered.identity));
 
     let cpus = cores::allowed_cpus();
@@ -71,7 +73,7 @@ fn run(config: Config) {
             id: recovered.identity.member_id,
             heartbeat_ticks: 1,
             election_ticks: (config.election_timeout_ms / heartbeat_ms).max(2) as usize,
-            entries_kept_max: RAFT_ENTRIES_KEPT_MAX,
+            entries_kept_max: config.snapshot_count.clamp(4, RAFT_ENTRIES_KEPT_MAX),
         },
         recovered.raft.clone(),
     )
@@ -83,6 +85,7 @@ fn run(config: Config) {
         view: recovered.store.view(),
         raft_term: recovered.raft.hard_state.term,
         events: Default::default(),
+        resync: false,
     };
     let mut publication_txs = Vec::new();
     let mut shard_clients = Vec::new();
@@ -104,6 +107,7 @@ fn run(config: Config) {
             fatal("cannot start shard executor (glommio)", err);
         }
     }
+    let peers = start_peers(&config, &recovered, seq_tx.clone());
     drop(seq_tx);
 
     let size_gauge = cluster.backend_size_bytes.clone();
@@ -128,7 +132,22 @@ fn run(config: Config) {
         std::time::Duration::from_millis(config.lease_checkpoint_interval_ms),
     ))
     .with_store_writer(store_link, recovered.segment_last_index)
-    .with_auto_compaction(config.auto_compaction());
+    .with_auto_compaction(config.auto_compaction())
+    .with_request_timeout(std::time::Duration::from_millis(
+        5_000 + 2 * config.election_timeout_ms,
+    ))
+    .reapply_conf_changes(recovered.conf_changes_to_reapply)
+    .with_peers(
+        peers,
+        sequencer::SelfAttributes {
+            name: config.name.clone(),
+            client_urls: config
+                .advertise_client_urls
+                .iter()
+                .map(|u| u.to_string())
+                .collect(),
+        },
+    );
     let sequencer_cpu = cpus[0];
     std::thread::Builder::new()
         .name("sequencer".into())
@@ -159,6 +178,109 @@ fn run(config: Config) {
         cluster.cluster_id
     );
     wait_for_termination(signals);
+}
+
+/// How a member with no data yet starts: a new cluster's member derives the membership
+/// from --initial-cluster; a member joining a running cluster asks its peers for it and
+/// finds itself there by its advertised peer URLs (it must have been added first).
+fn bootstrap_plan(
+    config: &Config,
+    mut identity: recovery::Identity,
+) -> Result<(recovery::Identity, recovery::Bootstrap), String> {
+    let mut names: Vec<&str> = config
+        .initial_cluster
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if config.initial_cluster_state == config::ClusterState::New {
+        let members = names
+            .iter()
+            .map(|name| {
+                let urls = config.peer_urls_of(name);
+                corekv_engine::membership::Member {
+                    id: config::member_id_of(&urls, &config.initial_cluster_token),
+                    name: name.to_string(),
+                    peer_urls: urls.iter().map(|u| u.to_string()).collect(),
+                    client_urls: Vec::new(),
+                    is_learner: false,
+                }
+            })
+            .collect();
+        return Ok((identity, recovery::Bootstrap::New { members }));
+    }
+    let mine: Vec<String> = config
+        .initial_advertise_peer_urls
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    let others: Vec<String> = config
+        .initial_cluster
+        .iter()
+        .map(|(_, u)| u.to_string())
+        .filter(|u| !mine.contains(u))
+        .collect();
+    let (cluster_id, members) =
+        corekv_net::peer::query_membership(&others, std::time::Duration::from_secs(5))
+            .map_err(|e| format!("cannot fetch the cluster's membership from its members ({e})"))?;
+    let me = members
+        .iter()
+        .find(|m| {
+            let mut a = m.peer_urls.clone();
+            let mut b = mine.clone();
+            a.sort();
+            b.sort();
+            a == b
+        })
+        .ok_or_else(|| {
+            format!(
+                "no member of cluster {cluster_id:x} has this member's peer URLs ({}); add it first \
+                 (etcdctl member add {} --peer-urls={})",
+                mine.join(","),
+                config.name,
+                mine.join(",")
+            )
+        })?;
+    let my_id = me.id;
+    log::info!(
+        "joining cluster {cluster_id:x} as member {my_id:x} ({} members)",
+        members.len()
+    );
+    identity.member_id = my_id;
+    identity.cluster_id = cluster_id;
+    Ok((identity, recovery::Bootstrap::Join { members }))
+}
+
+/// Starts the peer transport on --listen-peer-urls.
+fn start_peers(
+    config: &Config,
+    recovered: &recovery::Recovered,
+    sequencer: flume::Sender<sequencer::SequencerMsg>,
+) -> Option<corekv_net::peer::PeerTransport> {
+    let settings = corekv_net::peer::PeerSettings {
+        local_id: recovered.identity.member_id,
+        cluster_id: recovered.identity.cluster_id,
+        listen: config
+            .listen_peer_urls
+            .iter()
+            .map(|u| u.socket_addr_string())
+            .collect(),
+        snapshot_dir: recovery::db_path(&config.data_dir)
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default(),
+        snapshot_bytes_max: config.quota_backend_bytes.max(1 << 30).saturating_mul(2),
+    };
+    let deliver: corekv_net::peer::Deliver = std::sync::Arc::new(move |event| {
+        sequencer
+            .try_send(sequencer::SequencerMsg::Peer(event))
+            .is_ok()
+    });
+    match corekv_net::peer::PeerTransport::start(settings, deliver) {
+        Ok(peers) => Some(peers),
+        Err(err) => fatal("cannot listen on --listen-peer-urls", err),
+    }
 }
 
 fn cluster_info(config: &Config, identity: &recovery::Identity) -> ClusterInfo {

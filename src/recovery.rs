@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use corekv_engine::backend::{Backend, BackendMeta};
 
+use corekv_engine::membership::{Member, Membership};
 use corekv_engine::mvcc::Store;
 use corekv_engine::request::InternalRequest;
 use corekv_engine::wal::{RecordKind, Wal, WalOptions};
-use corekv_raft::{codec, ConfState, Entry, Restored};
+use corekv_raft::{codec, ConfChangeV2, ConfState, Entry, EntryType, HardState, Restored};
 use prost::Message;
 
 /// Who this data directory belongs to (the WAL's metadata record).
@@ -67,6 +68,21 @@ pub struct Recovered {
     pub backend_index: u64,
     /// Highest raft entry index in each live WAL segment (segment seq -> index).
     pub segment_last_index: BTreeMap<u64, u64>,
+    /// Committed configuration changes after the last membership record in the WAL: the
+    /// member crashed between applying them and recording the result. Raft must apply them
+    /// again before it starts (the key space already holds their membership side).
+    pub conf_changes_to_reapply: Vec<ConfChangeV2>,
+}
+
+/// How a data directory without a WAL starts.
+pub enum Bootstrap {
+    /// A member of a new cluster (--initial-cluster-state=new): every initial member
+    /// derives the same membership from the flags.
+    New { members: Vec<Member> },
+    /// A member added to a running cluster (--initial-cluster-state=existing): it starts
+    /// empty and learns the key space from the leader's snapshot. Until then it knows the
+    /// membership its peers told it (so it can accept their connections).
+    Join { members: Vec<Member> },
 }
 
 /// The WAL directory inside a data directory.
@@ -95,10 +111,15 @@ fn open_backend(data_dir: &Path) -> Result<(Backend, Store, BackendMeta), String
 }
 
 /// Opens the data directory, creating and bootstrapping it if it holds no WAL yet.
-pub fn open(data_dir: &Path, fresh: Identity) -> Result<Recovered, String> {
+pub fn open(
+    data_dir: &Path,
+    fresh: Identity,
+    how: impl FnOnce() -> Result<(Identity, Bootstrap), String>,
+) -> Result<Recovered, String> {
     let dir = wal_dir(data_dir);
     if !Wal::exists(&dir) {
-        return bootstrap(data_dir, &dir, fresh);
+        let (identity, how) = how()?;
+        return bootstrap(data_dir, &dir, identity, how);
     }
     let (wal, recovered) = Wal::open(&dir, WalOptions::default()).map_err(|e| e.to_string())?;
     if let Some((path, offset)) = &recovered.truncated_tail {
@@ -116,9 +137,15 @@ pub fn open(data_dir: &Path, fresh: Identity) -> Result<Recovered, String> {
         );
     }
     let (backend, mut store, meta) = open_backend(data_dir)?;
-    let mut raft = rebuild_raft_state(&recovered.records, identity.member_id)?;
+    let (mut raft, conf_index) = rebuild_raft_state(&recovered.records, identity.member_id)?;
     start_after_store(&mut raft, meta.consistent_index, meta.term)?;
     replay(&raft, &mut store)?;
+    let conf_changes_to_reapply = raft
+        .entries
+        .iter()
+        .filter(|e| e.index > conf_index && e.index <= raft.applied)
+        .filter_map(conf_change_of)
+        .collect();
     let segment_last_index = segment_last_index(&recovered);
     log::info!(
         "recovered: revision store at index {}, {} WAL entries after it (applied through index {}, term {}), revision {}",
@@ -136,6 +163,7 @@ pub fn open(data_dir: &Path, fresh: Identity) -> Result<Recovered, String> {
         backend,
         backend_index: meta.consistent_index,
         segment_last_index,
+        conf_changes_to_reapply,
     })
 }
 
@@ -187,41 +215,75 @@ fn segment_last_index(recovered: &corekv_engine::wal::Recovered) -> BTreeMap<u64
     out
 }
 
-fn bootstrap(data_dir: &Path, dir: &Path, identity: Identity) -> Result<Recovered, String> {
+fn bootstrap(
+    data_dir: &Path,
+    dir: &Path,
+    identity: Identity,
+    how: Bootstrap,
+) -> Result<Recovered, String> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     restrict_permissions(data_dir);
-    let mut wal =
-        Wal::create(dir, &identity.encode(), WalOptions::default()).map_err(|e| e.to_string())?;
-    let conf_state = ConfState {
-        voters: vec![identity.member_id],
-        ..Default::default()
-    };
-    wal.append(&[(
-        RecordKind::ConfState,
-        &codec::encode_conf_state(&conf_state),
-    )])
-    .map_err(|e| e.to_string())?;
-    log::info!(
-        "bootstrapped new member {:x} in {}",
-        identity.member_id,
-        data_dir.display()
-    );
-    let raft = Restored {
-        conf_state,
-        ..Default::default()
-    };
     // A store left from an earlier attempt without a WAL cannot be trusted to match.
     let _ = std::fs::remove_file(db_path(data_dir));
-    let (backend, store, _) = open_backend(data_dir)?;
+    let (mut backend, mut store, _) = open_backend(data_dir)?;
+    let mut raft = Restored::default();
+    let mut backend_index = 0;
+    if let Bootstrap::New { members } = how {
+        // The log of a new cluster starts after index 1, which stands for the initial
+        // membership (held by the store): a member that joins later has nothing at index
+        // 1 to replay, so the leader must send it a snapshot, membership included.
+        raft.conf_state = ConfState {
+            voters: members.iter().map(|m| m.id).collect(),
+            ..Default::default()
+        };
+        raft.snapshot = Some((1, 1));
+        raft.hard_state = HardState {
+            term: 1,
+            vote: 0,
+            commit: 1,
+        };
+        raft.applied = 1;
+        store.seed_membership(Membership::with_members(members));
+        backend
+            .commit(&store.take_changes(), 1, 1)
+            .map_err(|e| format!("revision store: {e}"))?;
+        backend_index = 1;
+    } else if let Bootstrap::Join { members } = how {
+        store.seed_membership(Membership::with_members(members));
+        backend
+            .commit(&store.take_changes(), 0, 0)
+            .map_err(|e| format!("revision store: {e}"))?;
+    }
+    let mut wal =
+        Wal::create(dir, &identity.encode(), WalOptions::default()).map_err(|e| e.to_string())?;
+    let conf = codec::encode_conf_state(&raft.conf_state);
+    let hard = codec::encode_hard_state(&raft.hard_state);
+    wal.append(&[
+        (RecordKind::ConfState, &conf),
+        (RecordKind::HardState, &hard),
+    ])
+    .map_err(|e| e.to_string())?;
+    log::info!(
+        "bootstrapped member {:x} of cluster {:x} in {} ({})",
+        identity.member_id,
+        identity.cluster_id,
+        data_dir.display(),
+        if backend_index == 0 {
+            "joining: waiting for the leader's snapshot"
+        } else {
+            "new cluster"
+        }
+    );
     Ok(Recovered {
         identity,
         wal,
         store,
         raft,
         backend,
-        backend_index: 0,
+        backend_index,
         segment_last_index: BTreeMap::new(),
+        conf_changes_to_reapply: Vec::new(),
     })
 }
 
@@ -232,12 +294,15 @@ fn restrict_permissions(dir: &Path) {
 }
 
 /// Folds the WAL's records into raft's durable state. A later entry with an index at or
-/// below the last one replaces the conflicting suffix (raft truncation).
+/// below the last one replaces the conflicting suffix (raft truncation); a snapshot marker
+/// (a snapshot from the leader was installed) drops everything before it. Also returns the
+/// index of the last entry written before the last membership record.
 fn rebuild_raft_state(
     records: &[corekv_engine::wal::Record],
     member_id: u64,
-) -> Result<Restored, String> {
+) -> Result<(Restored, u64), String> {
     let mut out = Restored::default();
+    let mut conf_index = 0;
     for record in records {
         match record.kind {
             RecordKind::Entry => append_entry(
@@ -250,15 +315,23 @@ fn rebuild_raft_state(
             }
             RecordKind::ConfState => {
                 out.conf_state =
-                    codec::decode_conf_state(&record.payload).map_err(|e| e.to_string())?
+                    codec::decode_conf_state(&record.payload).map_err(|e| e.to_string())?;
+                conf_index = out.entries.last().map_or(conf_index, |e| e.index);
             }
-            RecordKind::Metadata | RecordKind::Snapshot => {}
+            RecordKind::Snapshot => {
+                let (index, term) =
+                    codec::decode_snapshot_marker(&record.payload).map_err(|e| e.to_string())?;
+                out.entries.clear();
+                out.snapshot = Some((index, term));
+                conf_index = index;
+            }
+            RecordKind::Metadata => {}
         }
     }
-    if out.conf_state.voters.is_empty() {
-        return Err("WAL holds no membership (ConfState) record".into());
-    }
-    let last = out.entries.last().map_or(0, |e| e.index);
+    let last = out
+        .entries
+        .last()
+        .map_or(out.snapshot.map_or(0, |(i, _)| i), |e| e.index);
     out.hard_state.commit = out.hard_state.commit.min(last);
     if out.conf_state.voters == [member_id] && out.conf_state.learners.is_empty() {
         // A lone voter's quorum is itself: every entry it made durable is committed, so
@@ -266,14 +339,15 @@ fn rebuild_raft_state(
         out.hard_state.commit = last;
     }
     out.applied = out.hard_state.commit;
-    Ok(out)
+    Ok((out, conf_index))
 }
 
 fn append_entry(entries: &mut Vec<Entry>, entry: Entry) -> Result<(), String> {
     while entries.last().is_some_and(|last| last.index >= entry.index) {
         entries.pop();
     }
-    // The first entry may follow released segments; the store's index is checked later.
+    // The first entry may follow released segments or a snapshot; the store's index is
+    // checked later.
     let expected = entries.last().map_or(entry.index, |last| last.index + 1);
     if entry.index != expected {
         return Err(format!(
@@ -289,21 +363,49 @@ fn append_entry(entries: &mut Vec<Entry>, entry: Entry) -> Result<(), String> {
 /// requests that failed the first time fail again and change nothing.
 fn replay(raft: &Restored, store: &mut Store) -> Result<(), String> {
     for entry in raft.entries.iter().take_while(|e| e.index <= raft.applied) {
-        if let Some(command) = decode_command(entry)? {
+        if let Some(command) = decode_request(entry)?.and_then(|(r, _)| r.into_command()) {
             let _ = store.apply(&command);
         }
     }
     Ok(())
 }
 
-/// The client command an entry carries (`None` for raft's own empty entries).
-pub fn decode_command(entry: &Entry) -> Result<Option<corekv_engine::request::Command>, String> {
-    if entry.data.is_empty() || entry.entry_type != corekv_raft::EntryType::EntryNormal as i32 {
+/// The request an entry carries (`None` for raft's own empty entries), with the raft
+/// configuration change when it is one (the request then travels as the change's context).
+pub fn decode_request(
+    entry: &Entry,
+) -> Result<Option<(InternalRequest, Option<ConfChangeV2>)>, String> {
+    if entry.data.is_empty() {
         return Ok(None);
+    }
+    if entry.entry_type == EntryType::EntryConfChangeV2 as i32 {
+        let change = codec::decode_conf_change(&entry.data)
+            .map_err(|e| format!("entry {}: {e}", entry.index))?;
+        let request = InternalRequest::decode(change.context.as_slice()).map_err(|e| {
+            format!(
+                "entry {}'s membership change does not decode: {e}",
+                entry.index
+            )
+        })?;
+        return Ok(Some((request, Some(change))));
+    }
+    if entry.entry_type != EntryType::EntryNormal as i32 {
+        return Err(format!(
+            "entry {} has a type this build does not write ({})",
+            entry.index, entry.entry_type
+        ));
     }
     let request = InternalRequest::decode(entry.data.as_slice())
         .map_err(|e| format!("entry {} does not decode: {e}", entry.index))?;
-    Ok(request.into_command())
+    Ok(Some((request, None)))
+}
+
+/// The configuration change a committed entry carries, if any.
+pub fn conf_change_of(entry: &Entry) -> Option<ConfChangeV2> {
+    if entry.entry_type != EntryType::EntryConfChangeV2 as i32 || entry.data.is_empty() {
+        return None;
+    }
+    codec::decode_conf_change(&entry.data).ok()
 }
 
 #[cfg(test)]

@@ -12,8 +12,14 @@
 //!
 //! The thread blocks in the WAL's fdatasync on purpose: that wait is the batching window.
 //! Keeping it off the shards' executors means reads keep being served meanwhile.
+//!
+//! In a cluster (see `sequencer/cluster.rs`) the leader's appends leave for the followers
+//! before its own fdatasync; a follower forwards proposals to the leader through raft and
+//! answers its client when it applies the entry (matched by the proposal's origin and id);
+//! every request waits at most `request_timeout`, so a member cut off from the quorum
+//! answers with an error, never with stale data.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -28,8 +34,10 @@ use corekv_raft::{codec, Entry, ProposeError, RaftNode};
 use prost::Message;
 use tokio::sync::oneshot;
 
+mod cluster;
 mod compactor;
 mod lease;
+pub use cluster::SelfAttributes;
 pub use compactor::AutoCompaction;
 pub use lease::{LeaseOptions, CHECKPOINT_INTERVAL};
 
@@ -66,6 +74,10 @@ pub enum SequencerMsg {
     },
     /// Work on the store file, passed to its writer behind everything applied so far.
     Maintenance(MaintenanceOp),
+    /// Something from a peer (raft messages, snapshots, forwarded lease requests).
+    Peer(corekv_net::peer::PeerEvent),
+    /// A membership change or leader transfer.
+    Cluster(corekv_net::shard_api::ClusterOp),
 }
 
 /// A new state of the key space, sent to every shard after each applied batch.
@@ -78,6 +90,17 @@ pub struct Publication {
     /// The batch's changes in revision order (shared, not copied, across shards): every
     /// event with a revision above the previous publication's view, up to this view's.
     pub events: Arc<Vec<Event>>,
+    /// The view did not follow from the previous one by `events` (a snapshot from the
+    /// leader replaced the key space): every watcher must catch up from the view's history.
+    pub resync: bool,
+}
+
+/// A proposal waiting to be applied.
+struct Waiting {
+    /// Its log index, when this member leads and knows it.
+    index: Option<u64>,
+    deadline: Instant,
+    reply: WriteReply,
 }
 
 /// The sequencer's state. See the module docs for the loop.
@@ -88,12 +111,19 @@ pub struct Sequencer {
     inbox: flume::Receiver<SequencerMsg>,
     shards: Vec<flume::Sender<Publication>>,
     tick: Duration,
-    /// Proposals in the log, not yet applied: (log index, reply), in index order.
-    waiting_writes: VecDeque<(u64, WriteReply)>,
+    /// This member's raft id.
+    member_id: u64,
+    /// Proposals not yet applied, by proposal id (the id in their InternalRequest).
+    waiting: BTreeMap<u64, Waiting>,
+    /// `(log index, proposal id)` of proposals this member made as leader, in index order:
+    /// applying another entry at such an index means the proposal was lost.
+    leader_proposals: VecDeque<(u64, u64)>,
+    /// How long a write or linearizable read may wait (etcd: 5 s + 2 election timeouts).
+    request_timeout: Duration,
     /// Reads that arrived this turn and have no read index yet.
     reads_unissued: Vec<ReadReply>,
-    /// Reads whose read index was requested: (context sequence, replies).
-    reads_issued: VecDeque<(u64, Vec<ReadReply>)>,
+    /// Reads whose read index was requested: (context sequence, deadline, replies).
+    reads_issued: VecDeque<(u64, Instant, Vec<ReadReply>)>,
     /// Reads with a known read index, waiting for apply to reach it.
     reads_ready: VecDeque<(u64, Vec<ReadReply>)>,
     read_seq: u64,
@@ -106,6 +136,10 @@ pub struct Sequencer {
     /// A commit index raft advanced to that no WAL record holds yet.
     commit_unrecorded: Option<u64>,
     applied_index: u64,
+    /// The term of the entry at `applied_index` (what the store records with it).
+    applied_term: u64,
+    /// A snapshot installed in this cycle: raft learns it is applied once persisted.
+    pending_snapshot_applied: Option<u64>,
     /// Set after a WAL failure: the member refuses all further work rather than guess.
     failed: Option<String>,
     /// Lease deadlines (while leading) and the timers that revoke and checkpoint.
@@ -116,6 +150,8 @@ pub struct Sequencer {
     compactor: Option<compactor::Compactor>,
     /// The outcome of the compaction the compactor proposed, while awaited.
     compaction_reply: Option<oneshot::Receiver<Result<Reply<CommandResponse>, KvError>>>,
+    /// Peers, membership changes and snapshots.
+    cluster: cluster::ClusterState,
 }
 
 /// Hand-off of applied changes to the revision store, and WAL release behind it.
@@ -149,6 +185,7 @@ impl Sequencer {
         shards: Vec<flume::Sender<Publication>>,
         heartbeat_interval_ms: u64,
     ) -> Sequencer {
+        let member_id = raft.id();
         Sequencer {
             raft,
             wal,
@@ -156,7 +193,10 @@ impl Sequencer {
             inbox,
             shards,
             tick: Duration::from_millis(heartbeat_interval_ms.max(1)),
-            waiting_writes: VecDeque::new(),
+            member_id,
+            waiting: BTreeMap::new(),
+            leader_proposals: VecDeque::new(),
+            request_timeout: Duration::from_secs(7),
             reads_unissued: Vec::new(),
             reads_issued: VecDeque::new(),
             reads_ready: VecDeque::new(),
@@ -167,6 +207,8 @@ impl Sequencer {
             commit_unrecorded: None,
             unpublished_events: Vec::new(),
             applied_index,
+            applied_term: 0,
+            pending_snapshot_applied: None,
             failed: None,
             leases: lease::LeaseDriver::new(LeaseOptions::for_election_timeout(
                 1000,
@@ -175,7 +217,14 @@ impl Sequencer {
             durability: None,
             compactor: None,
             compaction_reply: None,
+            cluster: cluster::ClusterState::default(),
         }
+    }
+
+    /// How long writes and linearizable reads may wait before "request timed out".
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Sequencer {
+        self.request_timeout = timeout;
+        self
     }
 
     /// Turns auto-compaction on (etcd's compactor; the leader proposes compactions).
@@ -278,7 +327,7 @@ impl Sequencer {
         let job = crate::store_writer::StoreJob {
             changes,
             applied_index: self.applied_index,
-            term: self.raft.term(),
+            term: self.applied_term,
         };
         durability.link.submit(job);
     }
@@ -316,8 +365,12 @@ impl Sequencer {
     /// Runs the loop until every sender is gone.
     pub fn run(mut self) {
         self.raft.applied(self.applied_index);
-        if let Err(err) = self.raft.campaign() {
-            log::error!("campaign failed: {err}");
+        self.cluster_started();
+        // A lone voter elects itself at once; in a cluster the election timer decides.
+        if self.raft.conf_state().voters == [self.member_id] {
+            if let Err(err) = self.raft.campaign() {
+                log::error!("campaign failed: {err}");
+            }
         }
         // What recovery replayed from the WAL is not in the store yet.
         self.hand_off_changes(true);
@@ -342,6 +395,8 @@ impl Sequencer {
             self.lease_turn(Instant::now());
             self.compaction_turn(Instant::now());
             self.drive();
+            self.cluster_turn(Instant::now());
+            self.expire(Instant::now());
             self.hand_off_changes(false);
             self.release_wal();
         }
@@ -371,6 +426,8 @@ impl Sequencer {
                 SequencerMsg::Status { reply } => drop(reply.send(self.status())),
                 SequencerMsg::Lease { reply, .. } => drop(reply.send(Err(err))),
                 SequencerMsg::Maintenance(op) => op.fail(err),
+                SequencerMsg::Cluster(op) => op.fail(err),
+                SequencerMsg::Peer(_) => {}
             }
             return;
         }
@@ -383,35 +440,80 @@ impl Sequencer {
             SequencerMsg::Status { reply } => drop(reply.send(self.status())),
             SequencerMsg::Lease { op, reply } => self.serve_lease(op, reply),
             SequencerMsg::Maintenance(op) => self.maintain(op),
+            SequencerMsg::Peer(event) => self.peer_event(event),
+            SequencerMsg::Cluster(op) => self.cluster_op(op),
         }
     }
 
     fn propose(&mut self, command: Command, reply: WriteReply) {
+        if let Some(refusal) = self.cluster.refusal() {
+            let _ = reply.send(Err(refusal));
+            return;
+        }
         self.proposal_seq += 1;
-        let data = InternalRequest::new(self.proposal_seq, command).encode_to_vec();
+        let id = self.proposal_seq;
+        let mut request = InternalRequest::new(id, command);
+        request.origin = self.member_id;
+        let data = request.encode_to_vec();
         self.turn_bytes += data.len();
         match self.raft.propose(data) {
-            Ok(Some(index)) => {
-                debug_assert!(self
-                    .waiting_writes
-                    .back()
-                    .is_none_or(|(last, _)| *last < index));
-                self.waiting_writes.push_back((index, reply));
-            }
-            Ok(None) => {
-                let _ = reply.send(Err(KvError::Unavailable("etcdserver: no leader".into())));
-            }
+            Ok(index) => self.wait_for(id, index, reply),
             Err(err) => {
                 metrics::global()
                     .proposals_failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let reason = match err {
-                    ProposeError::NoLeader | ProposeError::NotLeader { .. } => {
-                        "etcdserver: no leader".to_string()
-                    }
-                    ProposeError::Dropped(why) => format!("etcdserver: request dropped: {why}"),
-                };
-                let _ = reply.send(Err(KvError::Unavailable(reason)));
+                let _ = reply.send(Err(propose_error(err)));
+            }
+        }
+    }
+
+    /// Registers proposal `id` (at `index` if this member leads) to be answered on apply.
+    fn wait_for(&mut self, id: u64, index: Option<u64>, reply: WriteReply) {
+        if let Some(index) = index {
+            debug_assert!(self
+                .leader_proposals
+                .back()
+                .is_none_or(|(last, _)| *last < index));
+            self.leader_proposals.push_back((index, id));
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        let previous = self.waiting.insert(
+            id,
+            Waiting {
+                index,
+                deadline,
+                reply,
+            },
+        );
+        debug_assert!(previous.is_none(), "proposal ids are unique");
+        metrics::global().proposals_pending.store(
+            self.waiting.len() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Answers what waited too long: a member cut off from the quorum (or a proposal lost
+    /// in a leader change) answers "request timed out", as etcd does.
+    fn expire(&mut self, now: Instant) {
+        // Ids grow with time and every wait has the same length: the expired are a prefix.
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.get().deadline > now {
+                break;
+            }
+            let waiting = entry.remove();
+            metrics::global()
+                .proposals_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = waiting.reply.send(Err(timed_out()));
+        }
+        while self
+            .reads_issued
+            .front()
+            .is_some_and(|(_, deadline, _)| *deadline <= now)
+        {
+            let (_, _, replies) = self.reads_issued.pop_front().expect("front exists");
+            for reply in replies {
+                let _ = reply.send(Err(timed_out()));
             }
         }
     }
@@ -419,10 +521,18 @@ impl Sequencer {
     /// Runs raft cycles: persist, apply, answer. Bounded per turn so the queue is looked at.
     fn drive(&mut self) {
         if !self.reads_unissued.is_empty() {
-            self.read_seq += 1;
-            self.raft.read_index(self.read_seq.to_le_bytes().to_vec());
             let batch = std::mem::take(&mut self.reads_unissued);
-            self.reads_issued.push_back((self.read_seq, batch));
+            if let Some(refusal) = self.cluster.refusal() {
+                for reply in batch {
+                    let _ = reply.send(Err(refusal.clone()));
+                }
+            } else {
+                self.read_seq += 1;
+                self.raft.read_index(self.read_seq.to_le_bytes().to_vec());
+                let deadline = Instant::now() + self.request_timeout;
+                self.reads_issued
+                    .push_back((self.read_seq, deadline, batch));
+            }
         }
         let mut answered = Vec::new();
         let mut applied_any = false;
@@ -430,9 +540,18 @@ impl Sequencer {
             if self.failed.is_some() {
                 break;
             }
-            let Some(cycle) = self.raft.cycle() else {
+            let Some(mut cycle) = self.raft.cycle() else {
                 break;
             };
+            // A leader's appends go out now, while its own fdatasync runs.
+            let early = cycle.take_early_messages();
+            self.send_messages(early);
+            if let Some(snapshot) = cycle.snapshot().cloned() {
+                if let Err(err) = self.install_snapshot(&snapshot) {
+                    self.fail(err);
+                    break;
+                }
+            }
             // A commit advance raft reported earlier rides along with the next write; it
             // never costs an fdatasync of its own (recovery re-derives it if lost).
             let mut hard_state = cycle.hard_state().cloned();
@@ -444,16 +563,31 @@ impl Sequencer {
                 self.fail(err);
                 break;
             }
-            let ready = self.raft.persisted(cycle);
+            let mut ready = self.raft.persisted(cycle);
+            if let Some(index) = self.pending_snapshot_applied.take() {
+                self.raft.applied(index);
+                applied_any = true;
+            }
             if ready.commit_advanced.is_some() {
                 self.commit_unrecorded = ready.commit_advanced;
             }
+            let messages = std::mem::take(&mut ready.messages);
+            self.send_messages(messages);
             for (context, index) in ready.read_states {
                 self.read_index_known(&context, index);
             }
             if let Some(last) = ready.committed.last().map(|e| e.index) {
+                metrics::global()
+                    .proposals_committed
+                    .store(last, std::sync::atomic::Ordering::Relaxed);
                 for entry in &ready.committed {
+                    if self.failed.is_some() {
+                        break;
+                    }
                     self.apply(entry, &mut answered);
+                }
+                if self.failed.is_some() {
+                    break;
                 }
                 self.raft.applied(last);
                 applied_any = true;
@@ -537,14 +671,12 @@ impl Sequencer {
     fn fail(&mut self, reason: String) {
         log::error!("{reason}; this member refuses further writes and linearizable reads");
         let err = KvError::Unavailable(reason.clone());
-        for (_, reply) in self.waiting_writes.drain(..) {
-            let _ = reply.send(Err(err.clone()));
+        for (_, waiting) in std::mem::take(&mut self.waiting) {
+            let _ = waiting.reply.send(Err(err.clone()));
         }
-        for (_, replies) in self
-            .reads_issued
-            .drain(..)
-            .chain(self.reads_ready.drain(..))
-        {
+        self.leader_proposals.clear();
+        let issued = self.reads_issued.drain(..).map(|(_, _, r)| r);
+        for replies in issued.chain(self.reads_ready.drain(..).map(|(_, r)| r)) {
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
@@ -562,45 +694,59 @@ impl Sequencer {
             "entries apply once, in order"
         );
         self.applied_index = entry.index;
-        let result = match crate::recovery::decode_command(entry) {
-            Ok(Some(command)) => {
-                let result = self.store.apply(&command).map(|mut applied| {
-                    self.unpublished_events.append(&mut applied.events);
-                    applied
-                });
-                self.lease_applied(&command, &result);
-                Some(result)
-            }
-            Ok(None) => None,
+        self.applied_term = entry.term;
+        let decoded = match crate::recovery::decode_request(entry) {
+            Ok(decoded) => decoded,
             Err(err) => {
                 // A committed entry we cannot decode means a bug or corruption: stop.
                 self.fail(err);
                 return;
             }
         };
+        let mut proposal = None;
+        let mut result = None;
+        if let Some((request, conf_change)) = decoded {
+            proposal = (request.origin == self.member_id).then_some(request.id);
+            if let Some(command) = request.into_command() {
+                let outcome = self.store.apply(&command).map(|mut applied| {
+                    self.unpublished_events.append(&mut applied.events);
+                    applied
+                });
+                self.lease_applied(&command, &outcome);
+                match conf_change {
+                    Some(change) => self.conf_change_applied(&change, outcome.is_ok()),
+                    None if outcome.is_ok()
+                        && matches!(
+                            command,
+                            Command::MemberAttributes(_) | Command::MemberUpdate(_)
+                        ) =>
+                    {
+                        self.membership_changed()
+                    }
+                    None => {}
+                }
+                result = Some(outcome);
+            }
+        }
         let m = metrics::global();
         if result.is_some() {
             m.proposals_applied
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        // Proposals below this index that were not applied were lost (e.g. leader change).
-        while self
-            .waiting_writes
-            .front()
-            .is_some_and(|(index, _)| *index < entry.index)
-        {
-            let (_, reply) = self.waiting_writes.pop_front().expect("front exists");
-            let lost = KvError::Unavailable(
-                "etcdserver: request timed out, possibly due to previous leader failure".into(),
-            );
-            answered.push((reply, Err(lost)));
+        // This member's proposals made as leader at or below this index that were not this
+        // entry were lost (e.g. overwritten after a leader change).
+        while let Some(&(index, id)) = self.leader_proposals.front() {
+            if index > entry.index {
+                break;
+            }
+            self.leader_proposals.pop_front();
+            if Some(id) != proposal {
+                if let Some(waiting) = self.waiting.remove(&id) {
+                    answered.push((waiting.reply, Err(lost())));
+                }
+            }
         }
-        if self
-            .waiting_writes
-            .front()
-            .is_some_and(|(index, _)| *index == entry.index)
-        {
-            let (_, reply) = self.waiting_writes.pop_front().expect("front exists");
+        if let Some(waiting) = proposal.and_then(|id| self.waiting.remove(&id)) {
             let outcome = match result {
                 Some(Ok(applied)) => Ok(Reply {
                     body: applied.response,
@@ -611,8 +757,13 @@ impl Sequencer {
                     "etcdserver: entry carried no request".into(),
                 )),
             };
-            answered.push((reply, outcome));
+            debug_assert!(waiting.index.is_none_or(|i| i == entry.index));
+            answered.push((waiting.reply, outcome));
         }
+        m.proposals_pending.store(
+            self.waiting.len() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn read_index_known(&mut self, context: &[u8], index: u64) {
@@ -620,11 +771,11 @@ impl Sequencer {
             return;
         };
         // Read indexes come back in request order; earlier unanswered batches share this one.
-        while let Some((issued, _)) = self.reads_issued.front() {
+        while let Some((issued, _, _)) = self.reads_issued.front() {
             if *issued > seq {
                 break;
             }
-            let (_, replies) = self.reads_issued.pop_front().expect("front exists");
+            let (_, _, replies) = self.reads_issued.pop_front().expect("front exists");
             self.reads_ready.push_back((index, replies));
         }
     }
@@ -663,6 +814,7 @@ impl Sequencer {
             view,
             raft_term: self.raft.term(),
             events,
+            resync: std::mem::take(&mut self.cluster.resync_watchers),
         };
         for shard in &self.shards {
             // Bounded: a shard that stops draining makes the sequencer wait, not grow memory.
@@ -687,7 +839,31 @@ impl Sequencer {
             db_size_bytes: size,
             db_size_in_use_bytes: in_use,
             revision: self.store.revision(),
+            is_learner: self.raft.conf_state().learners.contains(&self.member_id),
             alarms: self.store.view().alarms(),
+        }
+    }
+}
+
+fn timed_out() -> KvError {
+    KvError::Unavailable("etcdserver: request timed out".into())
+}
+
+fn lost() -> KvError {
+    KvError::Unavailable(
+        "etcdserver: request timed out, possibly due to previous leader failure".into(),
+    )
+}
+
+fn propose_error(err: ProposeError) -> KvError {
+    match err {
+        ProposeError::NoLeader => KvError::Unavailable("etcdserver: no leader".into()),
+        ProposeError::NotLeader { .. } => KvError::Cluster(
+            corekv_engine::StatusCode::FailedPrecondition,
+            "etcdserver: not leader".into(),
+        ),
+        ProposeError::Dropped(why) => {
+            KvError::Unavailable(format!("etcdserver: request dropped: {why}"))
         }
     }
 }

@@ -104,6 +104,9 @@ fn adopt(
         publication.seq > slot.seq,
         "publications are taken once, in order"
     );
+    if publication.resync {
+        hub.borrow_mut().resync();
+    }
     hub.borrow_mut().publish(
         publication.view.clone(),
         publication.raft_term,
@@ -190,6 +193,13 @@ async fn serve(
         ShardRequest::Maintenance(op) => {
             if let Err(flume::SendError(SequencerMsg::Maintenance(op))) =
                 sequencer.send_async(SequencerMsg::Maintenance(op)).await
+            {
+                op.fail(stopped());
+            }
+        }
+        ShardRequest::Cluster(op) => {
+            if let Err(flume::SendError(SequencerMsg::Cluster(op))) =
+                sequencer.send_async(SequencerMsg::Cluster(op)).await
             {
                 op.fail(stopped());
             }

@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corekv_engine::backend::{Backend, Snapshot};
+use corekv_engine::backend::{Backend, BackendMeta, Snapshot};
 use corekv_engine::btree::PAGE_SIZE;
-use corekv_engine::mvcc::ChangeSet;
+use corekv_engine::mvcc::{ChangeSet, Store};
 use corekv_engine::KvError;
 use corekv_net::shard_api::{DefragOutcome, MaintenanceOp, SnapshotImage, StoreHash};
 
@@ -57,6 +57,11 @@ pub struct StoreJob {
 enum WriterMsg {
     Job(StoreJob),
     Maintenance(MaintenanceOp),
+    /// Replace the store with a snapshot image received from the leader.
+    Install {
+        image: PathBuf,
+        reply: std::sync::mpsc::Sender<Result<(Store, BackendMeta), String>>,
+    },
 }
 
 /// What the sequencer keeps of the store writer.
@@ -92,6 +97,19 @@ impl StoreLink {
         {
             op.fail(store_failed());
         }
+    }
+
+    /// Replaces the store file with `image` (a snapshot from the leader, durable on disk)
+    /// and returns the key space it holds. Blocks until done: the member has nothing else
+    /// to apply meanwhile. Changes handed over before it are dropped (the image supersedes
+    /// them).
+    pub fn install(&self, image: PathBuf) -> Result<(Store, BackendMeta), String> {
+        let (reply, rx) = std::sync::mpsc::channel();
+        self.msgs
+            .send(WriterMsg::Install { image, reply })
+            .map_err(|_| "the revision store writer stopped".to_string())?;
+        rx.recv()
+            .map_err(|_| "the revision store writer stopped".to_string())?
     }
 
     /// The highest log index the store durably holds.
@@ -153,6 +171,7 @@ pub fn spawn(
         pending: None,
         deferred: VecDeque::new(),
         images: 0,
+        deferred_install: None,
     };
     std::thread::Builder::new()
         .name("store-writer".into())
@@ -201,12 +220,28 @@ struct Writer {
     deferred: VecDeque<MaintenanceOp>,
     /// Snapshot images started (names their temporary files).
     images: u64,
+    /// A snapshot install that arrived during a defragmentation.
+    deferred_install: Option<InstallRequest>,
 }
+
+type InstallRequest = (
+    PathBuf,
+    std::sync::mpsc::Sender<Result<(Store, BackendMeta), String>>,
+);
 
 impl Writer {
     fn run(&mut self) {
         let interval = Duration::from_millis(COMMIT_INTERVAL_MS);
         loop {
+            if let Some((image, reply)) = self.deferred_install.take() {
+                let result = self.install_image(&image);
+                let failed = result.is_err();
+                let _ = reply.send(result);
+                if failed {
+                    self.fail();
+                    return;
+                }
+            }
             if let Some(op) = self.deferred.pop_front() {
                 if !self.maintain(op) {
                     return;
@@ -217,6 +252,16 @@ impl Writer {
                 Ok(WriterMsg::Job(job)) => self.fold(job),
                 Ok(WriterMsg::Maintenance(op)) => {
                     if !self.maintain(op) {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(WriterMsg::Install { image, reply }) => {
+                    let result = self.install_image(&image);
+                    let failed = result.is_err();
+                    let _ = reply.send(result);
+                    if failed {
+                        self.fail();
                         return;
                     }
                     continue;
@@ -237,6 +282,16 @@ impl Writer {
                     // Served once this batch is committed, in arrival order.
                     Ok(WriterMsg::Maintenance(op)) => {
                         self.deferred.push_back(op);
+                        break;
+                    }
+                    Ok(WriterMsg::Install { image, reply }) => {
+                        let result = self.install_image(&image);
+                        let failed = result.is_err();
+                        let _ = reply.send(result);
+                        if failed {
+                            self.fail();
+                            return;
+                        }
                         break;
                     }
                     Err(_) => break,
@@ -363,6 +418,8 @@ impl Writer {
                 recv(self.inbox) -> msg => match msg {
                     Ok(WriterMsg::Job(job)) => self.fold(job),
                     Ok(WriterMsg::Maintenance(op)) => self.deferred.push_back(op),
+                    // Installed right after: the copy being written is about to be stale.
+                    Ok(WriterMsg::Install { image, reply }) => self.deferred_install = Some((image, reply)),
                     Err(_) => break done_rx.recv().unwrap_or_else(|_| Err("the copying thread died".into())),
                 },
                 recv(done_rx) -> done => break done.unwrap_or_else(|_| Err("the copying thread died".into())),
@@ -398,6 +455,29 @@ impl Writer {
                 false
             }
         }
+    }
+
+    /// Puts a received snapshot image in place of the store file and loads it. Pending
+    /// changes are older than the image and dropped.
+    fn install_image(&mut self, image: &Path) -> Result<(Store, BackendMeta), String> {
+        self.pending = None;
+        let db = self.backend.path().to_path_buf();
+        {
+            let fresh = Backend::open(image).map_err(|e| format!("snapshot image: {e}"))?;
+            fresh.verify().map_err(|e| format!("snapshot image: {e}"))?;
+        }
+        std::fs::rename(image, &db)
+            .map_err(|e| format!("rename {} -> {}: {e}", image.display(), db.display()))?;
+        sync_dir(&db).map_err(|e| format!("fsync of {}'s directory: {e}", db.display()))?;
+        self.backend =
+            Backend::open(&db).map_err(|e| format!("reopening {}: {e}", db.display()))?;
+        let (store, meta) = self
+            .backend
+            .load()
+            .map_err(|e| format!("loading {}: {e}", db.display()))?;
+        self.durable.store(meta.consistent_index, Ordering::Release);
+        record_sizes(&self.backend, &self.sizes);
+        Ok((store, meta))
     }
 
     /// Brings the compacted copy up to date with the folded changes and puts it in place of

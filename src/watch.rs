@@ -369,6 +369,17 @@ impl WatchHub {
         })
     }
 
+    /// The key space was replaced (a snapshot from the leader): no batch of events leads
+    /// to the next view, so every watcher catches up from that view's history instead.
+    pub fn resync(&mut self) {
+        for stream in self.streams.values_mut() {
+            for watcher in stream.watchers.values_mut().filter(|w| w.synced) {
+                watcher.synced = false;
+                self.unsynced += 1;
+            }
+        }
+    }
+
     /// A new published view and the events that lead to it, in revision order.
     pub fn publish(&mut self, view: ReadView, raft_term: u64, events: &[Event], now_ms: u64) {
         let previous = self.view.revision();

@@ -313,7 +313,11 @@ mod tests {
                 member(2, "http://a:2380"),
                 Err(MembershipError::PeerUrlExists),
             ),
-            (ConfChangeKind::AddLearner, member(2, "http://b:2380"), Ok(())),
+            (
+                ConfChangeKind::AddLearner,
+                member(2, "http://b:2380"),
+                Ok(()),
+            ),
             (
                 ConfChangeKind::Promote,
                 member(1, ""),

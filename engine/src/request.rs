@@ -107,7 +107,10 @@ impl MemberConfRequest {
     }
 
     /// The request for `kind` on `member`.
-    pub fn new(kind: crate::membership::ConfChangeKind, member: &crate::membership::Member) -> Self {
+    pub fn new(
+        kind: crate::membership::ConfChangeKind,
+        member: &crate::membership::Member,
+    ) -> Self {
         use crate::membership::ConfChangeKind as K;
         MemberConfRequest {
             kind: match kind {

@@ -94,6 +94,11 @@ pub enum Method {
     Compact,
     Status,
     MemberList,
+    MemberAdd,
+    MemberRemove,
+    MemberUpdate,
+    MemberPromote,
+    MoveLeader,
     Alarm,
     LeaseGrant,
     LeaseRevoke,
@@ -108,7 +113,7 @@ pub enum Method {
 }
 
 impl Method {
-    const ALL: [Method; 17] = [
+    const ALL: [Method; 22] = [
         Method::Range,
         Method::Put,
         Method::DeleteRange,
@@ -116,6 +121,11 @@ impl Method {
         Method::Compact,
         Method::Status,
         Method::MemberList,
+        Method::MemberAdd,
+        Method::MemberRemove,
+        Method::MemberUpdate,
+        Method::MemberPromote,
+        Method::MoveLeader,
         Method::Alarm,
         Method::LeaseGrant,
         Method::LeaseRevoke,
@@ -137,6 +147,11 @@ impl Method {
             Method::Compact => ("etcdserverpb.KV", "Compact"),
             Method::Status => ("etcdserverpb.Maintenance", "Status"),
             Method::MemberList => ("etcdserverpb.Cluster", "MemberList"),
+            Method::MemberAdd => ("etcdserverpb.Cluster", "MemberAdd"),
+            Method::MemberRemove => ("etcdserverpb.Cluster", "MemberRemove"),
+            Method::MemberUpdate => ("etcdserverpb.Cluster", "MemberUpdate"),
+            Method::MemberPromote => ("etcdserverpb.Cluster", "MemberPromote"),
+            Method::MoveLeader => ("etcdserverpb.Maintenance", "MoveLeader"),
             Method::Alarm => ("etcdserverpb.Maintenance", "Alarm"),
             Method::LeaseGrant => ("etcdserverpb.Lease", "LeaseGrant"),
             Method::LeaseRevoke => ("etcdserverpb.Lease", "LeaseRevoke"),

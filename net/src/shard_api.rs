@@ -101,6 +101,59 @@ pub enum ShardRequest {
     /// Work on the revision store file, done by its writer (after it commits everything
     /// applied before the request).
     Maintenance(MaintenanceOp),
+    /// A membership change or a leader transfer, done through raft.
+    Cluster(ClusterOp),
+}
+
+/// The answer to a [`ClusterOp`]: the member it concerned and the members after it.
+#[derive(Debug, Clone)]
+pub struct ClusterAnswer {
+    pub member_id: u64,
+    pub members: Vec<corekv_engine::membership::Member>,
+}
+
+/// The reply channel of a [`ClusterOp`].
+pub type ClusterReply = oneshot::Sender<Result<ClusterAnswer, KvError>>;
+
+/// Cluster service requests that go through raft (MemberList reads the local view).
+pub enum ClusterOp {
+    Add {
+        peer_urls: Vec<String>,
+        is_learner: bool,
+        reply: ClusterReply,
+    },
+    Remove {
+        id: u64,
+        reply: ClusterReply,
+    },
+    Update {
+        id: u64,
+        peer_urls: Vec<String>,
+        reply: ClusterReply,
+    },
+    Promote {
+        id: u64,
+        reply: ClusterReply,
+    },
+    /// Maintenance.MoveLeader.
+    MoveLeader {
+        target: u64,
+        reply: ClusterReply,
+    },
+}
+
+impl ClusterOp {
+    /// Answers the request with `err`.
+    pub fn fail(self, err: KvError) {
+        let reply = match self {
+            ClusterOp::Add { reply, .. }
+            | ClusterOp::Remove { reply, .. }
+            | ClusterOp::Update { reply, .. }
+            | ClusterOp::Promote { reply, .. }
+            | ClusterOp::MoveLeader { reply, .. } => reply,
+        };
+        let _ = reply.send(Err(err));
+    }
 }
 
 /// Maintenance on the revision store file. Each is ordered after every change applied
@@ -172,6 +225,8 @@ pub struct StatusInfo {
     pub db_size_bytes: i64,
     pub db_size_in_use_bytes: i64,
     pub revision: i64,
+    /// Whether this member is a learner.
+    pub is_learner: bool,
     /// Active alarms as `(member ID, alarm type)`.
     pub alarms: Vec<(u64, i32)>,
 }
@@ -236,6 +291,16 @@ impl ShardClient {
     pub async fn write(&self, command: Command) -> Result<Reply<CommandResponse>, KvError> {
         let (reply, rx) = oneshot::channel();
         self.send(ShardRequest::Write { command, reply }).await?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// A membership change or leader transfer; answered once it is applied.
+    pub async fn cluster(
+        &self,
+        make: impl FnOnce(ClusterReply) -> ClusterOp,
+    ) -> Result<ClusterAnswer, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ShardRequest::Cluster(make(reply))).await?;
         rx.await.map_err(|_| closed())?
     }
 

@@ -477,10 +477,7 @@ mod tests {
     #[test]
     fn follower_refuses_proposals() {
         let mut node = single(1);
-        assert_eq!(
-            node.propose(vec![1]),
-            Err(ProposeError::NoLeader)
-        );
+        assert_eq!(node.propose(vec![1]), Err(ProposeError::NoLeader));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Cross-flag checks, with etcd's wording where etcd has the same check.
 
 use super::url::Url;
-use super::{ClusterState, Config, ConfigError};
+use super::{Config, ConfigError};
 
 /// etcd refuses election timeouts above 50 s.
 const MAX_ELECTION_TIMEOUT_MS: u64 = 50_000;
@@ -10,10 +10,8 @@ const MAX_ELECTION_TIMEOUT_MS: u64 = 50_000;
 pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     check_name(cfg)?;
     check_required_urls(cfg)?;
-    check_cluster_state(cfg)?;
     check_duplicate_urls(cfg)?;
     check_local_member(cfg)?;
-    check_single_member(cfg)?;
     check_timing(cfg)?;
     check_no_tls(cfg)?;
     check_limits(cfg)
@@ -65,17 +63,6 @@ fn check_required_urls(cfg: &Config) -> Result<(), ConfigError> {
     }
 }
 
-fn check_cluster_state(cfg: &Config) -> Result<(), ConfigError> {
-    if cfg.initial_cluster_state == ClusterState::Existing {
-        return fail(
-            "--initial-cluster-state=existing (joining an existing cluster) is not supported yet by this \
-             corekv build; only a single-member cluster with --initial-cluster-state=new is supported"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
 /// A peer URL may belong to only one member, once (etcd rejects duplicates too).
 fn check_duplicate_urls(cfg: &Config) -> Result<(), ConfigError> {
     let mut seen: Vec<&Url> = Vec::new();
@@ -117,25 +104,6 @@ fn check_local_member(cfg: &Config) -> Result<(), ConfigError> {
             "--initial-advertise-peer-urls has {ap} but missing from --initial-cluster={member}"
         ))
     }
-}
-
-/// Until clustering lands, the initial cluster may contain only this member.
-fn check_single_member(cfg: &Config) -> Result<(), ConfigError> {
-    let mut others: Vec<&str> = Vec::new();
-    for (name, _) in &cfg.initial_cluster {
-        if *name != cfg.name && !others.contains(&name.as_str()) {
-            others.push(name);
-        }
-    }
-    if others.is_empty() {
-        return Ok(());
-    }
-    fail(format!(
-        "--initial-cluster names other members ({}): multi-member clusters are not supported yet by this \
-         corekv build; list only this member ({})",
-        others.join(", "),
-        cfg.name
-    ))
 }
 
 fn check_timing(cfg: &Config) -> Result<(), ConfigError> {

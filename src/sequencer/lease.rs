@@ -140,7 +140,9 @@ impl Sequencer {
         let now = Instant::now();
         self.sync_lease_leadership(now);
         if !self.leases.lessor.is_primary() {
-            let _ = reply.send(Err(KvError::Unavailable("etcdserver: no leader".into())));
+            if let Some(reply) = self.forward_lease(op, reply) {
+                let _ = reply.send(Err(KvError::Unavailable("etcdserver: no leader".into())));
+            }
             return;
         }
         let body = match op {

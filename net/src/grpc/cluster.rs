@@ -1,12 +1,14 @@
-//! The Cluster service. MemberList answers for this member; membership changes arrive with
-//! the raft cluster.
+//! The Cluster service: MemberList reads the membership of this core's latest view;
+//! MemberAdd / MemberRemove / MemberUpdate / MemberPromote go through raft (the sequencer
+//! checks them as etcd does and answers once the change is applied).
 
+use corekv_engine::membership::Member;
 use corekv_engine::pb::*;
 use tonic::{Request, Response, Status};
 
-use super::{unimplemented, Timer};
+use super::{to_status, Timer};
 use crate::metrics::Method;
-use crate::shard_api::ShardClient;
+use crate::shard_api::{ClusterAnswer, ClusterOp, ShardClient};
 
 pub(crate) struct ClusterService {
     shard: ShardClient,
@@ -16,29 +18,133 @@ impl ClusterService {
     pub(crate) fn new(shard: ShardClient) -> ClusterService {
         ClusterService { shard }
     }
+
+    /// etcd's Cluster headers carry cluster, member and raft term, not a revision.
+    async fn header(&self) -> Option<PbResponseHeader> {
+        let cluster = &self.shard.cluster;
+        let status = self.shard.status().await.ok();
+        Some(PbResponseHeader {
+            cluster_id: cluster.cluster_id,
+            member_id: cluster.member_id,
+            raft_term: status.map_or(0, |s| s.raft_term),
+            revision: 0,
+        })
+    }
+}
+
+fn to_pb(m: &Member) -> PbMember {
+    PbMember {
+        id: m.id,
+        name: m.name.clone(),
+        peer_ur_ls: m.peer_urls.clone(),
+        client_ur_ls: m.client_urls.clone(),
+        is_learner: m.is_learner,
+    }
+}
+
+fn members_pb(answer: &ClusterAnswer) -> Vec<PbMember> {
+    answer.members.iter().map(to_pb).collect()
+}
+
+/// etcd checks peer URLs are well-formed `scheme://host:port` before anything else.
+fn check_urls(urls: &[String]) -> Result<(), Status> {
+    let ok = !urls.is_empty()
+        && urls.iter().all(|u| {
+            u.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && rest
+                        .rsplit_once(':')
+                        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            })
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(
+            "etcdserver: given member URLs are invalid",
+        ))
+    }
 }
 
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
     async fn member_add(
         &self,
-        _: Request<PbMemberAddRequest>,
+        request: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
-        Err(unimplemented("Cluster.MemberAdd"))
+        let timer = Timer::start(Method::MemberAdd);
+        let result = async {
+            let r = request.into_inner();
+            check_urls(&r.peer_ur_ls)?;
+            let answer = self
+                .shard
+                .cluster(|reply| ClusterOp::Add {
+                    peer_urls: r.peer_ur_ls.clone(),
+                    is_learner: r.is_learner,
+                    reply,
+                })
+                .await
+                .map_err(to_status)?;
+            let member = answer
+                .members
+                .iter()
+                .find(|m| m.id == answer.member_id)
+                .map(to_pb);
+            Ok(Response::new(PbMemberAddResponse {
+                header: self.header().await,
+                member,
+                members: members_pb(&answer),
+            }))
+        }
+        .await;
+        timer.finish(result)
     }
 
     async fn member_remove(
         &self,
-        _: Request<PbMemberRemoveRequest>,
+        request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
-        Err(unimplemented("Cluster.MemberRemove"))
+        let timer = Timer::start(Method::MemberRemove);
+        let result = async {
+            let id = request.into_inner().id;
+            let answer = self
+                .shard
+                .cluster(|reply| ClusterOp::Remove { id, reply })
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(PbMemberRemoveResponse {
+                header: self.header().await,
+                members: members_pb(&answer),
+            }))
+        }
+        .await;
+        timer.finish(result)
     }
 
     async fn member_update(
         &self,
-        _: Request<PbMemberUpdateRequest>,
+        request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
-        Err(unimplemented("Cluster.MemberUpdate"))
+        let timer = Timer::start(Method::MemberUpdate);
+        let result = async {
+            let r = request.into_inner();
+            check_urls(&r.peer_ur_ls)?;
+            let answer = self
+                .shard
+                .cluster(|reply| ClusterOp::Update {
+                    id: r.id,
+                    peer_urls: r.peer_ur_ls.clone(),
+                    reply,
+                })
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(PbMemberUpdateResponse {
+                header: self.header().await,
+                members: members_pb(&answer),
+            }))
+        }
+        .await;
+        timer.finish(result)
     }
 
     async fn member_list(
@@ -46,36 +152,36 @@ impl PbClusterService for ClusterService {
         _: Request<PbMemberListRequest>,
     ) -> Result<Response<PbMemberListResponse>, Status> {
         let timer = Timer::start(Method::MemberList);
-        let cluster = &self.shard.cluster;
-        let members = cluster
-            .members
-            .iter()
-            .map(|m| PbMember {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: m.client_urls.clone(),
-                is_learner: false,
-            })
-            .collect();
-        let status = self.shard.status().await.ok();
-        // etcd's MemberList header carries no revision.
-        let header = PbResponseHeader {
-            cluster_id: cluster.cluster_id,
-            member_id: cluster.member_id,
-            raft_term: status.map_or(0, |s| s.raft_term),
-            revision: 0,
-        };
-        timer.finish(Ok(Response::new(PbMemberListResponse {
-            header: Some(header),
-            members,
-        })))
+        let result = async {
+            let view = self.shard.view().await.map_err(to_status)?;
+            let members = view.body.membership().members().map(to_pb).collect();
+            Ok(Response::new(PbMemberListResponse {
+                header: self.header().await,
+                members,
+            }))
+        }
+        .await;
+        timer.finish(result)
     }
 
     async fn member_promote(
         &self,
-        _: Request<PbMemberPromoteRequest>,
+        request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
-        Err(unimplemented("Cluster.MemberPromote"))
+        let timer = Timer::start(Method::MemberPromote);
+        let result = async {
+            let id = request.into_inner().id;
+            let answer = self
+                .shard
+                .cluster(|reply| ClusterOp::Promote { id, reply })
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(PbMemberPromoteResponse {
+                header: self.header().await,
+                members: members_pb(&answer),
+            }))
+        }
+        .await;
+        timer.finish(result)
     }
 }

@@ -94,7 +94,7 @@ impl PbMaintenanceService for MaintenanceService {
                 raft_applied_index: s.raft_applied_index,
                 errors: status_errors(s.leader, &s.alarms),
                 db_size_in_use: s.db_size_in_use_bytes,
-                is_learner: false,
+                is_learner: s.is_learner,
                 db_size_quota: self.shard.cluster.quota_backend_bytes as i64,
                 ..Default::default()
             };
@@ -198,9 +198,27 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _: Request<PbMoveLeaderRequest>,
+        request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
-        Err(unimplemented("Maintenance.MoveLeader"))
+        let timer = Timer::start(Method::MoveLeader);
+        let result = async {
+            let target = request.into_inner().target_id;
+            self.shard
+                .cluster(|reply| crate::shard_api::ClusterOp::MoveLeader { target, reply })
+                .await
+                .map_err(super::to_status)?;
+            let status = self.shard.status().await.map_err(super::to_status)?;
+            let mut resp = PbMoveLeaderResponse::default();
+            fill_header(
+                &mut resp.header,
+                &self.shard.cluster,
+                status.revision,
+                status.raft_term,
+            );
+            Ok(Response::new(resp))
+        }
+        .await;
+        timer.finish(result)
     }
 
     async fn downgrade(

@@ -3,7 +3,9 @@
 //! joining member gets. Explicit little-endian encodings; prost for etcd's messages.
 
 use corekv_engine::membership::{decode_member, encode_member, Member};
-use corekv_engine::pb::{PbLeaseKeepAliveResponse, PbLeaseLeasesResponse, PbLeaseTimeToLiveResponse};
+use corekv_engine::pb::{
+    PbLeaseKeepAliveResponse, PbLeaseLeasesResponse, PbLeaseTimeToLiveResponse,
+};
 use corekv_engine::{KvError, StatusCode};
 use prost::Message;
 
@@ -195,7 +197,10 @@ mod tests {
             LeaseOp::Leases,
         ] {
             let b = encode_lease_op(&op);
-            assert_eq!(format!("{:?}", decode_lease_op(&b).unwrap()), format!("{op:?}"));
+            assert_eq!(
+                format!("{:?}", decode_lease_op(&b).unwrap()),
+                format!("{op:?}")
+            );
             assert!(decode_lease_op(&b[..b.len() - 1]).is_err());
         }
         let ok = Ok(LeaseResult::KeepAlive(PbLeaseKeepAliveResponse {

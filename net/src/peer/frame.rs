@@ -128,10 +128,7 @@ impl Hello {
 
 /// Reads one frame: `(kind, payload)`. A length past [`FRAME_BYTES_MAX`], a zero length or
 /// an unknown kind is an `InvalidData` error: the connection is dropped, never trusted.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut Vec<u8>,
-) -> io::Result<Kind> {
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<Kind> {
     let len = r.read_u32_le().await? as usize;
     if len == 0 || len > FRAME_BYTES_MAX {
         return Err(invalid(format!("frame length {len}")));

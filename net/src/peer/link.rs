@@ -48,7 +48,10 @@ impl LinkTask {
                     Ok(s) => s,
                     Err(err) => {
                         log::debug!("cannot reach peer {:x}: {err}", self.peer);
-                        if !self.drop_queued_for(Duration::from_millis(backoff_ms)).await {
+                        if !self
+                            .drop_queued_for(Duration::from_millis(backoff_ms))
+                            .await
+                        {
                             return;
                         }
                         backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
@@ -284,7 +287,9 @@ pub(super) async fn handshake(url: &str, hello: Hello) -> io::Result<(TcpStream,
             log::warn!("peer at {url} refused this member: {reason}");
             Err(io::Error::new(io::ErrorKind::PermissionDenied, reason))
         }
-        other => Err(frame::invalid(format!("{other:?} instead of a hello answer"))),
+        other => Err(frame::invalid(format!(
+            "{other:?} instead of a hello answer"
+        ))),
     }
 }
 
@@ -348,7 +353,10 @@ pub(super) async fn accept(mut stream: TcpStream, shared: Arc<Shared>) -> io::Re
         None
     };
     if let Some(reason) = refusal {
-        log::warn!("refused peer connection from member {:x}: {reason}", hello.from);
+        log::warn!(
+            "refused peer connection from member {:x}: {reason}",
+            hello.from
+        );
         return frame::write_frame(&mut stream, Kind::Reject, reason.as_bytes()).await;
     }
     match hello.purpose {

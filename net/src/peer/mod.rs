@@ -137,8 +137,7 @@ impl PeerTransport {
     pub fn start(settings: PeerSettings, deliver: Deliver) -> io::Result<PeerTransport> {
         let mut listeners = Vec::new();
         for addr in &settings.listen {
-            let l = crate::serve::bind_reuseport(addr)?;
-            listeners.push(l);
+            listeners.push(bind_exclusive(addr)?);
         }
         let shared = Arc::new(Shared {
             settings,
@@ -170,7 +169,9 @@ impl PeerTransport {
                     let mut tasks = Vec::new();
                     for l in listeners {
                         match tokio::net::TcpListener::from_std(l) {
-                            Ok(l) => tasks.push(tokio::spawn(accept_loop(l, accept_shared.clone()))),
+                            Ok(l) => {
+                                tasks.push(tokio::spawn(accept_loop(l, accept_shared.clone())))
+                            }
                             Err(err) => log::error!("peer listener: {err}"),
                         }
                     }
@@ -293,7 +294,9 @@ impl PeerTransport {
             let mut pending = self.shared.pending.lock().expect("pending lock");
             if pending.len() >= PENDING_REQUESTS_MAX {
                 drop(pending);
-                done(Err(KvError::Unavailable("etcdserver: too many requests".into())));
+                done(Err(KvError::Unavailable(
+                    "etcdserver: too many requests".into(),
+                )));
                 return;
             }
             pending.insert(id, done);
@@ -360,6 +363,29 @@ pub fn query_membership(urls: &[String], timeout: Duration) -> Result<(u64, Vec<
         }
     }
     Err(last)
+}
+
+/// Binds a peer listener. Not SO_REUSEPORT: two members on one port would each get some of
+/// the other's connections; the second one must fail to start, as etcd does.
+fn bind_exclusive(host_port: &str) -> io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = host_port.to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot resolve {host_port}"),
+        )
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(256)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Accepts peer connections: checks each Hello, then routes it by purpose.

@@ -130,7 +130,11 @@ async fn send_image(
 }
 
 /// Receives one snapshot into a file next to the store, then hands it to the sequencer.
-pub(super) async fn receive(mut stream: TcpStream, from: u64, shared: Arc<Shared>) -> io::Result<()> {
+pub(super) async fn receive(
+    mut stream: TcpStream,
+    from: u64,
+    shared: Arc<Shared>,
+) -> io::Result<()> {
     let n = shared.received.fetch_add(1, Ordering::Relaxed);
     let path = shared
         .settings
@@ -170,12 +174,16 @@ async fn receive_into(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no snapshot header"))??;
     if kind != Kind::SnapshotBegin {
-        return Err(frame::invalid(format!("{kind:?} instead of a snapshot header")));
+        return Err(frame::invalid(format!(
+            "{kind:?} instead of a snapshot header"
+        )));
     }
     let message =
         corekv_raft::codec::decode_message(&buf).map_err(|e| frame::invalid(e.to_string()))?;
     if message.from != from || message.to != shared.settings.local_id {
-        return Err(frame::invalid("snapshot message names other members".into()));
+        return Err(frame::invalid(
+            "snapshot message names other members".into(),
+        ));
     }
     let mut file = tokio::fs::File::create(path).await?;
     let mut crc = 0u32;
