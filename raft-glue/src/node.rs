@@ -178,21 +178,21 @@ impl RaftNode {
         Ok(leading.then(|| self.raw.raft.raft_log.last_index()))
     }
 
-    /// Proposes a membership change (leader only). `context` travels with the entry.
+    /// Proposes a membership change; `context` travels with the entry. Like
+    /// [`Self::propose`], a follower forwards it to the leader and gets no index.
     pub fn propose_conf_change(
         &mut self,
         context: Vec<u8>,
         change: ConfChangeV2,
-    ) -> Result<u64, ProposeError> {
-        if self.raw.raft.state != StateRole::Leader {
-            return Err(ProposeError::NotLeader {
-                leader_id: self.raw.raft.leader_id,
-            });
+    ) -> Result<Option<u64>, ProposeError> {
+        let leading = self.raw.raft.state == StateRole::Leader;
+        if !leading && self.raw.raft.leader_id == raft::INVALID_ID {
+            return Err(ProposeError::NoLeader);
         }
         self.raw
             .propose_conf_change(context, change)
             .map_err(|e| ProposeError::Dropped(e.to_string()))?;
-        Ok(self.raw.raft.raft_log.last_index())
+        Ok(leading.then(|| self.raw.raft.raft_log.last_index()))
     }
 
     /// Applies a committed membership change; returns the membership after it.

@@ -28,9 +28,9 @@ use tokio::sync::oneshot;
 
 use super::Sequencer;
 
-/// How long a peer may be silent and still count as started (etcd's strict reconfig check
-/// looks at peers active since the last election timeout or so).
-const ACTIVE_WITHIN: Duration = Duration::from_secs(5);
+/// How long this member must have been connected to a peer for the peer to count as
+/// healthy in a membership change (etcd's HealthInterval).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How often this member retries publishing its attributes until they are applied.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
 /// etcd allows one learner at a time.
@@ -264,6 +264,11 @@ impl Sequencer {
                 self.raft.report_snapshot(to, delivered);
             }
             PeerEvent::Unreachable(id) => self.raft.report_unreachable(id),
+            PeerEvent::Removed => {
+                log::error!("a peer says this member was removed from the cluster");
+                self.cluster.removed = true;
+                self.fail_all_waiting(removed_error());
+            }
             PeerEvent::LeaseRequest { from, id, op } => {
                 let result = if self.raft.is_leader() {
                     let (tx, mut rx) = oneshot::channel();
@@ -328,7 +333,12 @@ impl Sequencer {
         m.has_leader.store(i64::from(leader != 0), Relaxed);
         m.is_leader.store(i64::from(self.raft.is_leader()), Relaxed);
         if self.cluster.removed {
-            return;
+            // etcd stops a removed member: its data dir must not be used again.
+            log::error!(
+                "member {:x} was removed from the cluster; stopping. Its data dir must not be reused",
+                self.member_id
+            );
+            std::process::exit(0);
         }
         self.publish_attributes(now);
         self.poll_cluster_waits();
@@ -534,7 +544,7 @@ impl Sequencer {
         };
         let (tx, rx) = oneshot::channel();
         match self.raft.propose_conf_change(Vec::new(), change) {
-            Ok(index) => self.wait_for(id, Some(index), tx),
+            Ok(index) => self.wait_for(id, index, tx),
             Err(err) => {
                 let _ = reply.send(Err(super::propose_error(err)));
                 return;
@@ -548,66 +558,95 @@ impl Sequencer {
     }
 
     /// etcd's strict reconfiguration checks (on by default): a change must leave enough
-    /// started voters for a quorum; one learner at a time; a learner is promoted only once
-    /// it has nearly all of the leader's log.
+    /// started members (members that published their attributes) for a quorum; adding or
+    /// removing needs this member to have been connected to the voters for a while
+    /// (etcd's "unhealthy cluster"); one learner at a time; a learner is promoted only
+    /// once it has nearly all of the leader's log (only the leader knows that).
     fn reconfig_safety(&self, kind: ConfChangeKind, member: &Member) -> Result<(), KvError> {
-        if !self.raft.is_leader() {
-            return Err(KvError::Cluster(
-                StatusCode::FailedPrecondition,
-                "etcdserver: not leader".into(),
-            ));
-        }
-        let conf = self.raft.conf_state();
-        let started = |id: &u64| {
-            *id == self.member_id
+        let view = self.store.view();
+        let ms = view.membership();
+        let voters: Vec<&Member> = ms.members().filter(|m| !m.is_learner).collect();
+        let started = |m: &&&Member| !m.name.is_empty();
+        let connected_since = |id: u64| {
+            id == self.member_id
                 || self
                     .cluster
                     .peers
                     .as_ref()
-                    .is_some_and(|p| p.is_active(*id, ACTIVE_WITHIN))
+                    .is_some_and(|p| p.connected_for(id, HEALTH_INTERVAL))
         };
-        let started_voters = conf.voters.iter().filter(|id| started(id)).count();
+        let unhealthy = || {
+            KvError::Cluster(
+                StatusCode::Unavailable,
+                "etcdserver: unhealthy cluster".into(),
+            )
+        };
         match kind {
-            ConfChangeKind::AddLearner => {
-                if conf.learners.len() >= LEARNERS_MAX {
+            ConfChangeKind::AddVoter | ConfChangeKind::AddLearner => {
+                if kind == ConfChangeKind::AddLearner
+                    && ms.members().filter(|m| m.is_learner).count() >= LEARNERS_MAX
+                {
                     return Err(KvError::Cluster(
                         StatusCode::FailedPrecondition,
                         "etcdserver: too many learner members in cluster".into(),
                     ));
                 }
-            }
-            ConfChangeKind::AddVoter => {
-                // The new voter is not started yet.
-                let voters = conf.voters.len() + 1;
-                if started_voters < voters / 2 + 1 {
-                    return Err(not_enough_started());
+                if kind == ConfChangeKind::AddVoter {
+                    let n = voters.len() + 1;
+                    if voters.iter().filter(started).count() < n / 2 + 1 {
+                        return Err(not_enough_started());
+                    }
+                }
+                if !voters.iter().all(|m| connected_since(m.id)) {
+                    return Err(unhealthy());
                 }
             }
             ConfChangeKind::Promote => {
-                let leader_match = self.raft.last_index();
-                let learner_match = self.raft.matched(member.id).unwrap_or(0);
-                if learner_match * 100 < leader_match * LEARNER_READY_PERCENT {
+                if !self.raft.is_leader() {
                     return Err(KvError::Cluster(
                         StatusCode::FailedPrecondition,
-                        "etcdserver: can only promote a learner member which is in sync with leader"
-                            .into(),
+                        "etcdserver: not leader".into(),
                     ));
                 }
-                let voters = conf.voters.len() + 1;
-                if started_voters + 1 < voters / 2 + 1 {
+                if let Some(learner_match) = self.raft.matched(member.id) {
+                    let leader_match = self.raft.last_index();
+                    if learner_match * 100 < leader_match * LEARNER_READY_PERCENT {
+                        return Err(KvError::Cluster(
+                            StatusCode::FailedPrecondition,
+                            "etcdserver: can only promote a learner member which is in sync with leader"
+                                .into(),
+                        ));
+                    }
+                }
+                let n = voters.len() + 1;
+                if voters.iter().filter(started).count() + 1 < n / 2 + 1 {
                     return Err(not_enough_started());
                 }
             }
             ConfChangeKind::Remove => {
-                if conf.voters.contains(&member.id) {
-                    let voters = conf.voters.len() - 1;
-                    let remaining = conf
-                        .voters
+                let is_voter = voters.iter().any(|m| m.id == member.id);
+                if is_voter {
+                    let n = voters.len() - 1;
+                    let left = voters
                         .iter()
-                        .filter(|id| **id != member.id && started(id))
+                        .filter(|m| m.id != member.id)
+                        .filter(|m| !m.name.is_empty())
                         .count();
-                    if voters > 0 && remaining < voters / 2 + 1 {
+                    if left < n / 2 + 1 {
                         return Err(not_enough_started());
+                    }
+                }
+                // A member that is down is safe to remove: it is not in the active quorum.
+                let down = member.id != self.member_id
+                    && !self
+                        .cluster
+                        .peers
+                        .as_ref()
+                        .is_some_and(|p| p.connected_for(member.id, Duration::ZERO));
+                if is_voter && !down {
+                    let active = voters.iter().filter(|m| connected_since(m.id)).count();
+                    if active < 1 + (voters.len() - 1) / 2 + 1 {
+                        return Err(unhealthy());
                     }
                 }
             }

@@ -91,29 +91,6 @@ fn bad_flag_value_exits_2() {
     }
 }
 
-/// corekv is single-member: a second member in --initial-cluster must be
-/// refused at startup. (etcd would instead wait for the peer forever, so this
-/// is a corekv-only contract.)
-#[test]
-fn second_member_in_initial_cluster_is_refused() {
-    let kind = target_kind();
-    if kind == Kind::Etcd {
-        println!("skipped against etcd: etcd waits for the second member instead of refusing it");
-        return;
-    }
-    let o = run_server_with(kind, &[], Some("n1={peer},n2={peer2}".to_string()));
-    assert!(
-        !o.timed_out,
-        "{kind}: still running with a two-member --initial-cluster:\n{o}"
-    );
-    assert_ne!(o.code, 0, "{kind}: must exit non-zero:\n{o}");
-    let all = format!("{}{}", o.stdout, o.stderr);
-    assert!(
-        all.contains("initial-cluster") && all.contains("n2"),
-        "{kind}: the message must mention --initial-cluster and the extra member n2:\n{o}"
-    );
-}
-
 #[test]
 fn endpoint_status_member_list_and_health() {
     for kind in reference_then_target() {

@@ -40,6 +40,8 @@ pub enum Kind {
     Request = 11,
     /// `id u64 LE | body`: its answer.
     Response = 12,
+    /// The receiver was removed from the cluster (the last frame on a link).
+    Removed = 13,
 }
 
 impl Kind {
@@ -58,6 +60,7 @@ impl Kind {
             10 => Pong,
             11 => Request,
             12 => Response,
+            13 => Removed,
             _ => return None,
         })
     }

@@ -20,6 +20,8 @@ const BACKOFF_MAX_MS: u64 = 2_000;
 const HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
 /// How often a connected link pings its peer (round-trip time metric).
 const PING_INTERVAL_MS: u64 = 1_000;
+/// How long the member with the higher id waits to be dialed before dialing itself.
+const FALLBACK_DIAL_MS: u64 = 3_000;
 /// Bytes gathered into one socket write.
 const WRITE_BATCH_BYTES_MAX: usize = 1024 * 1024;
 
@@ -29,7 +31,7 @@ pub(super) struct LinkTask {
     pub urls: Arc<Mutex<Vec<String>>>,
     pub out: flume::Receiver<OutFrame>,
     pub accepted: flume::Receiver<TcpStream>,
-    pub last_heard_ms: Arc<AtomicU64>,
+    pub connected_since_ms: Arc<AtomicU64>,
 }
 
 impl LinkTask {
@@ -48,11 +50,13 @@ impl LinkTask {
                     Ok(s) => s,
                     Err(err) => {
                         log::debug!("cannot reach peer {:x}: {err}", self.peer);
-                        if !self
+                        match self
                             .drop_queued_for(Duration::from_millis(backoff_ms))
                             .await
                         {
-                            return;
+                            Waited::Elapsed => {}
+                            Waited::Accepted(s) => next = Some(s),
+                            Waited::Gone => return,
                         }
                         backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
                         continue;
@@ -65,7 +69,13 @@ impl LinkTask {
             };
             backoff_ms = BACKOFF_MIN_MS;
             log::info!("peer {:x}: connected", self.peer);
-            match self.pump(stream).await {
+            self.connected_since_ms
+                .store(self.shared.millis_now(), Ordering::Relaxed);
+            let pumped = self.pump(stream).await;
+            if !matches!(pumped, Pumped::Replaced(_)) {
+                self.connected_since_ms.store(0, Ordering::Relaxed);
+            }
+            match pumped {
                 Pumped::Replaced(s) => next = Some(s),
                 Pumped::Closed(err) => {
                     log::info!("peer {:x}: connection lost: {err}", self.peer);
@@ -88,34 +98,53 @@ impl LinkTask {
             };
             match handshake(&url, hello).await {
                 Ok((stream, _)) => return Ok(stream),
-                Err(err) => last = err,
+                Err(err) => {
+                    if err.to_string().contains("permanently removed") {
+                        (self.shared.deliver)(PeerEvent::Removed);
+                    }
+                    last = err
+                }
             }
         }
         Err(last)
     }
 
-    /// Drops what is queued for the peer while it cannot be reached, for `wait`. False
-    /// once the link is gone.
-    async fn drop_queued_for(&self, wait: Duration) -> bool {
+    /// Drops what is queued for the peer while it cannot be reached, for `wait`, unless
+    /// the peer dials in meanwhile.
+    async fn drop_queued_for(&self, wait: Duration) -> Waited {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return true,
+                _ = tokio::time::sleep_until(deadline) => return Waited::Elapsed,
+                s = self.accepted.recv_async() => return match s {
+                    Ok(s) => Waited::Accepted(s),
+                    Err(_) => Waited::Gone,
+                },
                 got = self.out.recv_async() => match got {
                     Ok(_) => {
                         metrics::global().peer_messages_dropped.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => return false,
+                    Err(_) => return Waited::Gone,
                 },
             }
         }
     }
 
+    /// Waits for the peer (which has the lower id) to dial. If it does not for a while,
+    /// this side dials instead: the peer may be unable to reach this member's URL, or may
+    /// refuse it (another cluster), and that must show up in the logs of both.
     async fn wait_for_dial(&self) -> Option<TcpStream> {
         let mut told = false;
+        let mut fallback = tokio::time::interval(Duration::from_millis(FALLBACK_DIAL_MS));
+        fallback.tick().await;
         loop {
             tokio::select! {
                 s = self.accepted.recv_async() => return s.ok(),
+                _ = fallback.tick() => {
+                    if let Ok(s) = self.dial().await {
+                        return Some(s);
+                    }
+                }
                 got = self.out.recv_async() => match got {
                     Ok(_) => {
                         metrics::global().peer_messages_dropped.fetch_add(1, Ordering::Relaxed);
@@ -145,8 +174,6 @@ impl LinkTask {
                     Ok(kind) => kind,
                     Err(err) => return err,
                 };
-                self.last_heard_ms
-                    .store(self.shared.millis_now(), Ordering::Relaxed);
                 if let Err(err) = self.on_frame(kind, &buf, &pong_tx, &answer_tx) {
                     return err;
                 }
@@ -253,10 +280,20 @@ impl LinkTask {
                 let result = forward::decode_lease_result(body).map_err(frame::invalid)?;
                 self.shared.complete(id, result);
             }
+            Kind::Removed => {
+                (self.shared.deliver)(PeerEvent::Removed);
+                return Err(io::Error::other("this member was removed from the cluster"));
+            }
             other => return Err(frame::invalid(format!("unexpected {other:?} frame"))),
         }
         Ok(())
     }
+}
+
+enum Waited {
+    Elapsed,
+    Accepted(TcpStream),
+    Gone,
 }
 
 enum Pumped {

@@ -55,6 +55,8 @@ pub enum PeerEvent {
     Unreachable(u64),
     /// A follower forwarded a lease request; answer with [`PeerTransport::respond_lease`].
     LeaseRequest { from: u64, id: u64, op: LeaseOp },
+    /// A peer says this member was removed from the cluster.
+    Removed,
 }
 
 /// Where events go (the sequencer's queue). Returns false if it was full or closed; the
@@ -120,8 +122,9 @@ pub(crate) struct OutFrame {
 struct Link {
     out: flume::Sender<OutFrame>,
     urls: Arc<Mutex<Vec<String>>>,
-    /// Milliseconds since the transport started when a frame last arrived (0: never).
-    last_heard_ms: Arc<AtomicU64>,
+    /// Milliseconds since the transport started when the current connection was made
+    /// (0: not connected).
+    connected_since_ms: Arc<AtomicU64>,
 }
 
 /// The transport's handle: owned by the sequencer, every call returns at once.
@@ -195,8 +198,17 @@ impl PeerTransport {
     pub fn set_members(&mut self, members: &[Member], removed: &[u64]) {
         let me = self.shared.settings.local_id;
         *self.shared.members.lock().expect("members lock") = (members.to_vec(), removed.to_vec());
-        self.links
-            .retain(|id, _| *id != me && members.iter().any(|m| m.id == *id));
+        // A removed member hears it on its link before the link goes (it then stops).
+        self.links.retain(|id, link| {
+            let keep = *id != me && members.iter().any(|m| m.id == *id);
+            if !keep && removed.contains(id) {
+                let _ = link.out.try_send(OutFrame {
+                    kind: frame::Kind::Removed,
+                    payload: Vec::new(),
+                });
+            }
+            keep
+        });
         self.shared
             .routes
             .lock()
@@ -210,7 +222,7 @@ impl PeerTransport {
             let (out_tx, out_rx) = flume::bounded(PEER_QUEUE_DEPTH_MAX);
             let (conn_tx, conn_rx) = flume::bounded(4);
             let urls = Arc::new(Mutex::new(m.peer_urls.clone()));
-            let last_heard_ms = Arc::new(AtomicU64::new(0));
+            let connected_since_ms = Arc::new(AtomicU64::new(0));
             self.shared
                 .routes
                 .lock()
@@ -222,7 +234,7 @@ impl PeerTransport {
                 urls: urls.clone(),
                 out: out_rx,
                 accepted: conn_rx,
-                last_heard_ms: last_heard_ms.clone(),
+                connected_since_ms: connected_since_ms.clone(),
             };
             self.runtime.spawn(task.run());
             self.links.insert(
@@ -230,7 +242,7 @@ impl PeerTransport {
                 Link {
                     out: out_tx,
                     urls,
-                    last_heard_ms,
+                    connected_since_ms,
                 },
             );
         }
@@ -333,13 +345,14 @@ impl PeerTransport {
         }
     }
 
-    /// Whether a frame arrived from `id` within `within` (etcd's "active" peer).
-    pub fn is_active(&self, id: u64, within: Duration) -> bool {
+    /// Whether this member has been connected to `id` for at least `at_least` (etcd's
+    /// "active since"); `Duration::ZERO` asks whether it is connected at all.
+    pub fn connected_for(&self, id: u64, at_least: Duration) -> bool {
         let Some(link) = self.links.get(&id) else {
             return false;
         };
-        let heard = link.last_heard_ms.load(Ordering::Relaxed);
-        heard != 0 && self.shared.millis_now().saturating_sub(heard) <= within.as_millis() as u64
+        let since = link.connected_since_ms.load(Ordering::Relaxed);
+        since != 0 && self.shared.millis_now().saturating_sub(since) >= at_least.as_millis() as u64
     }
 }
 

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cluster;
+
 /// How long a server may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Upper bound for one etcdctl invocation.
