@@ -67,18 +67,70 @@ fn big_stdin(cmd: &str, byte: u8, len: usize) -> Step {
 
 /// Runs `steps` against a fresh etcd and a fresh server under test and
 /// compares every step; reports all differing steps at once.
-fn run_parity(name: &str, steps: &[Step]) {
+/// Where the server under test is asked.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Via {
+    /// A single-member server.
+    Single,
+    /// A follower of a 3-member cluster (writes forwarded, reads by ReadIndex).
+    Follower,
+}
+
+/// The server under test: one process, or a cluster asked through a follower.
+enum Subject {
+    Single(Server),
+    Follower(common::cluster::Cluster, usize),
+}
+
+impl Subject {
+    fn start(via: Via) -> Subject {
+        match via {
+            Via::Single => Subject::Single(Server::start(target_kind())),
+            Via::Follower => {
+                let mut c = common::cluster::Cluster::start(target_kind(), 3, &[]);
+                let f = c.follower();
+                Subject::Follower(c, f)
+            }
+        }
+    }
+    fn endpoint(&self) -> String {
+        match self {
+            Subject::Single(s) => s.endpoint(),
+            Subject::Follower(c, f) => c.nodes[*f].endpoint(),
+        }
+    }
+    fn ports(&self) -> [(u16, &'static str); 2] {
+        match self {
+            Subject::Single(s) => [(s.client_port, "client-port"), (s.peer_port, "peer-port")],
+            Subject::Follower(c, f) => [
+                (c.nodes[*f].client_port, "client-port"),
+                (c.nodes[*f].peer_port, "peer-port"),
+            ],
+        }
+    }
+    fn is_running(&mut self) -> bool {
+        match self {
+            Subject::Single(s) => s.is_running(),
+            Subject::Follower(c, f) => c.nodes[*f].is_running(),
+        }
+    }
+    fn kind(&self) -> String {
+        match self {
+            Subject::Single(s) => s.kind.to_string(),
+            Subject::Follower(c, _) => format!("{} (through a follower)", c.kind),
+        }
+    }
+}
+
+fn run_parity(name: &str, steps: &[Step], via: Via) {
     let mut reference = Server::start(Kind::Etcd);
-    let mut subject = Server::start(target_kind());
+    let mut subject = Subject::start(via);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
     let rports = [
         (reference.client_port, "client-port"),
         (reference.peer_port, "peer-port"),
     ];
-    let sports = [
-        (subject.client_port, "client-port"),
-        (subject.peer_port, "peer-port"),
-    ];
+    let sports = subject.ports();
     let mut transcript = String::new();
     let mut diffs = Vec::new();
     for (i, step) in steps.iter().enumerate() {
@@ -102,7 +154,8 @@ fn run_parity(name: &str, steps: &[Step]) {
         if nr != nt {
             diffs.push(format!(
                 "[{name} step {i}] $ etcdctl {}\n{stdin_desc}--- etcd (expected):\n{nr}\n--- {} (actual):\n{nt}\n",
-                step.cmd, subject.kind
+                step.cmd,
+                subject.kind()
             ));
         }
         assert!(
@@ -131,14 +184,13 @@ fn run_parity(name: &str, steps: &[Step]) {
              (later differences may follow from the first one: revisions diverge):\n\n{}",
             diffs.len(),
             steps.len(),
-            subject.kind,
+            subject.kind(),
             diffs.join("\n")
         );
     }
 }
 
-#[test]
-fn parity_put_get_and_range_options() {
+fn parity_put_get_and_range_options_on(via: Via) {
     let steps = vec![
         c("get a -w json"),
         c("put a 1"),
@@ -213,11 +265,10 @@ fn parity_put_get_and_range_options() {
         c("get a -w json"),
         c(r#"get "" --from-key --keys-only -w json"#),
     ];
-    run_parity("put_get_and_range_options", &steps);
+    run_parity("put_get_and_range_options", &steps, via);
 }
 
-#[test]
-fn parity_sorting() {
+fn parity_sorting_on(via: Via) {
     // Data chosen so that no sort target has ties (etcd's sort is not stable).
     // versions: s/c=1 s/a=2 s/d=3 s/b=4; create: c<a<d<b; mod: c<a<d<b;
     // values: b=0 c=3 a=5 d=7.
@@ -258,11 +309,10 @@ fn parity_sorting() {
         c("get s/ --prefix --sort-by=VALUE --order=DESCEND --rev=8 -w json"),
         c("get s/ --prefix --sort-by=VERSION --order=DESCEND --print-value-only"),
     ]);
-    run_parity("sorting", &steps);
+    run_parity("sorting", &steps, via);
 }
 
-#[test]
-fn parity_deletes() {
+fn parity_deletes_on(via: Via) {
     let steps = vec![
         c("put p/1 a"),
         c("put p/2 b"),
@@ -307,11 +357,10 @@ fn parity_deletes() {
         c("put z 1 -w json"),
         c("get z --rev=3 -w json"),
     ];
-    run_parity("deletes", &steps);
+    run_parity("deletes", &steps, via);
 }
 
-#[test]
-fn parity_txn() {
+fn parity_txn_on(via: Via) {
     let mut steps = vec![
         c("put k v"),
         c("put n 10"),
@@ -473,11 +522,10 @@ fn parity_txn() {
     steps.push(txn("", &[], &r128, &[]));
     steps.push(c("get t --prefix --keys-only --limit=3 -w json"));
     steps.push(c("get t127 -w json"));
-    run_parity("txn", &steps);
+    run_parity("txn", &steps, via);
 }
 
-#[test]
-fn parity_compaction_and_errors() {
+fn parity_compaction_and_errors_on(via: Via) {
     let steps = vec![
         c("put a 1"),
         c("put a 2"),
@@ -516,5 +564,57 @@ fn parity_compaction_and_errors() {
         c("get mid --rev=8 --keys-only"),
         c(r#"get "" --from-key -w json"#),
     ];
-    run_parity("compaction_and_errors", &steps);
+    run_parity("compaction_and_errors", &steps, via);
+}
+
+// Each scenario on a single member, and through a follower of a 3-member cluster.
+
+#[test]
+fn parity_put_get_and_range_options() {
+    parity_put_get_and_range_options_on(Via::Single);
+}
+
+#[test]
+fn parity_put_get_and_range_options_through_a_follower() {
+    parity_put_get_and_range_options_on(Via::Follower);
+}
+
+#[test]
+fn parity_sorting() {
+    parity_sorting_on(Via::Single);
+}
+
+#[test]
+fn parity_sorting_through_a_follower() {
+    parity_sorting_on(Via::Follower);
+}
+
+#[test]
+fn parity_deletes() {
+    parity_deletes_on(Via::Single);
+}
+
+#[test]
+fn parity_deletes_through_a_follower() {
+    parity_deletes_on(Via::Follower);
+}
+
+#[test]
+fn parity_txn() {
+    parity_txn_on(Via::Single);
+}
+
+#[test]
+fn parity_txn_through_a_follower() {
+    parity_txn_on(Via::Follower);
+}
+
+#[test]
+fn parity_compaction_and_errors() {
+    parity_compaction_and_errors_on(Via::Single);
+}
+
+#[test]
+fn parity_compaction_and_errors_through_a_follower() {
+    parity_compaction_and_errors_on(Via::Follower);
 }

@@ -582,6 +582,22 @@ fn build_member(
             }
         }
     };
+    // The restored member is the whole membership of its new cluster.
+    {
+        let mut backend = Backend::open(&db).map_err(|e| src.fail(e))?;
+        let ms = corekv_engine::membership::Membership::with_members([
+            corekv_engine::membership::Member {
+                id: member.member_id,
+                name: member.name.clone(),
+                peer_urls: member.peer_urls.clone(),
+                client_urls: Vec::new(),
+                is_learner: false,
+            },
+        ]);
+        backend
+            .replace_membership(&ms)
+            .map_err(|e| CliError::failed(format!("{}: {e}", db.display())))?;
+    }
     // The WAL as the server's bootstrap writes it: the identity, then the membership. No
     // entries: the server starts raft just after the store's consistent index.
     let identity = Identity {

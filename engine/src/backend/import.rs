@@ -106,6 +106,20 @@ impl Backend {
         Backend::open(path)
     }
 
+    /// Replaces the stored cluster membership, keeping everything else: a store restored
+    /// from a snapshot belongs to the new member's cluster, not the one it was taken in.
+    /// One transaction; durable when it returns.
+    pub fn replace_membership(
+        &mut self,
+        membership: &crate::membership::Membership,
+    ) -> Result<(), BackendError> {
+        let mut w = self.store.write()?;
+        super::write_membership(&mut w, membership)?;
+        w.set_meta(&self.meta.encode());
+        w.commit()?;
+        Ok(())
+    }
+
     /// Sets the log position of the last commit to `(consistent_index, term)`, keeping its
     /// contents, revision and compacted revision: for a store restored from a snapshot into
     /// a member whose raft log starts over (so, unlike [`Backend::commit`], the index may go

@@ -240,16 +240,7 @@ fn write_changes(w: &mut btree::WriteTxn<'_>, changes: &ChangeSet) -> Result<(),
         }
     }
     if let Some(ms) = changes.membership() {
-        for prefix in [layout::MEMBER_PREFIX, layout::REMOVED_PREFIX] {
-            remove_prefix(w, prefix)?;
-        }
-        for m in ms.members() {
-            let k = layout::member_key(layout::MEMBER_PREFIX, m.id);
-            w.insert(&k, &crate::membership::encode_member(m))?;
-        }
-        for id in ms.removed() {
-            w.insert(&layout::member_key(layout::REMOVED_PREFIX, id), &[])?;
-        }
+        write_membership(w, ms)?;
     }
     if let Some(alarms) = changes.alarms() {
         let (start, end) = ([layout::ALARM_PREFIX], [layout::ALARM_PREFIX + 1]);
@@ -263,6 +254,24 @@ fn write_changes(w: &mut btree::WriteTxn<'_>, changes: &ChangeSet) -> Result<(),
         for &(alarm, member_id) in alarms {
             w.insert(&layout::alarm_key(alarm, member_id), &[])?;
         }
+    }
+    Ok(())
+}
+
+/// Replaces the stored membership with `ms`.
+fn write_membership(
+    w: &mut btree::WriteTxn<'_>,
+    ms: &crate::membership::Membership,
+) -> Result<(), BackendError> {
+    for prefix in [layout::MEMBER_PREFIX, layout::REMOVED_PREFIX] {
+        remove_prefix(w, prefix)?;
+    }
+    for m in ms.members() {
+        let k = layout::member_key(layout::MEMBER_PREFIX, m.id);
+        w.insert(&k, &crate::membership::encode_member(m))?;
+    }
+    for id in ms.removed() {
+        w.insert(&layout::member_key(layout::REMOVED_PREFIX, id), &[])?;
     }
     Ok(())
 }

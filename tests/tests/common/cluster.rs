@@ -272,7 +272,16 @@ impl Cluster {
         if learner {
             args.push("--learner");
         }
-        let out = self.ctl(leader, &args);
+        // etcd (and corekv) refuse membership changes until the leader has been connected
+        // to every voter for 5 s ("unhealthy cluster"): retry through that window.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let out = loop {
+            let out = self.ctl(leader, &args);
+            if out.ok() || !out.stderr.contains("unhealthy cluster") || Instant::now() > deadline {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
         assert!(out.ok(), "member add failed: {out}");
         let initial = out
             .stdout
