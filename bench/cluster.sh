@@ -30,7 +30,7 @@ BENCH_BIN=${BENCH_BIN:-$ROOT/target/release/corekv-bench}
 ETCD_BIN=${ETCD_BIN:-$(command -v etcd)}
 ETCDCTL_BIN=${ETCDCTL_BIN:-$(command -v etcdctl)}
 if [ "$BUILD" = 1 ]; then
-  (cd "$ROOT" && cargo build --release --bin corekv -p corekv-bench >&2)
+  (cd "$ROOT" && cargo build --release -p corekv -p corekv-bench >&2)
 fi
 WORK=$(mktemp -d "${WORK_PARENT:-${TMPDIR:-/tmp}}/corekv-cluster-bench.XXXXXX")
 PIDS=()

@@ -253,6 +253,23 @@ impl Cluster {
         }
     }
 
+    /// Freezes member `i` (SIGSTOP): to the others it is partitioned away; when it
+    /// resumes it still believes what it believed, e.g. that it leads.
+    pub fn pause(&mut self, i: usize) {
+        if let Some(child) = &self.nodes[i].child {
+            // SAFETY: plain syscall on the PID of a child we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGSTOP) };
+        }
+    }
+
+    /// Resumes a member frozen by [`Cluster::pause`].
+    pub fn resume(&mut self, i: usize) {
+        if let Some(child) = &self.nodes[i].child {
+            // SAFETY: as in `pause`.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+        }
+    }
+
     /// Starts member `i` again on its data dir.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
@@ -322,6 +339,7 @@ impl Drop for Cluster {
             eprintln!("{}", self.logs());
         }
         for i in 0..self.nodes.len() {
+            self.resume(i);
             self.kill(i);
         }
     }
