@@ -274,6 +274,10 @@ pub fn check(history: &History, budget: u64) -> Outcome {
     }
 }
 
+/// Search steps allowed to each trial while shrinking a violation, so explaining one stays
+/// quick however large the budget for deciding is.
+const SHRINK_BUDGET: u64 = 100_000;
+
 /// Sentinel return time of an operation of unknown outcome: after everything.
 const NEVER: u64 = u64::MAX;
 
@@ -492,8 +496,10 @@ impl KeyOps {
         matches!(self.search(budget), Search::Illegal)
     }
 
-    /// Shrinks this (illegal) key history to a small illegal core and describes it.
+    /// Shrinks this (illegal) key history to a small illegal core and describes it. Each
+    /// trial gets at most [`SHRINK_BUDGET`] steps; a trial that runs out keeps the op.
     fn explain(&self, history: &History, key: &[u8], budget: u64) -> Violation {
+        let budget = budget.min(SHRINK_BUDGET);
         // The shortest illegal prefix (illegality is prefix-closed, so binary search).
         let mut cuts: Vec<u64> = self
             .ops

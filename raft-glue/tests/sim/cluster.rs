@@ -175,6 +175,9 @@ struct Node {
     /// Writes proposed here, answered when they apply here: (client, seq).
     writes: BTreeSet<(u64, u64)>,
     reads: Vec<PendingRead>,
+    /// When a crashed node comes back by itself (a quick reboot); otherwise it restarts
+    /// at random.
+    restart_at: Option<u64>,
     /// Applied its own removal from the cluster: shut down for good, as etcd does (raft-rs
     /// cannot run a leader that is not a member: it panics on the next append response).
     removed: bool,
@@ -314,6 +317,7 @@ impl Sim {
             writes: BTreeSet::new(),
             reads: Vec::new(),
             removed: false,
+            restart_at: None,
         };
         self.start(&mut node);
         self.side.insert(id, 0);
@@ -349,6 +353,7 @@ impl Sim {
             .insert(applied, (node.sm.clone(), node.disk.conf.clone()));
         node.writes.clear();
         node.reads.clear();
+        node.restart_at = None;
         node.raft = Some(raft);
     }
 
@@ -447,7 +452,8 @@ impl Sim {
         }
         for &id in &ids {
             let node = &self.nodes[&id];
-            if node.raft.is_none() && !node.removed && self.rng.chance(self.p.restart) {
+            let due = node.restart_at.is_some_and(|t| t <= self.now);
+            if node.raft.is_none() && !node.removed && (due || self.rng.chance(self.p.restart)) {
                 let mut node = self.nodes.remove(&id).unwrap();
                 self.start(&mut node);
                 let applied = node.applied;
@@ -633,10 +639,17 @@ impl Sim {
     }
 
     fn crash(&mut self, id: u64) {
+        // Some crashes are quick reboots: back within a few steps, while the election that
+        // the crash may have interrupted is still going (a lost vote would show then).
+        let restart_at = self
+            .rng
+            .chance(400)
+            .then(|| self.now + self.rng.range(1, 8));
         let node = self.nodes.get_mut(&id).unwrap();
         node.raft = None;
         node.writes.clear();
         node.reads.clear();
+        node.restart_at = restart_at;
         self.stats.crashes += 1;
     }
 
