@@ -35,6 +35,9 @@ pub struct Params {
     /// Steps before a client gives up on an operation (its outcome is then unknown).
     pub client_timeout: u64,
     pub entries_kept_max: u64,
+    /// Election timeouts are drawn per incarnation from `10..=10 + election_jitter` ticks;
+    /// little jitter means contested elections (split votes, competing candidates).
+    pub election_jitter: u64,
     /// Per-mille chances.
     pub drop: u32,
     pub duplicate: u32,
@@ -43,6 +46,8 @@ pub struct Params {
     /// Chance, per cycle taken, that the node crashes after sending the cycle's early
     /// messages but before the cycle is durable.
     pub crash_in_cycle: u32,
+    /// Chance, per cycle that records a vote, of a crash and reboot right after it.
+    pub crash_after_vote: u32,
     pub restart: u32,
     pub partition: u32,
     pub heal: u32,
@@ -69,11 +74,13 @@ impl Params {
             calm_bound: 1000,
             client_timeout: 60,
             entries_kept_max: 4,
+            election_jitter: if seed % 3 == 0 { 1 } else { 10 },
             drop: 50,
             duplicate: 30,
             long_delay: 10,
             crash: 4,
             crash_in_cycle: 2,
+            crash_after_vote: 30,
             restart: 15,
             partition: 5,
             heal: 10,
@@ -328,7 +335,7 @@ impl Sim {
     fn start(&mut self, node: &mut Node) {
         // Each incarnation gets its own fixed election timeout from the seed (raft-rs's own
         // randomisation is unseeded, which would make runs unrepeatable).
-        let election_ticks = self.rng.range(10, 20) as usize;
+        let election_ticks = self.rng.range(10, 10 + self.p.election_jitter) as usize;
         let opts = NodeOptions {
             id: node.id,
             heartbeat_ticks: 2,
@@ -379,6 +386,7 @@ impl Sim {
 
     /// Runs the whole scenario: faults, then calm, then the checks.
     pub fn run(mut self) -> Stats {
+        let _guard = SeedGuard(self.p.seed);
         for _ in 0..self.p.fault_steps {
             self.step(true);
         }
@@ -435,7 +443,13 @@ impl Sim {
     fn inject_faults(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         let leader = self.leader();
-        if self.rng.chance(self.p.crash) {
+        // Crashes are likelier while there is no leader, to hit elections in progress.
+        let crash = if leader.is_some() {
+            self.p.crash
+        } else {
+            self.p.crash * 5
+        };
+        if self.rng.chance(crash) {
             let alive: Vec<u64> = ids
                 .iter()
                 .copied()
@@ -634,7 +648,16 @@ impl Sim {
                 ));
                 return;
             }
+            let voted = cycle.hard_state().is_some_and(|hs| hs.vote != 0);
             self.persist(id, cycle);
+            if voted && self.faults && self.rng.chance(self.p.crash_after_vote) {
+                // Crash right after a vote was made durable and sent, and come straight
+                // back: the vote must survive, or the member could vote twice in a term.
+                self.crash(id);
+                self.nodes.get_mut(&id).unwrap().restart_at = Some(self.now + 1);
+                self.note(format!("crash {id} just after voting"));
+                return;
+            }
         }
     }
 
@@ -1126,6 +1149,21 @@ impl Sim {
             Outcome::Unknown { key } => self.fail(format!(
                 "linearizability check of key {key:?} ran out of budget ({CHECK_BUDGET} steps)"
             )),
+        }
+    }
+}
+
+/// Names the seed when anything panics during a run (raft-rs's own assertions included).
+struct SeedGuard(u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "sim seed {} panicked (replay: SIM_SEED={} cargo test -p corekv-raft --test \
+                 sim replay)",
+                self.0, self.0
+            );
         }
     }
 }
