@@ -59,6 +59,17 @@ pub struct Params {
     /// joiner replays the conf changes from index 1 onto an empty membership and ends up
     /// believing it is the only voter (see `joining_member_replaying_the_log_from_1`).
     pub bootstrap_snapshot: bool,
+    /// Stop a member once it applies its own removal (as etcd does). raft-rs cannot run a
+    /// removed leader: it panics on the next append response (see
+    /// `removed_leader_left_running`).
+    pub shut_down_removed: bool,
+    /// Chance per step that the leader is asked to hand leadership to a random voter.
+    pub transfer: u32,
+    /// Deliberate harness bugs, to prove the checks catch them (see the self-tests):
+    /// serve reads from local state without a read index,
+    pub bug_stale_reads: bool,
+    /// and lose the vote on restart.
+    pub bug_forget_votes: bool,
 }
 
 impl Params {
@@ -86,6 +97,10 @@ impl Params {
             heal: 10,
             membership: seed % 4 >= 2,
             bootstrap_snapshot: true,
+            shut_down_removed: true,
+            transfer: 3,
+            bug_stale_reads: false,
+            bug_forget_votes: false,
         }
     }
 }
@@ -475,6 +490,20 @@ impl Sim {
                 self.note(format!("restart {id} from disk (applied {applied})"));
             }
         }
+        if let Some(l) = self.leader() {
+            if self.rng.chance(self.p.transfer) {
+                let voters = self.nodes[&l].raft.as_ref().unwrap().conf_state().voters;
+                let to = self.rng.pick(&voters);
+                self.nodes
+                    .get_mut(&l)
+                    .unwrap()
+                    .raft
+                    .as_mut()
+                    .unwrap()
+                    .transfer_leader(to);
+                self.note(format!("{l} asked to transfer leadership to {to}"));
+            }
+        }
         let healed = self.side.values().all(|&s| s == 0);
         if healed && self.rng.chance(self.p.partition) {
             let mode = self.rng.below(3);
@@ -693,6 +722,9 @@ impl Sim {
         node.disk.append(cycle.entries());
         if let Some(hs) = cycle.hard_state() {
             node.disk.hs = hs.clone();
+            if self.p.bug_forget_votes {
+                node.disk.hs.vote = 0;
+            }
         }
         let raft = node.raft.as_mut().unwrap();
         let out = raft.persisted(cycle);
@@ -744,7 +776,7 @@ impl Sim {
         }
         self.serve_reads(id);
         let node = self.nodes.get_mut(&id).unwrap();
-        if node.removed {
+        if node.removed && self.p.shut_down_removed {
             // Its last messages still go out (e.g. the commit of its own removal).
             self.send(id, out.messages);
             self.crash(id);
@@ -941,7 +973,7 @@ impl Sim {
                 client,
                 seq,
                 key,
-                index: None,
+                index: self.p.bug_stale_reads.then_some(0),
             });
             self.clients[c].call = Some(Call {
                 seq,
