@@ -253,6 +253,7 @@ pub struct Sim {
     canon: BTreeMap<u64, (u64, EntryType, Vec<u8>, Image)>,
     stage: Stage,
     stage_retry_at: u64,
+    membership_rounds: u32,
     /// When the faults stopped, and whether a write invoked since has completed.
     calm_start: Option<u64>,
     progressed: bool,
@@ -261,6 +262,8 @@ pub struct Sim {
 }
 
 const TRACE_KEPT: usize = 120;
+/// Rounds of add-learner, promote, remove-a-voter per run (membership seeds only).
+const MEMBERSHIP_ROUNDS: u32 = 4;
 const IMAGES_KEPT: usize = 256;
 const CHECK_BUDGET: u64 = 5_000_000;
 
@@ -299,6 +302,7 @@ impl Sim {
                 Stage::Done
             },
             stage_retry_at: 0,
+            membership_rounds: 0,
             calm_start: None,
             progressed: false,
             trace: VecDeque::new(),
@@ -1071,12 +1075,12 @@ impl Sim {
         if self.stage == Stage::Done || self.now < self.stage_retry_at {
             return;
         }
-        let spare = self.p.nodes as u64 + 1;
         if self.stage == Stage::Idle {
             if self.now < 200 {
                 return;
             }
-            // The new member starts empty and learns everything from the leader.
+            // A new member starts empty and learns everything from the leader.
+            let spare = self.nodes.keys().max().unwrap() + 1;
             self.add_node(spare, Disk::default());
             self.note(format!("spare {spare} starts"));
             self.stage = Stage::AddLearner(spare);
@@ -1096,11 +1100,16 @@ impl Sim {
         if done {
             self.stage = match self.stage {
                 Stage::AddLearner(id) => Stage::Promote(id),
-                Stage::Promote(_) => {
-                    let voters: Vec<u64> = (1..=self.p.nodes as u64).collect();
-                    Stage::Remove(self.rng.pick(&voters))
+                // Any voter may go, the leader and the newcomer included.
+                Stage::Promote(_) => Stage::Remove(self.rng.pick(&conf.voters)),
+                _ => {
+                    self.membership_rounds += 1;
+                    if self.membership_rounds < MEMBERSHIP_ROUNDS {
+                        Stage::Idle
+                    } else {
+                        Stage::Done
+                    }
                 }
-                _ => Stage::Done,
             };
             let stage = self.stage;
             self.note(format!("membership stage now {stage:?}"));
