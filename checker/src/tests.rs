@@ -367,11 +367,10 @@ fn table() {
     let mut failures = Vec::new();
     for (name, linearizable, script) in &cases {
         let outcome = check(&build(script), BUDGET);
-        let ok = match (&outcome, linearizable) {
-            (Outcome::Linearizable, true) => true,
-            (Outcome::NotLinearizable(_), false) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (&outcome, linearizable),
+            (Outcome::Linearizable, true) | (Outcome::NotLinearizable(_), false)
+        );
         if !ok {
             failures.push(format!(
                 "{name}: expected linearizable={linearizable}, got {outcome:?}"

@@ -78,14 +78,14 @@ impl Params {
     pub fn for_seed(seed: u64) -> Params {
         Params {
             seed,
-            nodes: if seed % 2 == 0 { 3 } else { 5 },
+            nodes: if seed & 1 == 0 { 3 } else { 5 },
             clients: 5,
             keys: 3,
             fault_steps: 1500,
             calm_bound: 1000,
             client_timeout: 60,
             entries_kept_max: 4,
-            election_jitter: if seed % 3 == 0 { 1 } else { 10 },
+            election_jitter: if matches!(seed % 3, 0) { 1 } else { 10 },
             drop: 50,
             duplicate: 30,
             long_delay: 10,
