@@ -65,6 +65,9 @@ pub struct Params {
     pub shut_down_removed: bool,
     /// Chance per step that the leader is asked to hand leadership to a random voter.
     pub transfer: u32,
+    /// Record a commit advance only with the member's next write, not at once, as the
+    /// sequencer does (a crash in between loses it; recovery must cope).
+    pub lazy_commit: bool,
     /// Deliberate harness bugs, to prove the checks catch them (see the self-tests):
     /// serve reads from local state without a read index,
     pub bug_stale_reads: bool,
@@ -99,6 +102,7 @@ impl Params {
             bootstrap_snapshot: true,
             shut_down_removed: true,
             transfer: 3,
+            lazy_commit: matches!((seed / 2) % 2, 1),
             bug_stale_reads: false,
             bug_forget_votes: false,
         }
@@ -200,6 +204,8 @@ struct Node {
     /// When a crashed node comes back by itself (a quick reboot); otherwise it restarts
     /// at random.
     restart_at: Option<u64>,
+    /// A commit advance not yet on disk (with `lazy_commit`).
+    commit_unrecorded: bool,
     /// Applied its own removal from the cluster: shut down for good, as etcd does (raft-rs
     /// cannot run a leader that is not a member: it panics on the next append response).
     removed: bool,
@@ -344,6 +350,7 @@ impl Sim {
             reads: Vec::new(),
             removed: false,
             restart_at: None,
+            commit_unrecorded: false,
         };
         self.start(&mut node);
         self.side.insert(id, 0);
@@ -380,6 +387,7 @@ impl Sim {
         node.writes.clear();
         node.reads.clear();
         node.restart_at = None;
+        node.commit_unrecorded = false;
         node.raft = Some(raft);
     }
 
@@ -724,8 +732,14 @@ impl Sim {
             installed = Some((meta.index, image, conf));
         }
         node.disk.append(cycle.entries());
-        if let Some(hs) = cycle.hard_state() {
-            node.disk.hs = hs.clone();
+        let mut hard_state = cycle.hard_state().cloned();
+        let writes = !cycle.entries().is_empty() || hard_state.is_some();
+        if writes && hard_state.is_none() && std::mem::take(&mut node.commit_unrecorded) {
+            // The commit advance raft reported earlier rides along with this write.
+            hard_state = Some(node.raft.as_ref().unwrap().hard_state());
+        }
+        if let Some(hs) = hard_state {
+            node.disk.hs = hs;
             if self.p.bug_forget_votes {
                 node.disk.hs.vote = 0;
             }
@@ -750,7 +764,11 @@ impl Sim {
         }
         let node = self.nodes.get_mut(&id).unwrap();
         if let Some(commit) = out.commit_advanced {
-            node.disk.hs.commit = node.disk.hs.commit.max(commit);
+            if self.p.lazy_commit {
+                node.commit_unrecorded = true;
+            } else {
+                node.disk.hs.commit = node.disk.hs.commit.max(commit);
+            }
         }
         if node.disk.hs.commit > node.disk.last_index() {
             let (c, l) = (node.disk.hs.commit, node.disk.last_index());
