@@ -467,3 +467,131 @@ fn many_concurrent_ops_are_checked_quickly() {
     let outcome = check(&h, 1_000_000);
     assert!(outcome.is_linearizable(), "{outcome:?}");
 }
+
+/// One op of a brute-force reference history: (invoke, return or None, op, response).
+type RefOp = (u64, Option<u64>, Op, Option<Response>);
+
+/// Reference semantics by exhaustion: some order of all ops that respects real time (an
+/// op that returned before another was invoked goes first) and explains every definite
+/// response. Ops of unknown outcome may go anywhere after their invocation, including
+/// last, where they change nothing observed.
+fn brute_force(ops: &[RefOp]) -> bool {
+    fn go(ops: &[RefOp], used: &mut Vec<bool>, state: Option<Vec<u8>>, placed: usize) -> bool {
+        if placed == ops.len() {
+            return true;
+        }
+        for i in 0..ops.len() {
+            if used[i] {
+                continue;
+            }
+            // Every op not yet placed that returned before i was invoked must precede i.
+            let blocked = (0..ops.len())
+                .any(|j| !used[j] && j != i && ops[j].1.is_some_and(|ret| ret < ops[i].0));
+            if blocked {
+                continue;
+            }
+            let (next, fits) = match (&ops[i].2, &ops[i].3) {
+                (Op::Put { value, .. }, _) => (Some(value.clone()), true),
+                (Op::Delete { .. }, _) => (None, true),
+                (Op::Get { .. }, Some(Response::Value(v))) => (state.clone(), *v == state),
+                (Op::Get { .. }, _) => (state.clone(), true),
+                (Op::Cas { expected, new, .. }, r) => {
+                    let swaps = state == *expected;
+                    let next = if swaps {
+                        Some(new.clone())
+                    } else {
+                        state.clone()
+                    };
+                    let fits = match r {
+                        Some(Response::Swapped(s)) => *s == swaps,
+                        _ => true,
+                    };
+                    (next, fits)
+                }
+            };
+            if fits {
+                used[i] = true;
+                if go(ops, used, next, placed + 1) {
+                    return true;
+                }
+                used[i] = false;
+            }
+        }
+        false
+    }
+    go(ops, &mut vec![false; ops.len()], None, 0)
+}
+
+#[test]
+fn agrees_with_brute_force_on_random_small_histories() {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let (mut legal, mut illegal) = (0, 0);
+    for _ in 0..3000 {
+        let mut h = History::new();
+        let mut reference: Vec<RefOp> = Vec::new();
+        let mut clock = 0u64;
+        // Up to 3 clients, each with at most one op open; 6 ops in all.
+        let mut open: Vec<Option<(OpId, usize)>> = vec![None; 3];
+        let mut invoked = 0;
+        let values = ["1", "2", "3"];
+        while invoked < 6 || open.iter().any(|o| o.is_some()) {
+            let c = next(3) as usize;
+            match open[c] {
+                None if invoked < 6 => {
+                    let op = match next(5) {
+                        0 | 1 => Op::get("k"),
+                        2 => Op::put("k", values[next(3) as usize]),
+                        3 => Op::cas(
+                            "k",
+                            (next(3) > 0).then(|| values[next(3) as usize].into()),
+                            values[next(3) as usize],
+                        ),
+                        _ => Op::delete("k"),
+                    };
+                    clock += 1;
+                    let id = h.invoke(c as u64, op.clone());
+                    reference.push((clock, None, op, None));
+                    open[c] = Some((id, reference.len() - 1));
+                    invoked += 1;
+                }
+                None => {}
+                Some((id, r)) => {
+                    open[c] = None;
+                    if next(6) == 0 {
+                        h.timeout(id);
+                        continue;
+                    }
+                    let response = match &reference[r].2 {
+                        Op::Put { .. } | Op::Delete { .. } => Response::Done,
+                        Op::Get { .. } => {
+                            Response::Value((next(4) > 0).then(|| values[next(3) as usize].into()))
+                        }
+                        Op::Cas { .. } => Response::Swapped(next(2) == 0),
+                    };
+                    clock += 1;
+                    h.ok(id, response.clone());
+                    reference[r].1 = Some(clock);
+                    reference[r].3 = Some(response);
+                }
+            }
+        }
+        let expected = brute_force(&reference);
+        let outcome = check(&h, 1_000_000);
+        match (&outcome, expected) {
+            (Outcome::Linearizable, true) => legal += 1,
+            (Outcome::NotLinearizable(_), false) => illegal += 1,
+            _ => panic!("checker says {outcome:?}, brute force says {expected}: {reference:?}"),
+        }
+    }
+    // The generator must produce plenty of both kinds, or the comparison proves little.
+    assert!(
+        legal > 300 && illegal > 300,
+        "legal {legal}, illegal {illegal}"
+    );
+}
