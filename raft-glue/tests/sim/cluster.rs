@@ -249,6 +249,8 @@ pub struct Sim {
     net: Vec<Packet>,
     /// Which side of a partition each node is on (all 0 when healed).
     side: BTreeMap<u64, u8>,
+    /// A member whose outgoing (`true`) or incoming messages are all lost.
+    one_way: Option<(u64, bool)>,
     faults: bool,
     clients: Vec<Client>,
     history: History,
@@ -290,6 +292,7 @@ impl Sim {
             nodes: BTreeMap::new(),
             net: Vec::new(),
             side: BTreeMap::new(),
+            one_way: None,
             faults: true,
             clients: (1..=p.clients as u64)
                 .map(|id| Client {
@@ -516,8 +519,16 @@ impl Sim {
                 self.note(format!("{l} asked to transfer leadership to {to}"));
             }
         }
-        let healed = self.side.values().all(|&s| s == 0);
-        if healed && self.rng.chance(self.p.partition) {
+        let healed = self.side.values().all(|&s| s == 0) && self.one_way.is_none();
+        if healed && self.rng.chance(self.p.partition) && self.rng.chance(250) {
+            // A one-way fault: a member's outgoing (or incoming) messages are all lost.
+            let id = self.rng.pick(&ids);
+            let outgoing = self.rng.chance(500);
+            self.one_way = Some((id, outgoing));
+            self.stats.partitions += 1;
+            let dir = if outgoing { "from" } else { "to" };
+            self.note(format!("one-way loss: everything {dir} {id}"));
+        } else if healed && self.rng.chance(self.p.partition) {
             let mode = self.rng.below(3);
             let lone = self.rng.pick(&ids);
             for &id in &ids {
@@ -540,6 +551,7 @@ impl Sim {
         for s in self.side.values_mut() {
             *s = 0;
         }
+        self.one_way = None;
         self.note("heal".to_string());
     }
 
@@ -572,7 +584,11 @@ impl Sim {
         for msg in due {
             let (from, to) = (msg.from, msg.to);
             let snapshot = msg.msg_type() == MessageType::MsgSnapshot;
+            let cut_one_way =
+                self.one_way
+                    .is_some_and(|(id, outgoing)| if outgoing { from == id } else { to == id });
             let reachable = self.side.get(&from) == self.side.get(&to)
+                && !cut_one_way
                 && self.nodes.get(&to).is_some_and(|n| n.raft.is_some());
             if !reachable {
                 // The sender's transport notices the broken connection.
