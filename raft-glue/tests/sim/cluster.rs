@@ -122,6 +122,9 @@ pub struct Stats {
     pub leader_terms: u64,
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,
+    /// Snapshots raft asked for at an index whose image the sender no longer (or not yet)
+    /// had: refused with `report_snapshot(.., false)`.
+    pub snapshots_unavailable: u64,
     pub conf_changes: u64,
     pub messages: u64,
     /// A hash of every committed entry (term, data) in index order: equal across two runs
@@ -141,6 +144,7 @@ impl Stats {
         self.leader_terms += o.leader_terms;
         self.snapshots_sent += o.snapshots_sent;
         self.snapshots_installed += o.snapshots_installed;
+        self.snapshots_unavailable += o.snapshots_unavailable;
         self.conf_changes += o.conf_changes;
         self.messages += o.messages;
         self.log_digest = self.log_digest.rotate_left(5) ^ o.log_digest;
@@ -659,6 +663,7 @@ impl Sim {
             let to = msg.to;
             node.raft.as_mut().unwrap().report_snapshot(to, false);
             let applied = node.applied;
+            self.stats.snapshots_unavailable += 1;
             self.note(format!(
                 "{from} cannot send snapshot at {} (applied {applied})",
                 meta.index
