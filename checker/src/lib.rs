@@ -18,6 +18,8 @@
 //! nobody read, and without every read whose removal (or write whose weakening to "unknown
 //! outcome") keeps it failing.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
