@@ -526,15 +526,28 @@ impl KeyOps {
             core = self.prefix(cuts[lo]);
         }
         // Drop writes nobody observed, oldest first. This keeps the core a faithful witness:
-        // removing a put whose value no remaining read returns (with no compare-and-set
-        // around, whose outcome could hinge on it) cannot make an illegal history legal.
+        // take an order of the full history, and remove a put of v from it. Only the ops
+        // between it and the next write saw v; none is a read of v or a compare-and-set
+        // expecting v (excluded below), nor a failed compare-and-set (excluded: one could
+        // now succeed); compare-and-sets of unknown outcome that saw v did nothing and can
+        // move to the end. So the order still explains the rest: if the history without the
+        // put is illegal, so was the history with it.
+        let failed_cas = core.ops.iter().any(|op| {
+            matches!(
+                op.kind,
+                Kind::Cas {
+                    swapped: Some(false),
+                    ..
+                }
+            )
+        });
         let mut i = 0;
         while i < core.ops.len() {
             let removable = match core.ops[i].kind {
-                Kind::Put(v) => core.ops.iter().all(|op| match op.kind {
+                Kind::Put(v) if !failed_cas => core.ops.iter().all(|op| match op.kind {
                     Kind::Get(seen) => seen != v,
                     Kind::Put(_) => true,
-                    Kind::Cas { .. } => false,
+                    Kind::Cas { expected, .. } => expected != v,
                 }),
                 _ => false,
             };

@@ -595,3 +595,29 @@ fn agrees_with_brute_force_on_random_small_histories() {
         "legal {legal}, illegal {illegal}"
     );
 }
+
+#[test]
+fn violation_core_drops_unobserved_writes_around_successful_cas() {
+    // Puts 0..9, a successful cas 9 -> "c", then a read of 9 again: the read is stale.
+    let mut h = History::new();
+    for i in 0..10 {
+        let id = h.invoke(1, Op::put("x", i.to_string()));
+        h.ok(id, Response::Done);
+    }
+    let c = h.invoke(2, Op::cas("x", Some(b"9".to_vec()), "c"));
+    h.ok(c, Response::Swapped(true));
+    let r = h.invoke(3, Op::get("x"));
+    h.ok(r, Response::Value(Some(b"9".to_vec())));
+    let Outcome::NotLinearizable(v) = check(&h, BUDGET) else {
+        panic!("a stale read after a cas must be caught");
+    };
+    // The cas and the read are definite; put 9 stays as a write of unknown outcome (it
+    // could happen once, not both before the cas and before the read); puts 0..8 are gone.
+    assert_eq!(v.ops.len(), 2, "{v}");
+    assert_eq!(v.maybe_ops, 1, "{v}");
+    assert!(
+        v.ops[0].contains("cas \"9\" -> \"c\" -> swapped=true"),
+        "{v}"
+    );
+    assert!(v.ops[1].contains("get -> \"9\""), "{v}");
+}
