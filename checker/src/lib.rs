@@ -525,65 +525,77 @@ impl KeyOps {
         if lo < cuts.len() {
             core = self.prefix(cuts[lo]);
         }
-        // Drop writes nobody observed, oldest first. This keeps the core a faithful witness:
-        // take an order of the full history, and remove a put of v from it. Only the ops
-        // between it and the next write saw v; none is a read of v or a compare-and-set
-        // expecting v (excluded below), nor a failed compare-and-set (excluded: one could
-        // now succeed); compare-and-sets of unknown outcome that saw v did nothing and can
-        // move to the end. So the order still explains the rest: if the history without the
-        // put is illegal, so was the history with it.
-        let failed_cas = core.ops.iter().any(|op| {
-            matches!(
-                op.kind,
-                Kind::Cas {
-                    swapped: Some(false),
-                    ..
-                }
-            )
-        });
-        let mut i = 0;
-        while i < core.ops.len() {
-            let removable = match core.ops[i].kind {
-                Kind::Put(v) if !failed_cas => core.ops.iter().all(|op| match op.kind {
-                    Kind::Get(seen) => seen != v,
-                    Kind::Put(_) => true,
-                    Kind::Cas { expected, .. } => expected != v,
-                }),
-                _ => false,
+        // Alternate the two shrinking passes while they make progress (weakening a failed
+        // compare-and-set can let unobserved writes go, and so on); a few rounds suffice.
+        for _round in 0..4 {
+            let size = |k: &KeyOps| {
+                let definite = k.ops.iter().filter(|op| op.ret != NEVER).count();
+                (k.ops.len(), definite)
             };
-            if removable {
+            let before = size(&core);
+            // Drop writes nobody observed, oldest first. This keeps the core a faithful witness:
+            // take an order of the full history, and remove a put of v from it. Only the ops
+            // between it and the next write saw v; none is a read of v or a compare-and-set
+            // expecting v (excluded below), nor a failed compare-and-set (excluded: one could
+            // now succeed); compare-and-sets of unknown outcome that saw v did nothing and can
+            // move to the end. So the order still explains the rest: if the history without the
+            // put is illegal, so was the history with it.
+            let failed_cas = core.ops.iter().any(|op| {
+                matches!(
+                    op.kind,
+                    Kind::Cas {
+                        swapped: Some(false),
+                        ..
+                    }
+                )
+            });
+            let mut i = 0;
+            while i < core.ops.len() {
+                let removable = match core.ops[i].kind {
+                    Kind::Put(v) if !failed_cas => core.ops.iter().all(|op| match op.kind {
+                        Kind::Get(seen) => seen != v,
+                        Kind::Put(_) => true,
+                        Kind::Cas { expected, .. } => expected != v,
+                    }),
+                    _ => false,
+                };
+                if removable {
+                    let mut trial = KeyOps {
+                        ops: core.ops.clone(),
+                    };
+                    trial.ops.remove(i);
+                    if trial.illegal(budget) {
+                        core = trial;
+                        continue;
+                    }
+                }
+                i += 1;
+            }
+            // Then drop reads and make writes' outcomes unknown wherever the contradiction
+            // survives it: both only add possible orders, so what remains is still illegal.
+            let mut i = core.ops.len();
+            while i > 0 {
+                i -= 1;
+                if core.ops[i].ret == NEVER {
+                    continue;
+                }
                 let mut trial = KeyOps {
                     ops: core.ops.clone(),
                 };
-                trial.ops.remove(i);
+                let mut op = trial.ops[i];
+                op.ret = NEVER;
+                match weaken(&mut op.kind) {
+                    Some(()) => trial.ops[i] = op,
+                    None => {
+                        trial.ops.remove(i);
+                    }
+                }
                 if trial.illegal(budget) {
                     core = trial;
-                    continue;
                 }
             }
-            i += 1;
-        }
-        // Then drop reads and make writes' outcomes unknown wherever the contradiction
-        // survives it: both only add possible orders, so what remains is still illegal.
-        let mut i = core.ops.len();
-        while i > 0 {
-            i -= 1;
-            if core.ops[i].ret == NEVER {
-                continue;
-            }
-            let mut trial = KeyOps {
-                ops: core.ops.clone(),
-            };
-            let mut op = trial.ops[i];
-            op.ret = NEVER;
-            match weaken(&mut op.kind) {
-                Some(()) => trial.ops[i] = op,
-                None => {
-                    trial.ops.remove(i);
-                }
-            }
-            if trial.illegal(budget) {
-                core = trial;
+            if size(&core) == before {
+                break;
             }
         }
         let definite: Vec<&KOp> = core.ops.iter().filter(|op| op.ret != NEVER).collect();
@@ -618,10 +630,16 @@ impl KeyOps {
     }
 }
 
-/// Makes an op's outcome unknown; `None` if it then has no effect worth keeping (a read).
+/// Makes an op's outcome unknown; `None` if it then has no effect worth keeping: a read,
+/// or a compare-and-set known to have failed (it changed nothing, so dropping it only
+/// drops a constraint).
 fn weaken(kind: &mut Kind) -> Option<()> {
     match kind {
-        Kind::Get(_) => None,
+        Kind::Get(_)
+        | Kind::Cas {
+            swapped: Some(false),
+            ..
+        } => None,
         Kind::Put(_) => Some(()),
         Kind::Cas { swapped, .. } => {
             *swapped = None;
