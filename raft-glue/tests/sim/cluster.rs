@@ -2,10 +2,10 @@
 //!
 //! Everything runs on one thread in discrete steps driven by one seeded RNG: a step may
 //! inject a fault, ticks every live node, delivers the network's due messages in random
-//! order, lets clients invoke operations, and drives every node's cycles (a cycle's
-//! persistence may take a step, so a crash can lose it). Safety invariants are checked as
-//! the run goes; at the end the faults stop, the cluster must make progress and converge
-//! within a bound, and the clients' history must be linearizable.
+//! order, lets clients invoke operations, and drives every node's cycles (a crash may come
+//! between a cycle's early messages and its persistence, losing it). Safety invariants are
+//! checked as the run goes; at the end the faults stop, the cluster must make progress and
+//! converge within a bound, and the clients' history must be linearizable.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
