@@ -204,6 +204,8 @@ struct Node {
     images: BTreeMap<u64, (Image, ConfState)>,
     /// Writes proposed here, answered when they apply here: (client, seq).
     writes: BTreeSet<(u64, u64)>,
+    /// Proposals made here as leader: (client, seq) -> the index `propose` returned.
+    leader_proposals: BTreeMap<(u64, u64), u64>,
     reads: Vec<PendingRead>,
     /// When a crashed node comes back by itself (a quick reboot); otherwise it restarts
     /// at random.
@@ -354,6 +356,7 @@ impl Sim {
             commit_seen: 0,
             images: BTreeMap::new(),
             writes: BTreeSet::new(),
+            leader_proposals: BTreeMap::new(),
             reads: Vec::new(),
             removed: false,
             restart_at: None,
@@ -392,6 +395,7 @@ impl Sim {
         node.images
             .insert(applied, (node.sm.clone(), node.disk.conf.clone()));
         node.writes.clear();
+        node.leader_proposals.clear();
         node.reads.clear();
         node.restart_at = None;
         node.commit_unrecorded = false;
@@ -851,6 +855,18 @@ impl Sim {
             EntryType::EntryNormal => {
                 if !entry.data.is_empty() {
                     let req = Request::decode(&entry.data);
+                    // A proposal made as leader applies at the index `propose` returned, or
+                    // never (the sequencer relies on this to detect lost proposals).
+                    if let Some(want) = node.leader_proposals.remove(&(req.client, req.seq)) {
+                        if want != entry.index {
+                            self.fail(format!(
+                                "{id}'s proposal {:?} was promised index {want} but applied at {}",
+                                (req.client, req.seq),
+                                entry.index
+                            ));
+                        }
+                    }
+                    let node = self.nodes.get_mut(&id).unwrap();
                     if let Some(reply) = node.sm.apply(&req) {
                         if node.writes.remove(&(req.client, req.seq)) {
                             answer = Some((req.client, req.seq, reply));
@@ -1063,10 +1079,13 @@ impl Sim {
         let op = self.history.invoke(client, op);
         let req = Request { client, seq, cmd };
         let node = self.nodes.get_mut(&node_id).unwrap();
-        let accepted = match node.raft.as_mut() {
-            None => false,
-            Some(raft) => raft.propose(req.encode()).is_ok(),
+        let (accepted, index) = match node.raft.as_mut().map(|r| r.propose(req.encode())) {
+            None | Some(Err(_)) => (false, None),
+            Some(Ok(index)) => (true, index),
         };
+        if let Some(index) = index {
+            node.leader_proposals.insert((client, seq), index);
+        }
         if !accepted {
             // Refused up front (down, no leader, raft dropped it): it never entered a log.
             self.history.fail(op);
