@@ -17,6 +17,25 @@
 //! cannot be linearized: the shortest prefix that fails, without the writes whose values
 //! nobody read, and without every read whose removal (or write whose weakening to "unknown
 //! outcome") keeps it failing.
+//!
+//! ```
+//! use corekv_linearizability::{check, History, Op, Outcome, Response};
+//!
+//! let mut h = History::new();
+//! let w = h.invoke(1, Op::put("x", "1"));
+//! h.ok(w, Response::Done);
+//! let t = h.invoke(2, Op::put("x", "2"));
+//! h.timeout(t); // may land any time from here on, or never
+//! let r = h.invoke(3, Op::get("x"));
+//! h.ok(r, Response::Value(None)); // but nothing explains the key being absent
+//! match check(&h, 100_000) {
+//!     Outcome::NotLinearizable(v) => {
+//!         assert_eq!(v.key, b"x".to_vec());
+//!         println!("{v}");
+//!     }
+//!     other => panic!("expected a violation, got {other:?}"),
+//! }
+//! ```
 
 #![warn(missing_docs)]
 
