@@ -104,6 +104,25 @@ impl RaftNode {
     /// Builds the node from recovered state. A fresh member passes a conf state naming the
     /// initial voters and no entries.
     pub fn new(opts: NodeOptions, restored: Restored) -> Result<RaftNode, raft::Error> {
+        RaftNode::build(opts, restored, false)
+    }
+
+    /// Like [`RaftNode::new`], but the election timeout is exactly `election_ticks` rather
+    /// than drawn from raft-rs's unseeded thread RNG in `[election_ticks, 2 *
+    /// election_ticks)`: for deterministic simulation, where the caller jitters the
+    /// timeouts itself (e.g. a different `election_ticks` per member) from its own seed.
+    pub fn new_with_fixed_election_timeout(
+        opts: NodeOptions,
+        restored: Restored,
+    ) -> Result<RaftNode, raft::Error> {
+        RaftNode::build(opts, restored, true)
+    }
+
+    fn build(
+        opts: NodeOptions,
+        restored: Restored,
+        fixed_election_timeout: bool,
+    ) -> Result<RaftNode, raft::Error> {
         assert!(opts.id != 0, "raft id 0 is reserved");
         // A member joining an existing cluster starts with no membership: it learns it from
         // the leader's first append or snapshot.
@@ -136,7 +155,7 @@ impl RaftNode {
                 .max(restored.snapshot.map_or(0, |(_, term)| term));
             core.set_hardstate(hard_state);
         }
-        let config = raft::Config {
+        let mut config = raft::Config {
             id: opts.id,
             heartbeat_tick: opts.heartbeat_ticks,
             election_tick: opts.election_ticks,
@@ -149,6 +168,11 @@ impl RaftNode {
             max_uncommitted_size: 64 * 1024 * 1024,
             ..Default::default()
         };
+        if fixed_election_timeout {
+            // raft-rs draws from [min, max); a range of one is a fixed timeout.
+            config.min_election_tick = opts.election_ticks;
+            config.max_election_tick = opts.election_ticks + 1;
+        }
         config.validate()?;
         let raw = RawNode::new(&config, storage, &crate::log_bridge::logger())?;
         Ok(RaftNode { raw, opts })
