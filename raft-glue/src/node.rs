@@ -57,7 +57,8 @@ pub struct Cycle {
 
 impl Cycle {
     /// Messages that may leave before this cycle is durable: a leader's appends go to the
-    /// followers while its own fdatasync runs (raft's asynchronous persistence).
+    /// followers before its own fdatasync (raft's asynchronous persistence). Nothing may be
+    /// stepped into raft between [`RaftNode::cycle`] and [`RaftNode::persisted`].
     pub fn take_early_messages(&mut self) -> Vec<Message> {
         self.ready.take_messages()
     }
@@ -124,8 +125,10 @@ impl RaftNode {
         fixed_election_timeout: bool,
     ) -> Result<RaftNode, raft::Error> {
         assert!(opts.id != 0, "raft id 0 is reserved");
-        // A member joining an existing cluster starts with no membership: it learns it from
-        // the leader's first append or snapshot.
+        // A member joining an existing cluster starts with no membership and must learn it
+        // from a snapshot: replaying membership changes from index 1 onto an empty
+        // membership gives a wrong one (the simulation found two leaders that way). The
+        // server guarantees the snapshot by starting every new cluster's log after index 1.
         let log_start = restored.snapshot.map_or(0, |(index, _)| index);
         assert!(
             restored
