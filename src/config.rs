@@ -32,6 +32,21 @@ pub use url::{Scheme, Url};
 use std::fmt;
 use std::path::PathBuf;
 
+/// How a new cluster finds its members when --initial-cluster is not given in full.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Discovery {
+    /// `--discovery`: an etcd v2 keys URL ending in the cluster's token; empty if unused.
+    pub url: String,
+    /// `--discovery-fallback`: `exit` or `proxy`.
+    pub fallback: String,
+    /// `--discovery-proxy`: HTTP proxy for discovery requests; empty if none.
+    pub proxy: String,
+    /// `--discovery-srv`: DNS domain whose SRV records list the members; empty if unused.
+    pub srv: String,
+    /// `--discovery-srv-name`: suffix of the SRV names queried.
+    pub srv_name: String,
+}
+
 /// The fully resolved and validated server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -53,6 +68,8 @@ pub struct Config {
     pub initial_cluster_state: ClusterState,
     /// `--initial-cluster-token`: salts member and cluster IDs.
     pub initial_cluster_token: String,
+    /// `--discovery*`: bootstrap through a discovery service instead of --initial-cluster.
+    pub discovery: Discovery,
     /// `--snapshot-count`: committed entries between snapshots.
     pub snapshot_count: u64,
     /// `--heartbeat-interval` in milliseconds.
@@ -223,6 +240,11 @@ impl Config {
                 }
             }
         })
+    }
+
+    /// Parses an `--initial-cluster` value (`name=url,...`), as a discovery service returns.
+    pub fn parse_initial_cluster(text: &str) -> Result<Vec<(String, Url)>, String> {
+        build::parse_cluster(text)
     }
 
     /// The `--initial-cluster` URLs listed for member `name`.

@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config;
 mod cores;
+mod discovery;
 mod lessor;
 mod logger;
 mod recovery;
@@ -195,6 +196,40 @@ fn bootstrap_plan(
     names.sort_unstable();
     names.dedup();
     if config.initial_cluster_state == config::ClusterState::New {
+        let mut discovered = config.clone();
+        if !config.discovery.url.is_empty() {
+            let self_config: Vec<String> = config
+                .initial_advertise_peer_urls
+                .iter()
+                .map(|u| format!("{}={u}", config.name))
+                .collect();
+            let found = discovery::join(
+                &config.discovery.url,
+                &config.discovery.proxy,
+                identity.member_id,
+                &self_config.join(","),
+            )
+            .map_err(|e| {
+                if e.contains("cluster is full") && config.discovery.fallback == "proxy" {
+                    format!(
+                        "{e} (--discovery-fallback=proxy: corekv has no proxy mode, so it stops)"
+                    )
+                } else {
+                    e
+                }
+            })?;
+            log::info!("discovery: the cluster is {found}");
+            discovered.initial_cluster = Config::parse_initial_cluster(&found)?;
+            identity.cluster_id = discovered.cluster_id();
+        }
+        let config = &discovered;
+        let mut names: Vec<&str> = config
+            .initial_cluster
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
         let members = names
             .iter()
             .map(|name| {

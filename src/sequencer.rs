@@ -95,6 +95,12 @@ pub struct Publication {
     pub resync: bool,
 }
 
+/// A request held until a leader is known.
+enum Leaderless {
+    Write(Command, WriteReply),
+    Reads(Vec<ReadReply>),
+}
+
 /// A proposal waiting to be applied.
 struct Waiting {
     /// Its log index, when this member leads and knows it.
@@ -122,6 +128,9 @@ pub struct Sequencer {
     request_timeout: Duration,
     /// Reads that arrived this turn and have no read index yet.
     reads_unissued: Vec<ReadReply>,
+    /// Requests that arrived while no leader was known: etcd makes them wait for one (up to
+    /// the request timeout) rather than fail at once. Bounded by `QUEUE_DEPTH_MAX`.
+    leaderless: VecDeque<(Instant, Leaderless)>,
     /// Reads whose read index was requested: (context sequence, deadline, replies).
     reads_issued: VecDeque<(u64, Instant, Vec<ReadReply>)>,
     /// Reads with a known read index, waiting for apply to reach it.
@@ -198,6 +207,7 @@ impl Sequencer {
             leader_proposals: VecDeque::new(),
             request_timeout: Duration::from_secs(7),
             reads_unissued: Vec::new(),
+            leaderless: VecDeque::new(),
             reads_issued: VecDeque::new(),
             reads_ready: VecDeque::new(),
             read_seq: 0,
@@ -394,6 +404,7 @@ impl Sequencer {
             }
             self.lease_turn(Instant::now());
             self.compaction_turn(Instant::now());
+            self.release_leaderless();
             self.drive();
             self.cluster_turn(Instant::now());
             self.expire(Instant::now());
@@ -458,6 +469,13 @@ impl Sequencer {
         self.turn_bytes += data.len();
         match self.raft.propose(data) {
             Ok(index) => self.wait_for(id, index, reply),
+            Err(ProposeError::NoLeader) => {
+                // Not proposed: the id is not reused, the command goes back to wait.
+                let command = request
+                    .into_command()
+                    .expect("a request built from a command carries it");
+                self.hold_until_leader(Leaderless::Write(command, reply));
+            }
             Err(err) => {
                 metrics::global()
                     .proposals_failed
@@ -492,9 +510,50 @@ impl Sequencer {
         );
     }
 
+    /// Holds a request until a leader is known (or its time is up).
+    fn hold_until_leader(&mut self, held: Leaderless) {
+        if self.leaderless.len() >= QUEUE_DEPTH_MAX {
+            let err = KvError::Unavailable("etcdserver: no leader".into());
+            match held {
+                Leaderless::Write(_, reply) => drop(reply.send(Err(err))),
+                Leaderless::Reads(replies) => {
+                    for r in replies {
+                        let _ = r.send(Err(err.clone()));
+                    }
+                }
+            }
+            return;
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        self.leaderless.push_back((deadline, held));
+    }
+
+    /// Proposes (or asks a read index for) what waited for a leader, now that there is one.
+    fn release_leaderless(&mut self) {
+        if self.leaderless.is_empty() || self.raft.leader_id() == 0 {
+            return;
+        }
+        for (_, held) in std::mem::take(&mut self.leaderless) {
+            match held {
+                Leaderless::Write(command, reply) => self.propose(command, reply),
+                Leaderless::Reads(replies) => self.reads_unissued.extend(replies),
+            }
+        }
+    }
+
     /// Answers what waited too long: a member cut off from the quorum (or a proposal lost
     /// in a leader change) answers "request timed out", as etcd does.
     fn expire(&mut self, now: Instant) {
+        while self.leaderless.front().is_some_and(|(d, _)| *d <= now) {
+            match self.leaderless.pop_front().expect("front exists").1 {
+                Leaderless::Write(_, reply) => drop(reply.send(Err(timed_out()))),
+                Leaderless::Reads(replies) => {
+                    for r in replies {
+                        let _ = r.send(Err(timed_out()));
+                    }
+                }
+            }
+        }
         // Ids grow with time and every wait has the same length: the expired are a prefix.
         while let Some(entry) = self.waiting.first_entry() {
             if entry.get().deadline > now {
@@ -522,7 +581,9 @@ impl Sequencer {
     fn drive(&mut self) {
         if !self.reads_unissued.is_empty() {
             let batch = std::mem::take(&mut self.reads_unissued);
-            if let Some(refusal) = self.cluster.refusal() {
+            if self.raft.leader_id() == 0 && self.cluster.refusal().is_none() {
+                self.hold_until_leader(Leaderless::Reads(batch));
+            } else if let Some(refusal) = self.cluster.refusal() {
                 for reply in batch {
                     let _ = reply.send(Err(refusal.clone()));
                 }

@@ -24,6 +24,7 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
     let auto_compaction_retention = r.value("auto-compaction-retention", |text| {
         compaction::parse_retention(&auto_compaction_mode, text).map(|_| text.to_string())
     })?;
+    let discovery_url = r.value("discovery", |s| Ok(s.trim_end_matches('/').to_string()))?;
     Ok(Config {
         data_dir: r
             .optional("data-dir", |s| Ok(PathBuf::from(s)))?
@@ -32,7 +33,22 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         advertise_client_urls: r.value("advertise-client-urls", parse_url_list)?,
         listen_peer_urls: r.value("listen-peer-urls", parse_url_list)?,
         initial_cluster_state: r.value("initial-cluster-state", parse_cluster_state)?,
-        initial_cluster_token: r.value("initial-cluster-token", |s| Ok(s.to_string()))?,
+        // With discovery, etcd salts member IDs with the discovery URL instead of the token.
+        initial_cluster_token: if discovery_url.is_empty() {
+            r.value("initial-cluster-token", |s| Ok(s.to_string()))?
+        } else {
+            discovery_url.clone()
+        },
+        discovery: super::Discovery {
+            url: discovery_url,
+            fallback: r.value("discovery-fallback", |s| match s {
+                "exit" | "proxy" => Ok(s.to_string()),
+                _ => Err("expected \"exit\" or \"proxy\"".into()),
+            })?,
+            proxy: r.value("discovery-proxy", |s| Ok(s.to_string()))?,
+            srv: r.value("discovery-srv", |s| Ok(s.to_string()))?,
+            srv_name: r.value("discovery-srv-name", |s| Ok(s.to_string()))?,
+        },
         snapshot_count: r.value("snapshot-count", parse_u64)?,
         heartbeat_interval_ms: r.value("heartbeat-interval", parse_u64)?,
         election_timeout_ms: r.value("election-timeout", parse_u64)?,
@@ -158,7 +174,7 @@ fn parse_log_level(text: &str) -> Result<LogLevel, String> {
 }
 
 /// Parses `name=url,name=url,...` (a name may repeat; an empty string is empty).
-fn parse_cluster(text: &str) -> Result<Vec<(String, Url)>, String> {
+pub(super) fn parse_cluster(text: &str) -> Result<Vec<(String, Url)>, String> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }

@@ -134,6 +134,10 @@ fn defaults_match_etcd() {
         initial_cluster: vec![("default".into(), url("http://localhost:2380"))],
         initial_cluster_state: ClusterState::New,
         initial_cluster_token: "etcd-cluster".into(),
+        discovery: Discovery {
+            fallback: "proxy".into(),
+            ..Default::default()
+        },
         snapshot_count: 100_000,
         heartbeat_interval_ms: 100,
         election_timeout_ms: 1000,
@@ -387,6 +391,10 @@ fn full_file_config() -> Config {
         initial_cluster: vec![("filenode".into(), url("http://127.0.0.1:12380"))],
         initial_cluster_state: ClusterState::New,
         initial_cluster_token: "file-token".into(),
+        discovery: Discovery {
+            fallback: "proxy".into(),
+            ..Default::default()
+        },
         snapshot_count: 5000,
         heartbeat_interval_ms: 50,
         election_timeout_ms: 500,
