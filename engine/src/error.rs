@@ -15,6 +15,13 @@ pub enum StatusCode {
     Unavailable,
     Internal,
     DataLoss,
+    /// etcd's auth errors (`codes.PermissionDenied`).
+    PermissionDenied,
+    /// An auth token that is unknown, expired or forged (`codes.Unauthenticated`).
+    Unauthenticated,
+    /// etcd 3.4's Maintenance admin checks return the auth package's error unwrapped,
+    /// which gRPC sends as `codes.Unknown`.
+    Unknown,
 }
 
 /// Errors from validating or applying a key-space request.
@@ -51,6 +58,43 @@ pub enum KvError {
     NoSpace,
     /// The CORRUPT alarm is active: writes are refused.
     Corrupt,
+    /// Auth: a request names no user (or an auth request an empty user name).
+    UserEmpty,
+    /// Auth: UserAdd of a name that exists.
+    UserExists,
+    /// Auth: the named user does not exist.
+    UserNotFound,
+    /// Auth: RoleAdd with an empty name.
+    RoleEmpty,
+    /// Auth: RoleAdd of a name that exists.
+    RoleExists,
+    /// Auth: the named role does not exist.
+    RoleNotFound,
+    /// AuthEnable without a `root` user.
+    RootUserMissing,
+    /// AuthEnable while `root` lacks the `root` role.
+    RootRoleMissing,
+    /// Authenticate with a wrong name or password.
+    AuthFailed,
+    /// The caller may not do this.
+    PermissionDenied,
+    /// UserRevokeRole of a role the user does not have.
+    RoleNotGranted,
+    /// RoleRevokePermission of a permission the role does not have.
+    PermissionNotGranted,
+    /// RoleGrantPermission without a permission.
+    PermissionNotGiven,
+    /// Authenticate while auth is disabled.
+    AuthNotEnabled,
+    /// A token that is unknown, expired or does not verify.
+    InvalidAuthToken,
+    /// Deleting root, its role, or revoking root's root role while auth is enabled.
+    InvalidAuthManagement,
+    /// A token issued before the last change to users, roles or permissions.
+    AuthOldRevision,
+    /// A Maintenance admin check failed: etcd 3.4 sends the auth package's own text
+    /// (`auth: permission denied`, ...) with `codes.Unknown`.
+    AdminCheck(&'static str),
 }
 
 impl KvError {
@@ -72,6 +116,24 @@ impl KvError {
             KvError::Unavailable(reason) => reason,
             KvError::NoSpace => "etcdserver: mvcc: database space exceeded",
             KvError::Corrupt => "etcdserver: corrupt cluster",
+            KvError::UserEmpty => "etcdserver: user name is empty",
+            KvError::UserExists => "etcdserver: user name already exists",
+            KvError::UserNotFound => "etcdserver: user name not found",
+            KvError::RoleEmpty => "etcdserver: role name is empty",
+            KvError::RoleExists => "etcdserver: role name already exists",
+            KvError::RoleNotFound => "etcdserver: role name not found",
+            KvError::RootUserMissing => "etcdserver: root user does not exist",
+            KvError::RootRoleMissing => "etcdserver: root user does not have root role",
+            KvError::AuthFailed => "etcdserver: authentication failed, invalid user ID or password",
+            KvError::PermissionDenied => "etcdserver: permission denied",
+            KvError::RoleNotGranted => "etcdserver: role is not granted to the user",
+            KvError::PermissionNotGranted => "etcdserver: permission is not granted to the role",
+            KvError::PermissionNotGiven => "etcdserver: permission not given",
+            KvError::AuthNotEnabled => "etcdserver: authentication is not enabled",
+            KvError::InvalidAuthToken => "etcdserver: invalid auth token",
+            KvError::InvalidAuthManagement => "etcdserver: invalid auth management",
+            KvError::AuthOldRevision => "etcdserver: revision of auth store is old",
+            KvError::AdminCheck(text) => text,
         }
     }
 
@@ -93,6 +155,24 @@ impl KvError {
             KvError::Unavailable(_) => StatusCode::Unavailable,
             KvError::NoSpace => StatusCode::ResourceExhausted,
             KvError::Corrupt => StatusCode::DataLoss,
+            KvError::UserEmpty
+            | KvError::RoleEmpty
+            | KvError::AuthFailed
+            | KvError::PermissionNotGiven
+            | KvError::InvalidAuthManagement
+            | KvError::AuthOldRevision => StatusCode::InvalidArgument,
+            KvError::UserExists
+            | KvError::UserNotFound
+            | KvError::RoleExists
+            | KvError::RoleNotFound
+            | KvError::RootUserMissing
+            | KvError::RootRoleMissing
+            | KvError::RoleNotGranted
+            | KvError::PermissionNotGranted
+            | KvError::AuthNotEnabled => StatusCode::FailedPrecondition,
+            KvError::PermissionDenied => StatusCode::PermissionDenied,
+            KvError::InvalidAuthToken => StatusCode::Unauthenticated,
+            KvError::AdminCheck(_) => StatusCode::Unknown,
         }
     }
 }

@@ -145,7 +145,7 @@ pub(super) fn refusal(state: &State, command: &Command) -> Option<KvError> {
             | Command::Compact(_)
             | Command::LeaseGrant(_)
             | Command::LeaseRevoke(_) => return Some(KvError::Corrupt),
-            Command::LeaseCheckpoint(_) | Command::Alarm(_) => {}
+            Command::LeaseCheckpoint(_) | Command::Alarm(_) | Command::Auth(_) => {}
         }
     }
     if is_raised(state, ALARM_NOSPACE) {

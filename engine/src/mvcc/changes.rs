@@ -62,6 +62,8 @@ pub struct ChangeSet {
     /// The whole set of active alarms as `(alarm type, member ID)` if an alarm request
     /// changed it; `None` if untouched.
     alarms: Option<Vec<(i32, u64)>>,
+    /// The whole auth state if an auth command changed it; `None` if untouched.
+    auth: Option<super::auth::AuthState>,
 }
 
 impl std::fmt::Debug for ChangeSet {
@@ -72,6 +74,7 @@ impl std::fmt::Debug for ChangeSet {
             .field("leases", &self.leases.len())
             .field("position", &self.position)
             .field("alarms", &self.alarms)
+            .field("auth", &self.auth.is_some())
             .finish()
     }
 }
@@ -84,6 +87,7 @@ impl ChangeSet {
             + self.removed.len()
             + self.leases.len()
             + usize::from(self.alarms.is_some())
+            + usize::from(self.auth.is_some())
     }
 
     /// True if nothing changed (the set may still move the revision: commit it anyway to
@@ -122,6 +126,9 @@ impl ChangeSet {
         if later.alarms.is_some() {
             self.alarms = later.alarms;
         }
+        if later.auth.is_some() {
+            self.auth = later.auth;
+        }
     }
 
     /// The records written, in revision order.
@@ -148,6 +155,15 @@ impl ChangeSet {
     /// changed it (`None`: the stored alarms stay as they are).
     pub fn alarms(&self) -> Option<&[(i32, u64)]> {
         self.alarms.as_deref()
+    }
+
+    /// The whole auth state if this set changed it (`None`: the stored auth state stays).
+    pub fn auth(&self) -> Option<&super::auth::AuthState> {
+        self.auth.as_ref()
+    }
+
+    pub(super) fn note_auth(&mut self, auth: super::auth::AuthState) {
+        self.auth = Some(auth);
     }
 
     pub(super) fn note_alarms(&mut self, alarms: Vec<(i32, u64)>) {

@@ -17,6 +17,7 @@
 //! included (see the submodules), because clients and tests compare us with real etcd.
 
 pub mod alarm;
+pub mod auth;
 mod changes;
 mod compact;
 mod compare;
@@ -71,6 +72,8 @@ pub struct Store {
     changes: ChangeSet,
     /// Whether `apply` records changes (on unless switched off).
     tracking: bool,
+    /// The auth state as applied, for the network layer's permission checks.
+    auth_shared: std::sync::Arc<auth::AuthShared>,
 }
 
 /// The outcome of one applied command.
@@ -97,6 +100,9 @@ pub enum CommandResponse {
     LeaseCheckpoint(Option<pb::PbResponseHeader>),
     /// etcd's alarm response carries no header.
     Alarm(pb::PbAlarmResponse),
+    /// An auth change: the header carries the revision; the network layer builds the
+    /// method's response message.
+    Auth(Option<pb::PbResponseHeader>),
 }
 
 /// A lease as a [`ReadView`] shows it.
@@ -155,11 +161,20 @@ impl Store {
     }
 
     fn from_state(state: State) -> Store {
+        let auth_shared = std::sync::Arc::new(auth::AuthShared::default());
+        auth_shared.publish(&state.auth);
         Store {
             state,
             changes: ChangeSet::default(),
             tracking: true,
+            auth_shared,
         }
+    }
+
+    /// The applied auth state, kept current by every auth change this store applies:
+    /// hand it to the network layer before the store goes to its writer.
+    pub fn auth_shared(&self) -> std::sync::Arc<auth::AuthShared> {
+        self.auth_shared.clone()
     }
 
     /// Applies one committed write atomically: on `Err` nothing changed.
@@ -208,11 +223,22 @@ impl Store {
                 CommandResponse::Alarm(alarm::apply(&mut work, r)),
                 Vec::new(),
             ),
+            Command::Auth(a) => {
+                work.auth.apply(a)?;
+                (CommandResponse::Auth(header(work.revision)), Vec::new())
+            }
         };
         let before = self.state.revision;
         let alarms_changed =
             matches!(command, Command::Alarm(_)) && work.alarms != self.state.alarms;
+        let auth_changed = matches!(command, Command::Auth(_)) && work.auth != self.state.auth;
         self.state = work;
+        if auth_changed {
+            self.auth_shared.publish(&self.state.auth);
+            if self.tracking {
+                self.changes.note_auth(self.state.auth.clone());
+            }
+        }
         if self.tracking {
             self.track(command, before, removed);
             if alarms_changed {
@@ -439,6 +465,11 @@ impl ReadView {
             .iter()
             .map(|(id, l)| (*id, l.ttl_secs, l.remaining_ttl_secs))
             .collect()
+    }
+
+    /// Users, roles, permissions and the auth switch in this snapshot.
+    pub fn auth(&self) -> &auth::AuthState {
+        &self.state.auth
     }
 
     /// The active alarms as `(member ID, alarm type)`, ordered by type then member.

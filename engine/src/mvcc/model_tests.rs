@@ -341,7 +341,8 @@ impl Model {
             Command::LeaseGrant(_)
             | Command::LeaseRevoke(_)
             | Command::LeaseCheckpoint(_)
-            | Command::Alarm(_) => {
+            | Command::Alarm(_)
+            | Command::Auth(_) => {
                 unreachable!("the model generates no lease commands")
             }
         };

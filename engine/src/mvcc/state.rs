@@ -40,6 +40,8 @@ pub(super) struct State {
     pub leases: OrdMap<i64, LeaseRecord>,
     /// Active alarms as `(alarm type, member ID)` (etcd's alarm store; see `alarm.rs`).
     pub alarms: imbl::OrdSet<(i32, u64)>,
+    /// Users, roles, permissions and the auth switch (see `auth.rs`).
+    pub auth: super::auth::AuthState,
 }
 
 /// A granted lease as the replicated state holds it. Cloning is O(1) (the key set is shared).
@@ -132,6 +134,7 @@ impl State {
             compact_revision: -1,
             leases: OrdMap::new(),
             alarms: imbl::OrdSet::new(),
+            auth: super::auth::AuthState::default(),
         }
     }
 

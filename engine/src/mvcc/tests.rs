@@ -155,6 +155,7 @@ fn rev_of(resp: &CommandResponse) -> i64 {
         CommandResponse::LeaseRevoke(r) => r.header,
         CommandResponse::LeaseCheckpoint(h) => *h,
         CommandResponse::Alarm(r) => r.header,
+        CommandResponse::Auth(h) => *h,
     };
     h.expect("header").revision
 }
