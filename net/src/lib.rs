@@ -7,12 +7,14 @@
 //! - [`serve`]: one core's accept loop: HTTP/1.1 and HTTP/2 (gRPC) on the same port.
 //! - [`metrics`]: lock-free counters and histograms rendered as Prometheus text.
 
+pub mod auth;
 mod authority;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod serve;
 pub mod shard_api;
+pub mod tls;
 
 /// The etcd release whose API and behaviour corekv follows (reported by Status and /version).
 pub const ETCD_COMPAT_VERSION: &str = "3.4.0";

@@ -198,6 +198,8 @@ pub struct ClusterInfo {
     /// The store file's size (dbSize) after its last commit, kept current by the store
     /// writer: what the quota is checked against.
     pub backend_size_bytes: Arc<AtomicU64>,
+    /// Tokens, passwords and permission checks over the applied auth state.
+    pub auth: Arc<crate::auth::AuthGate>,
 }
 
 /// The network side's handle on its core's shard.

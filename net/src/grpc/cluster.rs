@@ -18,26 +18,38 @@ impl ClusterService {
     }
 }
 
+impl ClusterService {
+    /// etcd's `checkMembershipOperationPermission`: membership changes are root's.
+    fn admin_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let auth = &self.shard.cluster.auth;
+        let caller = auth.caller_of(request).map_err(super::to_status)?;
+        auth.check_admin(&caller).map_err(super::to_status)
+    }
+}
+
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
     async fn member_add(
         &self,
-        _: Request<PbMemberAddRequest>,
+        request: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
+        self.admin_only(&request)?;
         Err(unimplemented("Cluster.MemberAdd"))
     }
 
     async fn member_remove(
         &self,
-        _: Request<PbMemberRemoveRequest>,
+        request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        self.admin_only(&request)?;
         Err(unimplemented("Cluster.MemberRemove"))
     }
 
     async fn member_update(
         &self,
-        _: Request<PbMemberUpdateRequest>,
+        request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        self.admin_only(&request)?;
         Err(unimplemented("Cluster.MemberUpdate"))
     }
 
@@ -74,8 +86,9 @@ impl PbClusterService for ClusterService {
 
     async fn member_promote(
         &self,
-        _: Request<PbMemberPromoteRequest>,
+        request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        self.admin_only(&request)?;
         Err(unimplemented("Cluster.MemberPromote"))
     }
 }

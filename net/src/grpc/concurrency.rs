@@ -150,6 +150,26 @@ pub(crate) fn range_kvs(op: Option<&PbResponseOp>) -> &[PbKeyValue] {
     }
 }
 
+/// The caller's permissions for a Lock or Election call, checked as etcd checks the KV
+/// requests its embedded client makes on the caller's behalf: read on each of `reads`
+/// (key, range_end) and write on each of `writes`. Errors keep their gRPC code
+/// (PermissionDenied), as etcd's do.
+pub(crate) fn authorize(
+    shard: &ShardClient,
+    caller: &Result<crate::auth::Caller, KvError>,
+    reads: &[(&[u8], &[u8])],
+    writes: &[&[u8]],
+) -> Result<(), Status> {
+    let auth = &shard.cluster.auth;
+    let caller = caller.as_ref().map_err(|e| super::to_status(e.clone()))?;
+    for (key, range_end) in reads {
+        auth.check_range(caller, key, range_end)
+            .map_err(super::to_status)?;
+    }
+    auth.check_keys_writable(caller, writes.iter().copied())
+        .map_err(super::to_status)
+}
+
 /// etcd's Lock and Election servers reach the store through an embedded clientv3, which
 /// turns every etcdserver error into a plain error value: gRPC then sends it as code
 /// Unknown with etcd's text (e.g. "etcdserver: requested lease not found").
