@@ -92,9 +92,10 @@ pub enum KvError {
     InvalidAuthManagement,
     /// A token issued before the last change to users, roles or permissions.
     AuthOldRevision,
-    /// A Maintenance admin check failed: etcd 3.4 sends the auth package's own text
-    /// (`auth: permission denied`, ...) with `codes.Unknown`.
-    AdminCheck(&'static str),
+    /// An error etcd 3.4 passes on from its auth package unwrapped, so gRPC sends it with
+    /// `codes.Unknown` and the package's own text: Maintenance admin checks (`auth:
+    /// permission denied`, ...) and Authenticate of a no-password user.
+    RawAuth(&'static str),
 }
 
 impl KvError {
@@ -133,7 +134,7 @@ impl KvError {
             KvError::InvalidAuthToken => "etcdserver: invalid auth token",
             KvError::InvalidAuthManagement => "etcdserver: invalid auth management",
             KvError::AuthOldRevision => "etcdserver: revision of auth store is old",
-            KvError::AdminCheck(text) => text,
+            KvError::RawAuth(text) => text,
         }
     }
 
@@ -172,7 +173,7 @@ impl KvError {
             | KvError::AuthNotEnabled => StatusCode::FailedPrecondition,
             KvError::PermissionDenied => StatusCode::PermissionDenied,
             KvError::InvalidAuthToken => StatusCode::Unauthenticated,
-            KvError::AdminCheck(_) => StatusCode::Unknown,
+            KvError::RawAuth(_) => StatusCode::Unknown,
         }
     }
 }

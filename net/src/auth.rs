@@ -3,8 +3,9 @@
 //! Users, roles and permissions are replicated state (`corekv_engine::mvcc::auth`); this is
 //! the member-local side, as etcd's `AuthStore` has it:
 //! - tokens: `simple` (random, remembered here, expiring `--auth-token-ttl` after their last
-//!   use) or `jwt` (signed, carrying the user and auth revision, verified with the public
-//!   key: nothing remembered);
+//!   use; as in etcd 3.4 they stand for the current auth revision, so they never go stale)
+//!   or `jwt` (signed, carrying the user and the auth revision they were issued at, verified
+//!   with the public key: nothing remembered; older than the last auth change is stale);
 //! - the caller of a request: the gRPC metadata `token` (or `authorization`, as etcd's
 //!   gateway sends it); with `--client-cert-auth` and no token, the client certificate's
 //!   common name;
@@ -309,7 +310,12 @@ impl AuthGate {
             return Err(KvError::InvalidAuthToken);
         }
         match &self.tokens {
-            Tokens::Simple(t) => t.verify(token),
+            // etcd 3.4's simple tokens answer with the current auth revision (its
+            // `tokenSimple.info`): they never go stale, only expire. JWTs carry theirs.
+            Tokens::Simple(t) => t.verify(token).map(|username| AuthInfo {
+                username,
+                revision: self.shared.snapshot().revision,
+            }),
             Tokens::Jwt(t) => t.verify(token),
         }
     }
@@ -323,7 +329,9 @@ impl AuthGate {
         }
         let user = state.users.get(name).ok_or(KvError::AuthFailed)?;
         if user.no_password {
-            return Err(KvError::AuthFailed);
+            return Err(KvError::RawAuth(
+                "auth: authentication failed, password was given for no password user",
+            ));
         }
         let (hash, password) = (user.password_hash.clone(), password.to_string());
         self.password_checks.fetch_add(1, Ordering::Relaxed);
@@ -339,7 +347,7 @@ impl AuthGate {
             revision: state.revision,
         };
         match &self.tokens {
-            Tokens::Simple(t) => t.issue(info),
+            Tokens::Simple(t) => t.issue(info.username),
             Tokens::Jwt(t) => t.issue(&info),
         }
     }
@@ -372,10 +380,10 @@ impl AuthGate {
     /// `codes.Unknown` (Defragment, Snapshot, Hash, HashKV, MoveLeader).
     pub fn check_maintenance_admin(&self, caller: Result<Caller, KvError>) -> Result<(), KvError> {
         let as_auth_error = |err: KvError| match err {
-            KvError::InvalidAuthToken => KvError::AdminCheck("auth: invalid auth token"),
-            KvError::UserEmpty => KvError::AdminCheck("auth: user name is empty"),
-            KvError::UserNotFound => KvError::AdminCheck("auth: user name not found"),
-            KvError::PermissionDenied => KvError::AdminCheck("auth: permission denied"),
+            KvError::InvalidAuthToken => KvError::RawAuth("auth: invalid auth token"),
+            KvError::UserEmpty => KvError::RawAuth("auth: user name is empty"),
+            KvError::UserNotFound => KvError::RawAuth("auth: user name not found"),
+            KvError::PermissionDenied => KvError::RawAuth("auth: permission denied"),
             other => other,
         };
         let caller = caller.map_err(as_auth_error)?;
@@ -473,7 +481,7 @@ struct SimpleTokens {
 }
 
 struct SimpleToken {
-    info: AuthInfo,
+    username: String,
     expires: Instant,
 }
 
@@ -493,7 +501,7 @@ impl SimpleTokens {
     }
 
     /// etcd's form: 16 random letters, a dot, a sequence number.
-    fn issue(&self, info: AuthInfo) -> Result<String, KvError> {
+    fn issue(&self, username: String) -> Result<String, KvError> {
         let seq = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
         let token = format!("{}.{seq}", random_letters(SIMPLE_TOKEN_LETTERS)?);
         let now = Instant::now();
@@ -509,22 +517,22 @@ impl SimpleTokens {
         live.insert(
             token.clone(),
             SimpleToken {
-                info,
+                username,
                 expires: now + self.ttl,
             },
         );
         Ok(token)
     }
 
-    /// A live token's caller; its TTL starts over (etcd's simple tokens expire after
-    /// `ttl` without use).
-    fn verify(&self, token: &str) -> Result<AuthInfo, KvError> {
+    /// A live token's user; its TTL starts over (etcd's simple tokens expire after `ttl`
+    /// without use).
+    fn verify(&self, token: &str) -> Result<String, KvError> {
         let now = Instant::now();
         let mut live = self.lock();
         match live.get_mut(token) {
             Some(t) if t.expires > now => {
                 t.expires = now + self.ttl;
-                Ok(t.info.clone())
+                Ok(t.username.clone())
             }
             Some(_) => {
                 live.remove(token);
@@ -692,16 +700,12 @@ mod tests {
     #[test]
     fn simple_tokens_expire_after_their_ttl_without_use() {
         let tokens = SimpleTokens::new(Duration::from_millis(200));
-        let info = AuthInfo {
-            username: "u".into(),
-            revision: 3,
-        };
-        let token = tokens.issue(info.clone()).unwrap();
+        let token = tokens.issue("u".into()).unwrap();
         let (letters, seq) = token.split_once('.').expect("letters.seq");
         assert_eq!(letters.len(), SIMPLE_TOKEN_LETTERS);
         assert!(letters.bytes().all(|b| b.is_ascii_alphabetic()));
         assert_eq!(seq, "1");
-        assert_eq!(tokens.verify(&token), Ok(info));
+        assert_eq!(tokens.verify(&token), Ok("u".to_string()));
         assert_eq!(tokens.verify("nope.1"), Err(KvError::InvalidAuthToken));
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(tokens.verify(&token), Err(KvError::InvalidAuthToken));
