@@ -748,6 +748,79 @@ mod tests {
         assert_eq!(expired.verify(&old), Err(KvError::InvalidAuthToken));
     }
 
+    /// A store with auth enabled: root (root role) and `u1`, whose password is hashed by a
+    /// gate at bcrypt cost 4.
+    async fn gate_with_users() -> (corekv_engine::mvcc::Store, AuthGate) {
+        use corekv_engine::pb::{PbAuthUserAddRequest, PbAuthUserGrantRoleRequest};
+        use corekv_engine::request::{AuthCommand, Command};
+        let mut store = corekv_engine::mvcc::Store::new();
+        store.set_change_tracking(false);
+        let options = AuthOptions {
+            bcrypt_cost: 4,
+            ..AuthOptions::default()
+        };
+        let gate = AuthGate::new(store.auth_shared(), &options).unwrap();
+        for name in ["root", "u1"] {
+            let hashed_password = gate.hash_password(&format!("{name}-pw")).await.unwrap();
+            assert!(hashed_password.starts_with("$2b$04$"), "{hashed_password}");
+            let add = PbAuthUserAddRequest {
+                name: name.into(),
+                hashed_password,
+                ..Default::default()
+            };
+            store
+                .apply(&Command::Auth(AuthCommand::UserAdd(add)))
+                .unwrap();
+        }
+        let grant = PbAuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        };
+        for cmd in [AuthCommand::UserGrantRole(grant), AuthCommand::Enable] {
+            store.apply(&Command::Auth(cmd)).unwrap();
+        }
+        (store, gate)
+    }
+
+    #[tokio::test]
+    async fn authenticate_checks_passwords_with_bcrypt_and_issues_working_tokens() {
+        let (_store, gate) = gate_with_users().await;
+        assert!(gate.enabled(), "the gate sees the store's applied switch");
+        assert_eq!(
+            gate.authenticate("u1", "wrong").await,
+            Err(KvError::AuthFailed)
+        );
+        assert_eq!(
+            gate.password_checks(),
+            1,
+            "a wrong password went through bcrypt"
+        );
+        assert_eq!(
+            gate.authenticate("ghost", "x").await,
+            Err(KvError::AuthFailed)
+        );
+        assert_eq!(
+            gate.password_checks(),
+            1,
+            "an unknown user costs no bcrypt (etcd)"
+        );
+        let token = gate.authenticate("u1", "u1-pw").await.unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(AUTHORIZATION_METADATA, token.parse().unwrap());
+        let caller = gate.caller(&headers, &http::Extensions::new()).unwrap();
+        assert_eq!(caller.as_ref().map(|c| c.username.as_str()), Some("u1"));
+        assert_eq!(gate.check_admin(&caller), Err(KvError::PermissionDenied));
+        gate.forget_tokens();
+        assert_eq!(
+            gate.caller(&headers, &http::Extensions::new()),
+            Err(KvError::InvalidAuthToken)
+        );
+        // The certificate's name counts only with --client-cert-auth.
+        let mut ext = http::Extensions::new();
+        ext.insert(PeerCertName("root".into()));
+        assert_eq!(gate.caller(&http::HeaderMap::new(), &ext), Ok(None));
+    }
+
     #[test]
     fn a_wrong_password_goes_through_bcrypt_at_the_stored_cost() {
         // bcrypt's work doubles with each cost step: a check against a cost-12 hash does

@@ -1312,3 +1312,31 @@ fn config_file_auto_compaction_mode_defaults_to_empty_as_in_etcd() {
         })
     );
 }
+
+#[test]
+fn config_file_nests_tls_settings_as_etcd_does() {
+    let text = "\
+listen-client-urls: https://127.0.0.1:2379
+advertise-client-urls: https://127.0.0.1:2379
+auth-token: simple
+bcrypt-cost: 6
+client-transport-security:
+  cert-file: /etc/kv/server.crt
+  key-file: /etc/kv/server.key
+  trusted-ca-file: /etc/kv/ca.crt
+  client-cert-auth: true
+peer-transport-security:
+  auto-tls: true
+";
+    let file = TempFile::new(text);
+    let arg = format!("--config-file={}", file.path());
+    let cfg = run(&[&arg], &[]);
+    assert_eq!(cfg.client_tls.cert_file, Some("/etc/kv/server.crt".into()));
+    assert_eq!(cfg.client_tls.key_file, Some("/etc/kv/server.key".into()));
+    assert!(cfg.client_tls.client_cert_auth);
+    assert!(cfg.peer_tls.auto_tls && cfg.peer_tls.cert_file.is_none());
+    assert_eq!(cfg.bcrypt_cost, 6);
+    let bad = TempFile::new("client-transport-security:\n  nope: 1\n");
+    let arg = format!("--config-file={}", bad.path());
+    assert_contains(&error(&[&arg], &[]), "unknown key", "unknown nested key");
+}

@@ -138,6 +138,19 @@ const STEPS: &[(Option<&str>, &[&str], Compare)] = &[
     (ROOT, &["get", "q"], Compare::Everything),
     (ROOT, &["put", "q", "root-wrote"], Compare::Everything),
     (U1, &["lock", "zz"], Compare::Everything),
+    (
+        ROOT,
+        &[
+            "role",
+            "grant-permission",
+            "r1",
+            "readwrite",
+            "--prefix",
+            "lk/",
+        ],
+        Compare::Everything,
+    ),
+    (U1, &["lock", "lk", "echo", "held"], Compare::Everything),
     (U1, &["elect", "zz", "v"], Compare::Everything),
     (U1, &["watch", "zz"], Compare::Everything),
     (U1, &["user", "get", "u1"], Compare::Everything),
@@ -641,10 +654,17 @@ struct TlsServer {
     child: std::process::Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// --auto-tls: no CA to trust, clients skip verification.
+    auto: bool,
 }
 
 impl TlsServer {
     fn start(kind: Kind, pki: &TestPki, extra: &[&str]) -> TlsServer {
+        TlsServer::start_as(kind, pki, extra, false)
+    }
+
+    /// `auto`: serve a certificate of the server's own making (--auto-tls), not the PKI's.
+    fn start_as(kind: Kind, pki: &TestPki, extra: &[&str], auto: bool) -> TlsServer {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(2);
         let (client, peer) = (
@@ -673,12 +693,16 @@ impl TlsServer {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("n1={peer}")])
-            .arg("--cert-file")
-            .arg(&pki.server_cert)
-            .arg("--key-file")
-            .arg(&pki.server_key)
-            .args(extra)
+            .args(["--initial-cluster", &format!("n1={peer}")]);
+        if auto {
+            cmd.arg("--auto-tls");
+        } else {
+            cmd.arg("--cert-file")
+                .arg(&pki.server_cert)
+                .arg("--key-file")
+                .arg(&pki.server_key);
+        }
+        cmd.args(extra)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -687,6 +711,7 @@ impl TlsServer {
             child,
             port: ports[0],
             dir,
+            auto,
         };
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
         loop {
@@ -708,7 +733,16 @@ impl TlsServer {
 
     /// etcdctl trusting the test CA, with the client certificate `cert` if given.
     fn ctl(&self, pki: &TestPki, cert: Option<&str>, args: &[&str]) -> CmdOutput {
-        let mut all = vec![format!("--cacert={}", pki.ca.display())];
+        // etcdctl 3.4 speaks TLS without any TLS file only when told transport security
+        // is on.
+        let mut all = if self.auto {
+            vec![
+                "--insecure-transport=false".to_string(),
+                "--insecure-skip-tls-verify".to_string(),
+            ]
+        } else {
+            vec![format!("--cacert={}", pki.ca.display())]
+        };
         if let Some(name) = cert {
             let (c, k) = &pki.clients[name];
             all.push(format!("--cert={}", c.display()));
@@ -871,4 +905,28 @@ async fn jwt_tokens_sign_verify_and_go_stale() {
         ctl(&s, U1, &["get", "a", "--print-value-only"]).stdout,
         "1\n"
     );
+}
+
+#[test]
+fn auto_tls_serves_a_generated_certificate() {
+    for kind in reference_then_target() {
+        println!("=== running against {kind} ===");
+        let pki_dir = tempfile::tempdir().unwrap();
+        let pki = make_pki(pki_dir.path());
+        let s = TlsServer::start_as(kind, &pki, &[], true);
+        s.ctl(&pki, None, &["put", "k", "v"])
+            .expect_ok("put over auto TLS");
+        let trusting_test_ca = etcdctl_at(
+            &s.endpoint(),
+            &[&format!("--cacert={}", pki.ca.display()), "get", "k"],
+            None,
+        );
+        assert!(
+            !trusting_test_ca.ok(),
+            "{kind}: the generated certificate is not the test CA's:\n{trusting_test_ca}"
+        );
+        let plain = etcdctl_at(&format!("http://127.0.0.1:{}", s.port), &["get", "k"], None);
+        assert!(!plain.ok(), "{kind}: plaintext must fail:\n{plain}");
+        println!("=== {kind}: ok ===");
+    }
 }

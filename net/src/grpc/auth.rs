@@ -10,7 +10,7 @@
 //! - Reads (status, get, list) answer from the applied auth state, which every change
 //!   updates before its writer hears back.
 //! - Everything but Authenticate is root's once auth is enabled (etcd's
-//!   `needAdminPermission`).
+//!   `needAdminPermission`), except that a user may get itself and the roles it holds.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
