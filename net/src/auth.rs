@@ -627,12 +627,32 @@ impl JwtTokens {
             ('e', Some(pem), _) => DecodingKey::from_ec_pem(pem).map_err(|e| bad("public", e))?,
             (_, Some(pem), _) => DecodingKey::from_ed_pem(pem).map_err(|e| bad("public", e))?,
         };
-        Ok(JwtTokens {
+        let tokens = JwtTokens {
             algorithm,
             signing,
             verifying,
             ttl: *ttl,
-        })
+        };
+        if tokens.signing.is_some() {
+            // A token this member signs must verify: catches keys of two different pairs
+            // at start instead of at every request.
+            let probe = AuthInfo {
+                username: "probe".into(),
+                revision: 1,
+            };
+            let verified = tokens
+                .issue(&probe)
+                .map_err(|e| format!("--auth-token: cannot sign with priv-key: {e}"))
+                .and_then(|token| {
+                    tokens.verify(&token).map_err(|_| {
+                        "--auth-token: a token signed with priv-key does not verify with pub-key \
+                         (keys of different pairs?)"
+                            .to_string()
+                    })
+                })?;
+            assert_eq!(verified, probe, "a verified token carries what was signed");
+        }
+        Ok(tokens)
     }
 
     fn issue(&self, info: &AuthInfo) -> Result<String, KvError> {
@@ -839,5 +859,43 @@ mod tests {
             t_dear > t_cheap * 16,
             "cost 12 took {t_dear:?}, cost 4 {t_cheap:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod jwt_key_tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_different_pairs_are_refused_at_start() {
+        let a = rcgen::KeyPair::generate().unwrap();
+        let b = rcgen::KeyPair::generate().unwrap();
+        let files: HashMap<&str, Vec<u8>> = HashMap::from([
+            ("a.key", a.serialize_pem().into_bytes()),
+            ("a.pub", a.public_key_pem().into_bytes()),
+            ("b.pub", b.public_key_pem().into_bytes()),
+        ]);
+        let read = |path: &str| {
+            files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+        };
+        let ttl = Duration::from_secs(1);
+        TokenOptions::parse(
+            "jwt,pub-key=a.pub,priv-key=a.key,sign-method=ES256",
+            ttl,
+            read,
+        )
+        .expect("a matching pair");
+        let err = TokenOptions::parse(
+            "jwt,pub-key=b.pub,priv-key=a.key,sign-method=ES256",
+            ttl,
+            read,
+        )
+        .unwrap_err();
+        assert!(err.contains("does not verify"), "{err}");
+        let verify_only = TokenOptions::parse("jwt,pub-key=a.pub,sign-method=ES256", ttl, read);
+        assert!(verify_only.is_ok(), "a member may only verify");
     }
 }
