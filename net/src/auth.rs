@@ -352,6 +352,14 @@ impl AuthGate {
         }
     }
 
+    /// Forgets `username`'s simple tokens (its password changed or it was deleted, as
+    /// etcd's `invalidateUser`). JWTs cannot be recalled; they expire.
+    pub fn forget_user_tokens(&self, username: &str) {
+        if let Tokens::Simple(t) = &self.tokens {
+            t.lock().retain(|_, token| token.username != username);
+        }
+    }
+
     /// Forgets every simple token (auth was disabled: etcd drops them too).
     pub fn forget_tokens(&self) {
         if let Tokens::Simple(t) = &self.tokens {

@@ -284,7 +284,9 @@ impl AuthService {
         caller: CallerResult,
     ) -> Result<PbAuthUserDeleteResponse, Status> {
         self.admin(caller)?;
+        let name = r.name.clone();
         let header = self.change(AuthCommand::UserDelete(r)).await?;
+        self.shard.cluster.auth.forget_user_tokens(&name);
         Ok(PbAuthUserDeleteResponse { header })
     }
 
@@ -307,7 +309,9 @@ impl AuthService {
                 .map_err(to_status)?;
         }
         r.password.clear();
+        let name = r.name.clone();
         let header = self.change(AuthCommand::UserChangePassword(r)).await?;
+        self.shard.cluster.auth.forget_user_tokens(&name);
         Ok(PbAuthUserChangePasswordResponse { header })
     }
 
