@@ -289,21 +289,31 @@ fn append_entry(entries: &mut Vec<Entry>, entry: Entry) -> Result<(), String> {
 /// requests that failed the first time fail again and change nothing.
 fn replay(raft: &Restored, store: &mut Store) -> Result<(), String> {
     for entry in raft.entries.iter().take_while(|e| e.index <= raft.applied) {
-        if let Some(command) = decode_command(entry)? {
-            let _ = store.apply(&command);
+        if let Some((command, auth)) = decode_request(entry)? {
+            let _ = store.apply_as(&command, auth.as_ref());
         }
     }
     Ok(())
 }
 
-/// The client command an entry carries (`None` for raft's own empty entries).
-pub fn decode_command(entry: &Entry) -> Result<Option<corekv_engine::request::Command>, String> {
+/// The command an entry carries with its caller, if a client's (`None` for raft's own
+/// empty entries). The caller is checked when the command is applied, on every replay.
+pub fn decode_request(
+    entry: &Entry,
+) -> Result<
+    Option<(
+        corekv_engine::request::Command,
+        Option<corekv_engine::request::AuthHeader>,
+    )>,
+    String,
+> {
     if entry.data.is_empty() || entry.entry_type != corekv_raft::EntryType::EntryNormal as i32 {
         return Ok(None);
     }
-    let request = InternalRequest::decode(entry.data.as_slice())
+    let mut request = InternalRequest::decode(entry.data.as_slice())
         .map_err(|e| format!("entry {} does not decode: {e}", entry.index))?;
-    Ok(request.into_command())
+    let auth = request.auth_header.take();
+    Ok(request.into_command().map(|command| (command, auth)))
 }
 
 #[cfg(test)]

@@ -51,6 +51,8 @@ pub type ReadReply = oneshot::Sender<Result<(ReadView, u64), KvError>>;
 pub enum SequencerMsg {
     Propose {
         command: Command,
+        /// The client's caller, logged with the command (`None`: the server's own write).
+        auth: Option<corekv_engine::request::AuthHeader>,
         reply: WriteReply,
     },
     ReadIndex {
@@ -375,9 +377,13 @@ impl Sequencer {
             return;
         }
         match msg {
-            SequencerMsg::Propose { mut command, reply } => {
+            SequencerMsg::Propose {
+                mut command,
+                auth,
+                reply,
+            } => {
                 self.prepare_lease_grant(&mut command);
-                self.propose(command, reply)
+                self.propose_as(command, auth, reply)
             }
             SequencerMsg::ReadIndex { reply } => self.reads_unissued.push(reply),
             SequencerMsg::Status { reply } => drop(reply.send(self.status())),
@@ -387,8 +393,20 @@ impl Sequencer {
     }
 
     fn propose(&mut self, command: Command, reply: WriteReply) {
+        self.propose_as(command, None, reply)
+    }
+
+    /// Proposes `command` with its caller (`auth`), which the applier checks.
+    fn propose_as(
+        &mut self,
+        command: Command,
+        auth: Option<corekv_engine::request::AuthHeader>,
+        reply: WriteReply,
+    ) {
         self.proposal_seq += 1;
-        let data = InternalRequest::new(self.proposal_seq, command).encode_to_vec();
+        let mut request = InternalRequest::new(self.proposal_seq, command);
+        request.auth_header = auth;
+        let data = request.encode_to_vec();
         self.turn_bytes += data.len();
         match self.raft.propose(data) {
             Ok(index) => {
@@ -557,12 +575,15 @@ impl Sequencer {
             "entries apply once, in order"
         );
         self.applied_index = entry.index;
-        let result = match crate::recovery::decode_command(entry) {
-            Ok(Some(command)) => {
-                let result = self.store.apply(&command).map(|mut applied| {
-                    self.unpublished_events.append(&mut applied.events);
-                    applied
-                });
+        let result = match crate::recovery::decode_request(entry) {
+            Ok(Some((command, auth))) => {
+                let result = self
+                    .store
+                    .apply_as(&command, auth.as_ref())
+                    .map(|mut applied| {
+                        self.unpublished_events.append(&mut applied.events);
+                        applied
+                    });
                 self.lease_applied(&command, &result);
                 Some(result)
             }

@@ -59,6 +59,23 @@ pub struct InternalRequest {
     pub auth_role_grant_permission: Option<PbAuthRoleGrantPermissionRequest>,
     #[prost(message, optional, tag = "30")]
     pub auth_role_revoke_permission: Option<PbAuthRoleRevokePermissionRequest>,
+    /// Who asked (etcd's `RequestHeader` username and auth revision): set for client
+    /// requests, which the applier checks against the auth state it applies to
+    /// (`Store::apply_as`); absent for the server's own requests (lease expiry, checkpoints,
+    /// auto-compaction), which are trusted as etcd's root-context requests are.
+    #[prost(message, optional, tag = "31")]
+    pub auth_header: Option<AuthHeader>,
+}
+
+/// The caller of a client request, recorded in the log with it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuthHeader {
+    /// Empty when the request named no user.
+    #[prost(string, tag = "1")]
+    pub username: String,
+    /// The auth revision the caller's token stands for; 0 when it named no user.
+    #[prost(uint64, tag = "2")]
+    pub revision: u64,
 }
 
 /// A change to users, roles, permissions or the auth switch (etcd's auth requests that go

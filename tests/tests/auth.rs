@@ -88,7 +88,11 @@ const STEPS: &[(Option<&str>, &[&str], Compare)] = &[
         Compare::Everything,
     ),
     (None, &["user", "get", "u1"], Compare::Everything),
-    (None, &["user", "add", "nopw", "--no-password"], Compare::Everything),
+    (
+        None,
+        &["user", "add", "nopw", "--no-password"],
+        Compare::Everything,
+    ),
     (None, &["user", "get", "nopw"], Compare::Everything),
     (None, &["user", "list"], Compare::Everything),
     (None, &["auth", "enable"], Compare::Everything),

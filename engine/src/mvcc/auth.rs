@@ -350,6 +350,79 @@ impl AuthState {
     }
 }
 
+/// etcd's `authApplierV3` checks of a command applied on behalf of `caller` (`None`: the
+/// request named no user), against the state it is applied to: the same rules as the
+/// network layer's, re-checked where the order is decided so a permission revoked while
+/// a request was in flight is honoured. Lease puts need write on every key already
+/// attached to the lease (`checkLeasePuts`).
+pub(super) fn check_command(
+    state: &super::state::State,
+    caller: Option<&AuthInfo>,
+    command: &crate::request::Command,
+) -> Result<(), KvError> {
+    use crate::pb::PbTxnOpRequest;
+    use crate::request::Command;
+    let auth = &state.auth;
+    if !auth.enabled {
+        return Ok(());
+    }
+    let check = |key: &[u8], end: &[u8], access| auth.check_access(caller, key, end, access);
+    let lease_keys = |lease: i64| -> Result<(), KvError> {
+        let Some(l) = state.leases.get(&lease) else {
+            return Ok(());
+        };
+        l.keys
+            .iter()
+            .try_for_each(|k| check(k.as_ref(), &[], Access::Write))
+    };
+    let put = |p: &crate::pb::PbPutRequest| -> Result<(), KvError> {
+        check(&p.key, &[], Access::Write)?;
+        lease_keys(p.lease)?;
+        if p.prev_kv {
+            check(&p.key, &[], Access::Read)?;
+        }
+        Ok(())
+    };
+    let delete = |d: &crate::pb::PbDeleteRequest| -> Result<(), KvError> {
+        check(&d.key, &d.range_end, Access::Write)?;
+        if d.prev_kv {
+            check(&d.key, &d.range_end, Access::Read)?;
+        }
+        Ok(())
+    };
+    fn txn(
+        t: &crate::pb::PbTxnRequest,
+        read: &dyn Fn(&[u8], &[u8]) -> Result<(), KvError>,
+        put: &dyn Fn(&crate::pb::PbPutRequest) -> Result<(), KvError>,
+        delete: &dyn Fn(&crate::pb::PbDeleteRequest) -> Result<(), KvError>,
+    ) -> Result<(), KvError> {
+        for c in &t.compare {
+            read(&c.key, &c.range_end)?;
+        }
+        for op in t.success.iter().chain(&t.failure) {
+            match &op.request {
+                Some(PbTxnOpRequest::RequestRange(r)) => read(&r.key, &r.range_end)?,
+                Some(PbTxnOpRequest::RequestPut(p)) => put(p)?,
+                Some(PbTxnOpRequest::RequestDeleteRange(d)) => delete(d)?,
+                Some(PbTxnOpRequest::RequestTxn(nested)) => txn(nested, read, put, delete)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+    match command {
+        Command::Put(p) => put(p),
+        Command::DeleteRange(d) => delete(d),
+        Command::Txn(t) => txn(t, &|k, e| check(k, e, Access::Read), &put, &delete),
+        Command::LeaseRevoke(r) => lease_keys(r.id),
+        Command::Auth(_) => auth.check_admin(caller),
+        Command::Compact(_)
+        | Command::LeaseGrant(_)
+        | Command::LeaseCheckpoint(_)
+        | Command::Alarm(_) => Ok(()),
+    }
+}
+
 /// A half-open key interval `[start, end)`; `end == None` is unbounded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Interval {
@@ -689,5 +762,117 @@ mod tests {
         s.apply(&AuthCommand::Disable).unwrap();
         assert_eq!(s.check_access(None, b"q", b"", Access::Write), Ok(()));
         assert_eq!(s.check_admin(None), Ok(()));
+    }
+
+    #[test]
+    fn the_applier_rechecks_writes_against_the_state_it_applies_to() {
+        use crate::mvcc::Store;
+        use crate::pb::{PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest};
+        use crate::request::{AuthCommand, AuthHeader, Command};
+        let mut store = Store::new();
+        store.set_change_tracking(false);
+        let put = |key: &str, lease: i64| {
+            Command::Put(PbPutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                lease,
+                ..Default::default()
+            })
+        };
+        // Set up as the server (no header): root, u1 with r1 = readwrite [a, b).
+        let mut setup = vec![Command::LeaseGrant(PbLeaseGrantRequest { id: 7, ttl: 60 })];
+        setup.push(put("secret", 7));
+        for cmd in sample_commands() {
+            setup.push(Command::Auth(cmd));
+        }
+        for cmd in &setup {
+            store.apply(cmd).unwrap();
+        }
+        let revision = store.view().auth().revision;
+        let u1 = AuthHeader {
+            username: "u1".into(),
+            revision,
+        };
+        let root = AuthHeader {
+            username: "root".into(),
+            revision,
+        };
+        let nobody = AuthHeader::default();
+        store
+            .apply_as(&put("a1", 0), Some(&u1))
+            .expect("inside [a, b)");
+        let before = store.revision();
+        assert_eq!(
+            store.apply_as(&put("q", 0), Some(&u1)).map(|_| ()),
+            Err(KvError::PermissionDenied)
+        );
+        assert_eq!(store.revision(), before, "a refused write changes nothing");
+        assert_eq!(
+            store.apply_as(&put("a2", 7), Some(&u1)).map(|_| ()),
+            Err(KvError::PermissionDenied),
+            "attaching to a lease holding a key u1 may not write"
+        );
+        let revoke = Command::LeaseRevoke(PbLeaseRevokeRequest { id: 7 });
+        assert_eq!(
+            store.apply_as(&revoke, Some(&u1)).map(|_| ()),
+            Err(KvError::PermissionDenied)
+        );
+        assert_eq!(
+            store.apply_as(&put("a1", 0), Some(&nobody)).map(|_| ()),
+            Err(KvError::UserEmpty)
+        );
+        let add_role = Command::Auth(AuthCommand::RoleAdd(crate::pb::PbAuthRoleAddRequest {
+            name: "r2".into(),
+        }));
+        assert_eq!(
+            store.apply_as(&add_role, Some(&u1)).map(|_| ()),
+            Err(KvError::PermissionDenied),
+            "auth changes are root's"
+        );
+        store
+            .apply_as(&add_role, Some(&root))
+            .expect("root changes auth");
+        // The change above moved the auth revision: u1's header is now stale.
+        assert_eq!(
+            store.apply_as(&put("a1", 0), Some(&u1)).map(|_| ()),
+            Err(KvError::AuthOldRevision)
+        );
+        // The server's own requests (no header) are not checked.
+        store.apply(&revoke).expect("lease expiry revokes");
+    }
+
+    /// The commands of [`sample`], for stores.
+    fn sample_commands() -> Vec<AuthCommand> {
+        let user = |name: &str| {
+            AuthCommand::UserAdd(PbAuthUserAddRequest {
+                name: name.into(),
+                hashed_password: "$2b$04$hash".into(),
+                ..Default::default()
+            })
+        };
+        let mut perm = PbAuthRoleGrantPermissionRequest {
+            name: "r1".into(),
+            perm: Some(Default::default()),
+        };
+        if let Some(p) = perm.perm.as_mut() {
+            p.perm_type = PERM_READWRITE;
+            p.key = b"a".to_vec();
+            p.range_end = b"b".to_vec();
+        }
+        vec![
+            user("root"),
+            user("u1"),
+            AuthCommand::RoleAdd(PbAuthRoleAddRequest { name: "r1".into() }),
+            AuthCommand::RoleGrantPermission(perm),
+            AuthCommand::UserGrantRole(PbAuthUserGrantRoleRequest {
+                user: "u1".into(),
+                role: "r1".into(),
+            }),
+            AuthCommand::UserGrantRole(PbAuthUserGrantRoleRequest {
+                user: "root".into(),
+                role: "root".into(),
+            }),
+            AuthCommand::Enable,
+        ]
     }
 }

@@ -177,7 +177,28 @@ impl Store {
         self.auth_shared.clone()
     }
 
-    /// Applies one committed write atomically: on `Err` nothing changed.
+    /// Applies a client's committed write atomically, after etcd's auth checks against the
+    /// state it applies to (`header` from the log entry; see
+    /// [`crate::request::InternalRequest::auth_header`]). A refused command changes nothing
+    /// and fails with etcd's error ("permission denied", "user name is empty", ...).
+    /// Without a header the command is the server's own and is applied unchecked.
+    pub fn apply_as(
+        &mut self,
+        command: &Command,
+        header: Option<&crate::request::AuthHeader>,
+    ) -> Result<Applied, KvError> {
+        if let Some(header) = header {
+            let caller = (!header.username.is_empty()).then(|| auth::AuthInfo {
+                username: header.username.clone(),
+                revision: header.revision,
+            });
+            auth::check_command(&self.state, caller.as_ref(), command)?;
+        }
+        self.apply(command)
+    }
+
+    /// Applies one committed write atomically: on `Err` nothing changed. No auth check:
+    /// for the server's own requests and stores without auth (see [`Store::apply_as`]).
     pub fn apply(&mut self, command: &Command) -> Result<Applied, KvError> {
         // An active alarm refuses some writes outright (etcd's capped / corrupt appliers).
         if let Some(err) = alarm::refusal(&self.state, command) {

@@ -129,21 +129,27 @@ fn mismatch() -> Status {
 }
 
 impl AuthService {
-    /// etcd's `needAdminPermission`: root only while auth is enabled.
-    fn admin(&self, caller: CallerResult) -> Result<(), Status> {
+    /// etcd's `needAdminPermission`: root only while auth is enabled. Answers the caller.
+    fn admin(&self, caller: CallerResult) -> Result<Caller, Status> {
         let caller = caller.map_err(to_status)?;
         self.shard
             .cluster
             .auth
             .check_admin(&caller)
-            .map_err(to_status)
+            .map_err(to_status)?;
+        Ok(caller)
     }
 
-    /// Proposes an auth change; answers the header it was applied with.
-    async fn change(&self, command: AuthCommand) -> Result<Option<PbResponseHeader>, Status> {
+    /// Proposes an auth change for `caller` (root's to make once auth is enabled, checked
+    /// again when applied); answers the header it was applied with.
+    async fn change(
+        &self,
+        command: AuthCommand,
+        caller: &Caller,
+    ) -> Result<Option<PbResponseHeader>, Status> {
         let reply = self
             .shard
-            .write(Command::Auth(command))
+            .write_as(Command::Auth(command), caller)
             .await
             .map_err(to_status)?;
         let CommandResponse::Auth(mut header) = reply.body else {
@@ -171,8 +177,8 @@ impl AuthService {
         _: PbAuthEnableRequest,
         caller: CallerResult,
     ) -> Result<PbAuthEnableResponse, Status> {
-        self.admin(caller)?;
-        let header = self.change(AuthCommand::Enable).await?;
+        let caller = self.admin(caller)?;
+        let header = self.change(AuthCommand::Enable, &caller).await?;
         Ok(PbAuthEnableResponse { header })
     }
 
@@ -181,8 +187,8 @@ impl AuthService {
         _: PbAuthDisableRequest,
         caller: CallerResult,
     ) -> Result<PbAuthDisableResponse, Status> {
-        self.admin(caller)?;
-        let header = self.change(AuthCommand::Disable).await?;
+        let caller = self.admin(caller)?;
+        let header = self.change(AuthCommand::Disable, &caller).await?;
         self.shard.cluster.auth.forget_tokens();
         Ok(PbAuthDisableResponse { header })
     }
@@ -223,7 +229,7 @@ impl AuthService {
         mut r: PbAuthUserAddRequest,
         caller: CallerResult,
     ) -> Result<PbAuthUserAddResponse, Status> {
-        self.admin(caller)?;
+        let caller = self.admin(caller)?;
         let no_password = r.options.is_some_and(|o| o.no_password);
         // Checked here too so an obviously failing request costs no bcrypt.
         if r.name.is_empty() {
@@ -239,7 +245,7 @@ impl AuthService {
                 .map_err(to_status)?;
         }
         r.password.clear();
-        let header = self.change(AuthCommand::UserAdd(r)).await?;
+        let header = self.change(AuthCommand::UserAdd(r), &caller).await?;
         Ok(PbAuthUserAddResponse { header })
     }
 
@@ -283,9 +289,9 @@ impl AuthService {
         r: PbAuthUserDeleteRequest,
         caller: CallerResult,
     ) -> Result<PbAuthUserDeleteResponse, Status> {
-        self.admin(caller)?;
+        let caller = self.admin(caller)?;
         let name = r.name.clone();
-        let header = self.change(AuthCommand::UserDelete(r)).await?;
+        let header = self.change(AuthCommand::UserDelete(r), &caller).await?;
         self.shard.cluster.auth.forget_user_tokens(&name);
         Ok(PbAuthUserDeleteResponse { header })
     }
@@ -295,7 +301,7 @@ impl AuthService {
         mut r: PbAuthUserChangePasswordRequest,
         caller: CallerResult,
     ) -> Result<PbAuthUserChangePasswordResponse, Status> {
-        self.admin(caller)?;
+        let caller = self.admin(caller)?;
         if !self.shard.cluster.auth.state().users.contains_key(&r.name) {
             return Err(to_status(KvError::UserNotFound));
         }
@@ -310,7 +316,9 @@ impl AuthService {
         }
         r.password.clear();
         let name = r.name.clone();
-        let header = self.change(AuthCommand::UserChangePassword(r)).await?;
+        let header = self
+            .change(AuthCommand::UserChangePassword(r), &caller)
+            .await?;
         self.shard.cluster.auth.forget_user_tokens(&name);
         Ok(PbAuthUserChangePasswordResponse { header })
     }
@@ -320,8 +328,8 @@ impl AuthService {
         r: PbAuthUserGrantRoleRequest,
         caller: CallerResult,
     ) -> Result<PbAuthUserGrantRoleResponse, Status> {
-        self.admin(caller)?;
-        let header = self.change(AuthCommand::UserGrantRole(r)).await?;
+        let caller = self.admin(caller)?;
+        let header = self.change(AuthCommand::UserGrantRole(r), &caller).await?;
         Ok(PbAuthUserGrantRoleResponse { header })
     }
 
@@ -330,8 +338,8 @@ impl AuthService {
         r: PbAuthUserRevokeRoleRequest,
         caller: CallerResult,
     ) -> Result<PbAuthUserRevokeRoleResponse, Status> {
-        self.admin(caller)?;
-        let header = self.change(AuthCommand::UserRevokeRole(r)).await?;
+        let caller = self.admin(caller)?;
+        let header = self.change(AuthCommand::UserRevokeRole(r), &caller).await?;
         Ok(PbAuthUserRevokeRoleResponse { header })
     }
 
@@ -340,8 +348,8 @@ impl AuthService {
         r: PbAuthRoleAddRequest,
         caller: CallerResult,
     ) -> Result<PbAuthRoleAddResponse, Status> {
-        self.admin(caller)?;
-        let header = self.change(AuthCommand::RoleAdd(r)).await?;
+        let caller = self.admin(caller)?;
+        let header = self.change(AuthCommand::RoleAdd(r), &caller).await?;
         Ok(PbAuthRoleAddResponse { header })
     }
 
@@ -399,8 +407,8 @@ impl AuthService {
         r: PbAuthRoleDeleteRequest,
         caller: CallerResult,
     ) -> Result<PbAuthRoleDeleteResponse, Status> {
-        self.admin(caller)?;
-        let header = self.change(AuthCommand::RoleDelete(r)).await?;
+        let caller = self.admin(caller)?;
+        let header = self.change(AuthCommand::RoleDelete(r), &caller).await?;
         Ok(PbAuthRoleDeleteResponse { header })
     }
 
@@ -409,8 +417,10 @@ impl AuthService {
         r: PbAuthRoleGrantPermissionRequest,
         caller: CallerResult,
     ) -> Result<PbAuthRoleGrantPermissionResponse, Status> {
-        self.admin(caller)?;
-        let header = self.change(AuthCommand::RoleGrantPermission(r)).await?;
+        let caller = self.admin(caller)?;
+        let header = self
+            .change(AuthCommand::RoleGrantPermission(r), &caller)
+            .await?;
         Ok(PbAuthRoleGrantPermissionResponse { header })
     }
 
@@ -419,8 +429,10 @@ impl AuthService {
         r: PbAuthRoleRevokePermissionRequest,
         caller: CallerResult,
     ) -> Result<PbAuthRoleRevokePermissionResponse, Status> {
-        self.admin(caller)?;
-        let header = self.change(AuthCommand::RoleRevokePermission(r)).await?;
+        let caller = self.admin(caller)?;
+        let header = self
+            .change(AuthCommand::RoleRevokePermission(r), &caller)
+            .await?;
         Ok(PbAuthRoleRevokePermissionResponse { header })
     }
 }

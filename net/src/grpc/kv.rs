@@ -35,6 +35,20 @@ impl KvService {
         let reply = self.shard.write(command).await.map_err(to_status)?;
         Ok((reply.body, reply.raft_term))
     }
+
+    /// A client's write, re-checked for `caller` when it is applied.
+    async fn write_as(
+        &self,
+        command: Command,
+        caller: &crate::auth::Caller,
+    ) -> Result<(CommandResponse, u64), Status> {
+        let reply = self
+            .shard
+            .write_as(command, caller)
+            .await
+            .map_err(to_status)?;
+        Ok((reply.body, reply.raft_term))
+    }
 }
 
 fn mismatch() -> Status {
@@ -106,7 +120,7 @@ impl PbKvService for KvService {
             check_lease_keys(&self.shard, &caller, req.lease)
                 .await
                 .map_err(to_status)?;
-            match self.write(Command::Put(req)).await? {
+            match self.write_as(Command::Put(req), &caller).await? {
                 (CommandResponse::Put(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))
@@ -134,7 +148,7 @@ impl PbKvService for KvService {
                 .auth
                 .check_delete(&caller, &req)
                 .map_err(to_status)?;
-            match self.write(Command::DeleteRange(req)).await? {
+            match self.write_as(Command::DeleteRange(req), &caller).await? {
                 (CommandResponse::DeleteRange(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))
@@ -186,7 +200,7 @@ impl PbKvService for KvService {
                     ReadResult::Range(_) => Err(mismatch()),
                 };
             }
-            match self.write(Command::Txn(req)).await? {
+            match self.write_as(Command::Txn(req), &caller).await? {
                 (CommandResponse::Txn(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))

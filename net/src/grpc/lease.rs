@@ -109,7 +109,12 @@ impl PbLeaseService for LeaseService {
             super::check_lease_keys(&self.shard, &caller, req.id)
                 .await
                 .map_err(to_status)?;
-            match self.write(Command::LeaseRevoke(req)).await? {
+            let reply = self
+                .shard
+                .write_as(Command::LeaseRevoke(req), &caller)
+                .await
+                .map_err(to_status)?;
+            match (reply.body, reply.raft_term) {
                 (CommandResponse::LeaseRevoke(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))
