@@ -514,7 +514,7 @@ impl SimpleTokens {
         let token = format!("{}.{seq}", random_letters(SIMPLE_TOKEN_LETTERS)?);
         let now = Instant::now();
         let mut live = self.lock();
-        if seq % SWEEP_EVERY_ISSUED == 0 || live.len() >= SIMPLE_TOKENS_MAX {
+        if seq.is_multiple_of(SWEEP_EVERY_ISSUED) || live.len() >= SIMPLE_TOKENS_MAX {
             live.retain(|_, t| t.expires > now);
         }
         if live.len() >= SIMPLE_TOKENS_MAX {

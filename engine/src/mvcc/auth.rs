@@ -390,11 +390,15 @@ pub(super) fn check_command(
         }
         Ok(())
     };
+    /// A check of one kind of op (for any borrow of it).
+    type Check<'a, T> = &'a dyn Fn(&T) -> Result<(), KvError>;
+    /// A read check of a key range (key, range_end).
+    type ReadCheck<'a> = &'a dyn Fn(&[u8], &[u8]) -> Result<(), KvError>;
     fn txn(
         t: &crate::pb::PbTxnRequest,
-        read: &dyn Fn(&[u8], &[u8]) -> Result<(), KvError>,
-        put: &dyn Fn(&crate::pb::PbPutRequest) -> Result<(), KvError>,
-        delete: &dyn Fn(&crate::pb::PbDeleteRequest) -> Result<(), KvError>,
+        read: ReadCheck<'_>,
+        put: Check<'_, crate::pb::PbPutRequest>,
+        delete: Check<'_, crate::pb::PbDeleteRequest>,
     ) -> Result<(), KvError> {
         for c in &t.compare {
             read(&c.key, &c.range_end)?;
