@@ -727,7 +727,8 @@ mod tests {
 
     #[test]
     fn simple_tokens_expire_after_their_ttl_without_use() {
-        let tokens = SimpleTokens::new(Duration::from_millis(200));
+        // One second: a loaded machine may stall a thread for a while between two lines.
+        let tokens = SimpleTokens::new(Duration::from_secs(1));
         let token = tokens.issue("u".into()).unwrap();
         let (letters, seq) = token.split_once('.').expect("letters.seq");
         assert_eq!(letters.len(), SIMPLE_TOKEN_LETTERS);
@@ -735,7 +736,7 @@ mod tests {
         assert_eq!(seq, "1");
         assert_eq!(tokens.verify(&token), Ok("u".to_string()));
         assert_eq!(tokens.verify("nope.1"), Err(KvError::InvalidAuthToken));
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(tokens.verify(&token), Err(KvError::InvalidAuthToken));
         assert!(tokens.lock().is_empty(), "an expired token is forgotten");
     }
