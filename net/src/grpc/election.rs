@@ -59,7 +59,10 @@ impl ElectionServer {
     pub(crate) fn new(shard: ShardClient, limits: Limits) -> ElectionServer {
         ElectionServer {
             service: Arc::new(ElectionService {
-                store: Store { shard },
+                store: Store {
+                    shard,
+                    caller: None,
+                },
             }),
             limits,
         }
@@ -80,14 +83,17 @@ impl tower::Service<http::Request<Body>> for ElectionServer {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> HttpFuture {
-        let s = self.service.clone();
         let limits = self.limits;
-        let caller = s
+        let caller = self
+            .service
             .store
             .shard
             .cluster
             .auth
             .caller(req.headers(), req.extensions());
+        let s = Arc::new(ElectionService {
+            store: self.service.store.for_caller(&caller),
+        });
         // The keys each call reads and writes, checked as etcd checks its embedded
         // client's requests (Campaign's own key is known only once its lease is).
         let contenders = |name: &[u8]| {

@@ -36,7 +36,10 @@ impl LockServer {
     pub(crate) fn new(shard: ShardClient, limits: Limits) -> LockServer {
         LockServer {
             service: Arc::new(LockService {
-                store: Store { shard },
+                store: Store {
+                    shard,
+                    caller: None,
+                },
             }),
             limits,
         }
@@ -57,13 +60,16 @@ impl tower::Service<http::Request<Body>> for LockServer {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> HttpFuture {
-        let service = self.service.clone();
-        let caller = service
+        let caller = self
+            .service
             .store
             .shard
             .cluster
             .auth
             .caller(req.headers(), req.extensions());
+        let service = Arc::new(LockService {
+            store: self.service.store.for_caller(&caller),
+        });
         match req.uri().path() {
             "/v3lockpb.Lock/Lock" => {
                 v3pb::unary(req, self.limits, move |r: LockRequest| async move {
