@@ -99,6 +99,37 @@ pub struct Config {
     /// `--auto-compaction-revision-interval` (corekv only) in milliseconds: how often
     /// revision-mode auto-compaction runs (etcd's fixed 5 minutes by default).
     pub auto_compaction_revision_interval_ms: u64,
+    /// `--auth-token`: `simple` or `jwt,...` as given (parsed by the network layer, which
+    /// reads the key files).
+    pub auth_token: String,
+    /// `--auth-token-ttl` in seconds (simple tokens).
+    pub auth_token_ttl_secs: u64,
+    /// `--bcrypt-cost`.
+    pub bcrypt_cost: u32,
+    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, `--auto-tls`:
+    /// TLS on https client URLs.
+    pub client_tls: TlsSettings,
+    /// The `--peer-*` set of the same: kept for the peer transport.
+    pub peer_tls: TlsSettings,
+}
+
+/// One listener family's TLS flags, as etcd's `TLSInfo`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require and verify client certificates against the trusted CA.
+    pub client_cert_auth: bool,
+    /// Generate a self-signed certificate when no cert/key files are given.
+    pub auto_tls: bool,
+}
+
+impl TlsSettings {
+    /// Whether anything TLS was asked for.
+    pub fn is_set(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some() || self.auto_tls
+    }
 }
 
 /// `--initial-cluster-state`.

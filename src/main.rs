@@ -21,6 +21,7 @@ mod watch;
 use std::sync::Arc;
 
 use config::{Action, Config};
+use corekv_net::auth::{AuthGate, AuthOptions, TokenOptions};
 use corekv_net::shard_api::{ClusterInfo, MemberInfo, ShardClient};
 use corekv_raft::{NodeOptions, RaftNode};
 
@@ -62,7 +63,9 @@ fn run(config: Config) {
         bootstrap_plan(&config, identity)
     })
     .unwrap_or_else(|e| fatal("cannot open data dir", e));
-    let cluster = Arc::new(cluster_info(&config, &recovered.identity));
+    let auth = auth_gate(&config, &recovered.store);
+    let cluster = Arc::new(cluster_info(&config, &recovered.identity, auth));
+    let client_tls = client_tls(&config);
 
     let cpus = cores::allowed_cpus();
     let cpus: Vec<usize> = cpus.into_iter().take(config.cores).collect();
@@ -164,7 +167,7 @@ fn run(config: Config) {
         .enumerate()
         .zip(shard_clients.into_iter().zip(listeners))
     {
-        spawn_network(core, cpu, client, core_listeners);
+        spawn_network(core, cpu, client, core_listeners, client_tls.clone());
     }
     let urls: Vec<String> = config
         .listen_client_urls
@@ -318,7 +321,62 @@ fn start_peers(
     }
 }
 
-fn cluster_info(config: &Config, identity: &recovery::Identity) -> ClusterInfo {
+/// Tokens, password hashing and permission checks over the store's applied auth state.
+fn auth_gate(config: &Config, store: &corekv_engine::mvcc::Store) -> Arc<AuthGate> {
+    let simple_ttl = std::time::Duration::from_secs(config.auth_token_ttl_secs);
+    let tokens = TokenOptions::parse(&config.auth_token, simple_ttl, |path| std::fs::read(path))
+        .unwrap_or_else(|e| fatal("invalid --auth-token", e));
+    let options = AuthOptions {
+        tokens,
+        bcrypt_cost: config.bcrypt_cost,
+        client_cert_auth: config.client_tls.client_cert_auth,
+    };
+    let gate = AuthGate::new(store.auth_shared(), &options)
+        .unwrap_or_else(|e| fatal("invalid auth settings", e));
+    Arc::new(gate)
+}
+
+/// The TLS configuration of https client URLs (`None` when every client URL is http):
+/// the certificate files, or a self-signed certificate with --auto-tls.
+fn client_tls(config: &Config) -> Option<Arc<corekv_net::tls::TlsServerConfig>> {
+    let https = |u: &config::Url| u.scheme == config::Scheme::Https;
+    if !config.listen_client_urls.iter().any(https) {
+        return None;
+    }
+    let tls = &config.client_tls;
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).unwrap_or_else(|e| fatal(&format!("cannot read {}", path.display()), e))
+    };
+    let (cert, key) = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => (read(cert), read(key)),
+        _ => {
+            let hosts: Vec<String> = config
+                .listen_client_urls
+                .iter()
+                .chain(&config.advertise_client_urls)
+                .map(|u| u.host.clone())
+                .collect();
+            let (cert, key) =
+                corekv_net::tls::self_signed(&hosts).unwrap_or_else(|e| fatal("--auto-tls", e));
+            log::warn!("--auto-tls: serving a self-signed certificate for {hosts:?}");
+            (cert.into_bytes(), key.into_bytes())
+        }
+    };
+    let ca = tls
+        .trusted_ca_file
+        .as_ref()
+        .filter(|_| tls.client_cert_auth)
+        .map(read);
+    let server = corekv_net::tls::server_config(&cert, &key, ca.as_deref())
+        .unwrap_or_else(|e| fatal("cannot set up client TLS", e));
+    Some(server)
+}
+
+fn cluster_info(
+    config: &Config,
+    identity: &recovery::Identity,
+    auth: Arc<AuthGate>,
+) -> ClusterInfo {
     let member = MemberInfo {
         id: identity.member_id,
         name: identity.name.clone(),
@@ -341,11 +399,12 @@ fn cluster_info(config: &Config, identity: &recovery::Identity) -> ClusterInfo {
         max_txn_ops: config.max_txn_ops as usize,
         quota_backend_bytes: config.quota_backend_bytes,
         backend_size_bytes: Default::default(),
+        auth,
     }
 }
 
-/// What each core listens on: (listener, serves-gRPC?) pairs.
-type CoreListeners = Vec<(std::net::TcpListener, bool)>;
+/// What each core listens on: (listener, serves-gRPC?, https?).
+type CoreListeners = Vec<(std::net::TcpListener, bool, bool)>;
 
 /// Binds every client and metrics URL once per core (SO_REUSEPORT); fails fast on conflicts.
 fn bind_all(config: &Config, cores: usize) -> Vec<CoreListeners> {
@@ -359,7 +418,8 @@ fn bind_all(config: &Config, cores: usize) -> Vec<CoreListeners> {
             for url in urls.iter() {
                 let listener = corekv_net::serve::bind_reuseport(&url.socket_addr_string())
                     .unwrap_or_else(|e| fatal(&format!("cannot listen on {url}"), e));
-                mine.push((listener, grpc));
+                let https = url.scheme == config::Scheme::Https;
+                mine.push((listener, grpc, https));
             }
         }
         all.push(mine);
@@ -367,7 +427,13 @@ fn bind_all(config: &Config, cores: usize) -> Vec<CoreListeners> {
     all
 }
 
-fn spawn_network(core: usize, cpu: usize, client: ShardClient, listeners: CoreListeners) {
+fn spawn_network(
+    core: usize,
+    cpu: usize,
+    client: ShardClient,
+    listeners: CoreListeners,
+    tls: Option<Arc<corekv_net::tls::TlsServerConfig>>,
+) {
     std::thread::Builder::new()
         .name(format!("net-{core}"))
         .spawn(move || {
@@ -380,16 +446,16 @@ fn spawn_network(core: usize, cpu: usize, client: ShardClient, listeners: CoreLi
                 .unwrap_or_else(|e| fatal("cannot start network runtime", e));
             let served: Vec<_> = listeners
                 .into_iter()
-                .map(|(listener, grpc)| {
+                .map(|(listener, grpc, https)| {
                     let router = if grpc {
                         corekv_net::serve::client_router(client.clone())
                     } else {
                         corekv_net::serve::metrics_router(client.clone())
                     };
-                    (listener, router)
+                    (listener, router, tls.clone().filter(|_| https))
                 })
                 .collect();
-            if let Err(err) = runtime.block_on(corekv_net::serve::serve(served)) {
+            if let Err(err) = runtime.block_on(corekv_net::serve::serve_with_tls(served)) {
                 fatal("network runtime failed", err);
             }
         })

@@ -363,8 +363,12 @@ fn append_entry(entries: &mut Vec<Entry>, entry: Entry) -> Result<(), String> {
 /// requests that failed the first time fail again and change nothing.
 fn replay(raft: &Restored, store: &mut Store) -> Result<(), String> {
     for entry in raft.entries.iter().take_while(|e| e.index <= raft.applied) {
-        if let Some(command) = decode_request(entry)?.and_then(|(r, _)| r.into_command()) {
-            let _ = store.apply(&command);
+        if let Some((mut request, _)) = decode_request(entry)? {
+            let auth = request.auth_header.take();
+            let Some(command) = request.into_command() else {
+                continue;
+            };
+            let _ = store.apply_as(&command, auth.as_ref());
         }
     }
     Ok(())

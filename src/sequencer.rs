@@ -59,6 +59,8 @@ pub type ReadReply = oneshot::Sender<Result<(ReadView, u64), KvError>>;
 pub enum SequencerMsg {
     Propose {
         command: Command,
+        /// The client's caller, logged with the command (`None`: the server's own write).
+        auth: Option<corekv_engine::request::AuthHeader>,
         reply: WriteReply,
     },
     ReadIndex {
@@ -97,7 +99,11 @@ pub struct Publication {
 
 /// A request held until a leader is known.
 enum Leaderless {
-    Write(Command, WriteReply),
+    Write(
+        Command,
+        Option<corekv_engine::request::AuthHeader>,
+        WriteReply,
+    ),
     Reads(Vec<ReadReply>),
 }
 
@@ -443,9 +449,13 @@ impl Sequencer {
             return;
         }
         match msg {
-            SequencerMsg::Propose { mut command, reply } => {
+            SequencerMsg::Propose {
+                mut command,
+                auth,
+                reply,
+            } => {
                 self.prepare_lease_grant(&mut command);
-                self.propose(command, reply)
+                self.propose_as(command, auth, reply)
             }
             SequencerMsg::ReadIndex { reply } => self.reads_unissued.push(reply),
             SequencerMsg::Status { reply } => drop(reply.send(self.status())),
@@ -457,6 +467,16 @@ impl Sequencer {
     }
 
     fn propose(&mut self, command: Command, reply: WriteReply) {
+        self.propose_as(command, None, reply)
+    }
+
+    /// Proposes `command` with its caller (`auth`), which the applier checks.
+    fn propose_as(
+        &mut self,
+        command: Command,
+        auth: Option<corekv_engine::request::AuthHeader>,
+        reply: WriteReply,
+    ) {
         if let Some(refusal) = self.cluster.refusal() {
             let _ = reply.send(Err(refusal));
             return;
@@ -465,16 +485,18 @@ impl Sequencer {
         let id = self.proposal_seq;
         let mut request = InternalRequest::new(id, command);
         request.origin = self.member_id;
+        request.auth_header = auth;
         let data = request.encode_to_vec();
         self.turn_bytes += data.len();
         match self.raft.propose(data) {
             Ok(index) => self.wait_for(id, index, reply),
             Err(ProposeError::NoLeader) => {
                 // Not proposed: the id is not reused, the command goes back to wait.
+                let auth = request.auth_header.take();
                 let command = request
                     .into_command()
                     .expect("a request built from a command carries it");
-                self.hold_until_leader(Leaderless::Write(command, reply));
+                self.hold_until_leader(Leaderless::Write(command, auth, reply));
             }
             Err(err) => {
                 metrics::global()
@@ -515,7 +537,7 @@ impl Sequencer {
         if self.leaderless.len() >= QUEUE_DEPTH_MAX {
             let err = KvError::Unavailable("etcdserver: no leader".into());
             match held {
-                Leaderless::Write(_, reply) => drop(reply.send(Err(err))),
+                Leaderless::Write(_, _, reply) => drop(reply.send(Err(err))),
                 Leaderless::Reads(replies) => {
                     for r in replies {
                         let _ = r.send(Err(err.clone()));
@@ -535,7 +557,7 @@ impl Sequencer {
         }
         for (_, held) in std::mem::take(&mut self.leaderless) {
             match held {
-                Leaderless::Write(command, reply) => self.propose(command, reply),
+                Leaderless::Write(command, auth, reply) => self.propose_as(command, auth, reply),
                 Leaderless::Reads(replies) => self.reads_unissued.extend(replies),
             }
         }
@@ -546,7 +568,7 @@ impl Sequencer {
     fn expire(&mut self, now: Instant) {
         while self.leaderless.front().is_some_and(|(d, _)| *d <= now) {
             match self.leaderless.pop_front().expect("front exists").1 {
-                Leaderless::Write(_, reply) => drop(reply.send(Err(timed_out()))),
+                Leaderless::Write(_, _, reply) => drop(reply.send(Err(timed_out()))),
                 Leaderless::Reads(replies) => {
                     for r in replies {
                         let _ = r.send(Err(timed_out()));
@@ -766,13 +788,17 @@ impl Sequencer {
         };
         let mut proposal = None;
         let mut result = None;
-        if let Some((request, conf_change)) = decoded {
+        if let Some((mut request, conf_change)) = decoded {
             proposal = (request.origin == self.member_id).then_some(request.id);
+            let auth = request.auth_header.take();
             if let Some(command) = request.into_command() {
-                let outcome = self.store.apply(&command).map(|mut applied| {
-                    self.unpublished_events.append(&mut applied.events);
-                    applied
-                });
+                let outcome = self
+                    .store
+                    .apply_as(&command, auth.as_ref())
+                    .map(|mut applied| {
+                        self.unpublished_events.append(&mut applied.events);
+                        applied
+                    });
                 self.lease_applied(&command, &outcome);
                 match conf_change {
                     Some(change) => self.conf_change_applied(&change, outcome.is_ok()),

@@ -166,10 +166,18 @@ async fn serve(
             })
             .detach();
         }
-        ShardRequest::Write { command, reply } => {
+        ShardRequest::Write {
+            command,
+            auth,
+            reply,
+        } => {
             // Waiting here when the sequencer's queue is full is the backpressure.
             if let Err(flume::SendError(SequencerMsg::Propose { reply, .. })) = sequencer
-                .send_async(SequencerMsg::Propose { command, reply })
+                .send_async(SequencerMsg::Propose {
+                    command,
+                    auth,
+                    reply,
+                })
                 .await
             {
                 let _ = reply.send(Err(stopped()));

@@ -15,6 +15,13 @@ pub enum StatusCode {
     Unavailable,
     Internal,
     DataLoss,
+    /// etcd's auth errors (`codes.PermissionDenied`).
+    PermissionDenied,
+    /// An auth token that is unknown, expired or forged (`codes.Unauthenticated`).
+    Unauthenticated,
+    /// etcd 3.4's Maintenance admin checks return the auth package's error unwrapped,
+    /// which gRPC sends as `codes.Unknown`.
+    Unknown,
 }
 
 /// Errors from validating or applying a key-space request.
@@ -54,6 +61,44 @@ pub enum KvError {
     /// A membership or leadership request refused (etcd's cluster errors: "member not
     /// found", "not enough started members", "not leader", ...), with etcd's code and text.
     Cluster(StatusCode, String),
+    /// Auth: a request names no user (or an auth request an empty user name).
+    UserEmpty,
+    /// Auth: UserAdd of a name that exists.
+    UserExists,
+    /// Auth: the named user does not exist.
+    UserNotFound,
+    /// Auth: RoleAdd with an empty name.
+    RoleEmpty,
+    /// Auth: RoleAdd of a name that exists.
+    RoleExists,
+    /// Auth: the named role does not exist.
+    RoleNotFound,
+    /// AuthEnable without a `root` user.
+    RootUserMissing,
+    /// AuthEnable while `root` lacks the `root` role.
+    RootRoleMissing,
+    /// Authenticate with a wrong name or password.
+    AuthFailed,
+    /// The caller may not do this.
+    PermissionDenied,
+    /// UserRevokeRole of a role the user does not have.
+    RoleNotGranted,
+    /// RoleRevokePermission of a permission the role does not have.
+    PermissionNotGranted,
+    /// RoleGrantPermission without a permission.
+    PermissionNotGiven,
+    /// Authenticate while auth is disabled.
+    AuthNotEnabled,
+    /// A token that is unknown, expired or does not verify.
+    InvalidAuthToken,
+    /// Deleting root, its role, or revoking root's root role while auth is enabled.
+    InvalidAuthManagement,
+    /// A token issued before the last change to users, roles or permissions.
+    AuthOldRevision,
+    /// An error etcd 3.4 passes on from its auth package unwrapped, so gRPC sends it with
+    /// `codes.Unknown` and the package's own text: Maintenance admin checks (`auth:
+    /// permission denied`, ...) and Authenticate of a no-password user.
+    RawAuth(&'static str),
 }
 
 impl KvError {
@@ -76,6 +121,24 @@ impl KvError {
             KvError::NoSpace => "etcdserver: mvcc: database space exceeded",
             KvError::Corrupt => "etcdserver: corrupt cluster",
             KvError::Cluster(_, text) => text,
+            KvError::UserEmpty => "etcdserver: user name is empty",
+            KvError::UserExists => "etcdserver: user name already exists",
+            KvError::UserNotFound => "etcdserver: user name not found",
+            KvError::RoleEmpty => "etcdserver: role name is empty",
+            KvError::RoleExists => "etcdserver: role name already exists",
+            KvError::RoleNotFound => "etcdserver: role name not found",
+            KvError::RootUserMissing => "etcdserver: root user does not exist",
+            KvError::RootRoleMissing => "etcdserver: root user does not have root role",
+            KvError::AuthFailed => "etcdserver: authentication failed, invalid user ID or password",
+            KvError::PermissionDenied => "etcdserver: permission denied",
+            KvError::RoleNotGranted => "etcdserver: role is not granted to the user",
+            KvError::PermissionNotGranted => "etcdserver: permission is not granted to the role",
+            KvError::PermissionNotGiven => "etcdserver: permission not given",
+            KvError::AuthNotEnabled => "etcdserver: authentication is not enabled",
+            KvError::InvalidAuthToken => "etcdserver: invalid auth token",
+            KvError::InvalidAuthManagement => "etcdserver: invalid auth management",
+            KvError::AuthOldRevision => "etcdserver: revision of auth store is old",
+            KvError::RawAuth(text) => text,
         }
     }
 
@@ -98,6 +161,24 @@ impl KvError {
             KvError::NoSpace => StatusCode::ResourceExhausted,
             KvError::Corrupt => StatusCode::DataLoss,
             KvError::Cluster(code, _) => *code,
+            KvError::UserEmpty
+            | KvError::RoleEmpty
+            | KvError::AuthFailed
+            | KvError::PermissionNotGiven
+            | KvError::InvalidAuthManagement
+            | KvError::AuthOldRevision => StatusCode::InvalidArgument,
+            KvError::UserExists
+            | KvError::UserNotFound
+            | KvError::RoleExists
+            | KvError::RoleNotFound
+            | KvError::RootUserMissing
+            | KvError::RootRoleMissing
+            | KvError::RoleNotGranted
+            | KvError::PermissionNotGranted
+            | KvError::AuthNotEnabled => StatusCode::FailedPrecondition,
+            KvError::PermissionDenied => StatusCode::PermissionDenied,
+            KvError::InvalidAuthToken => StatusCode::Unauthenticated,
+            KvError::RawAuth(_) => StatusCode::Unknown,
         }
     }
 }

@@ -4,8 +4,11 @@
 //! can decode any entry without knowing which server version wrote it.
 
 use crate::pb::{
-    PbAlarmRequest, PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest,
-    PbLeaseRevokeRequest, PbPutRequest, PbTxnRequest,
+    PbAlarmRequest, PbAuthDisableRequest, PbAuthEnableRequest, PbAuthRoleAddRequest,
+    PbAuthRoleDeleteRequest, PbAuthRoleGrantPermissionRequest, PbAuthRoleRevokePermissionRequest,
+    PbAuthUserAddRequest, PbAuthUserChangePasswordRequest, PbAuthUserDeleteRequest,
+    PbAuthUserGrantRoleRequest, PbAuthUserRevokeRoleRequest, PbCompactionRequest, PbDeleteRequest,
+    PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest, PbTxnRequest,
 };
 
 /// A write request as it is proposed to raft and recorded in the WAL.
@@ -41,6 +44,65 @@ pub struct InternalRequest {
     pub member_update: Option<MemberUpdateRequest>,
     #[prost(message, optional, tag = "13")]
     pub member_conf: Option<MemberConfRequest>,
+    // Tags 10-19 are the cluster's; auth uses 20 and up.
+    #[prost(message, optional, tag = "20")]
+    pub auth_enable: Option<PbAuthEnableRequest>,
+    #[prost(message, optional, tag = "21")]
+    pub auth_disable: Option<PbAuthDisableRequest>,
+    /// Carries the bcrypt hash in `hashed_password`; `password` is always empty in the log.
+    #[prost(message, optional, tag = "22")]
+    pub auth_user_add: Option<PbAuthUserAddRequest>,
+    #[prost(message, optional, tag = "23")]
+    pub auth_user_delete: Option<PbAuthUserDeleteRequest>,
+    /// Carries the bcrypt hash in `hashed_password`; `password` is always empty in the log.
+    #[prost(message, optional, tag = "24")]
+    pub auth_user_change_password: Option<PbAuthUserChangePasswordRequest>,
+    #[prost(message, optional, tag = "25")]
+    pub auth_user_grant_role: Option<PbAuthUserGrantRoleRequest>,
+    #[prost(message, optional, tag = "26")]
+    pub auth_user_revoke_role: Option<PbAuthUserRevokeRoleRequest>,
+    #[prost(message, optional, tag = "27")]
+    pub auth_role_add: Option<PbAuthRoleAddRequest>,
+    #[prost(message, optional, tag = "28")]
+    pub auth_role_delete: Option<PbAuthRoleDeleteRequest>,
+    #[prost(message, optional, tag = "29")]
+    pub auth_role_grant_permission: Option<PbAuthRoleGrantPermissionRequest>,
+    #[prost(message, optional, tag = "30")]
+    pub auth_role_revoke_permission: Option<PbAuthRoleRevokePermissionRequest>,
+    /// Who asked (etcd's `RequestHeader` username and auth revision): set for client
+    /// requests, which the applier checks against the auth state it applies to
+    /// (`Store::apply_as`); absent for the server's own requests (lease expiry, checkpoints,
+    /// auto-compaction), which are trusted as etcd's root-context requests are.
+    #[prost(message, optional, tag = "31")]
+    pub auth_header: Option<AuthHeader>,
+}
+
+/// The caller of a client request, recorded in the log with it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuthHeader {
+    /// Empty when the request named no user.
+    #[prost(string, tag = "1")]
+    pub username: String,
+    /// The auth revision the caller's token stands for; 0 when it named no user.
+    #[prost(uint64, tag = "2")]
+    pub revision: u64,
+}
+
+/// A change to users, roles, permissions or the auth switch (etcd's auth requests that go
+/// through raft). Passwords travel only as bcrypt hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthCommand {
+    Enable,
+    Disable,
+    UserAdd(PbAuthUserAddRequest),
+    UserDelete(PbAuthUserDeleteRequest),
+    UserChangePassword(PbAuthUserChangePasswordRequest),
+    UserGrantRole(PbAuthUserGrantRoleRequest),
+    UserRevokeRole(PbAuthUserRevokeRoleRequest),
+    RoleAdd(PbAuthRoleAddRequest),
+    RoleDelete(PbAuthRoleDeleteRequest),
+    RoleGrantPermission(PbAuthRoleGrantPermissionRequest),
+    RoleRevokePermission(PbAuthRoleRevokePermissionRequest),
 }
 
 /// Remaining TTLs the leader records in the log so that a restart (or a new leader) does not
@@ -148,6 +210,9 @@ pub enum Command {
     MemberUpdate(MemberUpdateRequest),
     /// The membership half of a committed raft configuration change (no revision change).
     MemberConf(MemberConfRequest),
+    /// Users, roles, permissions, auth on/off. No revision change; bumps the auth
+    /// revision when users, roles or permissions change.
+    Auth(AuthCommand),
 }
 
 impl InternalRequest {
@@ -169,6 +234,21 @@ impl InternalRequest {
             Command::MemberAttributes(r) => request.member_attributes = Some(r),
             Command::MemberUpdate(r) => request.member_update = Some(r),
             Command::MemberConf(r) => request.member_conf = Some(r),
+            Command::Auth(a) => match a {
+                AuthCommand::Enable => request.auth_enable = Some(PbAuthEnableRequest {}),
+                AuthCommand::Disable => request.auth_disable = Some(PbAuthDisableRequest {}),
+                AuthCommand::UserAdd(r) => request.auth_user_add = Some(r),
+                AuthCommand::UserDelete(r) => request.auth_user_delete = Some(r),
+                AuthCommand::UserChangePassword(r) => request.auth_user_change_password = Some(r),
+                AuthCommand::UserGrantRole(r) => request.auth_user_grant_role = Some(r),
+                AuthCommand::UserRevokeRole(r) => request.auth_user_revoke_role = Some(r),
+                AuthCommand::RoleAdd(r) => request.auth_role_add = Some(r),
+                AuthCommand::RoleDelete(r) => request.auth_role_delete = Some(r),
+                AuthCommand::RoleGrantPermission(r) => request.auth_role_grant_permission = Some(r),
+                AuthCommand::RoleRevokePermission(r) => {
+                    request.auth_role_revoke_permission = Some(r)
+                }
+            },
         }
         request
     }
@@ -205,6 +285,44 @@ impl InternalRequest {
         if let Some(r) = self.member_conf {
             return Some(Command::MemberConf(r));
         }
-        self.alarm.map(Command::Alarm)
+        if let Some(r) = self.alarm {
+            return Some(Command::Alarm(r));
+        }
+        self.into_auth_command().map(Command::Auth)
+    }
+
+    fn into_auth_command(self) -> Option<AuthCommand> {
+        if self.auth_enable.is_some() {
+            return Some(AuthCommand::Enable);
+        }
+        if self.auth_disable.is_some() {
+            return Some(AuthCommand::Disable);
+        }
+        if let Some(r) = self.auth_user_add {
+            return Some(AuthCommand::UserAdd(r));
+        }
+        if let Some(r) = self.auth_user_delete {
+            return Some(AuthCommand::UserDelete(r));
+        }
+        if let Some(r) = self.auth_user_change_password {
+            return Some(AuthCommand::UserChangePassword(r));
+        }
+        if let Some(r) = self.auth_user_grant_role {
+            return Some(AuthCommand::UserGrantRole(r));
+        }
+        if let Some(r) = self.auth_user_revoke_role {
+            return Some(AuthCommand::UserRevokeRole(r));
+        }
+        if let Some(r) = self.auth_role_add {
+            return Some(AuthCommand::RoleAdd(r));
+        }
+        if let Some(r) = self.auth_role_delete {
+            return Some(AuthCommand::RoleDelete(r));
+        }
+        if let Some(r) = self.auth_role_grant_permission {
+            return Some(AuthCommand::RoleGrantPermission(r));
+        }
+        self.auth_role_revoke_permission
+            .map(AuthCommand::RoleRevokePermission)
     }
 }

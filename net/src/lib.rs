@@ -8,6 +8,7 @@
 //! - [`peer`]: the raft transport between members (--listen-peer-urls).
 //! - [`metrics`]: lock-free counters and histograms rendered as Prometheus text.
 
+pub mod auth;
 mod authority;
 pub mod grpc;
 pub mod http;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod peer;
 pub mod serve;
 pub mod shard_api;
+pub mod tls;
 
 /// The etcd release whose API and behaviour corekv follows (reported by Status and /version).
 pub const ETCD_COMPAT_VERSION: &str = "3.4.0";

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
+use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -52,10 +53,22 @@ pub fn metrics_router(shard: ShardClient) -> axum::Router {
 /// Serves `router` on every listener until the runtime stops. Must run inside a tokio
 /// runtime (one current-thread runtime per core).
 pub async fn serve(listeners: Vec<(StdListener, axum::Router)>) -> io::Result<()> {
+    serve_with_tls(listeners.into_iter().map(|(l, r)| (l, r, None)).collect()).await
+}
+
+/// Longest a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// [`serve`], with TLS on the listeners that have a server configuration (https URLs):
+/// there a connection that does not complete a TLS handshake gets nothing.
+pub async fn serve_with_tls(
+    listeners: Vec<(StdListener, axum::Router, Option<Arc<rustls::ServerConfig>>)>,
+) -> io::Result<()> {
     let mut tasks = Vec::new();
-    for (listener, router) in listeners {
+    for (listener, router, tls) in listeners {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        tasks.push(tokio::spawn(accept_loop(listener, router)));
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        tasks.push(tokio::spawn(accept_loop(listener, router, tls)));
     }
     for task in tasks {
         let _ = task.await;
@@ -63,7 +76,11 @@ pub async fn serve(listeners: Vec<(StdListener, axum::Router)>) -> io::Result<()
     Ok(())
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, router: axum::Router) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -75,19 +92,66 @@ async fn accept_loop(listener: tokio::net::TcpListener, router: axum::Router) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let Some(tls) = tls.clone() else {
+            let service = TowerToHyperService::new(router.clone());
+            tokio::spawn(serve_connection(stream, service));
+            continue;
+        };
+        let router = router.clone();
         tokio::spawn(async move {
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http2()
-                .max_concurrent_streams(H2_STREAMS_PER_CONNECTION_MAX);
-            let stream = crate::authority::AuthorityRepair::new(stream);
-            if let Err(err) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                log::debug!("connection ended: {err}");
-            }
+            let handshake = tokio::time::timeout(
+                std::time::Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS),
+                tls.accept(stream),
+            );
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => return log::debug!("TLS handshake failed: {err}"),
+                Err(_) => return log::debug!("TLS handshake timed out"),
+            };
+            // A verified client certificate's CN names the caller (--client-cert-auth).
+            let name = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| crate::tls::common_name(cert))
+                .map(|cn| crate::auth::PeerCertName(cn.into()));
+            let service = tower::ServiceExt::map_request(
+                router,
+                move |mut request: http::Request<hyper::body::Incoming>| {
+                    if let Some(name) = &name {
+                        request.extensions_mut().insert(name.clone());
+                    }
+                    request
+                },
+            );
+            serve_connection(stream, TowerToHyperService::new(service)).await;
         });
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one accepted connection until it ends.
+async fn serve_connection<S, Svc>(stream: S, service: Svc)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<axum::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(H2_STREAMS_PER_CONNECTION_MAX);
+    let stream = crate::authority::AuthorityRepair::new(stream);
+    if let Err(err) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        log::debug!("connection ended: {err}");
     }
 }

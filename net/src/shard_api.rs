@@ -12,7 +12,7 @@ use corekv_engine::mvcc::{CommandResponse, RangeAnswer, ReadView};
 use corekv_engine::pb::{
     PbRangeRequest, PbTxnRequest, PbTxnResponse, PbWatchRequest, PbWatchResponse,
 };
-use corekv_engine::request::Command;
+use corekv_engine::request::{AuthHeader, Command};
 use corekv_engine::KvError;
 use tokio::sync::oneshot;
 
@@ -72,6 +72,9 @@ pub enum ShardRequest {
     /// A write, proposed through raft; answered after it is durable and applied.
     Write {
         command: Command,
+        /// The client's caller, logged with the command and checked when it is applied;
+        /// `None` for the server's own writes.
+        auth: Option<AuthHeader>,
         reply: oneshot::Sender<Result<Reply<CommandResponse>, KvError>>,
     },
     /// A new watch stream; its responses go out through `responses` (bounded).
@@ -256,6 +259,8 @@ pub struct ClusterInfo {
     /// The store file's size (dbSize) after its last commit, kept current by the store
     /// writer: what the quota is checked against.
     pub backend_size_bytes: Arc<AtomicU64>,
+    /// Tokens, passwords and permission checks over the applied auth state.
+    pub auth: Arc<crate::auth::AuthGate>,
 }
 
 /// The network side's handle on its core's shard.
@@ -287,10 +292,41 @@ impl ShardClient {
         rx.await.map_err(|_| closed())?
     }
 
-    /// Proposes a write and waits until it is durable and applied.
+    /// Proposes a write and waits until it is durable and applied. Applied without auth
+    /// checks: for writes the server makes itself (see [`Self::write_as`]).
     pub async fn write(&self, command: Command) -> Result<Reply<CommandResponse>, KvError> {
+        self.write_with(command, None).await
+    }
+
+    /// Proposes a client's write on behalf of `caller`, re-checked against the auth state
+    /// it is applied to (etcd checks writes in its applier).
+    pub async fn write_as(
+        &self,
+        command: Command,
+        caller: &crate::auth::Caller,
+    ) -> Result<Reply<CommandResponse>, KvError> {
+        let header = match caller {
+            Some(info) => AuthHeader {
+                username: info.username.clone(),
+                revision: info.revision,
+            },
+            None => AuthHeader::default(),
+        };
+        self.write_with(command, Some(header)).await
+    }
+
+    async fn write_with(
+        &self,
+        command: Command,
+        auth: Option<AuthHeader>,
+    ) -> Result<Reply<CommandResponse>, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Write { command, reply }).await?;
+        self.send(ShardRequest::Write {
+            command,
+            auth,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| closed())?
     }
 

@@ -3,7 +3,7 @@
 use super::compaction;
 use super::flags::{self, Raw, RawMap, Source};
 use super::url::{parse_item, parse_url_list, Url};
-use super::{ClusterState, Config, ConfigError, LogLevel};
+use super::{ClusterState, Config, ConfigError, LogLevel, TlsSettings};
 use std::path::PathBuf;
 
 /// etcd's default backend quota, used when `--quota-backend-bytes` is 0.
@@ -65,9 +65,37 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         cores: r
             .optional("cores", |s| parse_cores(s, online))?
             .unwrap_or(online),
+        auth_token: r.value("auth-token", |s| Ok(s.to_string()))?,
+        auth_token_ttl_secs: r.value("auth-token-ttl", |s| match parse_u64(s)? {
+            0 => Err("must be at least 1".into()),
+            n => Ok(n),
+        })?,
+        bcrypt_cost: r.value("bcrypt-cost", |s| match parse_u64(s)? {
+            n @ 4..=31 => Ok(n as u32),
+            _ => Err("must be within 4..=31".into()),
+        })?,
+        client_tls: tls_settings(&r, "")?,
+        peer_tls: tls_settings(&r, "peer-")?,
         name,
         initial_advertise_peer_urls,
         initial_cluster,
+    })
+}
+
+/// The TLS flags with `prefix` (`""` for clients, `"peer-"` for peers).
+fn tls_settings(r: &Resolver<'_>, prefix: &str) -> Result<TlsSettings, ConfigError> {
+    let flag = |name: &str| -> &'static str {
+        flags::lookup(&format!("{prefix}{name}"))
+            .expect("every TLS flag has a peer twin")
+            .name
+    };
+    let path = |s: &str| Ok((!s.is_empty()).then(|| PathBuf::from(s)));
+    Ok(TlsSettings {
+        cert_file: r.value(flag("cert-file"), path)?,
+        key_file: r.value(flag("key-file"), path)?,
+        trusted_ca_file: r.value(flag("trusted-ca-file"), path)?,
+        client_cert_auth: r.value(flag("client-cert-auth"), flags::parse_bool)?,
+        auto_tls: r.value(flag("auto-tls"), flags::parse_bool)?,
     })
 }
 

@@ -89,6 +89,10 @@ fn parse_keys(text: &str, path: &Path) -> Result<RawMap, ConfigError> {
     };
     let mut values = RawMap::new();
     for (key, value) in map {
+        if let Some(prefix) = transport_security_prefix(&key) {
+            read_transport_security(prefix, &value, path, &mut values)?;
+            continue;
+        }
         let spec = key_spec(&key).ok_or_else(|| fail(path, unknown_key(&key)))?;
         let text =
             scalar_text(&value).map_err(|why| fail(path, format!("key {}: {why}", spec.name)))?;
@@ -103,6 +107,66 @@ fn parse_keys(text: &str, path: &Path) -> Result<RawMap, ConfigError> {
         }
     }
     Ok(values)
+}
+
+/// etcd's config file nests the TLS flags: `client-transport-security` holds `cert-file`,
+/// `key-file`, `trusted-ca-file`, `client-cert-auth`, `auto-tls` (the client flags);
+/// `peer-transport-security` the same names for the `--peer-*` flags.
+fn transport_security_prefix(key: &Value) -> Option<&'static str> {
+    match key.as_str()? {
+        "client-transport-security" => Some(""),
+        "peer-transport-security" => Some("peer-"),
+        _ => None,
+    }
+}
+
+const TRANSPORT_SECURITY_KEYS: [&str; 5] = [
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "client-cert-auth",
+    "auto-tls",
+];
+
+fn read_transport_security(
+    prefix: &str,
+    value: &Value,
+    path: &Path,
+    values: &mut RawMap,
+) -> Result<(), ConfigError> {
+    let section = format!("{prefix}transport-security");
+    let map = match value {
+        Value::Null => return Ok(()),
+        Value::Mapping(map) => map,
+        _ => return Err(fail(path, format!("key {section}: expected a mapping"))),
+    };
+    for (key, value) in map {
+        let name = key
+            .as_str()
+            .filter(|k| TRANSPORT_SECURITY_KEYS.contains(k))
+            .ok_or_else(|| {
+                fail(
+                    path,
+                    format!(
+                        "unknown key {key:?} in {section} (supported keys: {})",
+                        TRANSPORT_SECURITY_KEYS.join(", ")
+                    ),
+                )
+            })?;
+        let spec = flags::lookup(&format!("{prefix}{name}")).expect("every TLS key is a flag");
+        let text =
+            scalar_text(value).map_err(|why| fail(path, format!("key {section}.{name}: {why}")))?;
+        if let Some(text) = text {
+            values.insert(
+                spec.name,
+                Raw {
+                    value: text,
+                    source: Source::File(path.to_path_buf()),
+                },
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The flag a config-file key names (`config-file` itself is not a key).

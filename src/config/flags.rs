@@ -51,6 +51,28 @@ pub(super) const FLAGS: &[FlagSpec] = &[
     FlagSpec { name: "cores", default: Derived("all online cores"), help: "corekv: number of cores to run on (1 up to the number of online cores)." },
     FlagSpec { name: "lease-checkpoint-interval", default: Value("300000"), help: "corekv: time (in milliseconds) between lease checkpoints, which record remaining TTLs so a restart does not renew leases." },
     FlagSpec { name: "auto-compaction-revision-interval", default: Value("300000"), help: "corekv: time (in milliseconds) between revision-mode auto compactions (etcd's fixed 5 minutes)." },
+    FlagSpec { name: "auth-token", default: Value("simple"), help: "Specify auth token specific options: 'simple', or 'jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256[,ttl=5m]'." },
+    FlagSpec { name: "auth-token-ttl", default: Value("300"), help: "The lifetime in seconds of the auth (simple) token." },
+    FlagSpec { name: "bcrypt-cost", default: Value("10"), help: "Specify bcrypt algorithm cost factor for auth password hashing (4..31)." },
+    FlagSpec { name: "cert-file", default: Value(""), help: "Path to the client server TLS cert file." },
+    FlagSpec { name: "key-file", default: Value(""), help: "Path to the client server TLS key file." },
+    FlagSpec { name: "trusted-ca-file", default: Value(""), help: "Path to the client server TLS trusted CA cert file." },
+    FlagSpec { name: "client-cert-auth", default: Value("false"), help: "Enable client cert authentication." },
+    FlagSpec { name: "auto-tls", default: Value("false"), help: "Client TLS using generated certificates." },
+    FlagSpec { name: "peer-cert-file", default: Value(""), help: "Path to the peer server TLS cert file." },
+    FlagSpec { name: "peer-key-file", default: Value(""), help: "Path to the peer server TLS key file." },
+    FlagSpec { name: "peer-trusted-ca-file", default: Value(""), help: "Path to the peer server TLS trusted CA file." },
+    FlagSpec { name: "peer-client-cert-auth", default: Value("false"), help: "Enable peer client cert authentication." },
+    FlagSpec { name: "peer-auto-tls", default: Value("false"), help: "Peer TLS using generated certificates." },
+];
+
+/// Go boolean flags: given alone (`--client-cert-auth`) they mean true and take no
+/// argument from the next word.
+const BOOL_FLAGS: &[&str] = &[
+    "client-cert-auth",
+    "auto-tls",
+    "peer-client-cert-auth",
+    "peer-auto-tls",
 ];
 
 /// Looks a flag up by its name (without dashes).
@@ -116,6 +138,7 @@ pub(super) fn parse_args(args: &[String]) -> Result<Cli, ConfigError> {
             lookup(name).ok_or_else(|| err(format!("unknown flag: --{name} (see --help)")))?;
         let value = match inline {
             Some(v) => v.to_string(),
+            None if BOOL_FLAGS.contains(&spec.name) => "true".to_string(),
             None => rest
                 .next()
                 .ok_or_else(|| err(format!("flag needs an argument: --{name}")))?
@@ -144,6 +167,15 @@ fn split_arg(arg: &str) -> Result<(&str, Option<&str>), ConfigError> {
         Some((name, value)) => (name, Some(value)),
         None => (body, None),
     })
+}
+
+/// A Go boolean flag's value.
+pub(super) fn parse_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err("expected a boolean (true or false)".into()),
+    }
 }
 
 /// `--version` is a Go boolean flag: `--version=false` does not print the version.

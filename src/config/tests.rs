@@ -151,6 +151,11 @@ fn defaults_match_etcd() {
         auto_compaction_mode: "periodic".into(),
         auto_compaction_retention: "0".into(),
         auto_compaction_revision_interval_ms: 300_000,
+        auth_token: "simple".into(),
+        auth_token_ttl_secs: 300,
+        bcrypt_cost: 10,
+        client_tls: TlsSettings::default(),
+        peer_tls: TlsSettings::default(),
     };
     assert_eq!(run(&[], &[]), expected);
     assert_eq!(
@@ -244,11 +249,44 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
     ("auto-compaction-revision-interval", "2500", |c| {
         c.auto_compaction_revision_interval_ms.to_string()
     }),
+    ("auth-token", "jwt,pub-key=p.pem,sign-method=ES256", |c| {
+        c.auth_token.clone()
+    }),
+    ("auth-token-ttl", "42", |c| {
+        c.auth_token_ttl_secs.to_string()
+    }),
+    ("bcrypt-cost", "4", |c| c.bcrypt_cost.to_string()),
+    ("peer-cert-file", "", |c| {
+        format!("{:?}", c.peer_tls.cert_file).replace("None", "")
+    }),
+    ("peer-trusted-ca-file", "/etc/ca.pem", |c| {
+        c.peer_tls
+            .trusted_ca_file
+            .as_ref()
+            .map_or(String::new(), |p| p.display().to_string())
+    }),
+];
+
+/// The TLS flags only valid together (a cert needs its key, client-cert-auth a CA) and
+/// Go boolean flags (no `--flag value` form): `https_client_urls_need_a_certificate...`
+/// covers them.
+const TLS_FLAGS_TESTED_TOGETHER: &[&str] = &[
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "client-cert-auth",
+    "auto-tls",
+    "peer-key-file",
+    "peer-client-cert-auth",
+    "peer-auto-tls",
 ];
 
 #[test]
 fn samples_cover_every_flag() {
-    for spec in FLAGS.iter().filter(|f| f.name != "config-file") {
+    for spec in FLAGS
+        .iter()
+        .filter(|f| f.name != "config-file" && !TLS_FLAGS_TESTED_TOGETHER.contains(&f.name))
+    {
         assert!(
             SAMPLES.iter().any(|(f, _, _)| *f == spec.name),
             "no sample for --{}",
@@ -409,6 +447,11 @@ fn full_file_config() -> Config {
         auto_compaction_mode: String::new(),
         auto_compaction_retention: "0".into(),
         auto_compaction_revision_interval_ms: 300_000,
+        auth_token: "simple".into(),
+        auth_token_ttl_secs: 300,
+        bcrypt_cost: 10,
+        client_tls: TlsSettings::default(),
+        peer_tls: TlsSettings::default(),
     }
 }
 
@@ -1057,11 +1100,79 @@ fn config_error_displays_its_message() {
 }
 
 #[test]
-fn https_urls_are_refused_until_tls_exists() {
+fn https_client_urls_need_a_certificate_and_metrics_stay_plaintext() {
     let msg = error(&["--listen-client-urls", "https://127.0.0.1:2379"], &[]);
-    assert_contains(&msg, "TLS (https) is not supported", "https client URL");
+    assert_contains(
+        &msg,
+        "TLS key/cert (--cert-file, --key-file) must be provided",
+        "https client URL",
+    );
     let msg = error(&["--listen-metrics-urls", "https://127.0.0.1:2381"], &[]);
     assert_contains(&msg, "--listen-metrics-urls", "https metrics URL");
+    let msg = error(&["--cert-file", "c.pem"], &[]);
+    assert_contains(&msg, "must be given together", "cert without key");
+    let msg = error(&["--peer-client-cert-auth"], &[]);
+    assert_contains(&msg, "--peer-trusted-ca-file", "client auth without a CA");
+    let tls = [
+        "--listen-client-urls",
+        "https://127.0.0.1:2379",
+        "--advertise-client-urls",
+        "https://127.0.0.1:2379",
+        "--cert-file",
+        "c.pem",
+        "--key-file",
+        "k.pem",
+        "--trusted-ca-file",
+        "ca.pem",
+        "--client-cert-auth",
+        "--peer-auto-tls=true",
+    ];
+    let cfg = run(&tls, &[]);
+    assert_eq!(
+        cfg.client_tls,
+        TlsSettings {
+            cert_file: Some("c.pem".into()),
+            key_file: Some("k.pem".into()),
+            trusted_ca_file: Some("ca.pem".into()),
+            client_cert_auth: true,
+            auto_tls: false,
+        }
+    );
+    assert!(cfg.peer_tls.auto_tls && !cfg.peer_tls.client_cert_auth);
+    let auto = run(
+        &[
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+            "--auto-tls",
+        ],
+        &[],
+    );
+    assert!(auto.client_tls.auto_tls);
+}
+
+#[test]
+fn auth_flags_as_etcd_reads_them() {
+    let cfg = run(
+        &[
+            "--auth-token",
+            "jwt,pub-key=p,priv-key=k,sign-method=RS256",
+            "--bcrypt-cost",
+            "4",
+        ],
+        &[("ETCD_AUTH_TOKEN_TTL", "42")],
+    );
+    assert_eq!(cfg.auth_token, "jwt,pub-key=p,priv-key=k,sign-method=RS256");
+    assert_eq!((cfg.bcrypt_cost, cfg.auth_token_ttl_secs), (4, 42));
+    assert_contains(
+        &error(&["--bcrypt-cost", "3"], &[]),
+        "4..=31",
+        "low bcrypt cost",
+    );
+    assert_contains(
+        &error(&["--auth-token-ttl", "0"], &[]),
+        "at least 1",
+        "zero TTL",
+    );
 }
 
 #[test]
@@ -1204,4 +1315,32 @@ fn config_file_auto_compaction_mode_defaults_to_empty_as_in_etcd() {
             interval: Duration::from_millis(50)
         })
     );
+}
+
+#[test]
+fn config_file_nests_tls_settings_as_etcd_does() {
+    let text = "\
+listen-client-urls: https://127.0.0.1:2379
+advertise-client-urls: https://127.0.0.1:2379
+auth-token: simple
+bcrypt-cost: 6
+client-transport-security:
+  cert-file: /etc/kv/server.crt
+  key-file: /etc/kv/server.key
+  trusted-ca-file: /etc/kv/ca.crt
+  client-cert-auth: true
+peer-transport-security:
+  auto-tls: true
+";
+    let file = TempFile::new(text);
+    let arg = format!("--config-file={}", file.path());
+    let cfg = run(&[&arg], &[]);
+    assert_eq!(cfg.client_tls.cert_file, Some("/etc/kv/server.crt".into()));
+    assert_eq!(cfg.client_tls.key_file, Some("/etc/kv/server.key".into()));
+    assert!(cfg.client_tls.client_cert_auth);
+    assert!(cfg.peer_tls.auto_tls && cfg.peer_tls.cert_file.is_none());
+    assert_eq!(cfg.bcrypt_cost, 6);
+    let bad = TempFile::new("client-transport-security:\n  nope: 1\n");
+    let arg = format!("--config-file={}", bad.path());
+    assert_contains(&error(&[&arg], &[]), "unknown key", "unknown nested key");
 }

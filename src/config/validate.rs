@@ -17,16 +17,31 @@ pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     check_limits(cfg)
 }
 
-/// Until TLS lands, an https:// URL is refused: serving plaintext on it would be a lie.
+/// An https:// client URL needs a certificate (files or --auto-tls); metrics URLs are
+/// served plaintext only, so an https:// one is refused rather than served in the clear.
 fn check_no_tls(cfg: &Config) -> Result<(), ConfigError> {
-    let lists = [
-        ("listen-client-urls", &cfg.listen_client_urls),
-        ("listen-metrics-urls", &cfg.listen_metrics_urls),
-    ];
-    for (flag, urls) in lists {
-        if let Some(url) = urls.iter().find(|u| u.scheme == super::url::Scheme::Https) {
+    let https = |u: &&Url| u.scheme == super::url::Scheme::Https;
+    if let Some(url) = cfg.listen_metrics_urls.iter().find(https) {
+        return fail(format!(
+            "--listen-metrics-urls={url}: TLS (https) on metrics URLs is not supported by this corekv build yet"
+        ));
+    }
+    for (prefix, tls) in [("", &cfg.client_tls), ("peer-", &cfg.peer_tls)] {
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
             return fail(format!(
-                "--{flag}={url}: TLS (https) is not supported by this corekv build yet"
+                "--{prefix}cert-file and --{prefix}key-file must be given together"
+            ));
+        }
+        if tls.client_cert_auth && tls.trusted_ca_file.is_none() {
+            return fail(format!(
+                "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file to verify client certificates"
+            ));
+        }
+    }
+    if let Some(url) = cfg.listen_client_urls.iter().find(https) {
+        if !cfg.client_tls.is_set() {
+            return fail(format!(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url {url} with HTTPS scheme"
             ));
         }
     }

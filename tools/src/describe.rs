@@ -80,6 +80,26 @@ pub fn request_kind(r: &InternalRequest) -> (&'static str, usize) {
         ("lease_grant", r.lease_grant.is_some()),
         ("lease_revoke", r.lease_revoke.is_some()),
         ("lease_checkpoint", r.lease_checkpoint.is_some()),
+        ("auth_enable", r.auth_enable.is_some()),
+        ("auth_disable", r.auth_disable.is_some()),
+        ("auth_user_add", r.auth_user_add.is_some()),
+        ("auth_user_delete", r.auth_user_delete.is_some()),
+        (
+            "auth_user_change_password",
+            r.auth_user_change_password.is_some(),
+        ),
+        ("auth_user_grant_role", r.auth_user_grant_role.is_some()),
+        ("auth_user_revoke_role", r.auth_user_revoke_role.is_some()),
+        ("auth_role_add", r.auth_role_add.is_some()),
+        ("auth_role_delete", r.auth_role_delete.is_some()),
+        (
+            "auth_role_grant_permission",
+            r.auth_role_grant_permission.is_some(),
+        ),
+        (
+            "auth_role_revoke_permission",
+            r.auth_role_revoke_permission.is_some(),
+        ),
     ];
     let n = set.iter().filter(|(_, s)| *s).count();
     let first = set.iter().find(|(_, s)| *s).map_or("empty", |(k, _)| k);
@@ -127,10 +147,77 @@ pub fn request_simple(r: &InternalRequest) -> String {
             items.join(", ")
         ));
     }
+    parts.extend(auth_simple(r));
     if parts.is_empty() {
         return "empty_request".to_string();
     }
     parts.join(" ; ")
+}
+
+/// Auth requests by name and subject; password hashes are not printed.
+fn auth_simple(r: &InternalRequest) -> Vec<String> {
+    let mut parts = Vec::new();
+    if r.auth_enable.is_some() {
+        parts.push("auth_enable".to_string());
+    }
+    if r.auth_disable.is_some() {
+        parts.push("auth_disable".to_string());
+    }
+    if let Some(u) = &r.auth_user_add {
+        let no_password = u.options.is_some_and(|o| o.no_password);
+        parts.push(format!(
+            "auth_user_add name={:?}{}",
+            u.name,
+            if no_password { " no_password" } else { "" }
+        ));
+    }
+    if let Some(u) = &r.auth_user_delete {
+        parts.push(format!("auth_user_delete name={:?}", u.name));
+    }
+    if let Some(u) = &r.auth_user_change_password {
+        parts.push(format!("auth_user_change_password name={:?}", u.name));
+    }
+    if let Some(g) = &r.auth_user_grant_role {
+        parts.push(format!(
+            "auth_user_grant_role user={:?} role={:?}",
+            g.user, g.role
+        ));
+    }
+    if let Some(g) = &r.auth_user_revoke_role {
+        parts.push(format!(
+            "auth_user_revoke_role name={:?} role={:?}",
+            g.name, g.role
+        ));
+    }
+    if let Some(g) = &r.auth_role_add {
+        parts.push(format!("auth_role_add name={:?}", g.name));
+    }
+    if let Some(g) = &r.auth_role_delete {
+        parts.push(format!("auth_role_delete role={:?}", g.role));
+    }
+    if let Some(g) = &r.auth_role_grant_permission {
+        let perm = g.perm.as_ref().map_or("none".to_string(), |p| {
+            format!(
+                "type={} key={} range_end={}",
+                p.perm_type,
+                quoted(&p.key),
+                quoted(&p.range_end)
+            )
+        });
+        parts.push(format!(
+            "auth_role_grant_permission name={:?} {perm}",
+            g.name
+        ));
+    }
+    if let Some(g) = &r.auth_role_revoke_permission {
+        parts.push(format!(
+            "auth_role_revoke_permission role={:?} key={} range_end={}",
+            g.role,
+            quoted(&g.key),
+            quoted(&g.range_end)
+        ));
+    }
+    parts
 }
 
 fn put_simple(p: &PbPutRequest) -> String {
@@ -372,7 +459,37 @@ pub fn request_json(r: &InternalRequest) -> Value {
             .collect();
         ops.push(json!({"op": "lease_checkpoint", "checkpoints": items}));
     }
+    for text in auth_simple(r) {
+        let op = text.split(' ').next().unwrap_or_default().to_string();
+        ops.push(json!({"op": op, "request": text}));
+    }
     json!({"id": r.id, "ops": ops})
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+    use corekv_engine::pb::PbAuthUserAddRequest;
+    use corekv_engine::request::{AuthCommand, Command};
+
+    #[test]
+    fn auth_requests_are_described_without_their_password_hash() {
+        let add = PbAuthUserAddRequest {
+            name: "alice".into(),
+            hashed_password: "$2b$10$secret-hash".into(),
+            ..Default::default()
+        };
+        let r = InternalRequest::new(4, Command::Auth(AuthCommand::UserAdd(add)));
+        assert_eq!(request_simple(&r), r#"auth_user_add name="alice""#);
+        assert_eq!(request_kind(&r), ("auth_user_add", 1));
+        let json = request_json(&r).to_string();
+        assert!(
+            json.contains("auth_user_add") && !json.contains("secret-hash"),
+            "{json}"
+        );
+        let enable = InternalRequest::new(5, Command::Auth(AuthCommand::Enable));
+        assert_eq!(request_simple(&enable), "auth_enable");
+    }
 }
 
 #[cfg(test)]

@@ -22,10 +22,12 @@ mod tests;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::btree::{self, ReadTxn, PAGE_SIZE};
+use crate::mvcc::auth::AuthState;
 use crate::mvcc::{
     resolve_hash_revision, ChangeSet, Hasher, KeyValue, KvHash, KvRef, Restorer, Store,
 };
@@ -151,6 +153,7 @@ impl Backend {
             membership.restore_removed(id);
         }
         r.membership(membership);
+        r.auth(load_auth(&snap)?);
         let leases = prefix_range(&snap, layout::LEASE_PREFIX);
         for entry in leases {
             let (k, v) = entry?;
@@ -242,6 +245,9 @@ fn write_changes(w: &mut btree::WriteTxn<'_>, changes: &ChangeSet) -> Result<(),
     if let Some(ms) = changes.membership() {
         write_membership(w, ms)?;
     }
+    if let Some(auth) = changes.auth() {
+        write_auth(w, auth)?;
+    }
     if let Some(alarms) = changes.alarms() {
         let (start, end) = ([layout::ALARM_PREFIX], [layout::ALARM_PREFIX + 1]);
         let stored: Vec<Vec<u8>> = w
@@ -287,6 +293,50 @@ fn remove_prefix(w: &mut btree::WriteTxn<'_>, prefix: u8) -> Result<(), BackendE
         w.remove(&k)?;
     }
     Ok(())
+}
+
+/// Replaces the stored users, roles and auth meta with `auth` (auth changes are rare and
+/// small: rewriting them whole keeps one rule for every kind of change).
+fn write_auth(w: &mut btree::WriteTxn<'_>, auth: &AuthState) -> Result<(), BackendError> {
+    for prefix in [layout::USER_PREFIX, layout::ROLE_PREFIX] {
+        let (start, end) = ([prefix], [prefix + 1]);
+        let stored: Vec<Vec<u8>> = w
+            .range(Bound::Included(&start[..]), Bound::Excluded(&end[..]))
+            .map(|entry| entry.map(|(k, _)| k.to_vec()))
+            .collect::<Result<_, _>>()?;
+        for k in stored {
+            w.remove(&k)?;
+        }
+    }
+    for user in auth.users.values() {
+        w.insert(&layout::user_key(&user.name), &layout::encode_user(user))?;
+    }
+    for role in auth.roles.values() {
+        w.insert(&layout::role_key(&role.name), &layout::encode_role(role))?;
+    }
+    w.insert(layout::AUTH_META_KEY, &layout::encode_auth_meta(auth))?;
+    Ok(())
+}
+
+/// The stored auth state; a store that never had an auth change holds the fresh one.
+fn load_auth(snap: &ReadTxn) -> Result<AuthState, BackendError> {
+    let mut auth = AuthState::default();
+    if let Some(v) = snap.get(layout::AUTH_META_KEY)? {
+        let (enabled, revision) = layout::decode_auth_meta(v).map_err(BackendError::Corrupt)?;
+        auth.enabled = enabled;
+        auth.revision = revision;
+    }
+    for entry in prefix_range(snap, layout::USER_PREFIX) {
+        let (k, v) = entry?;
+        let user = layout::decode_user(k, v).map_err(BackendError::Corrupt)?;
+        auth.users.insert(user.name.clone(), Arc::new(user));
+    }
+    for entry in prefix_range(snap, layout::ROLE_PREFIX) {
+        let (k, v) = entry?;
+        let role = layout::decode_role(k, v).map_err(BackendError::Corrupt)?;
+        auth.roles.insert(role.name.clone(), Arc::new(role));
+    }
+    Ok(auth)
 }
 
 /// Every entry whose key starts with `prefix`.

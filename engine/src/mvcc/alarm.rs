@@ -150,7 +150,8 @@ pub(super) fn refusal(state: &State, command: &Command) -> Option<KvError> {
             | Command::Alarm(_)
             | Command::MemberAttributes(_)
             | Command::MemberUpdate(_)
-            | Command::MemberConf(_) => {}
+            | Command::MemberConf(_)
+            | Command::Auth(_) => {}
         }
     }
     if is_raised(state, ALARM_NOSPACE) {

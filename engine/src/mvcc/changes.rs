@@ -64,6 +64,8 @@ pub struct ChangeSet {
     alarms: Option<Vec<(i32, u64)>>,
     /// The whole membership if a command changed it; `None` if untouched.
     membership: Option<Arc<crate::membership::Membership>>,
+    /// The whole auth state if an auth command changed it; `None` if untouched.
+    auth: Option<super::auth::AuthState>,
 }
 
 impl std::fmt::Debug for ChangeSet {
@@ -74,6 +76,7 @@ impl std::fmt::Debug for ChangeSet {
             .field("leases", &self.leases.len())
             .field("position", &self.position)
             .field("alarms", &self.alarms)
+            .field("auth", &self.auth.is_some())
             .finish()
     }
 }
@@ -87,6 +90,7 @@ impl ChangeSet {
             + self.leases.len()
             + usize::from(self.alarms.is_some())
             + usize::from(self.membership.is_some())
+            + usize::from(self.auth.is_some())
     }
 
     /// True if nothing changed (the set may still move the revision: commit it anyway to
@@ -128,6 +132,9 @@ impl ChangeSet {
         if later.membership.is_some() {
             self.membership = later.membership;
         }
+        if later.auth.is_some() {
+            self.auth = later.auth;
+        }
     }
 
     /// The records written, in revision order.
@@ -163,6 +170,15 @@ impl ChangeSet {
 
     pub(super) fn note_membership(&mut self, membership: Arc<crate::membership::Membership>) {
         self.membership = Some(membership);
+    }
+
+    /// The whole auth state if this set changed it (`None`: the stored auth state stays).
+    pub fn auth(&self) -> Option<&super::auth::AuthState> {
+        self.auth.as_ref()
+    }
+
+    pub(super) fn note_auth(&mut self, auth: super::auth::AuthState) {
+        self.auth = Some(auth);
     }
 
     pub(super) fn note_alarms(&mut self, alarms: Vec<(i32, u64)>) {

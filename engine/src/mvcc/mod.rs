@@ -17,6 +17,7 @@
 //! included (see the submodules), because clients and tests compare us with real etcd.
 
 pub mod alarm;
+pub mod auth;
 mod changes;
 mod compact;
 mod compare;
@@ -73,6 +74,8 @@ pub struct Store {
     changes: ChangeSet,
     /// Whether `apply` records changes (on unless switched off).
     tracking: bool,
+    /// The auth state as applied, for the network layer's permission checks.
+    auth_shared: std::sync::Arc<auth::AuthShared>,
 }
 
 /// The outcome of one applied command.
@@ -101,6 +104,9 @@ pub enum CommandResponse {
     Alarm(pb::PbAlarmResponse),
     /// A membership change or update: the members after it.
     Members(Vec<crate::membership::Member>),
+    /// An auth change: the header carries the revision; the network layer builds the
+    /// method's response message.
+    Auth(Option<pb::PbResponseHeader>),
 }
 
 /// A lease as a [`ReadView`] shows it.
@@ -159,14 +165,44 @@ impl Store {
     }
 
     fn from_state(state: State) -> Store {
+        let auth_shared = std::sync::Arc::new(auth::AuthShared::default());
+        auth_shared.publish(&state.auth);
         Store {
             state,
             changes: ChangeSet::default(),
             tracking: true,
+            auth_shared,
         }
     }
 
-    /// Applies one committed write atomically: on `Err` nothing changed.
+    /// The applied auth state, kept current by every auth change this store applies:
+    /// hand it to the network layer before the store goes to its writer.
+    pub fn auth_shared(&self) -> std::sync::Arc<auth::AuthShared> {
+        self.auth_shared.clone()
+    }
+
+    /// Applies a client's committed write atomically, after etcd's auth checks against the
+    /// state it applies to (`header` from the log entry; see
+    /// [`crate::request::InternalRequest::auth_header`]). A refused command changes nothing
+    /// and fails with etcd's error ("permission denied", "user name is empty", ...).
+    /// Without a header the command is the server's own and is applied unchecked.
+    pub fn apply_as(
+        &mut self,
+        command: &Command,
+        header: Option<&crate::request::AuthHeader>,
+    ) -> Result<Applied, KvError> {
+        if let Some(header) = header {
+            let caller = (!header.username.is_empty()).then(|| auth::AuthInfo {
+                username: header.username.clone(),
+                revision: header.revision,
+            });
+            auth::check_command(&self.state, caller.as_ref(), command)?;
+        }
+        self.apply(command)
+    }
+
+    /// Applies one committed write atomically: on `Err` nothing changed. No auth check:
+    /// for the server's own requests and stores without auth (see [`Store::apply_as`]).
     pub fn apply(&mut self, command: &Command) -> Result<Applied, KvError> {
         // An active alarm refuses some writes outright (etcd's capped / corrupt appliers).
         if let Some(err) = alarm::refusal(&self.state, command) {
@@ -216,12 +252,23 @@ impl Store {
                 CommandResponse::Members(apply_membership(&mut work, command)?),
                 Vec::new(),
             ),
+            Command::Auth(a) => {
+                work.auth.apply(a)?;
+                (CommandResponse::Auth(header(work.revision)), Vec::new())
+            }
         };
         let before = self.state.revision;
         let alarms_changed =
             matches!(command, Command::Alarm(_)) && work.alarms != self.state.alarms;
         let members_changed = !Arc::ptr_eq(&work.membership, &self.state.membership);
+        let auth_changed = matches!(command, Command::Auth(_)) && work.auth != self.state.auth;
         self.state = work;
+        if auth_changed {
+            self.auth_shared.publish(&self.state.auth);
+            if self.tracking {
+                self.changes.note_auth(self.state.auth.clone());
+            }
+        }
         if self.tracking {
             self.track(command, before, removed);
             if alarms_changed {
@@ -469,6 +516,11 @@ impl ReadView {
     /// The cluster's members as of this view.
     pub fn membership(&self) -> &crate::membership::Membership {
         &self.state.membership
+    }
+
+    /// Users, roles, permissions and the auth switch in this snapshot.
+    pub fn auth(&self) -> &auth::AuthState {
+        &self.state.auth
     }
 
     /// The active alarms as `(member ID, alarm type)`, ordered by type then member.

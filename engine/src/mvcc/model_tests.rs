@@ -344,8 +344,9 @@ impl Model {
             | Command::Alarm(_)
             | Command::MemberAttributes(_)
             | Command::MemberUpdate(_)
-            | Command::MemberConf(_) => {
-                unreachable!("the model generates no lease, alarm or membership commands")
+            | Command::MemberConf(_)
+            | Command::Auth(_) => {
+                unreachable!("the model generates no lease, alarm, membership or auth commands")
             }
         };
         self.revision = ctx.current();

@@ -73,6 +73,11 @@ impl Restorer {
         self.state.membership = std::sync::Arc::new(membership);
     }
 
+    /// Sets the auth state (users, roles, switch, auth revision).
+    pub fn auth(&mut self, auth: super::auth::AuthState) {
+        self.state.auth = auth;
+    }
+
     /// Adds an active alarm (`alarm` type raised by member `member_id`).
     pub fn alarm(&mut self, member_id: u64, alarm: i32) {
         self.state.alarms.insert((alarm, member_id));

@@ -42,6 +42,8 @@ pub(super) struct State {
     pub alarms: imbl::OrdSet<(i32, u64)>,
     /// The cluster's members (shared: it changes rarely, and the state is cloned per apply).
     pub membership: Arc<crate::membership::Membership>,
+    /// Users, roles, permissions and the auth switch (see `auth.rs`).
+    pub auth: super::auth::AuthState,
 }
 
 /// A granted lease as the replicated state holds it. Cloning is O(1) (the key set is shared).
@@ -135,6 +137,7 @@ impl State {
             leases: OrdMap::new(),
             alarms: imbl::OrdSet::new(),
             membership: Arc::default(),
+            auth: super::auth::AuthState::default(),
         }
     }
 

@@ -156,6 +156,7 @@ fn rev_of(resp: &CommandResponse) -> i64 {
         CommandResponse::LeaseCheckpoint(h) => *h,
         CommandResponse::Alarm(r) => r.header,
         CommandResponse::Members(_) => panic!("membership commands carry no revision"),
+        CommandResponse::Auth(h) => *h,
     };
     h.expect("header").revision
 }

@@ -66,12 +66,22 @@ fn check_urls(urls: &[String]) -> Result<(), Status> {
     }
 }
 
+impl ClusterService {
+    /// etcd's `checkMembershipOperationPermission`: membership changes are root's.
+    fn admin_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let auth = &self.shard.cluster.auth;
+        let caller = auth.caller_of(request).map_err(super::to_status)?;
+        auth.check_admin(&caller).map_err(super::to_status)
+    }
+}
+
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
     async fn member_add(
         &self,
         request: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
+        self.admin_only(&request)?;
         let timer = Timer::start(Method::MemberAdd);
         let result = async {
             let r = request.into_inner();
@@ -104,6 +114,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        self.admin_only(&request)?;
         let timer = Timer::start(Method::MemberRemove);
         let result = async {
             let id = request.into_inner().id;
@@ -125,6 +136,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        self.admin_only(&request)?;
         let timer = Timer::start(Method::MemberUpdate);
         let result = async {
             let r = request.into_inner();
@@ -168,6 +180,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        self.admin_only(&request)?;
         let timer = Timer::start(Method::MemberPromote);
         let result = async {
             let id = request.into_inner().id;

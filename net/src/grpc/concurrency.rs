@@ -16,7 +16,7 @@ use corekv_engine::KvError;
 use tonic::Status;
 
 use super::fill_header;
-use crate::shard_api::{ReadOp, ReadResult, ShardClient};
+use crate::shard_api::{ReadOp, ReadResult, Reply, ShardClient};
 
 /// TTL of the lease etcd's server grants for a request that names no lease (lease 0):
 /// clientv3/concurrency's default session TTL.
@@ -150,6 +150,26 @@ pub(crate) fn range_kvs(op: Option<&PbResponseOp>) -> &[PbKeyValue] {
     }
 }
 
+/// The caller's permissions for a Lock or Election call, checked as etcd checks the KV
+/// requests its embedded client makes on the caller's behalf: read on each of `reads`
+/// (key, range_end) and write on each of `writes`. Errors keep their gRPC code
+/// (PermissionDenied), as etcd's do.
+pub(crate) fn authorize(
+    shard: &ShardClient,
+    caller: &Result<crate::auth::Caller, KvError>,
+    reads: &[(&[u8], &[u8])],
+    writes: &[&[u8]],
+) -> Result<(), Status> {
+    let auth = &shard.cluster.auth;
+    let caller = caller.as_ref().map_err(|e| super::to_status(e.clone()))?;
+    for (key, range_end) in reads {
+        auth.check_range(caller, key, range_end)
+            .map_err(super::to_status)?;
+    }
+    auth.check_keys_writable(caller, writes.iter().copied())
+        .map_err(super::to_status)
+}
+
 /// etcd's Lock and Election servers reach the store through an embedded clientv3, which
 /// turns every etcdserver error into a plain error value: gRPC then sends it as code
 /// Unknown with etcd's text (e.g. "etcdserver: requested lease not found").
@@ -166,12 +186,29 @@ fn mismatch() -> Status {
 #[derive(Clone)]
 pub(crate) struct Store {
     pub shard: ShardClient,
+    /// The client the writes are made for, re-checked when they are applied (etcd's
+    /// embedded client carries the caller's token); `None` for the server's own.
+    pub caller: Option<crate::auth::Caller>,
 }
 
 impl Store {
+    /// The store for one client call, whose writes are applied as `caller`.
+    pub(crate) fn for_caller(&self, caller: &Result<crate::auth::Caller, KvError>) -> Store {
+        Store {
+            shard: self.shard.clone(),
+            caller: caller.as_ref().ok().cloned(),
+        }
+    }
+
+    async fn write(&self, command: Command) -> Result<Reply<CommandResponse>, KvError> {
+        match &self.caller {
+            Some(caller) => self.shard.write_as(command, caller).await,
+            None => self.shard.write(command).await,
+        }
+    }
+
     pub(crate) async fn txn(&self, request: PbTxnRequest) -> Result<PbTxnResponse, Status> {
         let reply = self
-            .shard
             .write(Command::Txn(request))
             .await
             .map_err(client_error)?;
@@ -202,7 +239,6 @@ impl Store {
             ..Default::default()
         };
         let reply = self
-            .shard
             .write(Command::DeleteRange(request))
             .await
             .map_err(client_error)?;

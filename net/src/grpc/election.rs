@@ -17,8 +17,8 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::concurrency::{
-    contenders_prefix, created_at, delete_op, first_created, get_op, prefix_end, put_op, range_kvs,
-    session_key, KeyWatch, Store, Undo, Watched,
+    authorize, contenders_prefix, created_at, delete_op, first_created, get_op, prefix_end, put_op,
+    range_kvs, session_key, KeyWatch, Store, Undo, Watched,
 };
 use super::v3pb::{
     self, CampaignRequest, CampaignResponse, HttpFuture, LeaderKey, LeaderRequest, LeaderResponse,
@@ -59,7 +59,10 @@ impl ElectionServer {
     pub(crate) fn new(shard: ShardClient, limits: Limits) -> ElectionServer {
         ElectionServer {
             service: Arc::new(ElectionService {
-                store: Store { shard },
+                store: Store {
+                    shard,
+                    caller: None,
+                },
             }),
             limits,
         }
@@ -80,31 +83,57 @@ impl tower::Service<http::Request<Body>> for ElectionServer {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> HttpFuture {
-        let s = self.service.clone();
         let limits = self.limits;
+        let caller = self
+            .service
+            .store
+            .shard
+            .cluster
+            .auth
+            .caller(req.headers(), req.extensions());
+        let s = Arc::new(ElectionService {
+            store: self.service.store.for_caller(&caller),
+        });
+        // The keys each call reads and writes, checked as etcd checks its embedded
+        // client's requests (Campaign's own key is known only once its lease is).
+        let contenders = |name: &[u8]| {
+            let prefix = contenders_prefix(name);
+            let end = prefix_end(&prefix);
+            (prefix, end)
+        };
         match req.uri().path() {
             "/v3electionpb.Election/Campaign" => {
                 v3pb::unary(req, limits, move |r: CampaignRequest| async move {
-                    s.campaign(r).await
+                    let (prefix, end) = contenders(&r.name);
+                    authorize(&s.store.shard, &caller, &[(&prefix, &end)], &[])?;
+                    s.campaign(r, caller).await
                 })
             }
             "/v3electionpb.Election/Proclaim" => {
                 v3pb::unary(req, limits, move |r: ProclaimRequest| async move {
+                    let key = r.leader.as_ref().map(|l| l.key.clone()).unwrap_or_default();
+                    authorize(&s.store.shard, &caller, &[(&key, &[])], &[&key])?;
                     s.proclaim(r).await
                 })
             }
             "/v3electionpb.Election/Leader" => {
                 v3pb::unary(req, limits, move |r: LeaderRequest| async move {
+                    let (prefix, end) = contenders(&r.name);
+                    authorize(&s.store.shard, &caller, &[(&prefix, &end)], &[])?;
                     s.leader(r).await
                 })
             }
             "/v3electionpb.Election/Observe" => {
                 v3pb::server_streaming(req, limits, move |r: LeaderRequest| async move {
+                    let (prefix, end) = contenders(&r.name);
+                    authorize(&s.store.shard, &caller, &[(&prefix, &end)], &[])?;
                     Ok(s.observe(r))
                 })
             }
             "/v3electionpb.Election/Resign" => {
                 v3pb::unary(req, limits, move |r: ResignRequest| async move {
+                    let key = r.leader.as_ref().map(|l| l.key.clone()).unwrap_or_default();
+                    authorize(&s.store.shard, &caller, &[(&key, &[])], &[&key])?;
                     s.resign(r).await
                 })
             }
@@ -129,10 +158,15 @@ fn resign_txn(key: &[u8], rev: i64) -> PbTxnRequest {
 impl ElectionService {
     /// Election.Campaign: put the candidate's key (or find the one this lease already has,
     /// proclaiming the new value on it), then wait until every older candidate is gone.
-    async fn campaign(&self, req: CampaignRequest) -> Result<CampaignResponse, Status> {
+    async fn campaign(
+        &self,
+        req: CampaignRequest,
+        caller: Result<crate::auth::Caller, corekv_engine::KvError>,
+    ) -> Result<CampaignResponse, Status> {
         let lease = self.store.session_lease(req.lease).await?;
         let prefix = contenders_prefix(&req.name);
         let key = session_key(&prefix, lease);
+        authorize(&self.store.shard, &caller, &[], &[&key])?;
         let claim = PbTxnRequest {
             compare: vec![created_at(&key, 0)],
             success: vec![put_op(&key, &req.value, lease)],

@@ -11,7 +11,7 @@ use prost::Message;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::{fill_header, to_status, unimplemented, Timer};
+use super::{check_lease_keys, fill_header, to_status, txn_put_leases, unimplemented, Timer};
 use crate::metrics::Method;
 use crate::shard_api::{ReadOp, ReadResult, ShardClient};
 
@@ -35,6 +35,20 @@ impl KvService {
         let reply = self.shard.write(command).await.map_err(to_status)?;
         Ok((reply.body, reply.raft_term))
     }
+
+    /// A client's write, re-checked for `caller` when it is applied.
+    async fn write_as(
+        &self,
+        command: Command,
+        caller: &crate::auth::Caller,
+    ) -> Result<(CommandResponse, u64), Status> {
+        let reply = self
+            .shard
+            .write_as(command, caller)
+            .await
+            .map_err(to_status)?;
+        Ok((reply.body, reply.raft_term))
+    }
 }
 
 fn mismatch() -> Status {
@@ -51,8 +65,15 @@ impl PbKvService for KvService {
     ) -> Result<Response<PbRangeResponse>, Status> {
         let timer = Timer::start(Method::Range);
         let result = async {
+            let caller = self.shard.cluster.auth.caller_of(&request);
             let req = request.into_inner();
             validate::check_range(&req).map_err(to_status)?;
+            let caller = caller.map_err(to_status)?;
+            self.shard
+                .cluster
+                .auth
+                .check_range(&caller, &req.key, &req.range_end)
+                .map_err(to_status)?;
             let serializable = req.serializable;
             let reply = self
                 .shard
@@ -84,6 +105,7 @@ impl PbKvService for KvService {
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         let timer = Timer::start(Method::Put);
         let result = async {
+            let caller = self.shard.cluster.auth.caller_of(&request);
             let req = request.into_inner();
             // etcd's quotaKVServer runs before the request is validated.
             self.shard
@@ -92,7 +114,13 @@ impl PbKvService for KvService {
                 .map_err(to_status)?;
             validate::check_put(&req).map_err(to_status)?;
             self.check_size(req.encoded_len())?;
-            match self.write(Command::Put(req)).await? {
+            let caller = caller.map_err(to_status)?;
+            let auth = &self.shard.cluster.auth;
+            auth.check_put(&caller, &req).map_err(to_status)?;
+            check_lease_keys(&self.shard, &caller, req.lease)
+                .await
+                .map_err(to_status)?;
+            match self.write_as(Command::Put(req), &caller).await? {
                 (CommandResponse::Put(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))
@@ -110,10 +138,17 @@ impl PbKvService for KvService {
     ) -> Result<Response<PbDeleteResponse>, Status> {
         let timer = Timer::start(Method::DeleteRange);
         let result = async {
+            let caller = self.shard.cluster.auth.caller_of(&request);
             let req = request.into_inner();
             validate::check_delete(&req).map_err(to_status)?;
             self.check_size(req.encoded_len())?;
-            match self.write(Command::DeleteRange(req)).await? {
+            let caller = caller.map_err(to_status)?;
+            self.shard
+                .cluster
+                .auth
+                .check_delete(&caller, &req)
+                .map_err(to_status)?;
+            match self.write_as(Command::DeleteRange(req), &caller).await? {
                 (CommandResponse::DeleteRange(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))
@@ -128,6 +163,7 @@ impl PbKvService for KvService {
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
         let timer = Timer::start(Method::Txn);
         let result = async {
+            let caller = self.shard.cluster.auth.caller_of(&request);
             let req = request.into_inner();
             self.shard
                 .check_quota(alarm::txn_cost(&req))
@@ -135,6 +171,19 @@ impl PbKvService for KvService {
                 .map_err(to_status)?;
             validate::check_txn(&req, self.shard.cluster.max_txn_ops).map_err(to_status)?;
             self.check_size(req.encoded_len())?;
+            let caller = caller.map_err(to_status)?;
+            self.shard
+                .cluster
+                .auth
+                .check_txn(&caller, &req)
+                .map_err(to_status)?;
+            let mut leases = Vec::new();
+            txn_put_leases(&req, &mut leases);
+            for lease in leases {
+                check_lease_keys(&self.shard, &caller, lease)
+                    .await
+                    .map_err(to_status)?;
+            }
             if validate::is_read_only(&req) {
                 // As etcd: a txn that only reads is served from a view, not the log.
                 let serializable = validate::is_serializable(&req);
@@ -151,7 +200,7 @@ impl PbKvService for KvService {
                     ReadResult::Range(_) => Err(mismatch()),
                 };
             }
-            match self.write(Command::Txn(req)).await? {
+            match self.write_as(Command::Txn(req), &caller).await? {
                 (CommandResponse::Txn(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))
@@ -169,6 +218,12 @@ impl PbKvService for KvService {
     ) -> Result<Response<PbCompactionResponse>, Status> {
         let timer = Timer::start(Method::Compact);
         let result = async {
+            // etcd checks no permission for a compaction, but a bad token still fails it.
+            self.shard
+                .cluster
+                .auth
+                .caller_of(&request)
+                .map_err(to_status)?;
             let req = request.into_inner();
             match self.write(Command::Compact(req)).await? {
                 (CommandResponse::Compact(mut resp), term) => {

@@ -67,6 +67,12 @@ impl PbLeaseService for LeaseService {
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
         let timer = Timer::start(Method::LeaseGrant);
         let result = async {
+            // No permission is needed to grant, but a bad token still fails it (etcd).
+            self.shard
+                .cluster
+                .auth
+                .caller_of(&request)
+                .map_err(to_status)?;
             self.shard
                 .check_quota(corekv_engine::mvcc::alarm::lease_grant_cost())
                 .await
@@ -92,10 +98,23 @@ impl PbLeaseService for LeaseService {
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
         let timer = Timer::start(Method::LeaseRevoke);
         let result = async {
-            match self
-                .write(Command::LeaseRevoke(request.into_inner()))
-                .await?
-            {
+            // etcd: revoking deletes the lease's keys, so it needs write on each of them.
+            let caller = self
+                .shard
+                .cluster
+                .auth
+                .caller_of(&request)
+                .map_err(to_status)?;
+            let req = request.into_inner();
+            super::check_lease_keys(&self.shard, &caller, req.id)
+                .await
+                .map_err(to_status)?;
+            let reply = self
+                .shard
+                .write_as(Command::LeaseRevoke(req), &caller)
+                .await
+                .map_err(to_status)?;
+            match (reply.body, reply.raft_term) {
                 (CommandResponse::LeaseRevoke(mut resp), term) => {
                     fill_header(&mut resp.header, &self.shard.cluster, 0, term);
                     Ok(Response::new(resp))

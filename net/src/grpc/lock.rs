@@ -14,8 +14,12 @@ use tonic::body::Body;
 use tonic::Status;
 
 use super::concurrency::{
-    contenders_prefix, created_at, get_op, owner_op, put_op, range_kvs, session_key, Store, Undo,
+    authorize, contenders_prefix, created_at, get_op, owner_op, prefix_end, put_op, range_kvs,
+    session_key, Store, Undo,
 };
+
+/// The caller of a call, or why its token did not verify.
+type Caller = Result<crate::auth::Caller, corekv_engine::KvError>;
 use super::v3pb::{
     self, HttpFuture, Limits, LockRequest, LockResponse, UnlockRequest, UnlockResponse,
 };
@@ -32,7 +36,10 @@ impl LockServer {
     pub(crate) fn new(shard: ShardClient, limits: Limits) -> LockServer {
         LockServer {
             service: Arc::new(LockService {
-                store: Store { shard },
+                store: Store {
+                    shard,
+                    caller: None,
+                },
             }),
             limits,
         }
@@ -53,15 +60,25 @@ impl tower::Service<http::Request<Body>> for LockServer {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> HttpFuture {
-        let service = self.service.clone();
+        let caller = self
+            .service
+            .store
+            .shard
+            .cluster
+            .auth
+            .caller(req.headers(), req.extensions());
+        let service = Arc::new(LockService {
+            store: self.service.store.for_caller(&caller),
+        });
         match req.uri().path() {
             "/v3lockpb.Lock/Lock" => {
                 v3pb::unary(req, self.limits, move |r: LockRequest| async move {
-                    service.lock(r).await
+                    service.lock(r, caller).await
                 })
             }
             "/v3lockpb.Lock/Unlock" => {
                 v3pb::unary(req, self.limits, move |r: UnlockRequest| async move {
+                    authorize(&service.store.shard, &caller, &[], &[&r.key])?;
                     service.unlock(r).await
                 })
             }
@@ -77,10 +94,19 @@ struct LockService {
 impl LockService {
     /// Mutex.Lock: claim `name/<lease>` (or find the claim this lease already has), then
     /// wait for every older claim to go.
-    async fn lock(&self, req: LockRequest) -> Result<LockResponse, Status> {
-        let lease = self.store.session_lease(req.lease).await?;
+    async fn lock(&self, req: LockRequest, caller: Caller) -> Result<LockResponse, Status> {
         let prefix = contenders_prefix(&req.name);
+        let contenders = (prefix.as_slice(), prefix_end(&prefix));
+        // Read on the contenders before anything is written (a session lease included).
+        authorize(
+            &self.store.shard,
+            &caller,
+            &[(contenders.0, &contenders.1)],
+            &[],
+        )?;
+        let lease = self.store.session_lease(req.lease).await?;
         let key = session_key(&prefix, lease);
+        authorize(&self.store.shard, &caller, &[], &[&key])?;
         let claim = PbTxnRequest {
             compare: vec![created_at(&key, 0)],
             success: vec![put_op(&key, b"", lease), owner_op(&prefix)],

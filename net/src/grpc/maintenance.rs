@@ -39,6 +39,15 @@ impl MaintenanceService {
     }
 }
 
+impl MaintenanceService {
+    /// etcd 3.4's `authMaintenanceServer`: root only, with the auth package's texts.
+    fn admin_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let auth = &self.shard.cluster.auth;
+        auth.check_maintenance_admin(auth.caller_of(request))
+            .map_err(to_status)
+    }
+}
+
 /// etcd's Status `errors`: no leader, then every alarm as `AlarmMember.String()`.
 pub(crate) fn status_errors(leader: u64, alarms: &[(u64, i32)]) -> Vec<String> {
     let mut errors = Vec::new();
@@ -112,10 +121,11 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<PbDefragmentRequest>,
+        request: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
         let timer = Timer::start(Method::Defragment);
         let result = async {
+            self.admin_only(&request)?;
             // The store writer logs the sizes before and after.
             self.shard.defragment().await.map_err(to_status)?;
             // etcd answers an empty response, without a header.
@@ -125,9 +135,13 @@ impl PbMaintenanceService for MaintenanceService {
         timer.finish(result)
     }
 
-    async fn hash(&self, _: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+    async fn hash(
+        &self,
+        request: Request<PbHashRequest>,
+    ) -> Result<Response<PbHashResponse>, Status> {
         let timer = Timer::start(Method::Hash);
         let result = async {
+            self.admin_only(&request)?;
             let h = self.shard.store_hash().await.map_err(to_status)?;
             let term = self.shard.status().await.map_err(to_status)?.raft_term;
             let mut resp = PbHashResponse {
@@ -147,6 +161,7 @@ impl PbMaintenanceService for MaintenanceService {
     ) -> Result<Response<PbHashKvResponse>, Status> {
         let timer = Timer::start(Method::HashKv);
         let result = async {
+            self.admin_only(&request)?;
             let revision = request.into_inner().revision;
             let view = self.shard.view().await.map_err(to_status)?;
             let term = view.raft_term;
@@ -172,10 +187,11 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _: Request<PbSnapshotRequest>,
+        request: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let timer = Timer::start(Method::Snapshot);
         let result = async {
+            self.admin_only(&request)?;
             let image = self.shard.snapshot().await.map_err(to_status)?;
             log::info!(
                 "sending a snapshot of {} bytes at revision {}",
@@ -200,6 +216,7 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        self.admin_only(&request)?;
         let timer = Timer::start(Method::MoveLeader);
         let result = async {
             let target = request.into_inner().target_id;

@@ -1,5 +1,6 @@
 //! etcd's gRPC services, served at etcd's method paths with etcd's error codes and texts.
 
+mod auth;
 mod cluster;
 mod concurrency;
 mod election;
@@ -46,6 +47,7 @@ pub fn routes(shard: ShardClient) -> Routes {
     };
     let lock = lock::LockServer::new(shard.clone(), limits);
     let election = election::ElectionServer::new(shard.clone(), limits);
+    let auth = auth::AuthServer::new(shard.clone(), limits);
     let cluster = PbClusterServer::new(cluster::ClusterService::new(shard))
         .max_decoding_message_size(decode_max);
     Routes::new(kv)
@@ -55,6 +57,7 @@ pub fn routes(shard: ShardClient) -> Routes {
         .add_service(lease)
         .add_service(lock)
         .add_service(election)
+        .add_service(auth)
 }
 
 /// [`routes`] as an axum router, with KV.Range on its own exact route (`range.rs`: the
@@ -83,6 +86,9 @@ pub(crate) fn to_status(err: KvError) -> tonic::Status {
         StatusCode::Unavailable => tonic::Code::Unavailable,
         StatusCode::Internal => tonic::Code::Internal,
         StatusCode::DataLoss => tonic::Code::DataLoss,
+        StatusCode::PermissionDenied => tonic::Code::PermissionDenied,
+        StatusCode::Unauthenticated => tonic::Code::Unauthenticated,
+        StatusCode::Unknown => tonic::Code::Unknown,
     };
     tonic::Status::new(code, err.message().to_string())
 }
@@ -119,6 +125,39 @@ impl Timer {
     pub(crate) fn finish<T>(self, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
         metrics::global().record(self.method, result.is_ok(), self.started.elapsed());
         result
+    }
+}
+
+/// etcd's `checkLeasePuts` for a request attaching a key to `lease`, or revoking it: the
+/// caller must be able to write every key already attached. Only reads the lease's keys
+/// while auth is enabled.
+pub(crate) async fn check_lease_keys(
+    shard: &ShardClient,
+    caller: &crate::auth::Caller,
+    lease: i64,
+) -> Result<(), KvError> {
+    if lease == 0 || !shard.cluster.auth.enabled() {
+        return Ok(());
+    }
+    let view = shard.view().await?.body;
+    let Some(info) = view.lease(lease) else {
+        return Ok(());
+    };
+    shard
+        .cluster
+        .auth
+        .check_keys_writable(caller, info.keys.iter().map(|k| k.as_ref()))
+}
+
+/// The leases a txn's puts attach keys to (every branch, nested txns included).
+pub(crate) fn txn_put_leases(r: &corekv_engine::pb::PbTxnRequest, out: &mut Vec<i64>) {
+    use corekv_engine::pb::PbTxnOpRequest;
+    for op in r.success.iter().chain(&r.failure) {
+        match &op.request {
+            Some(PbTxnOpRequest::RequestPut(p)) if p.lease != 0 => out.push(p.lease),
+            Some(PbTxnOpRequest::RequestTxn(nested)) => txn_put_leases(nested, out),
+            _ => {}
+        }
     }
 }
 

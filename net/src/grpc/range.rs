@@ -130,7 +130,10 @@ impl tower::Service<Request<PbRangeRequest>> for RangeHandler {
         let shard = self.shard.clone();
         Box::pin(async move {
             let timer = Timer::start(Method::Range);
-            let result = range(&shard, request.into_inner()).await.map(Response::new);
+            let caller = shard.cluster.auth.caller_of(&request);
+            let result = range(&shard, caller, request.into_inner())
+                .await
+                .map(Response::new);
             timer.finish(result)
         })
     }
@@ -138,8 +141,19 @@ impl tower::Service<Request<PbRangeRequest>> for RangeHandler {
 
 /// etcd's Range: checked as etcd's gRPC layer checks it, read by the shard (after a read
 /// index unless serializable), answered with this member's header.
-async fn range(shard: &ShardClient, req: PbRangeRequest) -> Result<RangeReply, Status> {
+async fn range(
+    shard: &ShardClient,
+    caller: Result<crate::auth::Caller, corekv_engine::KvError>,
+    req: PbRangeRequest,
+) -> Result<RangeReply, Status> {
     validate::check_range(&req).map_err(to_status)?;
+    // etcd checks the caller after the request and before reading.
+    let caller = caller.map_err(to_status)?;
+    shard
+        .cluster
+        .auth
+        .check_range(&caller, &req.key, &req.range_end)
+        .map_err(to_status)?;
     let serializable = req.serializable;
     let reply = shard
         .read(ReadOp::Range(req), serializable)
@@ -221,6 +235,7 @@ mod tests {
             max_txn_ops: 128,
             quota_backend_bytes: u64::MAX,
             backend_size_bytes: Arc::new(AtomicU64::new(0)),
+            auth: Arc::new(crate::auth::AuthGate::disabled()),
         };
         ShardClient::new(tx, Arc::new(cluster))
     }

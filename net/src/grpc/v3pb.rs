@@ -179,3 +179,18 @@ pub(crate) fn unknown_method() -> HttpFuture {
         Ok(response)
     })
 }
+
+/// etcdserverpb.AuthStatusRequest (etcd-client does not export it).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct AuthStatusRequest {}
+
+/// etcdserverpb.AuthStatusResponse (etcd-client does not export it).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct AuthStatusResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<corekv_engine::pb::PbResponseHeader>,
+    #[prost(bool, tag = "2")]
+    pub enabled: bool,
+    #[prost(uint64, tag = "3")]
+    pub auth_revision: u64,
+}

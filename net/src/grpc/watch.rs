@@ -13,6 +13,45 @@ use super::to_status;
 use crate::metrics;
 use crate::shard_api::{watch_channel, ShardClient, WATCH_STREAM_QUEUED_BYTES_MAX};
 
+/// Refused watch creations queued towards a stream's client.
+const WATCH_REFUSALS_QUEUED_MAX: usize = 16;
+
+/// etcd's `isWatchPermitted`: a watcher the caller may not read (or on a stream whose token
+/// did not verify) is answered created and canceled at once, with etcd's reason.
+async fn refusal(
+    shard: &ShardClient,
+    caller: &Result<crate::auth::Caller, corekv_engine::KvError>,
+    request: &PbWatchRequest,
+) -> Option<PbWatchResponse> {
+    let Some(PbWatchRequestUnion::CreateRequest(create)) = &request.request_union else {
+        return None;
+    };
+    let permitted = match caller {
+        Ok(caller) => shard
+            .cluster
+            .auth
+            .check_range(caller, &create.key, &create.range_end)
+            .is_ok(),
+        Err(_) => false,
+    };
+    if permitted {
+        return None;
+    }
+    let revision = shard.view().await.map_or(0, |v| v.body.revision());
+    Some(PbWatchResponse {
+        header: Some(PbResponseHeader {
+            revision,
+            ..Default::default()
+        }),
+        watch_id: create.watch_id,
+        created: true,
+        canceled: true,
+        cancel_reason: "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+            .into(),
+        ..Default::default()
+    })
+}
+
 /// Stream ids are unique per process (the shard keys its streams by them).
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -34,6 +73,9 @@ impl PbWatchService for WatchService {
         &self,
         request: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // etcd resolves the stream's caller once, from the stream's metadata, and checks
+        // read permission on every watcher created on it.
+        let caller = self.shard.cluster.auth.caller_of(&request);
         let mut inbound = request.into_inner();
         let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
         // A client that reads slower than the queue's byte bound falls back to catch-up
@@ -44,13 +86,18 @@ impl PbWatchService for WatchService {
             .await
             .map_err(to_status)?;
         let shard = self.shard.clone();
+        // Refusals are answered here, not by the shard; bounded like everything else.
+        let (refusals, refused) = tokio::sync::mpsc::channel(WATCH_REFUSALS_QUEUED_MAX);
         tokio::spawn(async move {
             // Each request is handed over before the next is read: the shard's bounded
             // queue paces a client that floods its stream with requests.
             let mut failed = false;
             while let Some(next) = inbound.message().await.transpose() {
                 let handed = match next {
-                    Ok(request) => shard.watch_request(stream_id, request).await.is_ok(),
+                    Ok(request) => match refusal(&shard, &caller, &request).await {
+                        Some(response) => refusals.send(response).await.is_ok(),
+                        None => shard.watch_request(stream_id, request).await.is_ok(),
+                    },
                     Err(_) => false,
                 };
                 if !handed {
@@ -65,17 +112,20 @@ impl PbWatchService for WatchService {
             }
         });
         let cluster = self.shard.cluster.clone();
-        let out = outbound
-            .into_stream()
-            .map(move |mut response: PbWatchResponse| {
-                let header = response.header.get_or_insert_with(Default::default);
-                header.cluster_id = cluster.cluster_id;
-                header.member_id = cluster.member_id;
-                metrics::global()
-                    .watch_events_sent
-                    .fetch_add(response.events.len() as u64, Ordering::Relaxed);
-                Ok(response)
-            });
+        let refused = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(refused);
+        let out =
+            outbound
+                .into_stream()
+                .merge(refused)
+                .map(move |mut response: PbWatchResponse| {
+                    let header = response.header.get_or_insert_with(Default::default);
+                    header.cluster_id = cluster.cluster_id;
+                    header.member_id = cluster.member_id;
+                    metrics::global()
+                        .watch_events_sent
+                        .fetch_add(response.events.len() as u64, Ordering::Relaxed);
+                    Ok(response)
+                });
         Ok(Response::new(Box::pin(out)))
     }
 }

@@ -114,6 +114,9 @@ fn code_byte(code: StatusCode) -> u8 {
         StatusCode::Unavailable => 6,
         StatusCode::Internal => 7,
         StatusCode::DataLoss => 8,
+        StatusCode::PermissionDenied => 9,
+        StatusCode::Unauthenticated => 10,
+        StatusCode::Unknown => 11,
     }
 }
 
@@ -131,6 +134,9 @@ fn error_from(code: u8, text: String) -> KvError {
         5 => StatusCode::FailedPrecondition,
         7 => StatusCode::Internal,
         8 => StatusCode::DataLoss,
+        9 => StatusCode::PermissionDenied,
+        10 => StatusCode::Unauthenticated,
+        11 => StatusCode::Unknown,
         _ => StatusCode::Unavailable,
     };
     KvError::Cluster(code, text)
