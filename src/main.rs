@@ -187,8 +187,19 @@ fn cluster_info(config: &Config, identity: &recovery::Identity) -> ClusterInfo {
     }
 }
 
-/// What each core listens on: (listener, serves-gRPC?) pairs.
-type CoreListeners = Vec<(std::net::TcpListener, bool)>;
+/// What a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// gRPC and HTTP (--listen-client-urls).
+    Client,
+    /// HTTP only (--listen-metrics-urls).
+    Metrics,
+    /// The binary protocol (--listen-binary-urls, docs/protocol.md).
+    Binary,
+}
+
+/// What each core listens on.
+type CoreListeners = Vec<(std::net::TcpListener, Port)>;
 
 /// Binds every client and metrics URL once per core (SO_REUSEPORT); fails fast on conflicts.
 fn bind_all(config: &Config, cores: usize) -> Vec<CoreListeners> {
@@ -196,8 +207,9 @@ fn bind_all(config: &Config, cores: usize) -> Vec<CoreListeners> {
     for _ in 0..cores {
         let mut mine = Vec::new();
         for (urls, grpc) in [
-            (&config.listen_client_urls, true),
-            (&config.listen_metrics_urls, false),
+            (&config.listen_client_urls, Port::Client),
+            (&config.listen_metrics_urls, Port::Metrics),
+            (&config.listen_binary_urls, Port::Binary),
         ] {
             for url in urls.iter() {
                 let listener = corekv_net::serve::bind_reuseport(&url.socket_addr_string())
@@ -221,10 +233,13 @@ fn spawn_network(core: usize, cpu: usize, client: ShardClient, listeners: CoreLi
                 .enable_all()
                 .build()
                 .unwrap_or_else(|e| fatal("cannot start network runtime", e));
-            let served: Vec<_> = listeners
+            let (binary, http): (Vec<_>, Vec<_>) = listeners
                 .into_iter()
-                .map(|(listener, grpc)| {
-                    let router = if grpc {
+                .partition(|(_, port)| *port == Port::Binary);
+            let served: Vec<_> = http
+                .into_iter()
+                .map(|(listener, port)| {
+                    let router = if port == Port::Client {
                         corekv_net::serve::client_router(client.clone())
                     } else {
                         corekv_net::serve::metrics_router(client.clone())
@@ -232,7 +247,12 @@ fn spawn_network(core: usize, cpu: usize, client: ShardClient, listeners: CoreLi
                     (listener, router)
                 })
                 .collect();
-            if let Err(err) = runtime.block_on(corekv_net::serve::serve(served)) {
+            let binary = binary.into_iter().map(|(listener, _)| listener).collect();
+            let both = async {
+                let binary = corekv_net::binary::serve(binary, client.clone());
+                tokio::try_join!(corekv_net::serve::serve(served), binary)
+            };
+            if let Err(err) = runtime.block_on(both) {
                 fatal("network runtime failed", err);
             }
         })

@@ -148,7 +148,17 @@ pub enum FrameError {
         /// The announced length.
         len: u32,
     },
-    /// A fixed-layout payload (hello, hello answer, error) has the wrong size or content.
+    /// The kind is not one the receiver accepts at this point.
+    UnexpectedKind {
+        /// The kind byte.
+        kind: u8,
+        /// What was expected instead.
+        expected: &'static str,
+    },
+    /// The request id is 0, which only connection-level frames use.
+    ReservedRequestId,
+    /// A payload does not decode as its kind's message, or a fixed-layout payload (hello,
+    /// hello answer, error) has the wrong size or content.
     BadPayload {
         /// The frame kind's name.
         kind: &'static str,
@@ -171,6 +181,14 @@ impl std::fmt::Display for FrameError {
                 f,
                 "corekv: frame length {len} is shorter than kind and request id ({KIND_AND_ID_BYTES} bytes)"
             ),
+            FrameError::UnexpectedKind { kind, expected } => write!(
+                f,
+                "corekv: unexpected frame kind {kind:#04x} ({}), expected {expected}",
+                self::kind::name(*kind)
+            ),
+            FrameError::ReservedRequestId => {
+                write!(f, "corekv: request id 0 is reserved for connection-level frames")
+            }
             FrameError::BadPayload { kind, reason } => {
                 write!(f, "corekv: malformed {kind} frame: {reason}")
             }

@@ -41,6 +41,10 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         max_txn_ops: r.value("max-txn-ops", parse_u64)?,
         log_level: r.value("log-level", parse_log_level)?,
         listen_metrics_urls: r.value("listen-metrics-urls", parse_url_list)?,
+        listen_binary_urls: match r.optional("listen-binary-urls", parse_url_list)? {
+            Some(urls) => urls,
+            None => binary_urls_next_to(&r.value("listen-client-urls", parse_url_list)?)?,
+        },
         lease_checkpoint_interval_ms: r.value("lease-checkpoint-interval", parse_u64)?,
         auto_compaction_mode,
         auto_compaction_retention,
@@ -53,6 +57,22 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         initial_advertise_peer_urls,
         initial_cluster,
     })
+}
+
+/// The default binary-protocol URLs: each client URL with its port + 1.
+fn binary_urls_next_to(client_urls: &[Url]) -> Result<Vec<Url>, ConfigError> {
+    client_urls
+        .iter()
+        .map(|url| match url.port.checked_add(1) {
+            Some(port) => Ok(Url {
+                port,
+                ..url.clone()
+            }),
+            None => Err(ConfigError(format!(
+                "--listen-binary-urls: no default for client URL {url} (port + 1 overflows); set it"
+            ))),
+        })
+        .collect()
 }
 
 /// Looks up raw values and parses them, naming flag, value and source on error.

@@ -142,6 +142,7 @@ fn defaults_match_etcd() {
         max_txn_ops: 128,
         log_level: LogLevel::Info,
         listen_metrics_urls: vec![],
+        listen_binary_urls: vec![url("http://localhost:2380")],
         cores: ONLINE,
         lease_checkpoint_interval_ms: 300_000,
         auto_compaction_mode: "periodic".into(),
@@ -226,6 +227,9 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
     }),
     ("listen-metrics-urls", "http://127.0.0.1:9000", |c| {
         join(&c.listen_metrics_urls)
+    }),
+    ("listen-binary-urls", "http://127.0.0.1:9001", |c| {
+        join(&c.listen_binary_urls)
     }),
     ("cores", "1", |c| c.cores.to_string()),
     ("lease-checkpoint-interval", "1500", |c| {
@@ -395,6 +399,7 @@ fn full_file_config() -> Config {
         max_txn_ops: 64,
         log_level: LogLevel::Warn,
         listen_metrics_urls: vec![url("http://127.0.0.1:12381")],
+        listen_binary_urls: vec![url("http://127.0.0.1:12380"), url("http://[::1]:12380")],
         cores: 2,
         lease_checkpoint_interval_ms: 300_000,
         // etcd's config-file default, not the flag's.

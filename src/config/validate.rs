@@ -24,6 +24,7 @@ fn check_no_tls(cfg: &Config) -> Result<(), ConfigError> {
     let lists = [
         ("listen-client-urls", &cfg.listen_client_urls),
         ("listen-metrics-urls", &cfg.listen_metrics_urls),
+        ("listen-binary-urls", &cfg.listen_binary_urls),
     ];
     for (flag, urls) in lists {
         if let Some(url) = urls.iter().find(|u| u.scheme == super::url::Scheme::Https) {

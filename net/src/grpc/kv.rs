@@ -23,17 +23,100 @@ impl KvService {
     pub(crate) fn new(shard: ShardClient) -> KvService {
         KvService { shard }
     }
+}
 
-    fn check_size(&self, encoded_len_bytes: usize) -> Result<(), Status> {
-        if encoded_len_bytes > self.shard.cluster.max_request_bytes {
-            return Err(to_status(KvError::RequestTooLarge));
-        }
-        Ok(())
+fn check_size(shard: &ShardClient, encoded_len_bytes: usize) -> Result<(), Status> {
+    if encoded_len_bytes > shard.cluster.max_request_bytes {
+        return Err(to_status(KvError::RequestTooLarge));
     }
+    Ok(())
+}
 
-    async fn write(&self, command: Command) -> Result<(CommandResponse, u64), Status> {
-        let reply = self.shard.write(command).await.map_err(to_status)?;
-        Ok((reply.body, reply.raft_term))
+async fn write(shard: &ShardClient, command: Command) -> Result<(CommandResponse, u64), Status> {
+    let reply = shard.write(command).await.map_err(to_status)?;
+    Ok((reply.body, reply.raft_term))
+}
+
+// The methods below are what the gRPC service and the binary protocol (`crate::binary`)
+// both serve: etcd's checks in etcd's order, then the shard.
+
+/// etcd's Put.
+pub(crate) async fn put(shard: &ShardClient, req: PbPutRequest) -> Result<PbPutResponse, Status> {
+    // etcd's quotaKVServer runs before the request is validated.
+    shard
+        .check_quota(alarm::put_cost(&req))
+        .await
+        .map_err(to_status)?;
+    validate::check_put(&req).map_err(to_status)?;
+    check_size(shard, req.encoded_len())?;
+    match write(shard, Command::Put(req)).await? {
+        (CommandResponse::Put(mut resp), term) => {
+            fill_header(&mut resp.header, &shard.cluster, 0, term);
+            Ok(resp)
+        }
+        _ => Err(mismatch()),
+    }
+}
+
+/// etcd's DeleteRange.
+pub(crate) async fn delete_range(
+    shard: &ShardClient,
+    req: PbDeleteRequest,
+) -> Result<PbDeleteResponse, Status> {
+    validate::check_delete(&req).map_err(to_status)?;
+    check_size(shard, req.encoded_len())?;
+    match write(shard, Command::DeleteRange(req)).await? {
+        (CommandResponse::DeleteRange(mut resp), term) => {
+            fill_header(&mut resp.header, &shard.cluster, 0, term);
+            Ok(resp)
+        }
+        _ => Err(mismatch()),
+    }
+}
+
+/// etcd's Txn: read-only ones from a view, the others through the log.
+pub(crate) async fn txn(shard: &ShardClient, req: PbTxnRequest) -> Result<PbTxnResponse, Status> {
+    shard
+        .check_quota(alarm::txn_cost(&req))
+        .await
+        .map_err(to_status)?;
+    validate::check_txn(&req, shard.cluster.max_txn_ops).map_err(to_status)?;
+    check_size(shard, req.encoded_len())?;
+    if validate::is_read_only(&req) {
+        // As etcd: a txn that only reads is served from a view, not the log.
+        let serializable = validate::is_serializable(&req);
+        let reply = shard
+            .read(ReadOp::Txn(req), serializable)
+            .await
+            .map_err(to_status)?;
+        return match reply.body {
+            ReadResult::Txn(mut resp) => {
+                fill_header(&mut resp.header, &shard.cluster, 0, reply.raft_term);
+                Ok(resp)
+            }
+            ReadResult::Range(_) => Err(mismatch()),
+        };
+    }
+    match write(shard, Command::Txn(req)).await? {
+        (CommandResponse::Txn(mut resp), term) => {
+            fill_header(&mut resp.header, &shard.cluster, 0, term);
+            Ok(resp)
+        }
+        _ => Err(mismatch()),
+    }
+}
+
+/// etcd's Compact.
+pub(crate) async fn compact(
+    shard: &ShardClient,
+    req: PbCompactionRequest,
+) -> Result<PbCompactionResponse, Status> {
+    match write(shard, Command::Compact(req)).await? {
+        (CommandResponse::Compact(mut resp), term) => {
+            fill_header(&mut resp.header, &shard.cluster, 0, term);
+            Ok(resp)
+        }
+        _ => Err(mismatch()),
     }
 }
 
@@ -83,25 +166,11 @@ impl PbKvService for KvService {
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         let timer = Timer::start(Method::Put);
-        let result = async {
-            let req = request.into_inner();
-            // etcd's quotaKVServer runs before the request is validated.
-            self.shard
-                .check_quota(alarm::put_cost(&req))
+        timer.finish(
+            put(&self.shard, request.into_inner())
                 .await
-                .map_err(to_status)?;
-            validate::check_put(&req).map_err(to_status)?;
-            self.check_size(req.encoded_len())?;
-            match self.write(Command::Put(req)).await? {
-                (CommandResponse::Put(mut resp), term) => {
-                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
-                    Ok(Response::new(resp))
-                }
-                _ => Err(mismatch()),
-            }
-        }
-        .await;
-        timer.finish(result)
+                .map(Response::new),
+        )
     }
 
     async fn delete_range(
@@ -109,58 +178,17 @@ impl PbKvService for KvService {
         request: Request<PbDeleteRequest>,
     ) -> Result<Response<PbDeleteResponse>, Status> {
         let timer = Timer::start(Method::DeleteRange);
-        let result = async {
-            let req = request.into_inner();
-            validate::check_delete(&req).map_err(to_status)?;
-            self.check_size(req.encoded_len())?;
-            match self.write(Command::DeleteRange(req)).await? {
-                (CommandResponse::DeleteRange(mut resp), term) => {
-                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
-                    Ok(Response::new(resp))
-                }
-                _ => Err(mismatch()),
-            }
-        }
-        .await;
-        timer.finish(result)
+        let result = delete_range(&self.shard, request.into_inner()).await;
+        timer.finish(result.map(Response::new))
     }
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
         let timer = Timer::start(Method::Txn);
-        let result = async {
-            let req = request.into_inner();
-            self.shard
-                .check_quota(alarm::txn_cost(&req))
+        timer.finish(
+            txn(&self.shard, request.into_inner())
                 .await
-                .map_err(to_status)?;
-            validate::check_txn(&req, self.shard.cluster.max_txn_ops).map_err(to_status)?;
-            self.check_size(req.encoded_len())?;
-            if validate::is_read_only(&req) {
-                // As etcd: a txn that only reads is served from a view, not the log.
-                let serializable = validate::is_serializable(&req);
-                let reply = self
-                    .shard
-                    .read(ReadOp::Txn(req), serializable)
-                    .await
-                    .map_err(to_status)?;
-                return match reply.body {
-                    ReadResult::Txn(mut resp) => {
-                        fill_header(&mut resp.header, &self.shard.cluster, 0, reply.raft_term);
-                        Ok(Response::new(resp))
-                    }
-                    ReadResult::Range(_) => Err(mismatch()),
-                };
-            }
-            match self.write(Command::Txn(req)).await? {
-                (CommandResponse::Txn(mut resp), term) => {
-                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
-                    Ok(Response::new(resp))
-                }
-                _ => Err(mismatch()),
-            }
-        }
-        .await;
-        timer.finish(result)
+                .map(Response::new),
+        )
     }
 
     async fn compact(
@@ -168,17 +196,7 @@ impl PbKvService for KvService {
         request: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
         let timer = Timer::start(Method::Compact);
-        let result = async {
-            let req = request.into_inner();
-            match self.write(Command::Compact(req)).await? {
-                (CommandResponse::Compact(mut resp), term) => {
-                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
-                    Ok(Response::new(resp))
-                }
-                _ => Err(mismatch()),
-            }
-        }
-        .await;
-        timer.finish(result)
+        let result = compact(&self.shard, request.into_inner()).await;
+        timer.finish(result.map(Response::new))
     }
 }

@@ -3,13 +3,13 @@
 mod cluster;
 mod concurrency;
 mod election;
-mod kv;
-mod lease;
+pub(crate) mod kv;
+pub(crate) mod lease;
 mod lock;
 mod maintenance;
-mod range;
+pub(crate) mod range;
 mod v3pb;
-mod watch;
+pub(crate) mod watch;
 
 use std::time::Instant;
 
