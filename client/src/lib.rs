@@ -725,6 +725,25 @@ impl Watch {
     }
 }
 
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("watch_id", &self.watch_id)
+            .field("request_id", &self.request_id)
+            .field("canceled", &self.canceled)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("server_hello", &self.hello)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
 impl Drop for Watch {
     fn drop(&mut self) {
         if !self.canceled {
