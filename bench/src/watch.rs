@@ -432,7 +432,7 @@ async fn connect(o: &Opts, i: usize, request_timeout: bool) -> Result<Client, St
 
 /// The result of a watch run.
 pub(crate) struct WatchReport {
-    latency: Tally,
+    pub(crate) latency: Tally,
     puts: Tally,
     puts_ok: u64,
     put_errors: u64,
