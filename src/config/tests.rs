@@ -1206,3 +1206,22 @@ fn config_file_auto_compaction_mode_defaults_to_empty_as_in_etcd() {
         })
     );
 }
+
+#[test]
+fn binary_urls_default_to_each_client_port_plus_one_and_empty_turns_them_off() {
+    let c = run(
+        &[
+            "--listen-client-urls",
+            "http://127.0.0.1:4000,http://[::1]:5000",
+        ],
+        &[],
+    );
+    assert_eq!(
+        c.listen_binary_urls,
+        vec![url("http://127.0.0.1:4001"), url("http://[::1]:5001")]
+    );
+    let c = run(&["--listen-binary-urls", ""], &[]);
+    assert!(c.listen_binary_urls.is_empty());
+    let msg = error(&["--listen-client-urls", "http://127.0.0.1:65535"], &[]);
+    assert_contains(&msg, "--listen-binary-urls", "no default past port 65535");
+}

@@ -788,3 +788,76 @@ async fn malformed_frames_get_an_error_frame_and_a_close_while_others_go_on() {
     assert_eq!(got.kvs[0].mod_revision, revision_of(&r.header));
     assert!(server.is_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_requests_than_the_in_flight_bound_are_all_answered_and_a_pool_spreads_them() {
+    let (server, addr) = start();
+    let mut raw = Raw::hello(&addr).await;
+    // Three times the server's read-ahead bound (1024) in one write: it stops reading at
+    // the bound and goes on as answers leave, so every request is still answered once.
+    const REQUESTS: u64 = 3 * 1024;
+    let mut out = Vec::new();
+    for id in 1..=REQUESTS {
+        let read = PbRangeRequest {
+            serializable: true,
+            ..range(b"nothing")
+        };
+        frame::encode_message(&mut out, kind::RANGE, id, &read);
+    }
+    raw.send(&out).await;
+    let mut seen = vec![false; REQUESTS as usize + 1];
+    for _ in 0..REQUESTS {
+        let frame = raw.next().await.expect("an answer for every request");
+        assert_eq!(frame.kind, kind::RANGE | kind::RESPONSE_BIT);
+        let id = frame.request_id as usize;
+        assert!(
+            id >= 1 && !seen[id],
+            "request id {id} answered twice or unknown"
+        );
+        seen[id] = true;
+    }
+
+    // A pool of three connections, used round-robin by concurrent callers.
+    let options = ClientOptions {
+        connections_per_address: 3,
+        ..Default::default()
+    };
+    let client = Arc::new(
+        within(
+            "pool",
+            corekv_client::Client::connect(&[addr.clone()], options),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(client.connections().len(), 3);
+    let mut tasks = Vec::new();
+    for i in 0..60u32 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .put(&put(format!("pool/{i:02}").as_bytes(), b"v"))
+                .await;
+            revision_of(&r.unwrap().header)
+        }));
+    }
+    let mut revisions = Vec::new();
+    for task in tasks {
+        revisions.push(within("pooled put", task).await.unwrap());
+    }
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 60);
+    let all = client
+        .range(&PbRangeRequest {
+            key: b"pool/".to_vec(),
+            range_end: corekv_client::prefix_end(b"pool/"),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.count, 60);
+    assert!(client.connections().iter().all(|c| !c.is_closed()));
+    drop(server);
+}
