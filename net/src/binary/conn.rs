@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use corekv_engine::pb::PbWatchRequest;
 use corekv_engine::pb::PbWatchRequestUnion;
-use corekv_engine::pb::{PbWatchRequest, PbWatchResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::frame::{self, kind, FrameDecoder, FrameError, Hello, HelloAck, Request};
 use crate::grpc::{self, Timer};
 use crate::metrics::{self, Method};
-use crate::shard_api::{watch_channel, ShardClient, WATCH_STREAM_QUEUED_BYTES_MAX};
+use crate::shard_api::{watch_channel, ShardClient, WatchItem, WATCH_STREAM_QUEUED_BYTES_MAX};
 
 /// Requests read ahead per connection before their answers are written.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
@@ -370,8 +370,13 @@ impl WatchRoutes {
         true
     }
 
-    /// The request id `response` goes to, or `None` if nothing asked for it.
-    fn route(&mut self, response: &PbWatchResponse) -> Option<u64> {
+    /// The request id `item` goes to, or `None` if nothing asked for it.
+    fn route(&mut self, item: &WatchItem) -> Option<u64> {
+        let response = match item {
+            WatchItem::Response(response) => response,
+            // Shared events: neither created nor canceled.
+            WatchItem::Events(events) => return self.by_watch_id.get(&events.watch_id).copied(),
+        };
         if response.created {
             let request_id = self.creates.pop_front()?;
             if !response.canceled {
@@ -432,22 +437,23 @@ async fn watch_loop(
                     break Some(tonic::Status::unavailable("etcdserver: server stopped"));
                 }
             }
-            response = receiver.recv_async() => {
-                let Ok(mut response) = response else {
+            item = receiver.recv_async() => {
+                let Ok(mut item) = item else {
                     // The shard dropped the stream (it stopped reading entirely).
                     break Some(tonic::Status::unavailable("corekv: the watch stream was closed by the server"));
                 };
-                let Some(request_id) = routes.route(&response) else {
+                let Some(request_id) = routes.route(&item) else {
                     continue;
                 };
-                let header = response.header.get_or_insert_with(Default::default);
-                header.cluster_id = cluster.cluster_id;
-                header.member_id = cluster.member_id;
+                item.set_member(cluster.cluster_id, cluster.member_id);
                 metrics::global()
                     .watch_events_sent
-                    .fetch_add(response.events.len() as u64, Ordering::Relaxed);
-                let mut bytes = Vec::new();
-                frame::encode_message(&mut bytes, kind::WATCH_RESPONSE, request_id, &response);
+                    .fetch_add(item.event_count() as u64, Ordering::Relaxed);
+                // Shared event bytes are copied once, into the frame.
+                let len = item.encoded_len();
+                let mut bytes = Vec::with_capacity(frame::FRAME_HEADER_BYTES + len);
+                frame::put_header(&mut bytes, kind::WATCH_RESPONSE, request_id, len);
+                item.encode(&mut bytes);
                 if out.send(Out::Frame(bytes)).await.is_err() {
                     break None;
                 }
@@ -468,7 +474,9 @@ async fn watch_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard_api::WatchEvents;
     use corekv_engine::pb::PbWatchRequestUnion as U;
+    use corekv_engine::pb::{PbResponseHeader, PbWatchResponse};
 
     fn create() -> PbWatchRequest {
         PbWatchRequest {
@@ -476,13 +484,13 @@ mod tests {
         }
     }
 
-    fn response(watch_id: i64, created: bool, canceled: bool) -> PbWatchResponse {
-        PbWatchResponse {
+    fn response(watch_id: i64, created: bool, canceled: bool) -> WatchItem {
+        WatchItem::Response(PbWatchResponse {
             watch_id,
             created,
             canceled,
             ..Default::default()
-        }
+        })
     }
 
     #[test]
@@ -497,6 +505,12 @@ mod tests {
         assert_eq!(routes.route(&response(5, true, false)), Some(12));
         assert_eq!(routes.route(&response(5, false, false)), Some(12));
         assert_eq!(routes.route(&response(0, false, false)), Some(10));
+        let shared = WatchItem::Events(WatchEvents {
+            header: PbResponseHeader::default(),
+            watch_id: 5,
+            events: Vec::new(),
+        });
+        assert_eq!(routes.route(&shared), Some(12));
         // Canceled: the last response of watch 0, then nothing for it.
         assert_eq!(routes.route(&response(0, false, true)), Some(10));
         assert_eq!(routes.route(&response(0, false, false)), None);
