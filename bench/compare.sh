@@ -255,7 +255,8 @@ scenario_rows() {
     case "$1" in
         put-lat)
             echo "put, 1 conn / 1 client, p50 latency (ms)|.latency_ms.p50|lat"
-            echo "put, 1 conn / 1 client, p99 latency (ms)|.latency_ms.p99|lat" ;;
+            echo "put, 1 conn / 1 client, p99 latency (ms)|.latency_ms.p99|lat"
+            echo "put, 1 conn / 1 client: corekv's WAL write+fdatasync, mean (ms, its /metrics)|wal_fsync|lat" ;;
         put-tput) echo "put, 16 conns / 256 clients (req/s)|.rps|tput" ;;
         range-s) echo "range serializable, 16 conns / 256 clients (req/s)|.rps|tput" ;;
         range-l) echo "range linearizable, 16 conns / 256 clients (req/s)|.rps|tput" ;;
@@ -297,6 +298,14 @@ run_one() {
     BENCH_PID=$!
     wait "$BENCH_PID" || rc=$?
     BENCH_PID=""
+    local wal_fsync=""
+    if [ "$sys" != etcd ] && command -v curl >/dev/null; then
+        # corekv's own WAL write+fdatasync during the run (mean, ms), from its /metrics.
+        wal_fsync=$(curl -s --max-time 5 "http://$ENDPOINT/metrics" | awk '
+            /^corekv_wal_fsync_duration_seconds_sum / { s = $2 }
+            /^corekv_wal_fsync_duration_seconds_count / { c = $2 }
+            END { if (c > 0) printf "%.4f", s / c * 1000 }')
+    fi
     stop_server "$SERVER_PID"
     SERVER_PID=""
     rm -rf "$dir/data"
@@ -316,12 +325,16 @@ run_one() {
     log "[$scen round $round] $sys: $(jget "$out" .rps) req/s, p50 $(jget "$out" .latency_ms.p50) ms, p99 $(jget "$out" .latency_ms.p99) ms, $errors errors"
     local path
     while IFS='|' read -r _ path _; do
+        if [ "$path" = wal_fsync ]; then
+            [ -n "$wal_fsync" ] && VALUES["$scen|$sys|$path"]+="$wal_fsync "
+            continue
+        fi
         VALUES["$scen|$sys|$path"]+="$(jget "$out" "$path") "
     done < <(scenario_rows "$scen")
 }
 
 ETCD_VERSION="(not run)"
-if has_system etcd; then ETCD_VERSION=$("$ETCD_PATH" --version | head -n 1); fi
+if has_system etcd; then ETCD_VERSION=$("$ETCD_PATH" --version 2>/dev/null | sed -n 1p); fi
 log "work dir $WORK ($(df -T "$WORK" | awk 'NR==2 { print $2 }')), etcd: $ETCD_VERSION, corekv: $COREKV_BIN"
 FSYNC_P50=""
 if "$BENCH_BIN" fsync-floor --dir "$WORK" --count 2000 --json >"$WORK/fsync.json" 2>"$WORK/fsync.err"; then
@@ -378,7 +391,8 @@ TABLE="$WORK/table.md"
             b=${VALUES["$scen|corekv-bin|$path"]:-}
             em=$(median "$e"); cm=$(median "$c"); bm=$(median "$b")
             ec="-"; cc="-"; bc="-"
-            has_system etcd && ec=$(cell "$e" "$kind")
+            # (etcd has no such metric: the WAL row is corekv's only.)
+            if has_system etcd && [ "$path" != wal_fsync ]; then ec=$(cell "$e" "$kind"); fi
             has_system corekv && cc=$(cell "$c" "$kind")
             has_system corekv-bin && bc=$(cell "$b" "$kind")
             echo "| $label | $ec | $cc | $bc | $(ratio "$cm" "$em") | $(ratio "$bm" "$cm") |"
@@ -388,8 +402,10 @@ TABLE="$WORK/table.md"
         for sys in corekv corekv-bin; do
             pm=$(median "${VALUES["put-lat|$sys|.latency_ms.p50"]:-}")
             [ -n "$pm" ] || continue
+            wm=$(median "${VALUES["put-lat|$sys|wal_fsync"]:-}")
             echo
-            echo "single-client put p50 over $( [ "$sys" = corekv ] && echo gRPC || echo binary ): $pm ms = $(ratio "$pm" "$FSYNC_P50") x the disk's write+fdatasync p50 ($FSYNC_P50 ms, corekv-bench fsync-floor --dir <work dir> --count 2000)"
+            echo -n "single-client put p50 over $( [ "$sys" = corekv ] && echo gRPC || echo binary ): $pm ms = $(ratio "$pm" "$FSYNC_P50") x the disk's write+fdatasync p50 ($FSYNC_P50 ms, corekv-bench fsync-floor --dir <work dir> --count 2000)"
+            if [ -n "$wm" ]; then echo "; $(ratio "$pm" "$wm") x the server's own WAL write+fdatasync mean in that run ($wm ms)"; else echo; fi
         done
     fi
     echo
