@@ -69,7 +69,8 @@ pub struct Config {
     /// `--listen-metrics-urls`: extra listeners for `/metrics` and `/health` (may be empty).
     pub listen_metrics_urls: Vec<Url>,
     /// `--listen-binary-urls` (corekv only): where to serve the binary protocol
-    /// (docs/protocol.md); by default each client URL with its port + 1; empty = off.
+    /// (docs/protocol.md); by default each client URL with its port + 1, or the next port up
+    /// that no other listen URL of this member uses; empty = off.
     pub listen_binary_urls: Vec<Url>,
     /// `--cores` (corekv only): number of cores to run on, 1..=online cores.
     pub cores: usize,

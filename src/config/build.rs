@@ -43,7 +43,13 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         listen_metrics_urls: r.value("listen-metrics-urls", parse_url_list)?,
         listen_binary_urls: match r.optional("listen-binary-urls", parse_url_list)? {
             Some(urls) => urls,
-            None => binary_urls_next_to(&r.value("listen-client-urls", parse_url_list)?)?,
+            None => {
+                let client = r.value("listen-client-urls", parse_url_list)?;
+                let mut taken = client.clone();
+                taken.extend(r.value("listen-peer-urls", parse_url_list)?);
+                taken.extend(r.value("listen-metrics-urls", parse_url_list)?);
+                binary_urls_next_to(&client, &taken)?
+            }
         },
         lease_checkpoint_interval_ms: r.value("lease-checkpoint-interval", parse_u64)?,
         auto_compaction_mode,
@@ -59,18 +65,28 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
     })
 }
 
-/// The default binary-protocol URLs: each client URL with its port + 1.
-fn binary_urls_next_to(client_urls: &[Url]) -> Result<Vec<Url>, ConfigError> {
+/// The default binary-protocol URLs: each client URL with its port + 1, or the next port
+/// up that none of this member's other listen URLs (`taken`, any host) uses. With etcd's
+/// defaults (client 2379, peer 2380) that is 2381; with free ports around the client port,
+/// port + 1.
+fn binary_urls_next_to(client_urls: &[Url], taken: &[Url]) -> Result<Vec<Url>, ConfigError> {
     client_urls
         .iter()
-        .map(|url| match url.port.checked_add(1) {
-            Some(port) => Ok(Url {
-                port,
-                ..url.clone()
-            }),
-            None => Err(ConfigError(format!(
-                "--listen-binary-urls: no default for client URL {url} (port + 1 overflows); set it"
-            ))),
+        .map(|url| {
+            let mut port = url.port;
+            loop {
+                port = port.checked_add(1).ok_or_else(|| {
+                    ConfigError(format!(
+                        "--listen-binary-urls: no free port above client URL {url} for the default; set it"
+                    ))
+                })?;
+                if !taken.iter().any(|t| t.port == port) {
+                    return Ok(Url {
+                        port,
+                        ..url.clone()
+                    });
+                }
+            }
         })
         .collect()
 }

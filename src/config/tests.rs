@@ -142,7 +142,8 @@ fn defaults_match_etcd() {
         max_txn_ops: 128,
         log_level: LogLevel::Info,
         listen_metrics_urls: vec![],
-        listen_binary_urls: vec![url("http://localhost:2380")],
+        // Port + 1 is the peer port with etcd's defaults: the next free one up.
+        listen_binary_urls: vec![url("http://localhost:2381")],
         cores: ONLINE,
         lease_checkpoint_interval_ms: 300_000,
         auto_compaction_mode: "periodic".into(),
@@ -399,7 +400,8 @@ fn full_file_config() -> Config {
         max_txn_ops: 64,
         log_level: LogLevel::Warn,
         listen_metrics_urls: vec![url("http://127.0.0.1:12381")],
-        listen_binary_urls: vec![url("http://127.0.0.1:12380"), url("http://[::1]:12380")],
+        // 12380 and 12381 are the peer and metrics ports.
+        listen_binary_urls: vec![url("http://127.0.0.1:12382"), url("http://[::1]:12382")],
         cores: 2,
         lease_checkpoint_interval_ms: 300_000,
         // etcd's config-file default, not the flag's.
@@ -1220,6 +1222,23 @@ fn binary_urls_default_to_each_client_port_plus_one_and_empty_turns_them_off() {
         c.listen_binary_urls,
         vec![url("http://127.0.0.1:4001"), url("http://[::1]:5001")]
     );
+    // Never a port another listen URL of this member uses (on any host).
+    let c = run(
+        &[
+            "--listen-client-urls",
+            "http://127.0.0.1:4000",
+            "--listen-peer-urls",
+            "http://0.0.0.0:4001",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:4001",
+            "--initial-cluster",
+            "default=http://127.0.0.1:4001",
+            "--listen-metrics-urls",
+            "http://127.0.0.1:4002",
+        ],
+        &[],
+    );
+    assert_eq!(c.listen_binary_urls, vec![url("http://127.0.0.1:4003")]);
     let c = run(&["--listen-binary-urls", ""], &[]);
     assert!(c.listen_binary_urls.is_empty());
     let msg = error(&["--listen-client-urls", "http://127.0.0.1:65535"], &[]);
