@@ -201,23 +201,36 @@ enum Port {
 /// What each core listens on.
 type CoreListeners = Vec<(std::net::TcpListener, Port)>;
 
-/// Binds every client and metrics URL once per core (SO_REUSEPORT); fails fast on conflicts.
+/// Binds every client, metrics and binary-protocol URL once per core (SO_REUSEPORT); fails
+/// fast on conflicts, except for a binary URL that is only the derived default (a port next
+/// to the client port that something else holds): that one is skipped with a warning.
 fn bind_all(config: &Config, cores: usize) -> Vec<CoreListeners> {
-    let mut all = Vec::with_capacity(cores);
-    for _ in 0..cores {
-        let mut mine = Vec::new();
-        for (urls, grpc) in [
-            (&config.listen_client_urls, Port::Client),
-            (&config.listen_metrics_urls, Port::Metrics),
-            (&config.listen_binary_urls, Port::Binary),
-        ] {
-            for url in urls.iter() {
-                let listener = corekv_net::serve::bind_reuseport(&url.socket_addr_string())
-                    .unwrap_or_else(|e| fatal(&format!("cannot listen on {url}"), e));
-                mine.push((listener, grpc));
+    let mut all: Vec<CoreListeners> = (0..cores).map(|_| Vec::new()).collect();
+    for (urls, port) in [
+        (&config.listen_client_urls, Port::Client),
+        (&config.listen_metrics_urls, Port::Metrics),
+        (&config.listen_binary_urls, Port::Binary),
+    ] {
+        for url in urls.iter() {
+            for (core, mine) in all.iter_mut().enumerate() {
+                match corekv_net::serve::bind_reuseport(&url.socket_addr_string()) {
+                    Ok(listener) => mine.push((listener, port)),
+                    // (Skipped on the first core only: once bound there, the port is ours.)
+                    Err(e)
+                        if port == Port::Binary
+                            && config.listen_binary_urls_derived
+                            && core == 0 =>
+                    {
+                        log::warn!(
+                            "not serving the binary protocol on {url} (the default next to the \
+                             client port): {e}; set --listen-binary-urls to choose its port"
+                        );
+                        break;
+                    }
+                    Err(e) => fatal(&format!("cannot listen on {url}"), e),
+                }
             }
         }
-        all.push(mine);
     }
     all
 }

@@ -41,6 +41,7 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         max_txn_ops: r.value("max-txn-ops", parse_u64)?,
         log_level: r.value("log-level", parse_log_level)?,
         listen_metrics_urls: r.value("listen-metrics-urls", parse_url_list)?,
+        listen_binary_urls_derived: r.optional("listen-binary-urls", |_| Ok(()))?.is_none(),
         listen_binary_urls: match r.optional("listen-binary-urls", parse_url_list)? {
             Some(urls) => urls,
             None => {

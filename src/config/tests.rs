@@ -144,6 +144,7 @@ fn defaults_match_etcd() {
         listen_metrics_urls: vec![],
         // Port + 1 is the peer port with etcd's defaults: the next free one up.
         listen_binary_urls: vec![url("http://localhost:2381")],
+        listen_binary_urls_derived: true,
         cores: ONLINE,
         lease_checkpoint_interval_ms: 300_000,
         auto_compaction_mode: "periodic".into(),
@@ -402,6 +403,7 @@ fn full_file_config() -> Config {
         listen_metrics_urls: vec![url("http://127.0.0.1:12381")],
         // 12380 and 12381 are the peer and metrics ports.
         listen_binary_urls: vec![url("http://127.0.0.1:12382"), url("http://[::1]:12382")],
+        listen_binary_urls_derived: true,
         cores: 2,
         lease_checkpoint_interval_ms: 300_000,
         // etcd's config-file default, not the flag's.
@@ -1239,8 +1241,10 @@ fn binary_urls_default_to_each_client_port_plus_one_and_empty_turns_them_off() {
         &[],
     );
     assert_eq!(c.listen_binary_urls, vec![url("http://127.0.0.1:4003")]);
+    assert!(c.listen_binary_urls_derived);
     let c = run(&["--listen-binary-urls", ""], &[]);
     assert!(c.listen_binary_urls.is_empty());
+    assert!(!c.listen_binary_urls_derived);
     let msg = error(&["--listen-client-urls", "http://127.0.0.1:65535"], &[]);
     assert_contains(&msg, "--listen-binary-urls", "no default past port 65535");
 }

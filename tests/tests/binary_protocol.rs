@@ -861,3 +861,102 @@ async fn more_requests_than_the_in_flight_bound_are_all_answered_and_a_pool_spre
     assert!(client.connections().iter().all(|c| !c.is_closed()));
     drop(server);
 }
+
+/// A corekv process started by hand (to choose its ports), killed by PID when dropped.
+struct Spawned {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    fn start(client_port: u16, peer_port: u16, extra: &[String]) -> Spawned {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let child = std::process::Command::new(corekv_bin())
+            .arg("--name=n1")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=n1={peer}"))
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn corekv");
+        Spawned { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the client port accepts or the process exits; true if it runs.
+    fn wait_serving(&mut self, client_port: u16) -> bool {
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], client_port));
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "corekv neither served nor exited in {READY_TIMEOUT:?}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_taken_default_binary_port_is_skipped_but_a_taken_explicit_one_fails_the_start() {
+    // Hold a port, then give corekv the client port just below it: the binary protocol's
+    // default (client port + 1) is taken.
+    let (held, client_port) = loop {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port() - 1;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break (held, port);
+        }
+    };
+    let held_port = held.local_addr().unwrap().port();
+    let peer_port = free_ports(1)[0];
+    let mut server = Spawned::start(client_port, peer_port, &[]);
+    assert!(
+        server.wait_serving(client_port),
+        "corekv did not start:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(
+        log.contains("not serving the binary protocol") && log.contains(&held_port.to_string()),
+        "no warning about the taken default port:\n{log}"
+    );
+    drop(server);
+
+    // The same port given explicitly: corekv refuses to start, naming it.
+    let client_port = free_ports(1)[0];
+    let explicit = vec![format!("--listen-binary-urls=http://127.0.0.1:{held_port}")];
+    let mut server = Spawned::start(client_port, peer_port, &explicit);
+    assert!(!server.wait_serving(client_port), "started on a taken port");
+    let log = server.log();
+    assert!(
+        log.contains(&format!("cannot listen on http://127.0.0.1:{held_port}")),
+        "{log}"
+    );
+    drop(held);
+}
