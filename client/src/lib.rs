@@ -19,6 +19,8 @@
 //! # let _ = revision; Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod frame;
 
 use std::collections::HashMap;
