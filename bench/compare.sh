@@ -24,7 +24,8 @@
 #   --systems LIST    comma-separated subset of: etcd, corekv (gRPC), corekv-bin (corekv
 #                     over the binary protocol) [etcd,corekv,corekv-bin]
 #   --plots DIR       write corekv-bench's SVG plot (latency by percentile, throughput over
-#                     time) of round 1 of every corekv and corekv-bin run into DIR
+#                     time) of round 1 of every corekv and corekv-bin run into DIR, named
+#                     <UTC date and time>-<scenario>-<system>.svg
 #   --doc FILE        append the table, the fdatasync floor and links to the plots (when
 #                     --plots is under FILE's directory) to FILE as a dated section, e.g.
 #                     --doc docs/performance.md --plots docs/perf
@@ -268,6 +269,8 @@ scenario_rows() {
 }
 
 declare -A VALUES   # "scenario|system|jqpath" -> space-separated values, one per good round
+RUN_STAMP=$(date -u +%Y-%m-%dT%H%M)   # names this run's plots
+PLOT_FILES=()
 NOTES=()
 FAILED=0
 
@@ -287,7 +290,8 @@ run_one() {
     local target plot=""
     target=$(system_args "$sys")
     if [ -n "$PLOTS_DIR" ] && [ "$sys" != etcd ] && [ "$round" = 1 ]; then
-        plot="--plot $PLOTS_DIR/$scen-$sys.svg"
+        plot="--plot $PLOTS_DIR/$RUN_STAMP-$scen-$sys.svg"
+        PLOT_FILES+=("$PLOTS_DIR/$RUN_STAMP-$scen-$sys.svg")
     fi
     log "[$scen round $round] $sys: corekv-bench $target $args --warmup $warmup $plot"
     rc=0
@@ -426,13 +430,13 @@ if [ -n "$DOC_OUT" ]; then
         echo "## $(date -u +%Y-%m-%d), compare.sh: etcd, corekv gRPC, corekv binary"
         echo
         echo "\`bench/compare.sh --rounds $ROUNDS --scenarios $(IFS=,; echo "${SCENARIO_LIST[*]}") --systems $(IFS=,; echo "${SYSTEM_LIST[*]}")$( [ "$SCALE" != 1 ] && echo " --scale $SCALE")\`"
-        echo "($(nproc) cores shared by the servers and the load generator; $ETCD_VERSION)"
+        echo "($(nproc) cores shared by the servers and the load generator; etcd: $ETCD_VERSION)"
         echo
         cat "$TABLE"
         if [ -n "$PLOTS_DIR" ] && [ "${PLOTS_DIR#"$doc_dir"/}" != "$PLOTS_DIR" ]; then
             rel=${PLOTS_DIR#"$doc_dir"/}
             echo
-            for f in "$PLOTS_DIR"/*.svg; do
+            for f in "${PLOT_FILES[@]}"; do
                 [ -e "$f" ] || continue
                 name=$(basename "$f" .svg)
                 echo "![$name]($rel/$name.svg)"
