@@ -184,6 +184,36 @@ impl Shared {
     }
 }
 
+/// Unregisters a request id when dropped while armed: a caller that gives up (its future
+/// dropped) before the answer must not leave its slot behind.
+struct Unregister<'a> {
+    shared: &'a Shared,
+    id: u64,
+    armed: bool,
+}
+
+impl<'a> Unregister<'a> {
+    fn new(shared: &'a Shared, id: u64) -> Unregister<'a> {
+        Unregister {
+            shared,
+            id,
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.unregister(self.id);
+        }
+    }
+}
+
 /// One connection to a corekv server's binary port, shared by many concurrent callers.
 ///
 /// Every method may be called concurrently (through `&self`); requests are written in
@@ -305,6 +335,16 @@ impl Connection {
         self.shared.pending.lock().unwrap().is_none()
     }
 
+    /// Requests and watchers waiting for answers on this connection.
+    pub fn pending(&self) -> usize {
+        self.shared
+            .pending
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |map| map.len())
+    }
+
     fn next_request_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -323,13 +363,17 @@ impl Connection {
         let id = self.next_request_id();
         let (tx, rx) = oneshot::channel();
         self.shared.register(id, Slot::Unary(tx))?;
+        // Frees the id if this future is dropped before its answer arrives.
+        let mut pending = Unregister::new(&self.shared, id);
         let mut bytes = Vec::new();
         frame::encode_message(&mut bytes, request_kind, id, request);
         if self.writes.send(bytes).await.is_err() {
-            self.shared.unregister(id);
             return Err(self.shared.closed_error());
         }
-        let answer = rx.await.map_err(|_| self.shared.closed_error())?;
+        let answer = rx.await;
+        // Delivered (the reader took the slot) or the connection closed (all slots gone).
+        pending.disarm();
+        let answer = answer.map_err(|_| self.shared.closed_error())?;
         decode_answer(request_kind, answer)
     }
 
@@ -403,10 +447,11 @@ impl Connection {
         let id = self.next_request_id();
         let (tx, mut rx) = mpsc::channel(WATCH_QUEUE_RESPONSES_MAX);
         self.shared.register(id, Slot::Watch(tx))?;
+        // Frees the id on every way out but success (then the Watch owns it).
+        let mut pending = Unregister::new(&self.shared, id);
         let mut bytes = Vec::new();
         frame::encode_message(&mut bytes, kind::WATCH, id, &options.to_request());
         if self.writes.send(bytes).await.is_err() {
-            self.shared.unregister(id);
             return Err(self.shared.closed_error());
         }
         let created = match rx.recv().await {
@@ -415,16 +460,15 @@ impl Connection {
             None => return Err(self.shared.closed_error()),
         };
         if !created.created {
-            self.shared.unregister(id);
             return Err(Error::Protocol(format!(
                 "a watch create was answered by a response that is not `created` (watch id {})",
                 created.watch_id
             )));
         }
         if created.canceled {
-            self.shared.unregister(id);
             return Err(Error::WatchRefused(created.cancel_reason));
         }
+        pending.disarm();
         Ok(Watch {
             connection: self.clone(),
             request_id: id,
