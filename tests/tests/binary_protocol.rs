@@ -986,3 +986,59 @@ fn a_taken_default_binary_port_is_skipped_but_a_taken_explicit_one_fails_the_sta
     );
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_and_mutated_streams_never_take_the_server_down() {
+    let (mut server, addr) = start();
+    // A valid session to mutate: hello, a put, a range, a watch create.
+    let mut valid = Vec::new();
+    let hello = Hello {
+        version_min: 1,
+        version_max: 1,
+    };
+    frame::encode_raw(&mut valid, kind::HELLO, 0, &hello.to_bytes());
+    frame::encode_message(&mut valid, kind::PUT, 1, &put(b"fuzz", b"v"));
+    frame::encode_message(&mut valid, kind::RANGE, 2, &range(b"fuzz"));
+    let watch = WatchOptions::prefix(b"fuzz".to_vec()).to_request();
+    frame::encode_message(&mut valid, kind::WATCH, 3, &watch);
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..150u64 {
+        let mut bytes = valid.clone();
+        if round % 3 == 0 {
+            // Noise after a valid hello.
+            bytes.truncate(frame::FRAME_HEADER_BYTES + frame::HELLO_BYTES);
+            let len = 1 + next() % 200;
+            bytes.extend((0..len).map(|_| next() as u8));
+        } else {
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % bytes.len() as u64) as usize;
+                bytes[at] ^= 1 << (next() % 8);
+            }
+        }
+        let mut raw = Raw::connect(&addr).await;
+        raw.send(&bytes).await;
+        // Whatever the server makes of it, it answers with valid frames and, if it found
+        // the stream malformed, one error frame before closing. Half-close our side so a
+        // stream that is merely incomplete ends too.
+        raw.stream.shutdown().await.unwrap();
+        let mut frames = 0;
+        while let Some(frame) = raw.next().await {
+            frames += 1;
+            assert!(frames < 100, "round {round}: too many answers");
+            if frame.kind == kind::ERROR {
+                let body = ErrorBody::parse(&frame.payload).unwrap();
+                assert!(!body.message.is_empty(), "round {round}: empty error text");
+            }
+        }
+    }
+    assert!(server.is_running(), "the server survived every stream");
+    let bin = binary(&addr).await;
+    let r = bin.put(&put(b"after-fuzz", b"ok")).await.unwrap();
+    assert!(revision_of(&r.header) > 1);
+}
