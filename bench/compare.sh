@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# compare.sh: run the same corekv-bench scenarios against a real etcd and against corekv,
-# interleaved (for each scenario and round: etcd, then corekv), and print a markdown table.
+# compare.sh: run the same corekv-bench scenarios against a real etcd, against corekv over
+# gRPC and against corekv over its binary protocol (docs/protocol.md), interleaved (for
+# each scenario and round: etcd, corekv, corekv-bin), and print a markdown table.
 #
 # Every run gets a freshly started server with a fresh data dir on free loopback ports,
 # and only that one server runs while it is measured (the machine has 2 cores: an idle
@@ -9,6 +10,7 @@
 #
 # Usage: bench/compare.sh [--rounds N] [--scenarios LIST] [--scale F] [--total N]
 #                         [--warmup-pct P] [--no-build] [--keep-logs] [--raw FILE]
+#                         [--systems LIST] [--plots DIR] [--doc FILE]
 #
 #   --rounds N        rounds per scenario (cells show the median; with N > 1 also min..max) [1]
 #   --scenarios LIST  comma-separated subset of: put-lat, put-tput, range-s, range-l, txn-put,
@@ -19,6 +21,17 @@
 #   --no-build        do not run cargo; use the binaries as they are
 #   --keep-logs       keep the temp dir (server logs, raw JSON) and print its path
 #   --raw FILE        also append every run's JSON (with scenario/system/round) to FILE
+#   --systems LIST    comma-separated subset of: etcd, corekv (gRPC), corekv-bin (corekv
+#                     over the binary protocol) [etcd,corekv,corekv-bin]
+#   --plots DIR       write corekv-bench's SVG plot (latency by percentile, throughput over
+#                     time) of round 1 of every corekv and corekv-bin run into DIR, named
+#                     <UTC date and time>-<scenario>-<system>.svg
+#   --doc FILE        append the table, the fdatasync floor and links to the plots (when
+#                     --plots is under FILE's directory) to FILE as a dated section, e.g.
+#                     --doc docs/performance.md --plots docs/perf
+#
+# Before the scenarios, the disk's write+fdatasync latency is measured in the work dir
+# (corekv-bench fsync-floor); the table ends with single-client put p50 / that floor.
 #
 # Environment: COREKV_BIN (default target/release/corekv), BENCH_BIN (default
 # target/release/corekv-bench), ETCD_BIN (default: etcd on PATH), ROUNDS, SCENARIOS, SCALE,
@@ -29,8 +42,8 @@
 #
 # Needs: etcd (Debian package etcd-server), jq (or python3), cargo unless --no-build.
 #
-# Ratio is corekv / etcd for every row: above 1 is better for throughput rows (req/s),
-# below 1 is better for latency rows (ms).
+# Ratios: corekv / etcd (gRPC both) and binary / gRPC (corekv both), for every row: above
+# 1 is better for throughput rows (req/s), below 1 is better for latency rows (ms).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,6 +62,9 @@ COREKV_BIN=${COREKV_BIN:-$ROOT/target/release/corekv}
 BENCH_BIN=${BENCH_BIN:-$ROOT/target/release/corekv-bench}
 ETCD_BIN=${ETCD_BIN:-etcd}
 ALL_SCENARIOS="put-lat put-tput range-s range-l txn-put watch-latency"
+SYSTEMS=${SYSTEMS:-etcd,corekv,corekv-bin}
+PLOTS_DIR=""
+DOC_OUT=""
 
 die() { echo "compare.sh: $*" >&2; exit 2; }
 log() { echo "compare.sh: $*" >&2; }
@@ -63,6 +79,9 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0; shift ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
         --raw) RAW_OUT=${2:?--raw needs a value}; shift 2 ;;
+        --systems) SYSTEMS=${2:?--systems needs a value}; shift 2 ;;
+        --plots) PLOTS_DIR=${2:?--plots needs a value}; shift 2 ;;
+        --doc) DOC_OUT=${2:?--doc needs a value}; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -77,10 +96,19 @@ for s in ${SCENARIOS//,/ }; do
     case " $ALL_SCENARIOS " in *" $s "*) SCENARIO_LIST+=("$s") ;; *) die "unknown scenario $s (known: $ALL_SCENARIOS)" ;; esac
 done
 [ ${#SCENARIO_LIST[@]} -gt 0 ] || die "no scenario selected"
+SYSTEM_LIST=()
+for y in ${SYSTEMS//,/ }; do
+    case "$y" in etcd|corekv|corekv-bin) SYSTEM_LIST+=("$y") ;; *) die "unknown system $y (known: etcd corekv corekv-bin)" ;; esac
+done
+[ ${#SYSTEM_LIST[@]} -gt 0 ] || die "no system selected"
+has_system() { case " ${SYSTEM_LIST[*]} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if [ -n "$PLOTS_DIR" ]; then mkdir -p "$PLOTS_DIR" && PLOTS_DIR=$(cd "$PLOTS_DIR" && pwd); fi
 
 # --- prerequisites -----------------------------------------------------------------------
 ETCD_PATH=$(command -v "$ETCD_BIN" || true)
-[ -n "$ETCD_PATH" ] || die "etcd not found (ETCD_BIN=$ETCD_BIN); install it: apt-get install etcd-server"
+if has_system etcd; then
+    [ -n "$ETCD_PATH" ] || die "etcd not found (ETCD_BIN=$ETCD_BIN); install it: apt-get install etcd-server"
+fi
 if command -v jq >/dev/null; then
     jget() { jq -r "$2" "$1"; }
 elif command -v python3 >/dev/null; then
@@ -147,16 +175,18 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- servers ---------------------------------------------------------------------------
-# start_server SYSTEM RUNDIR: starts etcd or corekv, sets SERVER_PID and ENDPOINT; returns
-# non-zero (with the log's tail on stderr) when it does not come up.
+# start_server SYSTEM RUNDIR: starts etcd or corekv (for corekv and corekv-bin, with a
+# binary-protocol listener too), sets SERVER_PID, ENDPOINT (gRPC) and BIN_ENDPOINT;
+# returns non-zero (with the log's tail on stderr) when it does not come up.
 start_server() {
-    local sys=$1 dir=$2 bin extra ports p q deadline
+    local sys=$1 dir=$2 bin extra ports p q r deadline
+    ports=$("$BENCH_BIN" free-ports 3) || return 1
+    read -r p q r <<<"$ports"
+    BIN_ENDPOINT="127.0.0.1:$r"
     case "$sys" in
         etcd) bin=$ETCD_PATH; extra=${ETCD_EXTRA_FLAGS:-} ;;
-        corekv) bin=$COREKV_BIN; extra=${COREKV_EXTRA_FLAGS:-} ;;
+        corekv|corekv-bin) bin=$COREKV_BIN; extra="--listen-binary-urls http://$BIN_ENDPOINT ${COREKV_EXTRA_FLAGS:-}" ;;
     esac
-    ports=$("$BENCH_BIN" free-ports 2) || return 1
-    read -r p q <<<"$ports"
     mkdir -p "$dir"
     # shellcheck disable=SC2086 # extra flags are meant to split
     "$bin" --name n1 --data-dir "$dir/data" \
@@ -213,12 +243,21 @@ scenario_args() {
     esac
 }
 
+# system_args SYSTEM: how corekv-bench reaches the system just started
+system_args() {
+    case "$1" in
+        corekv-bin) echo "--endpoints $BIN_ENDPOINT --protocol binary" ;;
+        *) echo "--endpoints $ENDPOINT" ;;
+    esac
+}
+
 # scenario_rows NAME: lines "label|jq-path|kind" (kind: tput or lat)
 scenario_rows() {
     case "$1" in
         put-lat)
             echo "put, 1 conn / 1 client, p50 latency (ms)|.latency_ms.p50|lat"
-            echo "put, 1 conn / 1 client, p99 latency (ms)|.latency_ms.p99|lat" ;;
+            echo "put, 1 conn / 1 client, p99 latency (ms)|.latency_ms.p99|lat"
+            echo "put, 1 conn / 1 client: corekv's WAL write+fdatasync, mean (ms, its /metrics)|wal_fsync|lat" ;;
         put-tput) echo "put, 16 conns / 256 clients (req/s)|.rps|tput" ;;
         range-s) echo "range serializable, 16 conns / 256 clients (req/s)|.rps|tput" ;;
         range-l) echo "range linearizable, 16 conns / 256 clients (req/s)|.rps|tput" ;;
@@ -230,6 +269,8 @@ scenario_rows() {
 }
 
 declare -A VALUES   # "scenario|system|jqpath" -> space-separated values, one per good round
+RUN_STAMP=$(date -u +%Y-%m-%dT%H%M)   # names this run's plots
+PLOT_FILES=()
 NOTES=()
 FAILED=0
 
@@ -246,15 +287,29 @@ run_one() {
         return
     fi
     out="$dir/result.json"
-    log "[$scen round $round] $sys: corekv-bench $args --warmup $warmup"
+    local target plot=""
+    target=$(system_args "$sys")
+    if [ -n "$PLOTS_DIR" ] && [ "$sys" != etcd ] && [ "$round" = 1 ]; then
+        plot="--plot $PLOTS_DIR/$RUN_STAMP-$scen-$sys.svg"
+        PLOT_FILES+=("$PLOTS_DIR/$RUN_STAMP-$scen-$sys.svg")
+    fi
+    log "[$scen round $round] $sys: corekv-bench $target $args --warmup $warmup $plot"
     rc=0
     # In the background + wait, so that a signal to this script is handled at once
     # (bash defers traps while a foreground command runs); cleanup stops it too.
     # shellcheck disable=SC2086 # args are meant to split
-    "$BENCH_BIN" --endpoints "$ENDPOINT" $args --warmup "$warmup" --json >"$out" 2>"$dir/bench.err" &
+    "$BENCH_BIN" $target $args --warmup "$warmup" --json $plot >"$out" 2>"$dir/bench.err" &
     BENCH_PID=$!
     wait "$BENCH_PID" || rc=$?
     BENCH_PID=""
+    local wal_fsync=""
+    if [ "$sys" != etcd ] && command -v curl >/dev/null; then
+        # corekv's own WAL write+fdatasync during the run (mean, ms), from its /metrics.
+        wal_fsync=$(curl -s --max-time 5 "http://$ENDPOINT/metrics" | awk '
+            /^corekv_wal_fsync_duration_seconds_sum / { s = $2 }
+            /^corekv_wal_fsync_duration_seconds_count / { c = $2 }
+            END { if (c > 0) printf "%.4f", s / c * 1000 }')
+    fi
     stop_server "$SERVER_PID"
     SERVER_PID=""
     rm -rf "$dir/data"
@@ -274,14 +329,27 @@ run_one() {
     log "[$scen round $round] $sys: $(jget "$out" .rps) req/s, p50 $(jget "$out" .latency_ms.p50) ms, p99 $(jget "$out" .latency_ms.p99) ms, $errors errors"
     local path
     while IFS='|' read -r _ path _; do
+        if [ "$path" = wal_fsync ]; then
+            [ -n "$wal_fsync" ] && VALUES["$scen|$sys|$path"]+="$wal_fsync "
+            continue
+        fi
         VALUES["$scen|$sys|$path"]+="$(jget "$out" "$path") "
     done < <(scenario_rows "$scen")
 }
 
-log "work dir $WORK ($(df -T "$WORK" | awk 'NR==2 { print $2 }')), etcd: $("$ETCD_PATH" --version | head -n 1), corekv: $COREKV_BIN"
+ETCD_VERSION="(not run)"
+if has_system etcd; then ETCD_VERSION=$("$ETCD_PATH" --version 2>/dev/null | sed -n 1p); fi
+log "work dir $WORK ($(df -T "$WORK" | awk 'NR==2 { print $2 }')), etcd: $ETCD_VERSION, corekv: $COREKV_BIN"
+FSYNC_P50=""
+if "$BENCH_BIN" fsync-floor --dir "$WORK" --count 2000 --json >"$WORK/fsync.json" 2>"$WORK/fsync.err"; then
+    FSYNC_P50=$(jget "$WORK/fsync.json" .latency_ms.p50)
+    log "disk floor (write + fdatasync, $WORK): p50 $FSYNC_P50 ms, p99 $(jget "$WORK/fsync.json" .latency_ms.p99) ms"
+else
+    NOTES+=("fsync-floor failed: $(tail -n 1 "$WORK/fsync.err")")
+fi
 for scen in "${SCENARIO_LIST[@]}"; do
     for round in $(seq 1 "$ROUNDS"); do
-        for sys in etcd corekv; do
+        for sys in "${SYSTEM_LIST[@]}"; do
             run_one "$scen" "$sys" "$round"
         done
     done
@@ -307,26 +375,74 @@ median() {
     tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
-echo
-echo "| scenario | etcd | corekv | ratio |"
-echo "|---|---:|---:|---:|"
-for scen in "${SCENARIO_LIST[@]}"; do
-    while IFS='|' read -r label path kind; do
-        e=${VALUES["$scen|etcd|$path"]:-}
-        c=${VALUES["$scen|corekv|$path"]:-}
-        em=$(median "$e"); cm=$(median "$c")
-        ratio="-"
-        if [ -n "$em" ] && [ -n "$cm" ]; then
-            ratio=$(awk -v a="$cm" -v b="$em" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-        fi
-        echo "| $label | $(cell "$e" "$kind") | $(cell "$c" "$kind") | $ratio |"
-    done < <(scenario_rows "$scen")
-done
-echo
-echo "ratio = corekv / etcd (higher is better for req/s, lower is better for ms); $ROUNDS round(s), median shown; keys 8 B, values 256 B; warmup ${WARMUP_PCT}%."
-if [ ${#NOTES[@]} -gt 0 ]; then
+# ratio A B: A / B of two medians, or "-"
+ratio() {
+    if [ -n "$1" ] && [ -n "$2" ]; then
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'
+    else
+        echo "-"
+    fi
+}
+
+TABLE="$WORK/table.md"
+{
+    echo "| scenario | etcd | corekv gRPC | corekv binary | corekv / etcd | binary / gRPC |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for scen in "${SCENARIO_LIST[@]}"; do
+        while IFS='|' read -r label path kind; do
+            e=${VALUES["$scen|etcd|$path"]:-}
+            c=${VALUES["$scen|corekv|$path"]:-}
+            b=${VALUES["$scen|corekv-bin|$path"]:-}
+            em=$(median "$e"); cm=$(median "$c"); bm=$(median "$b")
+            ec="-"; cc="-"; bc="-"
+            # (etcd has no such metric: the WAL row is corekv's only.)
+            if has_system etcd && [ "$path" != wal_fsync ]; then ec=$(cell "$e" "$kind"); fi
+            has_system corekv && cc=$(cell "$c" "$kind")
+            has_system corekv-bin && bc=$(cell "$b" "$kind")
+            echo "| $label | $ec | $cc | $bc | $(ratio "$cm" "$em") | $(ratio "$bm" "$cm") |"
+        done < <(scenario_rows "$scen")
+    done
+    if [ -n "$FSYNC_P50" ]; then
+        for sys in corekv corekv-bin; do
+            pm=$(median "${VALUES["put-lat|$sys|.latency_ms.p50"]:-}")
+            [ -n "$pm" ] || continue
+            wm=$(median "${VALUES["put-lat|$sys|wal_fsync"]:-}")
+            echo
+            echo -n "single-client put p50 over $( [ "$sys" = corekv ] && echo gRPC || echo binary ): $pm ms = $(ratio "$pm" "$FSYNC_P50") x the disk's write+fdatasync p50 ($FSYNC_P50 ms, corekv-bench fsync-floor --dir <work dir> --count 2000)"
+            if [ -n "$wm" ]; then echo "; $(ratio "$pm" "$wm") x the server's own WAL write+fdatasync mean in that run ($wm ms)"; else echo; fi
+        done
+    fi
     echo
-    echo "Notes:"
-    for n in "${NOTES[@]}"; do echo "- $n"; done
+    echo "corekv / etcd compares gRPC with gRPC; binary / gRPC compares corekv's two protocols on the same server (higher is better for req/s, lower is better for ms); $ROUNDS round(s), median shown; keys 8 B, values 256 B; warmup ${WARMUP_PCT}%."
+    if [ ${#NOTES[@]} -gt 0 ]; then
+        echo
+        echo "Notes:"
+        for n in "${NOTES[@]}"; do echo "- $n"; done
+    fi
+} >"$TABLE"
+echo
+cat "$TABLE"
+
+if [ -n "$DOC_OUT" ]; then
+    doc_dir=$(cd "$(dirname "$DOC_OUT")" && pwd)
+    {
+        echo
+        echo "## $(date -u +%Y-%m-%d), compare.sh: etcd, corekv gRPC, corekv binary"
+        echo
+        echo "\`bench/compare.sh --rounds $ROUNDS --scenarios $(IFS=,; echo "${SCENARIO_LIST[*]}") --systems $(IFS=,; echo "${SYSTEM_LIST[*]}")$( [ "$SCALE" != 1 ] && echo " --scale $SCALE")\`"
+        echo "($(nproc) cores shared by the servers and the load generator; etcd: $ETCD_VERSION)"
+        echo
+        cat "$TABLE"
+        if [ -n "$PLOTS_DIR" ] && [ "${PLOTS_DIR#"$doc_dir"/}" != "$PLOTS_DIR" ]; then
+            rel=${PLOTS_DIR#"$doc_dir"/}
+            echo
+            for f in "${PLOT_FILES[@]}"; do
+                [ -e "$f" ] || continue
+                name=$(basename "$f" .svg)
+                echo "![$name]($rel/$name.svg)"
+            done
+        fi
+    } >>"$DOC_OUT"
+    log "appended the results to $DOC_OUT"
 fi
 [ "$FAILED" = 0 ] || exit 1

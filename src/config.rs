@@ -86,6 +86,13 @@ pub struct Config {
     pub log_level: LogLevel,
     /// `--listen-metrics-urls`: extra listeners for `/metrics` and `/health` (may be empty).
     pub listen_metrics_urls: Vec<Url>,
+    /// `--listen-binary-urls` (corekv only): where to serve the binary protocol
+    /// (docs/protocol.md); by default each client URL with its port + 1, or the next port up
+    /// that no other listen URL of this member uses; empty = off.
+    pub listen_binary_urls: Vec<Url>,
+    /// Whether `listen_binary_urls` is the derived default (not given): a default port that
+    /// something else holds is then skipped with a warning instead of failing the start.
+    pub listen_binary_urls_derived: bool,
     /// `--cores` (corekv only): number of cores to run on, 1..=online cores.
     pub cores: usize,
     /// `--lease-checkpoint-interval` (corekv only) in milliseconds: how often the leader

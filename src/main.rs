@@ -403,26 +403,53 @@ fn cluster_info(
     }
 }
 
-/// What each core listens on: (listener, serves-gRPC?, https?).
-type CoreListeners = Vec<(std::net::TcpListener, bool, bool)>;
+/// What a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// gRPC and HTTP (--listen-client-urls).
+    Client,
+    /// HTTP only (--listen-metrics-urls).
+    Metrics,
+    /// The binary protocol (--listen-binary-urls, docs/protocol.md).
+    Binary,
+}
 
-/// Binds every client and metrics URL once per core (SO_REUSEPORT); fails fast on conflicts.
+/// What each core listens on.
+/// (listener, what it serves, https?) per listen URL of a core.
+type CoreListeners = Vec<(std::net::TcpListener, Port, bool)>;
+
+/// Binds every client, metrics and binary-protocol URL once per core (SO_REUSEPORT); fails
+/// fast on conflicts, except for a binary URL that is only the derived default (a port next
+/// to the client port that something else holds): that one is skipped with a warning.
 fn bind_all(config: &Config, cores: usize) -> Vec<CoreListeners> {
-    let mut all = Vec::with_capacity(cores);
-    for _ in 0..cores {
-        let mut mine = Vec::new();
-        for (urls, grpc) in [
-            (&config.listen_client_urls, true),
-            (&config.listen_metrics_urls, false),
-        ] {
-            for url in urls.iter() {
-                let listener = corekv_net::serve::bind_reuseport(&url.socket_addr_string())
-                    .unwrap_or_else(|e| fatal(&format!("cannot listen on {url}"), e));
-                let https = url.scheme == config::Scheme::Https;
-                mine.push((listener, grpc, https));
+    let mut all: Vec<CoreListeners> = (0..cores).map(|_| Vec::new()).collect();
+    for (urls, port) in [
+        (&config.listen_client_urls, Port::Client),
+        (&config.listen_metrics_urls, Port::Metrics),
+        (&config.listen_binary_urls, Port::Binary),
+    ] {
+        for url in urls.iter() {
+            for (core, mine) in all.iter_mut().enumerate() {
+                match corekv_net::serve::bind_reuseport(&url.socket_addr_string()) {
+                    Ok(listener) => {
+                        mine.push((listener, port, url.scheme == config::Scheme::Https))
+                    }
+                    // (Skipped on the first core only: once bound there, the port is ours.)
+                    Err(e)
+                        if port == Port::Binary
+                            && config.listen_binary_urls_derived
+                            && core == 0 =>
+                    {
+                        log::warn!(
+                            "not serving the binary protocol on {url} (the default next to the \
+                             client port): {e}; set --listen-binary-urls to choose its port"
+                        );
+                        break;
+                    }
+                    Err(e) => fatal(&format!("cannot listen on {url}"), e),
+                }
             }
         }
-        all.push(mine);
     }
     all
 }
@@ -444,10 +471,13 @@ fn spawn_network(
                 .enable_all()
                 .build()
                 .unwrap_or_else(|e| fatal("cannot start network runtime", e));
-            let served: Vec<_> = listeners
+            let (binary, http): (Vec<_>, Vec<_>) = listeners
                 .into_iter()
-                .map(|(listener, grpc, https)| {
-                    let router = if grpc {
+                .partition(|(_, port, _)| *port == Port::Binary);
+            let served: Vec<_> = http
+                .into_iter()
+                .map(|(listener, port, https)| {
+                    let router = if port == Port::Client {
                         corekv_net::serve::client_router(client.clone())
                     } else {
                         corekv_net::serve::metrics_router(client.clone())
@@ -455,7 +485,15 @@ fn spawn_network(
                     (listener, router, tls.clone().filter(|_| https))
                 })
                 .collect();
-            if let Err(err) = runtime.block_on(corekv_net::serve::serve_with_tls(served)) {
+            let binary = binary
+                .into_iter()
+                .map(|(listener, _, _)| listener)
+                .collect();
+            let both = async {
+                let binary = corekv_net::binary::serve(binary, client.clone());
+                tokio::try_join!(corekv_net::serve::serve_with_tls(served), binary)
+            };
+            if let Err(err) = runtime.block_on(both) {
                 fatal("network runtime failed", err);
             }
         })

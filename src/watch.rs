@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use corekv_engine::mvcc::{Event, EventKind, ReadView};
 use corekv_engine::pb::{PbResponseHeader, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse};
 use corekv_engine::KvError;
-use corekv_net::shard_api::WatchSender;
+use corekv_net::shard_api::{encode_event_field, Bytes, WatchEvents, WatchItem, WatchSender};
 use prost::Message;
 
 /// Control responses (created/canceled/progress) held for a stream that is not reading;
@@ -131,7 +131,7 @@ impl Outlet {
 
     /// Sends event responses if nothing is queued ahead of them; false if the stream is full
     /// (nothing sent then: a watcher's batch goes whole or not at all).
-    fn send_events(&mut self, responses: Vec<PbWatchResponse>) -> Result<bool, Closed> {
+    fn send_events(&mut self, responses: Vec<WatchItem>) -> Result<bool, Closed> {
         if !self.flush_control()? || !self.responses.has_room() {
             return Ok(false);
         }
@@ -388,19 +388,27 @@ impl WatchHub {
         self.facts.raft_term = raft_term;
         let revision = self.view.revision();
         let mut closed = Vec::new();
+        // Each event encoded at most once per variant (without, with prev_kv) for the whole
+        // batch; watchers share the bytes.
+        let mut shared = SharedEvents::new(events);
+        let mut mine: Vec<usize> = Vec::new();
         for (stream_id, stream) in self.streams.iter_mut() {
             for (id, watcher) in stream.watchers.iter_mut().filter(|(_, w)| w.synced) {
                 // A watcher created with a future start revision skips what precedes it.
                 let from = watcher.next_revision;
-                let mine: Vec<&Event> = events
-                    .iter()
-                    .filter(|e| e.kv.mod_revision >= from && watcher.wants(e))
-                    .collect();
+                mine.clear();
+                mine.extend(
+                    events
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| e.kv.mod_revision >= from && watcher.wants(e))
+                        .map(|(i, _)| i),
+                );
                 if mine.is_empty() {
                     watcher.next_revision = from.max(revision + 1);
                     continue;
                 }
-                let responses = event_responses(*id, watcher, &mine, revision, &self.facts);
+                let responses = shared.responses(*id, watcher, &mine, revision, &self.facts);
                 match stream.outlet.send_events(responses) {
                     Ok(true) => {
                         watcher.next_revision = revision + 1;
@@ -445,7 +453,7 @@ impl WatchHub {
                         watch_id: *id,
                         ..Default::default()
                     };
-                    if let Ok(true) = stream.outlet.send_events(vec![notice]) {
+                    if let Ok(true) = stream.outlet.send_events(vec![notice.into()]) {
                         watcher.last_sent_ms = now_ms;
                     }
                 }
@@ -540,6 +548,9 @@ impl WatchHub {
                 Vec::new()
             } else {
                 event_responses(*id, watcher, &mine, current, &self.facts)
+                    .into_iter()
+                    .map(WatchItem::from)
+                    .collect()
             };
             match stream.outlet.send_events(responses) {
                 Ok(true) => {
@@ -597,6 +608,65 @@ fn key_set(mut key: Vec<u8>, range_end: Vec<u8>) -> Option<KeySet> {
         [0] => Some(KeySet::From(key)),
         end if end <= key.as_slice() => None,
         _ => Some(KeySet::Between(key, range_end)),
+    }
+}
+
+/// A published batch's events, each encoded (lazily) at most once per variant and shared
+/// by every watcher it goes to.
+struct SharedEvents<'a> {
+    events: &'a [Event],
+    /// Per event: the encoded `events` field without and with prev_kv.
+    encoded: Vec<[Option<Bytes>; 2]>,
+}
+
+impl<'a> SharedEvents<'a> {
+    fn new(events: &'a [Event]) -> SharedEvents<'a> {
+        SharedEvents {
+            events,
+            encoded: Vec::new(),
+        }
+    }
+
+    fn field(&mut self, index: usize, prev_kv: bool) -> Bytes {
+        if self.encoded.is_empty() {
+            self.encoded = vec![[None, None]; self.events.len()];
+        }
+        self.encoded[index][usize::from(prev_kv)]
+            .get_or_insert_with(|| encode_event_field(&self.events[index].to_pb(prev_kv)))
+            .clone()
+    }
+
+    /// The responses carrying events `mine` (indexes, in revision order) to one watcher:
+    /// one response of shared bytes, unless the watcher asked for fragments and the whole
+    /// is over the limit (then fragments built for it alone).
+    fn responses(
+        &mut self,
+        watch_id: i64,
+        watcher: &Watcher,
+        mine: &[usize],
+        revision: i64,
+        facts: &HeaderFacts,
+    ) -> Vec<WatchItem> {
+        let item = WatchEvents {
+            header: PbResponseHeader {
+                revision,
+                raft_term: facts.raft_term,
+                ..Default::default()
+            },
+            watch_id,
+            events: mine
+                .iter()
+                .map(|i| self.field(*i, watcher.prev_kv))
+                .collect(),
+        };
+        if watcher.fragment && item.encoded_len() > facts.fragment_bytes_max {
+            let events: Vec<&Event> = mine.iter().map(|i| &self.events[*i]).collect();
+            return event_responses(watch_id, watcher, &events, revision, facts)
+                .into_iter()
+                .map(WatchItem::from)
+                .collect();
+        }
+        vec![WatchItem::Events(item)]
     }
 }
 

@@ -14,7 +14,14 @@
 //!
 //! `watch-latency` and `watch` (module `watch`) put watchers on a key or prefix and time
 //! and check the events the writers' puts produce.
+//!
+//! `--protocol binary` runs put, range, txn-put, lease-keepalive, mixed and watch-latency
+//! over corekv's binary protocol (docs/protocol.md, crate `corekv-client`) instead: each
+//! `--conns` connection is one pipelined binary connection shared by its clients, and
+//! `--endpoints` name the server's binary listeners (`--listen-binary-urls`).
 
+mod binary_watch;
+mod plot;
 mod watch;
 
 use std::fmt::Write as _;
@@ -24,7 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, Txn, TxnOp};
+use etcd_client::{
+    Client, ConnectOptions, GetOptions, KvClient, LeaseClient, LeaseKeepAliveStream, LeaseKeeper,
+    Txn, TxnOp,
+};
 use hdrhistogram::Histogram;
 
 /// A client gives up after this many failed requests in a row.
@@ -39,7 +49,7 @@ const USAGE: &str = "\
 corekv-bench: load generator for etcd-v3-compatible servers (corekv, etcd)
 
 USAGE:
-  corekv-bench [global flags] <put|range|txn-put> [flags]
+  corekv-bench [global flags] <put|range|txn-put|lease-keepalive|mixed> [flags]
   corekv-bench [global flags] <watch-latency|watch> [flags]
   corekv-bench fsync-floor --dir D [--count 2000] [--size 512] [--json]
 
@@ -54,6 +64,11 @@ GLOBAL FLAGS (accepted before or after the command):
   --threads N          tokio worker threads [2]
   --timeout SECS       per-request timeout [30]
   --json               print a one-line JSON summary instead of text
+  --protocol P         grpc (etcd's API; corekv or etcd) or binary (corekv's binary
+                       protocol; --endpoints are then binary listeners) [grpc]. binary
+                       works with put, range, txn-put, lease-keepalive, mixed and
+                       watch-latency
+  --plot FILE.svg      also write an SVG: latency by percentile and throughput over time
 
 put:
   --key-size N         key bytes [8]
@@ -74,6 +89,16 @@ range [KEY [END]]:
 
 txn-put:
   --txn-ops N          puts per transaction, distinct random keys, no compares [1]
+  --key-size, --val-size, --key-space-size, --sequential-keys, --key-encoding as put
+
+lease-keepalive:
+  Every client grants itself a lease (TTL 600 s, before its first timed request) and
+  renews it in a closed loop: over gRPC one LeaseKeepAlive stream per client (a request
+  and its answer per renewal), over binary one keep-alive frame per renewal.
+
+mixed:
+  --read-ratio F       share of requests that are reads, 0..1 [0.8]; the rest are puts.
+                       Keys (for both) as for put; reads use --consistency
   --key-size, --val-size, --key-space-size, --sequential-keys, --key-encoding as put
 
 watch-latency:
@@ -130,6 +155,8 @@ enum Command {
     FreePorts,
     WatchLatency,
     Watch,
+    LeaseKeepalive,
+    Mixed,
 }
 
 impl Command {
@@ -142,6 +169,26 @@ impl Command {
             Command::FreePorts => "free-ports",
             Command::WatchLatency => "watch-latency",
             Command::Watch => "watch",
+            Command::LeaseKeepalive => "lease-keepalive",
+            Command::Mixed => "mixed",
+        }
+    }
+}
+
+/// Which API a run speaks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Protocol {
+    /// etcd's gRPC API (corekv or etcd).
+    Grpc,
+    /// corekv's binary protocol.
+    Binary,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Binary => "binary",
         }
     }
 }
@@ -186,6 +233,9 @@ struct Opts {
     rate_given: bool,
     key_given: bool,
     positional: Vec<String>,
+    protocol: Protocol,
+    plot: Option<String>,
+    read_ratio: f64,
 }
 
 impl Default for Opts {
@@ -222,6 +272,9 @@ impl Default for Opts {
             rate_given: false,
             key_given: false,
             positional: Vec::new(),
+            protocol: Protocol::Grpc,
+            plot: None,
+            read_ratio: 0.8,
         }
     }
 }
@@ -249,6 +302,8 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
                     "free-ports" => Command::FreePorts,
                     "watch-latency" => Command::WatchLatency,
                     "watch" => Command::Watch,
+                    "lease-keepalive" => Command::LeaseKeepalive,
+                    "mixed" => Command::Mixed,
                     other => return Err(format!("unknown command {other:?}")),
                 });
             } else {
@@ -356,11 +411,25 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--size" => o.size = parse_num(n, &v)?,
             "--watchers" => o.watchers = parse_num(n, &v)?,
             "--streams" => o.streams = parse_num(n, &v)?,
+            "--protocol" => {
+                o.protocol = match v.as_str() {
+                    "grpc" => Protocol::Grpc,
+                    "binary" => Protocol::Binary,
+                    _ => return Err(format!("--protocol: expected grpc or binary, got {v:?}")),
+                }
+            }
+            "--plot" => o.plot = Some(v),
+            "--read-ratio" => {
+                o.read_ratio = parse_num(n, &v)?;
+                if !(0.0..=1.0).contains(&o.read_ratio) {
+                    return Err("--read-ratio must be within 0..1".into());
+                }
+            }
             _ => return Err(format!("unknown flag {name}")),
         }
     }
     o.command = command
-        .ok_or("no command given (put, range, txn-put, watch-latency, watch or fsync-floor)")?;
+        .ok_or("no command given (put, range, txn-put, lease-keepalive, mixed, watch-latency, watch or fsync-floor)")?;
     validate(&mut o)?;
     Ok(Some(o))
 }
@@ -446,6 +515,9 @@ fn validate(o: &mut Opts) -> Result<(), String> {
         Command::WatchLatency | Command::Watch => validate_watch(o)?,
         _ => {}
     }
+    if o.protocol == Protocol::Binary && o.command == Command::Watch {
+        return Err("--protocol binary: `watch` runs over gRPC only (use watch-latency)".into());
+    }
     if o.conns == 0 || o.clients == 0 || o.threads == 0 {
         return Err("--conns, --clients and --threads must be > 0".into());
     }
@@ -455,7 +527,7 @@ fn validate(o: &mut Opts) -> Result<(), String> {
     if o.key_size == 0 {
         return Err("--key-size must be > 0".into());
     }
-    let keyed = matches!(o.command, Command::Put | Command::TxnPut) || o.prefix;
+    let keyed = matches!(o.command, Command::Put | Command::TxnPut | Command::Mixed) || o.prefix;
     if keyed && o.key_space_size == 0 {
         return Err("--key-space-size must be > 0".into());
     }
@@ -552,6 +624,7 @@ struct Workload {
     serializable: bool,
     limit: i64,
     txn_ops: usize,
+    read_ratio: f64,
 }
 
 impl Workload {
@@ -568,6 +641,7 @@ impl Workload {
             serializable: o.serializable,
             limit: o.limit,
             txn_ops: o.txn_ops,
+            read_ratio: o.read_ratio,
         }
     }
 
@@ -579,19 +653,83 @@ impl Workload {
         }
     }
 
-    /// Issues request number `seq` of this workload.
-    async fn issue(
-        &self,
-        kv: &mut KvClient,
-        seq: u64,
-        rng: &mut Rng,
-    ) -> Result<(), etcd_client::Error> {
-        match self.command {
-            Command::Put => {
-                let key = encode_key(self.key_index(seq, rng), self.key_size, self.encoding);
-                kv.put(key, self.value.clone(), None).await?;
+    /// The keys of transaction `seq`: txn_ops distinct indexes.
+    fn txn_keys(&self, seq: u64, rng: &mut Rng) -> Vec<Vec<u8>> {
+        let mut idxs: Vec<u64> = Vec::with_capacity(self.txn_ops);
+        let mut j = 0u64;
+        while idxs.len() < self.txn_ops {
+            let idx = if self.sequential {
+                (seq.wrapping_mul(self.txn_ops as u64) + j) % self.key_space_size
+            } else {
+                rng.below(self.key_space_size)
+            };
+            j += 1;
+            if !idxs.contains(&idx) {
+                idxs.push(idx);
             }
-            Command::Range => {
+        }
+        idxs.into_iter()
+            .map(|i| encode_key(i, self.key_size, self.encoding))
+            .collect()
+    }
+
+    /// Issues request number `seq` of this workload on the client's connection.
+    async fn issue(&self, ctx: &mut ClientCtx, seq: u64, rng: &mut Rng) -> Result<(), String> {
+        match (&ctx.conn, self.command) {
+            (_, Command::Mixed) => {
+                // A read with probability read_ratio, else a put; same key choice for both.
+                let read = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 <= self.read_ratio
+                    && self.read_ratio > 0.0;
+                let key = encode_key(self.key_index(seq, rng), self.key_size, self.encoding);
+                match (&ctx.conn, read) {
+                    (Conn::Grpc { kv, .. }, true) => {
+                        let mut opts = GetOptions::new();
+                        if self.serializable {
+                            opts = opts.with_serializable();
+                        }
+                        kv.clone().get(key, Some(opts)).await.map(drop).map_err(err)
+                    }
+                    (Conn::Grpc { kv, .. }, false) => kv
+                        .clone()
+                        .put(key, self.value.clone(), None)
+                        .await
+                        .map(drop)
+                        .map_err(err),
+                    (Conn::Binary(c), true) => {
+                        let req = pb::PbRangeRequest {
+                            key,
+                            serializable: self.serializable,
+                            ..Default::default()
+                        };
+                        c.range(&req).await.map(drop).map_err(err)
+                    }
+                    (Conn::Binary(c), false) => {
+                        let req = pb::PbPutRequest {
+                            key,
+                            value: self.value.clone(),
+                            ..Default::default()
+                        };
+                        c.put(&req).await.map(drop).map_err(err)
+                    }
+                }
+            }
+            (Conn::Grpc { kv, .. }, Command::Put) => {
+                let key = encode_key(self.key_index(seq, rng), self.key_size, self.encoding);
+                kv.clone()
+                    .put(key, self.value.clone(), None)
+                    .await
+                    .map(drop)
+                    .map_err(err)
+            }
+            (Conn::Binary(c), Command::Put) => {
+                let req = pb::PbPutRequest {
+                    key: encode_key(self.key_index(seq, rng), self.key_size, self.encoding),
+                    value: self.value.clone(),
+                    ..Default::default()
+                };
+                c.put(&req).await.map(drop).map_err(err)
+            }
+            (Conn::Grpc { kv, .. }, Command::Range) => {
                 let mut opts = GetOptions::new();
                 if let Some(end) = &self.range_end {
                     opts = opts.with_range(end.clone());
@@ -602,41 +740,143 @@ impl Workload {
                 if self.limit > 0 {
                     opts = opts.with_limit(self.limit);
                 }
-                kv.get(self.range_key.clone(), Some(opts)).await?;
+                kv.clone()
+                    .get(self.range_key.clone(), Some(opts))
+                    .await
+                    .map(drop)
+                    .map_err(err)
             }
-            Command::TxnPut => {
-                let mut idxs: Vec<u64> = Vec::with_capacity(self.txn_ops);
-                let mut j = 0u64;
-                while idxs.len() < self.txn_ops {
-                    let idx = if self.sequential {
-                        (seq.wrapping_mul(self.txn_ops as u64) + j) % self.key_space_size
-                    } else {
-                        rng.below(self.key_space_size)
-                    };
-                    j += 1;
-                    if !idxs.contains(&idx) {
-                        idxs.push(idx);
-                    }
-                }
-                let ops: Vec<TxnOp> = idxs
+            (Conn::Binary(c), Command::Range) => {
+                let req = pb::PbRangeRequest {
+                    key: self.range_key.clone(),
+                    range_end: self.range_end.clone().unwrap_or_default(),
+                    serializable: self.serializable,
+                    limit: self.limit,
+                    ..Default::default()
+                };
+                c.range(&req).await.map(drop).map_err(err)
+            }
+            (Conn::Grpc { kv, .. }, Command::TxnPut) => {
+                let ops: Vec<TxnOp> = self
+                    .txn_keys(seq, rng)
                     .into_iter()
-                    .map(|i| {
-                        TxnOp::put(
-                            encode_key(i, self.key_size, self.encoding),
-                            self.value.clone(),
-                            None,
-                        )
+                    .map(|k| TxnOp::put(k, self.value.clone(), None))
+                    .collect();
+                kv.clone()
+                    .txn(Txn::new().and_then(ops))
+                    .await
+                    .map(drop)
+                    .map_err(err)
+            }
+            (Conn::Binary(c), Command::TxnPut) => {
+                let success = self
+                    .txn_keys(seq, rng)
+                    .into_iter()
+                    .map(|key| pb::PbTxnRequestOp {
+                        request: Some(pb::PbTxnOpRequest::RequestPut(pb::PbPutRequest {
+                            key,
+                            value: self.value.clone(),
+                            ..Default::default()
+                        })),
                     })
                     .collect();
-                kv.txn(Txn::new().and_then(ops)).await?;
+                let req = pb::PbTxnRequest {
+                    success,
+                    ..Default::default()
+                };
+                c.txn(&req).await.map(drop).map_err(err)
             }
-            Command::FsyncFloor | Command::FreePorts | Command::WatchLatency | Command::Watch => {
+            (_, Command::LeaseKeepalive) => ctx.keep_alive().await,
+            (
+                _,
+                Command::FsyncFloor | Command::FreePorts | Command::WatchLatency | Command::Watch,
+            ) => {
                 unreachable!("not a closed-loop workload")
+            }
+        }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Lease TTL of the leases lease-keepalive renews (long enough never to expire in a run).
+const KEEPALIVE_LEASE_TTL_S: i64 = 600;
+
+/// One connection of a run, shared by the clients assigned to it. (Cloned once per client,
+/// never per request, so the size of the gRPC variant does not matter.)
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
+enum Conn {
+    /// An etcd gRPC connection.
+    Grpc { kv: KvClient, lease: LeaseClient },
+    /// A pipelined binary-protocol connection.
+    Binary(Arc<corekv_client::Connection>),
+}
+
+/// One closed-loop client: its connection, plus its lease and keep-alive stream for
+/// lease-keepalive (set up before its first request).
+struct ClientCtx {
+    conn: Conn,
+    lease_id: i64,
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+impl ClientCtx {
+    fn new(conn: Conn) -> ClientCtx {
+        ClientCtx {
+            conn,
+            lease_id: 0,
+            keeper: None,
+        }
+    }
+
+    /// Grants this client's lease (and opens its keep-alive stream over gRPC).
+    async fn prepare_lease(&mut self) -> Result<(), String> {
+        match &self.conn {
+            Conn::Grpc { lease, .. } => {
+                let mut lease = lease.clone();
+                let granted = lease
+                    .grant(KEEPALIVE_LEASE_TTL_S, None)
+                    .await
+                    .map_err(err)?;
+                self.lease_id = granted.id();
+                self.keeper = Some(lease.keep_alive(self.lease_id).await.map_err(err)?);
+            }
+            Conn::Binary(c) => {
+                let req = pb::PbLeaseGrantRequest {
+                    ttl: KEEPALIVE_LEASE_TTL_S,
+                    id: 0,
+                };
+                self.lease_id = c.lease_grant(&req).await.map_err(err)?.id;
             }
         }
         Ok(())
     }
+
+    /// One renewal of this client's lease, checked.
+    async fn keep_alive(&mut self) -> Result<(), String> {
+        let ttl = match (&self.conn, self.keeper.as_mut()) {
+            (Conn::Grpc { .. }, Some((keeper, stream))) => {
+                keeper.keep_alive().await.map_err(err)?;
+                match stream.message().await.map_err(err)? {
+                    Some(resp) => resp.ttl(),
+                    None => return Err("the keep-alive stream ended".into()),
+                }
+            }
+            (Conn::Grpc { .. }, None) => return Err("no keep-alive stream".into()),
+            (Conn::Binary(c), _) => c.lease_keep_alive(self.lease_id).await.map_err(err)?.ttl,
+        };
+        if ttl <= 0 {
+            return Err(format!("lease {:x} expired (ttl {ttl})", self.lease_id));
+        }
+        Ok(())
+    }
 }
+
+/// etcd's messages, for the binary protocol's requests.
+use corekv_client::proto as pb;
 
 // ---------------------------------------------------------------------------------------
 // Running a phase
@@ -697,6 +937,11 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("histogram bounds are valid")
 }
 
+/// Width of one throughput-over-time bucket.
+const TIMELINE_BUCKET: Duration = Duration::from_millis(100);
+/// Buckets kept at most (longer runs count their tail into the last one).
+const TIMELINE_BUCKETS_MAX: usize = 36_000;
+
 /// One client's (or, merged, the whole run's) results.
 struct Tally {
     hist: Histogram<u64>,
@@ -709,6 +954,8 @@ struct Tally {
     max_us: f64,
     /// Clients that stopped on CONSECUTIVE_ERRORS_MAX errors in a row.
     gave_up: u64,
+    /// Requests completed per TIMELINE_BUCKET since the phase started.
+    timeline: Vec<u32>,
 }
 
 impl Tally {
@@ -722,6 +969,7 @@ impl Tally {
             min_us: f64::INFINITY,
             max_us: 0.0,
             gave_up: 0,
+            timeline: Vec::new(),
         }
     }
 
@@ -736,6 +984,16 @@ impl Tally {
         self.max_us = self.max_us.max(us);
     }
 
+    /// Counts one completion `since_start` after the phase began, for the timeline.
+    fn mark(&mut self, since_start: Duration) {
+        let bucket = ((since_start.as_nanos() / TIMELINE_BUCKET.as_nanos()) as usize)
+            .min(TIMELINE_BUCKETS_MAX - 1);
+        if self.timeline.len() <= bucket {
+            self.timeline.resize(bucket + 1, 0);
+        }
+        self.timeline[bucket] += 1;
+    }
+
     fn merge(&mut self, other: &Tally) {
         self.hist.add(&other.hist).expect("histograms share bounds");
         self.ok += other.ok;
@@ -745,12 +1003,18 @@ impl Tally {
         self.min_us = self.min_us.min(other.min_us);
         self.max_us = self.max_us.max(other.max_us);
         self.gave_up += other.gave_up;
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), 0);
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
+            *mine += theirs;
+        }
     }
 }
 
 async fn client_loop(
     id: usize,
-    mut kv: KvClient,
+    conn: Conn,
     work: Arc<Workload>,
     phase: Arc<Phase>,
     record: bool,
@@ -759,21 +1023,30 @@ async fn client_loop(
     let mut tally = Tally::new();
     let mut rng = Rng::seeded(id as u64 + 1);
     let mut in_a_row = 0u32;
+    let mut ctx = ClientCtx::new(conn);
+    if work.command == Command::LeaseKeepalive {
+        if let Err(e) = ctx.prepare_lease().await {
+            phase.note_error(&format!("granting the client's lease: {e}"));
+            tally.errors += 1;
+            tally.gave_up = 1;
+            return tally;
+        }
+    }
     while let Some(seq) = phase.claim().await {
         let t0 = Instant::now();
-        let res = work.issue(&mut kv, seq, &mut rng).await;
+        let res = work.issue(&mut ctx, seq, &mut rng).await;
         let latency = t0.elapsed();
         match res {
             Ok(()) => {
                 in_a_row = 0;
                 if record {
                     tally.record(latency);
+                    tally.mark(phase.start.elapsed());
                 }
             }
-            Err(e) => {
+            Err(msg) => {
                 in_a_row += 1;
                 tally.errors += 1;
-                let msg = e.to_string();
                 phase.note_error(&msg);
                 if in_a_row >= CONSECUTIVE_ERRORS_MAX {
                     eprintln!(
@@ -791,7 +1064,7 @@ async fn client_loop(
 /// Runs one phase with every client; returns the merged tally, the elapsed time and the
 /// first error message.
 async fn run_phase(
-    kvs: &[KvClient],
+    conns: &[Conn],
     clients: usize,
     work: Arc<Workload>,
     phase: Phase,
@@ -801,10 +1074,10 @@ async fn run_phase(
     let phase = Arc::new(phase);
     let mut handles = Vec::with_capacity(clients);
     for id in 0..clients {
-        let kv = kvs[id % kvs.len()].clone();
+        let conn = conns[id % conns.len()].clone();
         handles.push(tokio::spawn(client_loop(
             id,
-            kv,
+            conn,
             work.clone(),
             phase.clone(),
             record,
@@ -826,38 +1099,64 @@ async fn run_phase(
     (all, elapsed, first)
 }
 
-async fn connect_all(o: &Opts) -> Result<Vec<KvClient>, String> {
-    let mut kvs = Vec::with_capacity(o.conns);
+async fn connect_all(o: &Opts) -> Result<Vec<Conn>, String> {
+    let mut conns = Vec::with_capacity(o.conns);
     for i in 0..o.conns {
         let ep = &o.endpoints[i % o.endpoints.len()];
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(o.timeout);
-        let client = Client::connect([ep.as_str()], Some(options))
-            .await
-            .map_err(|e| format!("cannot connect to {ep}: {e}"))?;
-        kvs.push(client.kv_client());
+        match o.protocol {
+            Protocol::Grpc => {
+                let options = ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(o.timeout);
+                let client = Client::connect([ep.as_str()], Some(options))
+                    .await
+                    .map_err(|e| format!("cannot connect to {ep}: {e}"))?;
+                conns.push(Conn::Grpc {
+                    kv: client.kv_client(),
+                    lease: client.lease_client(),
+                });
+            }
+            Protocol::Binary => {
+                let options = corekv_client::ClientOptions::default();
+                let c = corekv_client::Connection::connect(ep, &options)
+                    .await
+                    .map_err(|e| format!("cannot connect to {ep} (binary protocol): {e}"))?;
+                conns.push(Conn::Binary(Arc::new(c)));
+            }
+        }
     }
     // Connections are opened lazily: touch every one before any clock starts.
     let mut primes = Vec::new();
-    for (i, kv) in kvs.iter().enumerate() {
-        let mut kv = kv.clone();
+    for (i, conn) in conns.iter().enumerate() {
+        let conn = conn.clone();
         let ep = o.endpoints[i % o.endpoints.len()].clone();
         primes.push(tokio::spawn(async move {
-            kv.get(PRIME_KEY, Some(GetOptions::new().with_serializable()))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("{ep} does not answer: {e}"))
+            let answered = match conn {
+                Conn::Grpc { mut kv, .. } => kv
+                    .get(PRIME_KEY, Some(GetOptions::new().with_serializable()))
+                    .await
+                    .map(drop)
+                    .map_err(err),
+                Conn::Binary(c) => {
+                    let req = pb::PbRangeRequest {
+                        key: PRIME_KEY.to_vec(),
+                        serializable: true,
+                        ..Default::default()
+                    };
+                    c.range(&req).await.map(drop).map_err(err)
+                }
+            };
+            answered.map_err(|e| format!("{ep} does not answer: {e}"))
         }));
     }
     for p in primes {
         p.await.map_err(|e| e.to_string())??;
     }
-    Ok(kvs)
+    Ok(conns)
 }
 
 /// Puts keys 0..N (and the range key itself, when reading one key) so reads find data.
-async fn prefill(o: &Opts, kvs: &[KvClient]) -> Result<(), String> {
+async fn prefill(o: &Opts, conns: &[Conn]) -> Result<(), String> {
     let started = Instant::now();
     let work = Arc::new(Workload {
         command: Command::Put,
@@ -867,7 +1166,7 @@ async fn prefill(o: &Opts, kvs: &[KvClient]) -> Result<(), String> {
     });
     let clients = o.clients.min(o.prefill as usize).max(1);
     let (tally, _, first) = run_phase(
-        kvs,
+        conns,
         clients,
         work.clone(),
         Phase::new(Some(o.prefill), None, 0.0),
@@ -884,10 +1183,24 @@ async fn prefill(o: &Opts, kvs: &[KvClient]) -> Result<(), String> {
         ));
     }
     if o.end.is_none() {
-        let mut kv = kvs[0].clone();
-        kv.put(o.key.clone(), work.value.clone(), None)
-            .await
-            .map_err(|e| format!("prefill: put {:?}: {e}", o.key))?;
+        let key = o.key.clone().into_bytes();
+        let done = match &conns[0] {
+            Conn::Grpc { kv, .. } => kv
+                .clone()
+                .put(key, work.value.clone(), None)
+                .await
+                .map(drop)
+                .map_err(err),
+            Conn::Binary(c) => {
+                let req = pb::PbPutRequest {
+                    key,
+                    value: work.value.clone(),
+                    ..Default::default()
+                };
+                c.put(&req).await.map(drop).map_err(err)
+            }
+        };
+        done.map_err(|e| format!("prefill: put {:?}: {e}", o.key))?;
     }
     eprintln!(
         "corekv-bench: prefilled {} keys ({} B keys, {} B values) in {:.2} s",
@@ -907,15 +1220,16 @@ struct Report {
 }
 
 async fn bench(o: Opts) -> Result<Report, String> {
-    let kvs = connect_all(&o).await?;
-    if o.command == Command::Range && o.prefill > 0 {
-        prefill(&o, &kvs).await?;
+    let conns = connect_all(&o).await?;
+    if matches!(o.command, Command::Range | Command::Mixed) && o.prefill > 0 {
+        prefill(&o, &conns).await?;
     }
     let work = Arc::new(Workload::from_opts(&o));
     let mut warmup_errors = 0;
     if o.warmup > 0 {
         let phase = Phase::new(Some(o.warmup), None, o.rate);
-        let (t, _, first) = run_phase(&kvs, o.clients, work.clone(), phase, false, "warmup").await;
+        let (t, _, first) =
+            run_phase(&conns, o.clients, work.clone(), phase, false, "warmup").await;
         warmup_errors = t.errors;
         if t.errors > 0 {
             eprintln!(
@@ -932,7 +1246,7 @@ async fn bench(o: Opts) -> Result<Report, String> {
     };
     let phase = Phase::new(total, o.duration, o.rate);
     let (tally, elapsed, first_error) =
-        run_phase(&kvs, o.clients, work, phase, true, o.command.name()).await;
+        run_phase(&conns, o.clients, work, phase, true, o.command.name()).await;
     Ok(Report {
         tally,
         elapsed,
@@ -940,7 +1254,6 @@ async fn bench(o: Opts) -> Result<Report, String> {
         warmup_errors,
     })
 }
-
 // ---------------------------------------------------------------------------------------
 // Output
 
@@ -1009,6 +1322,7 @@ fn print_json(o: &Opts, r: &Report) {
     lat.insert("max".into(), round4(s.max_ms).into());
     let mut j = serde_json::json!({
         "op": o.command.name(),
+        "protocol": o.protocol.name(),
         "total_requests": r.tally.ok,
         "errors": r.tally.errors,
         "elapsed_s": round4(r.elapsed.as_secs_f64()),
@@ -1027,6 +1341,14 @@ fn print_json(o: &Opts, r: &Report) {
     });
     let m = j.as_object_mut().expect("object");
     match o.command {
+        Command::Mixed => {
+            m.insert("key_space_size".into(), o.key_space_size.into());
+            m.insert("read_ratio".into(), o.read_ratio.into());
+            m.insert(
+                "consistency".into(),
+                (if o.serializable { "s" } else { "l" }).into(),
+            );
+        }
         Command::Put | Command::TxnPut => {
             m.insert("key_space_size".into(), o.key_space_size.into());
             m.insert("sequential_keys".into(), o.sequential_keys.into());
@@ -1084,6 +1406,19 @@ fn print_text(o: &Opts, r: &Report) {
             "txn-put {} ops/txn, key {} B, value {} B, key space {}",
             o.txn_ops, o.key_size, o.val_size, o.key_space_size
         ),
+        Command::LeaseKeepalive => "lease-keepalive, one lease per client".to_string(),
+        Command::Mixed => format!(
+            "mixed {:.0}% reads ({}) / puts, key {} B, value {} B, key space {}",
+            o.read_ratio * 100.0,
+            if o.serializable {
+                "serializable"
+            } else {
+                "linearizable"
+            },
+            o.key_size,
+            o.val_size,
+            o.key_space_size
+        ),
         _ => format!(
             "put key {} B, value {} B, key space {}",
             o.key_size, o.val_size, o.key_space_size
@@ -1091,7 +1426,8 @@ fn print_text(o: &Opts, r: &Report) {
     };
     let _ = writeln!(
         out,
-        "{what}: {} conns, {} clients, {bound}{} -> {}\n",
+        "{what}: {} {} conns, {} clients, {bound}{} -> {}\n",
+        o.protocol.name(),
         o.conns,
         o.clients,
         if o.rate > 0.0 {
@@ -1302,6 +1638,23 @@ fn free_ports(o: &Opts) -> Result<(), String> {
 
 // ---------------------------------------------------------------------------------------
 
+/// Writes the --plot SVG for `tally`.
+fn write_plot(
+    path: &str,
+    title: &str,
+    tally: &Tally,
+    elapsed: Option<Duration>,
+) -> Result<(), String> {
+    let svg = plot::svg(
+        title,
+        &tally.hist,
+        &tally.timeline,
+        TIMELINE_BUCKET,
+        elapsed,
+    );
+    std::fs::write(path, svg).map_err(|e| format!("--plot {path}: {e}"))
+}
+
 fn main() {
     let opts = match parse_args(std::env::args().skip(1).collect()) {
         Ok(Some(o)) => o,
@@ -1329,6 +1682,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(format!("cannot start tokio runtime: {e}")));
+    if opts.command == Command::WatchLatency && opts.protocol == Protocol::Binary {
+        let report = runtime
+            .block_on(binary_watch::bench(opts.clone()))
+            .unwrap_or_else(|e| fail(e));
+        binary_watch::print(&opts, &report);
+        if let Some(path) = &opts.plot {
+            let title = format!(
+                "watch-latency over binary, {} watchers (put-to-event latency)",
+                opts.watchers
+            );
+            write_plot(path, &title, &report.latency, None).unwrap_or_else(|e| fail(e));
+        }
+        let _ = std::io::stdout().flush();
+        std::process::exit(if report.passed() { 0 } else { 1 });
+    }
     if matches!(opts.command, Command::WatchLatency | Command::Watch) {
         let report = runtime
             .block_on(watch::bench(opts.clone()))
@@ -1337,6 +1705,14 @@ fn main() {
             watch::print_json(&opts, &report);
         } else {
             watch::print_text(&opts, &report);
+        }
+        if let Some(path) = &opts.plot {
+            let title = format!(
+                "{} over grpc, {} watchers (put-to-event latency)",
+                opts.command.name(),
+                opts.watchers
+            );
+            write_plot(path, &title, &report.latency, None).unwrap_or_else(|e| fail(e));
         }
         let _ = std::io::stdout().flush();
         watch::complain(&report);
@@ -1350,6 +1726,16 @@ fn main() {
         print_json(&opts, &report);
     } else {
         print_text(&opts, &report);
+    }
+    if let Some(path) = &opts.plot {
+        let title = format!(
+            "{} over {}, {} conns / {} clients",
+            opts.command.name(),
+            opts.protocol.name(),
+            opts.conns,
+            opts.clients
+        );
+        write_plot(path, &title, &report.tally, Some(report.elapsed)).unwrap_or_else(|e| fail(e));
     }
     if report.tally.ok == 0 {
         eprintln!(

@@ -43,7 +43,7 @@ fn mix(seq: u64, rev: i64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn parse_seq(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_seq(value: &[u8]) -> Option<u64> {
     let digits = value.get(..SEQ_DIGITS)?;
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
@@ -432,7 +432,7 @@ async fn connect(o: &Opts, i: usize, request_timeout: bool) -> Result<Client, St
 
 /// The result of a watch run.
 pub(crate) struct WatchReport {
-    latency: Tally,
+    pub(crate) latency: Tally,
     puts: Tally,
     puts_ok: u64,
     put_errors: u64,
@@ -698,7 +698,7 @@ fn pct(h: &Histogram<u64>, p: f64) -> f64 {
     h.value_at_percentile(p) as f64 / 1000.0
 }
 
-fn latency_json(t: &Tally) -> serde_json::Value {
+pub(crate) fn latency_json(t: &Tally) -> serde_json::Value {
     let mut lat = serde_json::Map::new();
     if t.ok == 0 {
         return serde_json::Value::Object(lat);

@@ -1,5 +1,6 @@
 //! corekv's network layer.
 //!
+//! - [`binary`]: the binary protocol (docs/protocol.md) on its own per-core listeners.
 //! - [`shard_api`]: the contract between a core's network runtime and the shard that owns the
 //!   data path on that core (bounded channel in, oneshot reply out).
 //! - [`grpc`]: etcd's gRPC services (KV, Maintenance, Cluster) at etcd's method paths.
@@ -10,6 +11,7 @@
 
 pub mod auth;
 mod authority;
+pub mod binary;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use corekv_engine::mvcc::{CommandResponse, RangeAnswer, ReadView};
 use corekv_engine::pb::{
-    PbRangeRequest, PbTxnRequest, PbTxnResponse, PbWatchRequest, PbWatchResponse,
+    PbEvent, PbRangeRequest, PbResponseHeader, PbTxnRequest, PbTxnResponse, PbWatchRequest,
+    PbWatchResponse,
 };
 use corekv_engine::request::{AuthHeader, Command};
 use corekv_engine::KvError;
@@ -445,6 +446,127 @@ impl ShardClient {
 /// queue holds at most this plus one response.
 pub const WATCH_STREAM_QUEUED_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// The shared byte buffers [`WatchEvents`] hold.
+pub use bytes::Bytes;
+
+/// WatchResponse field numbers (etcd's rpc.proto) used by [`WatchEvents`].
+const WATCH_RESPONSE_HEADER_FIELD: u32 = 1;
+const WATCH_RESPONSE_WATCH_ID_FIELD: u32 = 2;
+const WATCH_RESPONSE_EVENTS_FIELD: u32 = 11;
+
+/// One response on a watch stream's queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchItem {
+    /// A response built for this stream alone (created, canceled, progress, fragments,
+    /// catch-up from history).
+    Response(PbWatchResponse),
+    /// A watcher's share of a published batch: events encoded once per batch on the core
+    /// and shared (reference-counted) by every watcher that gets them.
+    Events(WatchEvents),
+}
+
+/// A WatchResponse carrying only a header, a watch id and events, with the events already
+/// encoded. Its bytes are exactly what prost writes for the equivalent [`PbWatchResponse`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchEvents {
+    pub header: PbResponseHeader,
+    pub watch_id: i64,
+    /// Each event as a whole `events` field of a WatchResponse (tag, length, mvccpb.Event),
+    /// from [`encode_event_field`].
+    pub events: Vec<bytes::Bytes>,
+}
+
+/// An event as a WatchResponse `events` field, to be shared by every watcher it goes to.
+pub fn encode_event_field(event: &PbEvent) -> bytes::Bytes {
+    let len = prost::encoding::message::encoded_len(WATCH_RESPONSE_EVENTS_FIELD, event);
+    let mut out = Vec::with_capacity(len);
+    prost::encoding::message::encode(WATCH_RESPONSE_EVENTS_FIELD, event, &mut out);
+    debug_assert_eq!(out.len(), len);
+    bytes::Bytes::from(out)
+}
+
+impl WatchEvents {
+    /// Bytes of the encoded WatchResponse.
+    pub fn encoded_len(&self) -> usize {
+        let id = if self.watch_id != 0 {
+            prost::encoding::int64::encoded_len(WATCH_RESPONSE_WATCH_ID_FIELD, &self.watch_id)
+        } else {
+            0
+        };
+        prost::encoding::message::encoded_len(WATCH_RESPONSE_HEADER_FIELD, &self.header)
+            + id
+            + self.events.iter().map(|e| e.len()).sum::<usize>()
+    }
+
+    /// Writes the WatchResponse: fields in number order, as prost does.
+    pub fn encode(&self, buf: &mut impl bytes::BufMut) {
+        prost::encoding::message::encode(WATCH_RESPONSE_HEADER_FIELD, &self.header, buf);
+        if self.watch_id != 0 {
+            prost::encoding::int64::encode(WATCH_RESPONSE_WATCH_ID_FIELD, &self.watch_id, buf);
+        }
+        for event in &self.events {
+            buf.put_slice(event);
+        }
+    }
+}
+
+impl WatchItem {
+    /// Bytes of the encoded WatchResponse.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            WatchItem::Response(r) => prost::Message::encoded_len(r),
+            WatchItem::Events(e) => e.encoded_len(),
+        }
+    }
+
+    /// Writes the WatchResponse.
+    pub fn encode(&self, buf: &mut impl bytes::BufMut) {
+        match self {
+            WatchItem::Response(r) => {
+                prost::Message::encode(r, buf).expect("callers reserve encoded_len bytes")
+            }
+            WatchItem::Events(e) => e.encode(buf),
+        }
+    }
+
+    /// Events carried.
+    pub fn event_count(&self) -> usize {
+        match self {
+            WatchItem::Response(r) => r.events.len(),
+            WatchItem::Events(e) => e.events.len(),
+        }
+    }
+
+    /// Puts this member's ids into the header (the shard leaves them to the connection).
+    pub fn set_member(&mut self, cluster_id: u64, member_id: u64) {
+        let header = match self {
+            WatchItem::Response(r) => r.header.get_or_insert_with(Default::default),
+            WatchItem::Events(e) => &mut e.header,
+        };
+        header.cluster_id = cluster_id;
+        header.member_id = member_id;
+    }
+
+    /// The response as a message (decodes shared events: for callers off the hot path).
+    pub fn into_response(self) -> PbWatchResponse {
+        match self {
+            WatchItem::Response(r) => r,
+            WatchItem::Events(e) => {
+                let mut bytes = Vec::with_capacity(e.encoded_len());
+                e.encode(&mut bytes);
+                prost::Message::decode(bytes.as_slice())
+                    .expect("a WatchResponse encoded here decodes")
+            }
+        }
+    }
+}
+
+impl From<PbWatchResponse> for WatchItem {
+    fn from(response: PbWatchResponse) -> WatchItem {
+        WatchItem::Response(response)
+    }
+}
+
 /// A watch stream's response queue, bounded in bytes rather than responses: one batch may
 /// carry one response per watcher of the stream, and those vary from bytes to megabytes.
 pub fn watch_channel(queued_bytes_max: usize) -> (WatchSender, WatchReceiver) {
@@ -466,14 +588,14 @@ pub fn watch_channel(queued_bytes_max: usize) -> (WatchSender, WatchReceiver) {
 /// The shard's end of a watch stream's queue.
 #[derive(Debug)]
 pub struct WatchSender {
-    tx: flume::Sender<(PbWatchResponse, usize)>,
+    tx: flume::Sender<(WatchItem, usize)>,
     queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     queued_bytes_max: usize,
 }
 
 /// The connection's end was dropped.
 #[derive(Debug)]
-pub struct WatchDisconnected(pub PbWatchResponse);
+pub struct WatchDisconnected(pub WatchItem);
 
 impl WatchSender {
     /// Whether another response may be queued now.
@@ -483,11 +605,12 @@ impl WatchSender {
 
     /// Queues a response. Callers check [`WatchSender::has_room`] first: the bound is theirs
     /// to keep (it is exceeded by at most the response that crossed it).
-    pub fn send(&self, response: PbWatchResponse) -> Result<(), WatchDisconnected> {
-        let size = prost::Message::encoded_len(&response);
+    pub fn send(&self, response: impl Into<WatchItem>) -> Result<(), WatchDisconnected> {
+        let item = response.into();
+        let size = item.encoded_len();
         self.queued_bytes
             .fetch_add(size, std::sync::atomic::Ordering::AcqRel);
-        self.tx.send((response, size)).map_err(|e| {
+        self.tx.send((item, size)).map_err(|e| {
             self.queued_bytes
                 .fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
             WatchDisconnected(e.0 .0)
@@ -502,27 +625,27 @@ impl WatchSender {
 
 /// The connection's end of a watch stream's queue.
 pub struct WatchReceiver {
-    rx: flume::Receiver<(PbWatchResponse, usize)>,
+    rx: flume::Receiver<(WatchItem, usize)>,
     queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl WatchReceiver {
     /// The next response, once one is queued; `Err` when the shard dropped the stream.
-    pub async fn recv_async(&self) -> Result<PbWatchResponse, flume::RecvError> {
-        let (response, size) = self.rx.recv_async().await?;
+    pub async fn recv_async(&self) -> Result<WatchItem, flume::RecvError> {
+        let (item, size) = self.rx.recv_async().await?;
         self.queued_bytes
             .fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
-        Ok(response)
+        Ok(item)
     }
 
-    /// Every response queued now (tests).
+    /// Every response queued now, as messages (tests).
     pub fn drain(&self) -> Vec<PbWatchResponse> {
         self.rx
             .drain()
-            .map(|(response, size)| {
+            .map(|(item, size)| {
                 self.queued_bytes
                     .fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
-                response
+                item.into_response()
             })
             .collect()
     }
@@ -530,11 +653,63 @@ impl WatchReceiver {
     /// The responses as a stream, in order.
     pub fn into_stream(
         self,
-    ) -> impl tonic::codegen::tokio_stream::Stream<Item = PbWatchResponse> + Send + 'static {
+    ) -> impl tonic::codegen::tokio_stream::Stream<Item = WatchItem> + Send + 'static {
         let WatchReceiver { rx, queued_bytes } = self;
-        tonic::codegen::tokio_stream::StreamExt::map(rx.into_stream(), move |(response, size)| {
+        tonic::codegen::tokio_stream::StreamExt::map(rx.into_stream(), move |(item, size)| {
             queued_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
-            response
+            item
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corekv_engine::pb::PbKeyValue;
+    use prost::Message;
+
+    #[test]
+    fn shared_events_encode_exactly_as_prost_encodes_the_response() {
+        let event = |key: &str, rev: i64, prev: bool| PbEvent {
+            r#type: 0,
+            kv: Some(PbKeyValue {
+                key: key.as_bytes().to_vec(),
+                value: vec![b'v'; 300],
+                create_revision: 2,
+                mod_revision: rev,
+                version: 3,
+                lease: 0,
+            }),
+            prev_kv: prev.then(|| PbKeyValue {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            }),
+        };
+        for watch_id in [0, 1, 77, -1] {
+            let events = vec![event("a", 5, false), event("bb", 6, true)];
+            let header = PbResponseHeader {
+                cluster_id: 1 << 60,
+                member_id: 9,
+                revision: 6,
+                raft_term: 2,
+            };
+            let message = PbWatchResponse {
+                header: Some(header),
+                watch_id,
+                events: events.clone(),
+                ..Default::default()
+            };
+            let shared = WatchItem::Events(WatchEvents {
+                header,
+                watch_id,
+                events: events.iter().map(encode_event_field).collect(),
+            });
+            let mut bytes = Vec::new();
+            shared.encode(&mut bytes);
+            assert_eq!(bytes, message.encode_to_vec(), "watch id {watch_id}");
+            assert_eq!(shared.encoded_len(), bytes.len());
+            assert_eq!(shared.event_count(), 2);
+            assert_eq!(shared.into_response(), message);
+        }
     }
 }

@@ -57,6 +57,17 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         max_txn_ops: r.value("max-txn-ops", parse_u64)?,
         log_level: r.value("log-level", parse_log_level)?,
         listen_metrics_urls: r.value("listen-metrics-urls", parse_url_list)?,
+        listen_binary_urls_derived: r.optional("listen-binary-urls", |_| Ok(()))?.is_none(),
+        listen_binary_urls: match r.optional("listen-binary-urls", parse_url_list)? {
+            Some(urls) => urls,
+            None => {
+                let client = r.value("listen-client-urls", parse_url_list)?;
+                let mut taken = client.clone();
+                taken.extend(r.value("listen-peer-urls", parse_url_list)?);
+                taken.extend(r.value("listen-metrics-urls", parse_url_list)?);
+                binary_urls_next_to(&client, &taken)?
+            }
+        },
         lease_checkpoint_interval_ms: r.value("lease-checkpoint-interval", parse_u64)?,
         auto_compaction_mode,
         auto_compaction_retention,
@@ -97,6 +108,32 @@ fn tls_settings(r: &Resolver<'_>, prefix: &str) -> Result<TlsSettings, ConfigErr
         client_cert_auth: r.value(flag("client-cert-auth"), flags::parse_bool)?,
         auto_tls: r.value(flag("auto-tls"), flags::parse_bool)?,
     })
+}
+
+/// The default binary-protocol URLs: each client URL with its port + 1, or the next port
+/// up that none of this member's other listen URLs (`taken`, any host) uses. With etcd's
+/// defaults (client 2379, peer 2380) that is 2381; with free ports around the client port,
+/// port + 1.
+fn binary_urls_next_to(client_urls: &[Url], taken: &[Url]) -> Result<Vec<Url>, ConfigError> {
+    client_urls
+        .iter()
+        .map(|url| {
+            let mut port = url.port;
+            loop {
+                port = port.checked_add(1).ok_or_else(|| {
+                    ConfigError(format!(
+                        "--listen-binary-urls: no free port above client URL {url} for the default; set it"
+                    ))
+                })?;
+                if !taken.iter().any(|t| t.port == port) {
+                    return Ok(Url {
+                        port,
+                        ..url.clone()
+                    });
+                }
+            }
+        })
+        .collect()
 }
 
 /// Looks up raw values and parses them, naming flag, value and source on error.

@@ -146,6 +146,9 @@ fn defaults_match_etcd() {
         max_txn_ops: 128,
         log_level: LogLevel::Info,
         listen_metrics_urls: vec![],
+        // Port + 1 is the peer port with etcd's defaults: the next free one up.
+        listen_binary_urls: vec![url("http://localhost:2381")],
+        listen_binary_urls_derived: true,
         cores: ONLINE,
         lease_checkpoint_interval_ms: 300_000,
         auto_compaction_mode: "periodic".into(),
@@ -235,6 +238,9 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
     }),
     ("listen-metrics-urls", "http://127.0.0.1:9000", |c| {
         join(&c.listen_metrics_urls)
+    }),
+    ("listen-binary-urls", "http://127.0.0.1:9001", |c| {
+        join(&c.listen_binary_urls)
     }),
     ("cores", "1", |c| c.cores.to_string()),
     ("lease-checkpoint-interval", "1500", |c| {
@@ -441,6 +447,9 @@ fn full_file_config() -> Config {
         max_txn_ops: 64,
         log_level: LogLevel::Warn,
         listen_metrics_urls: vec![url("http://127.0.0.1:12381")],
+        // 12380 and 12381 are the peer and metrics ports.
+        listen_binary_urls: vec![url("http://127.0.0.1:12382"), url("http://[::1]:12382")],
+        listen_binary_urls_derived: true,
         cores: 2,
         lease_checkpoint_interval_ms: 300_000,
         // etcd's config-file default, not the flag's.
@@ -1343,4 +1352,42 @@ peer-transport-security:
     let bad = TempFile::new("client-transport-security:\n  nope: 1\n");
     let arg = format!("--config-file={}", bad.path());
     assert_contains(&error(&[&arg], &[]), "unknown key", "unknown nested key");
+}
+
+#[test]
+fn binary_urls_default_to_each_client_port_plus_one_and_empty_turns_them_off() {
+    let c = run(
+        &[
+            "--listen-client-urls",
+            "http://127.0.0.1:4000,http://[::1]:5000",
+        ],
+        &[],
+    );
+    assert_eq!(
+        c.listen_binary_urls,
+        vec![url("http://127.0.0.1:4001"), url("http://[::1]:5001")]
+    );
+    // Never a port another listen URL of this member uses (on any host).
+    let c = run(
+        &[
+            "--listen-client-urls",
+            "http://127.0.0.1:4000",
+            "--listen-peer-urls",
+            "http://0.0.0.0:4001",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:4001",
+            "--initial-cluster",
+            "default=http://127.0.0.1:4001",
+            "--listen-metrics-urls",
+            "http://127.0.0.1:4002",
+        ],
+        &[],
+    );
+    assert_eq!(c.listen_binary_urls, vec![url("http://127.0.0.1:4003")]);
+    assert!(c.listen_binary_urls_derived);
+    let c = run(&["--listen-binary-urls", ""], &[]);
+    assert!(c.listen_binary_urls.is_empty());
+    assert!(!c.listen_binary_urls_derived);
+    let msg = error(&["--listen-client-urls", "http://127.0.0.1:65535"], &[]);
+    assert_contains(&msg, "--listen-binary-urls", "no default past port 65535");
 }

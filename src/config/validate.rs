@@ -26,6 +26,18 @@ fn check_no_tls(cfg: &Config) -> Result<(), ConfigError> {
             "--listen-metrics-urls={url}: TLS (https) on metrics URLs is not supported by this corekv build yet"
         ));
     }
+    if let Some(url) = cfg.listen_binary_urls.iter().find(https) {
+        return fail(format!(
+            "--listen-binary-urls={url}: TLS on the binary protocol is not supported by this corekv build yet"
+        ));
+    }
+    if !cfg.discovery.srv.is_empty() {
+        return fail(
+            "--discovery-srv: DNS SRV discovery is not supported by this corekv build yet; \
+             use --discovery or --initial-cluster"
+                .into(),
+        );
+    }
     for (prefix, tls) in [("", &cfg.client_tls), ("peer-", &cfg.peer_tls)] {
         if tls.cert_file.is_some() != tls.key_file.is_some() {
             return fail(format!(

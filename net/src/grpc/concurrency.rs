@@ -362,7 +362,8 @@ impl KeyWatch {
                 .responses
                 .recv_async()
                 .await
-                .map_err(|_| client_error(watch_lost()))?;
+                .map_err(|_| client_error(watch_lost()))?
+                .into_response();
             if resp.canceled {
                 if resp.compact_revision > 0 {
                     return Ok(Watched::Compacted);

@@ -28,15 +28,6 @@ impl LeaseService {
     pub(crate) fn new(shard: ShardClient) -> LeaseService {
         LeaseService { shard }
     }
-
-    async fn write(&self, command: Command) -> Result<(CommandResponse, u64), Status> {
-        let reply = self.shard.write(command).await.map_err(to_status)?;
-        Ok((reply.body, reply.raft_term))
-    }
-
-    async fn lessor(&self, op: LeaseOp) -> Result<(LeaseResult, u64), Status> {
-        lessor(&self.shard, op).await
-    }
 }
 
 async fn lessor(shard: &ShardClient, op: LeaseOp) -> Result<(LeaseResult, u64), Status> {
@@ -49,9 +40,90 @@ fn mismatch() -> Status {
 }
 
 /// One keep-alive: etcd answers an unknown (or expired) lease with TTL 0, not an error.
-async fn keep_alive_once(shard: &ShardClient, id: i64) -> Result<PbLeaseKeepAliveResponse, Status> {
+pub(crate) async fn keep_alive_once(
+    shard: &ShardClient,
+    id: i64,
+) -> Result<PbLeaseKeepAliveResponse, Status> {
     match lessor(shard, LeaseOp::KeepAlive { id }).await? {
         (LeaseResult::KeepAlive(mut resp), term) => {
+            fill_header(&mut resp.header, &shard.cluster, 0, term);
+            Ok(resp)
+        }
+        _ => Err(mismatch()),
+    }
+}
+
+/// etcd's LeaseGrant (a write through the log).
+pub(crate) async fn grant(
+    shard: &ShardClient,
+    caller: Result<crate::auth::Caller, corekv_engine::KvError>,
+    req: PbLeaseGrantRequest,
+) -> Result<PbLeaseGrantResponse, Status> {
+    // No permission is needed to grant, but bad credentials still fail it (etcd).
+    caller.map_err(to_status)?;
+    shard
+        .check_quota(corekv_engine::mvcc::alarm::lease_grant_cost())
+        .await
+        .map_err(to_status)?;
+    let reply = shard
+        .write(Command::LeaseGrant(req))
+        .await
+        .map_err(to_status)?;
+    match reply.body {
+        CommandResponse::LeaseGrant(mut resp) => {
+            fill_header(&mut resp.header, &shard.cluster, 0, reply.raft_term);
+            Ok(resp)
+        }
+        _ => Err(mismatch()),
+    }
+}
+
+/// etcd's LeaseRevoke (a write through the log).
+pub(crate) async fn revoke(
+    shard: &ShardClient,
+    caller: Result<crate::auth::Caller, corekv_engine::KvError>,
+    req: PbLeaseRevokeRequest,
+) -> Result<PbLeaseRevokeResponse, Status> {
+    // etcd: revoking deletes the lease's keys, so it needs write on each of them.
+    let caller = caller.map_err(to_status)?;
+    super::check_lease_keys(shard, &caller, req.id)
+        .await
+        .map_err(to_status)?;
+    let reply = shard
+        .write_as(Command::LeaseRevoke(req), &caller)
+        .await
+        .map_err(to_status)?;
+    match reply.body {
+        CommandResponse::LeaseRevoke(mut resp) => {
+            fill_header(&mut resp.header, &shard.cluster, 0, reply.raft_term);
+            Ok(resp)
+        }
+        _ => Err(mismatch()),
+    }
+}
+
+/// etcd's LeaseTimeToLive (answered by the lessor).
+pub(crate) async fn time_to_live(
+    shard: &ShardClient,
+    req: PbLeaseTimeToLiveRequest,
+) -> Result<PbLeaseTimeToLiveResponse, Status> {
+    let op = LeaseOp::TimeToLive {
+        id: req.id,
+        keys: req.keys,
+    };
+    match lessor(shard, op).await? {
+        (LeaseResult::TimeToLive(mut resp), term) => {
+            fill_header(&mut resp.header, &shard.cluster, 0, term);
+            Ok(resp)
+        }
+        _ => Err(mismatch()),
+    }
+}
+
+/// etcd's LeaseLeases (answered by the lessor).
+pub(crate) async fn leases(shard: &ShardClient) -> Result<PbLeaseLeasesResponse, Status> {
+    match lessor(shard, LeaseOp::Leases).await? {
+        (LeaseResult::Leases(mut resp), term) => {
             fill_header(&mut resp.header, &shard.cluster, 0, term);
             Ok(resp)
         }
@@ -66,30 +138,9 @@ impl PbLeaseService for LeaseService {
         request: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
         let timer = Timer::start(Method::LeaseGrant);
-        let result = async {
-            // No permission is needed to grant, but a bad token still fails it (etcd).
-            self.shard
-                .cluster
-                .auth
-                .caller_of(&request)
-                .map_err(to_status)?;
-            self.shard
-                .check_quota(corekv_engine::mvcc::alarm::lease_grant_cost())
-                .await
-                .map_err(to_status)?;
-            match self
-                .write(Command::LeaseGrant(request.into_inner()))
-                .await?
-            {
-                (CommandResponse::LeaseGrant(mut resp), term) => {
-                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
-                    Ok(Response::new(resp))
-                }
-                _ => Err(mismatch()),
-            }
-        }
-        .await;
-        timer.finish(result)
+        let caller = self.shard.cluster.auth.caller_of(&request);
+        let result = grant(&self.shard, caller, request.into_inner()).await;
+        timer.finish(result.map(Response::new))
     }
 
     async fn lease_revoke(
@@ -97,33 +148,9 @@ impl PbLeaseService for LeaseService {
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
         let timer = Timer::start(Method::LeaseRevoke);
-        let result = async {
-            // etcd: revoking deletes the lease's keys, so it needs write on each of them.
-            let caller = self
-                .shard
-                .cluster
-                .auth
-                .caller_of(&request)
-                .map_err(to_status)?;
-            let req = request.into_inner();
-            super::check_lease_keys(&self.shard, &caller, req.id)
-                .await
-                .map_err(to_status)?;
-            let reply = self
-                .shard
-                .write_as(Command::LeaseRevoke(req), &caller)
-                .await
-                .map_err(to_status)?;
-            match (reply.body, reply.raft_term) {
-                (CommandResponse::LeaseRevoke(mut resp), term) => {
-                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
-                    Ok(Response::new(resp))
-                }
-                _ => Err(mismatch()),
-            }
-        }
-        .await;
-        timer.finish(result)
+        let caller = self.shard.cluster.auth.caller_of(&request);
+        let result = revoke(&self.shard, caller, request.into_inner()).await;
+        timer.finish(result.map(Response::new))
     }
 
     type LeaseKeepAliveStream = BoxStream<PbLeaseKeepAliveResponse>;
@@ -155,24 +182,8 @@ impl PbLeaseService for LeaseService {
         request: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
         let timer = Timer::start(Method::LeaseTimeToLive);
-        let result = async {
-            let req = request.into_inner();
-            match self
-                .lessor(LeaseOp::TimeToLive {
-                    id: req.id,
-                    keys: req.keys,
-                })
-                .await?
-            {
-                (LeaseResult::TimeToLive(mut resp), term) => {
-                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
-                    Ok(Response::new(resp))
-                }
-                _ => Err(mismatch()),
-            }
-        }
-        .await;
-        timer.finish(result)
+        let result = time_to_live(&self.shard, request.into_inner()).await;
+        timer.finish(result.map(Response::new))
     }
 
     async fn lease_leases(
@@ -180,16 +191,7 @@ impl PbLeaseService for LeaseService {
         _: Request<PbLeaseLeasesRequest>,
     ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
         let timer = Timer::start(Method::LeaseLeases);
-        let result = async {
-            match self.lessor(LeaseOp::Leases).await? {
-                (LeaseResult::Leases(mut resp), term) => {
-                    fill_header(&mut resp.header, &self.shard.cluster, 0, term);
-                    Ok(Response::new(resp))
-                }
-                _ => Err(mismatch()),
-            }
-        }
-        .await;
-        timer.finish(result)
+        let result = leases(&self.shard).await;
+        timer.finish(result.map(Response::new))
     }
 }

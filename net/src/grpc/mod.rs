@@ -4,13 +4,13 @@ mod auth;
 mod cluster;
 mod concurrency;
 mod election;
-mod kv;
-mod lease;
+pub(crate) mod kv;
+pub(crate) mod lease;
 mod lock;
 mod maintenance;
-mod range;
+pub(crate) mod range;
 mod v3pb;
-mod watch;
+pub(crate) mod watch;
 
 use std::time::Instant;
 
@@ -61,7 +61,8 @@ pub fn routes(shard: ShardClient) -> Routes {
 }
 
 /// [`routes`] as an axum router, with KV.Range on its own exact route (`range.rs`: the
-/// answer is encoded once, straight into the frame). axum matches an exact route ahead of
+/// answer is encoded once, straight into the frame) and Watch.Watch too (`watch.rs`: a
+/// batch's events are encoded once and shared by the watchers they go to). axum matches an exact route ahead of
 /// the KV service's `/etcdserverpb.KV/{*rest}`, so only Range leaves the generated service.
 pub fn router(shard: ShardClient) -> axum::Router {
     let decode_max = shard.cluster.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -70,9 +71,11 @@ pub fn router(shard: ShardClient) -> axum::Router {
         encode_max: usize::MAX,
     };
     let range = range::RangeServer::new(shard.clone(), limits);
+    let watch = watch::WatchServer::new(shard.clone(), limits);
     routes(shard)
         .into_axum_router()
         .route_service(range::PATH, range)
+        .route_service(watch::PATH, watch)
 }
 
 /// Maps an engine error to the gRPC status etcd sends for it.

@@ -40,6 +40,18 @@ pub(crate) struct RangeReply {
     header: HeaderFields,
 }
 
+impl RangeReply {
+    /// Bytes of the RangeResponse this reply encodes to.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.answer.encoded_len(&self.header)
+    }
+
+    /// Writes the RangeResponse (the bytes prost would write for it) into `buf`.
+    pub(crate) fn encode(&self, buf: &mut impl bytes::BufMut) {
+        self.answer.encode(&self.header, buf);
+    }
+}
+
 /// Decodes etcd's RangeRequest with prost; encodes a [`RangeReply`] in place.
 struct RangeCodec;
 
@@ -141,7 +153,7 @@ impl tower::Service<Request<PbRangeRequest>> for RangeHandler {
 
 /// etcd's Range: checked as etcd's gRPC layer checks it, read by the shard (after a read
 /// index unless serializable), answered with this member's header.
-async fn range(
+pub(crate) async fn range(
     shard: &ShardClient,
     caller: Result<crate::auth::Caller, corekv_engine::KvError>,
     req: PbRangeRequest,
