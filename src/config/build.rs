@@ -65,7 +65,14 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
                 let mut taken = client.clone();
                 taken.extend(r.value("listen-peer-urls", parse_url_list)?);
                 taken.extend(r.value("listen-metrics-urls", parse_url_list)?);
-                binary_urls_next_to(&client, &taken)?
+                // The binary protocol has no TLS yet: an https client URL gets no plaintext
+                // binary port next to it by default.
+                let plain: Vec<Url> = client
+                    .iter()
+                    .filter(|u| u.scheme != super::url::Scheme::Https)
+                    .cloned()
+                    .collect();
+                binary_urls_next_to(&plain, &taken)?
             }
         },
         lease_checkpoint_interval_ms: r.value("lease-checkpoint-interval", parse_u64)?,
