@@ -9,6 +9,7 @@
 //! - [`metrics`]: lock-free counters and histograms rendered as Prometheus text.
 
 mod authority;
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

@@ -49,7 +49,10 @@ fn mismatch() -> Status {
 }
 
 /// One keep-alive: etcd answers an unknown (or expired) lease with TTL 0, not an error.
-async fn keep_alive_once(shard: &ShardClient, id: i64) -> Result<PbLeaseKeepAliveResponse, Status> {
+pub(crate) async fn keep_alive_once(
+    shard: &ShardClient,
+    id: i64,
+) -> Result<PbLeaseKeepAliveResponse, Status> {
     match lessor(shard, LeaseOp::KeepAlive { id }).await? {
         (LeaseResult::KeepAlive(mut resp), term) => {
             fill_header(&mut resp.header, &shard.cluster, 0, term);

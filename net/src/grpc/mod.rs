@@ -1,15 +1,15 @@
 //! etcd's gRPC services, served at etcd's method paths with etcd's error codes and texts.
 
-mod cluster;
+pub(crate) mod cluster;
 mod concurrency;
 mod election;
-mod kv;
-mod lease;
+pub(crate) mod kv;
+pub(crate) mod lease;
 mod lock;
-mod maintenance;
+pub(crate) mod maintenance;
 mod range;
 mod v3pb;
-mod watch;
+pub(crate) mod watch;
 
 use std::time::Instant;
 

@@ -13,8 +13,9 @@ use super::to_status;
 use crate::metrics;
 use crate::shard_api::{watch_channel, ShardClient, WATCH_STREAM_QUEUED_BYTES_MAX};
 
-/// Stream ids are unique per process (the shard keys its streams by them).
-static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
+/// Stream ids are unique per process (the shard keys its streams by them); the HTTP
+/// gateway's watch streams take theirs from here too.
+pub(crate) static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
 pub(crate) struct WatchService {
     shard: ShardClient,
