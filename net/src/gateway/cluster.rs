@@ -5,12 +5,12 @@ use corekv_engine::pb::*;
 use serde_json::Value;
 use tonic::Request;
 
-use super::json::{Input, Obj};
+use super::json::{Input, Json, Obj};
 use super::kv::header;
 use super::{bad_input, Answer, Gateway};
 
-fn member(m: &PbMember) -> Value {
-    let urls = |u: &[String]| u.iter().map(|s| Value::String(s.clone())).collect();
+fn member(m: &PbMember) -> Json {
+    let urls = |u: &[String]| u.iter().map(|s| Json::string(s)).collect();
     Obj::new()
         .u64("ID", m.id)
         .str("name", &m.name)

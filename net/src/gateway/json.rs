@@ -97,77 +97,105 @@ pub fn base64_decode(text: &str) -> In<Vec<u8>> {
 
 // ---------------------------------------------------------------- output
 
+/// JSON text already rendered, fields in .proto order (as Go's jsonpb writes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Json(pub String);
+
+impl Json {
+    /// A JSON string.
+    pub fn string(s: &str) -> Json {
+        Json(Value::String(s.to_string()).to_string())
+    }
+}
+
 /// A JSON object under construction; every setter leaves out zero values.
 #[derive(Default)]
-pub struct Obj(Map<String, Value>);
+pub struct Obj(String);
 
 impl Obj {
     pub fn new() -> Obj {
-        Obj(Map::new())
+        Obj(String::from("{"))
     }
-    pub fn i64(mut self, name: &str, v: i64) -> Obj {
-        if v != 0 {
-            self.0.insert(name.into(), Value::String(v.to_string()));
+    fn field(mut self, name: &str, rendered: &str) -> Obj {
+        if self.0.len() > 1 {
+            self.0.push(',');
         }
+        self.0
+            .push_str(&Value::String(name.to_string()).to_string());
+        self.0.push(':');
+        self.0.push_str(rendered);
         self
     }
-    pub fn u64(mut self, name: &str, v: u64) -> Obj {
-        if v != 0 {
-            self.0.insert(name.into(), Value::String(v.to_string()));
+    pub fn i64(self, name: &str, v: i64) -> Obj {
+        if v == 0 {
+            return self;
         }
-        self
+        self.field(name, &format!("\"{v}\""))
+    }
+    pub fn u64(self, name: &str, v: u64) -> Obj {
+        if v == 0 {
+            return self;
+        }
+        self.field(name, &format!("\"{v}\""))
     }
     /// 32-bit integers are JSON numbers.
-    pub fn u32(mut self, name: &str, v: u32) -> Obj {
-        if v != 0 {
-            self.0.insert(name.into(), Value::from(v));
+    pub fn u32(self, name: &str, v: u32) -> Obj {
+        if v == 0 {
+            return self;
         }
-        self
+        self.field(name, &v.to_string())
     }
-    pub fn bool(mut self, name: &str, v: bool) -> Obj {
-        if v {
-            self.0.insert(name.into(), Value::Bool(true));
+    pub fn i32(self, name: &str, v: i32) -> Obj {
+        if v == 0 {
+            return self;
         }
-        self
+        self.field(name, &v.to_string())
     }
-    pub fn str(mut self, name: &str, v: &str) -> Obj {
-        if !v.is_empty() {
-            self.0.insert(name.into(), Value::String(v.to_string()));
+    pub fn bool(self, name: &str, v: bool) -> Obj {
+        if !v {
+            return self;
         }
-        self
+        self.field(name, "true")
     }
-    pub fn bytes(mut self, name: &str, v: &[u8]) -> Obj {
-        if !v.is_empty() {
-            self.0.insert(name.into(), Value::String(base64_encode(v)));
+    pub fn str(self, name: &str, v: &str) -> Obj {
+        if v.is_empty() {
+            return self;
         }
-        self
+        self.field(name, &Json::string(v).0)
+    }
+    pub fn bytes(self, name: &str, v: &[u8]) -> Obj {
+        if v.is_empty() {
+            return self;
+        }
+        self.field(name, &format!("\"{}\"", base64_encode(v)))
     }
     /// An enum by its name; the zero value is left out.
-    pub fn enumeration(mut self, name: &str, v: i32, names: &[&str]) -> Obj {
-        if v != 0 {
-            let value = match usize::try_from(v).ok().and_then(|i| names.get(i)) {
-                Some(n) => Value::String((*n).to_string()),
-                None => Value::from(v),
-            };
-            self.0.insert(name.into(), value);
+    pub fn enumeration(self, name: &str, v: i32, names: &[&str]) -> Obj {
+        if v == 0 {
+            return self;
         }
-        self
+        match usize::try_from(v).ok().and_then(|i| names.get(i)) {
+            Some(n) => self.str(name, n),
+            None => self.i32(name, v),
+        }
     }
     /// A message field: present (even if empty) when set.
-    pub fn msg(mut self, name: &str, v: Option<Value>) -> Obj {
-        if let Some(v) = v {
-            self.0.insert(name.into(), v);
+    pub fn msg(self, name: &str, v: Option<Json>) -> Obj {
+        match v {
+            Some(v) => self.field(name, &v.0),
+            None => self,
         }
-        self
     }
-    pub fn list(mut self, name: &str, v: Vec<Value>) -> Obj {
-        if !v.is_empty() {
-            self.0.insert(name.into(), Value::Array(v));
+    pub fn list(self, name: &str, v: Vec<Json>) -> Obj {
+        if v.is_empty() {
+            return self;
         }
-        self
+        let items: Vec<String> = v.into_iter().map(|j| j.0).collect();
+        self.field(name, &format!("[{}]", items.join(",")))
     }
-    pub fn done(self) -> Value {
-        Value::Object(self.0)
+    pub fn done(mut self) -> Json {
+        self.0.push('}');
+        Json(self.0)
     }
 }
 
@@ -345,6 +373,26 @@ mod tests {
         );
         assert!(base64_decode("Zm9").is_err());
         assert!(base64_decode("Z=9v").is_err());
+    }
+
+    #[test]
+    fn output_keeps_field_order_and_leaves_out_zero_values() {
+        let inner = Obj::new().i64("revision", 3).done();
+        let out = Obj::new()
+            .msg("header", Some(inner))
+            .i64("zero", 0)
+            .bytes("key", b"foo")
+            .bool("more", false)
+            .i64("count", -1)
+            .u32("hash", 7)
+            .enumeration("sort_order", 2, &["NONE", "ASCEND", "DESCEND"])
+            .list("keys", vec![Json::string("a\"b")])
+            .done();
+        assert_eq!(
+            out.0,
+            r#"{"header":{"revision":"3"},"key":"Zm9v","count":"-1","hash":7,"sort_order":"DESCEND","keys":["a\"b"]}"#
+        );
+        assert_eq!(Obj::new().done().0, "{}");
     }
 
     #[test]

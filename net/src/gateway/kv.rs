@@ -4,7 +4,7 @@ use corekv_engine::pb::*;
 use serde_json::Value;
 use tonic::Request;
 
-use super::json::{In, Input, Obj};
+use super::json::{In, Input, Json, Obj};
 use super::{bad_input, Answer, Gateway};
 
 const SORT_ORDER: &[&str] = &["NONE", "ASCEND", "DESCEND"];
@@ -124,7 +124,7 @@ pub(super) fn txn_request(i: &Input) -> In<PbTxnRequest> {
 
 // ------------------------------------------------------------------ responses
 
-pub(crate) fn header(h: &Option<PbResponseHeader>) -> Option<Value> {
+pub(crate) fn header(h: &Option<PbResponseHeader>) -> Option<Json> {
     h.as_ref().map(|h| {
         Obj::new()
             .u64("cluster_id", h.cluster_id)
@@ -135,7 +135,7 @@ pub(crate) fn header(h: &Option<PbResponseHeader>) -> Option<Value> {
     })
 }
 
-pub(crate) fn key_value(kv: &PbKeyValue) -> Value {
+pub(crate) fn key_value(kv: &PbKeyValue) -> Json {
     Obj::new()
         .bytes("key", &kv.key)
         .i64("create_revision", kv.create_revision)
@@ -146,7 +146,7 @@ pub(crate) fn key_value(kv: &PbKeyValue) -> Value {
         .done()
 }
 
-pub(crate) fn event(e: &PbEvent) -> Value {
+pub(crate) fn event(e: &PbEvent) -> Json {
     Obj::new()
         .enumeration("type", e.r#type, EVENT_TYPE)
         .msg("kv", e.kv.as_ref().map(key_value))
@@ -154,7 +154,7 @@ pub(crate) fn event(e: &PbEvent) -> Value {
         .done()
 }
 
-fn range_response(r: &PbRangeResponse) -> Value {
+fn range_response(r: &PbRangeResponse) -> Json {
     Obj::new()
         .msg("header", header(&r.header))
         .list("kvs", r.kvs.iter().map(key_value).collect())
@@ -163,14 +163,14 @@ fn range_response(r: &PbRangeResponse) -> Value {
         .done()
 }
 
-fn put_response(r: &PbPutResponse) -> Value {
+fn put_response(r: &PbPutResponse) -> Json {
     Obj::new()
         .msg("header", header(&r.header))
         .msg("prev_kv", r.prev_kv.as_ref().map(key_value))
         .done()
 }
 
-fn delete_response(r: &PbDeleteResponse) -> Value {
+fn delete_response(r: &PbDeleteResponse) -> Json {
     Obj::new()
         .msg("header", header(&r.header))
         .i64("deleted", r.deleted)
@@ -178,7 +178,7 @@ fn delete_response(r: &PbDeleteResponse) -> Value {
         .done()
 }
 
-fn response_op(r: &PbResponseOp) -> Value {
+fn response_op(r: &PbResponseOp) -> Json {
     let o = Obj::new();
     match &r.response {
         Some(PbTxnOpResponse::ResponseRange(x)) => o.msg("response_range", Some(range_response(x))),
@@ -192,7 +192,7 @@ fn response_op(r: &PbResponseOp) -> Value {
     .done()
 }
 
-fn txn_response(r: &PbTxnResponse) -> Value {
+fn txn_response(r: &PbTxnResponse) -> Json {
     Obj::new()
         .msg("header", header(&r.header))
         .bool("succeeded", r.succeeded)

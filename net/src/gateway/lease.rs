@@ -6,7 +6,7 @@ use serde_json::Value;
 use tonic::codegen::tokio_stream;
 use tonic::Request;
 
-use super::json::{Input, Obj};
+use super::json::{Input, Json, Obj};
 use super::kv::header;
 use super::{bad_input, json_values, stream_response, Answer, Gateway};
 use crate::grpc::lease::keep_alive_once;
@@ -59,7 +59,7 @@ impl Gateway {
                 "keys",
                 r.keys
                     .iter()
-                    .map(|k| Value::String(super::json::base64_encode(k)))
+                    .map(|k| Json(format!("\"{}\"", super::json::base64_encode(k))))
                     .collect(),
             )
             .done())

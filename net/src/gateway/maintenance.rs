@@ -7,7 +7,7 @@ use serde_json::Value;
 use tonic::codegen::tokio_stream::StreamExt;
 use tonic::Request;
 
-use super::json::{Input, Obj};
+use super::json::{Input, Json, Obj};
 use super::kv::header;
 use super::{bad_input, error_response, stream_response, Answer, Gateway};
 
@@ -28,10 +28,7 @@ impl Gateway {
             .u64("raftIndex", r.raft_index)
             .u64("raftTerm", r.raft_term)
             .u64("raftAppliedIndex", r.raft_applied_index)
-            .list(
-                "errors",
-                r.errors.iter().map(|e| Value::String(e.clone())).collect(),
-            )
+            .list("errors", r.errors.iter().map(|e| Json::string(e)).collect())
             .i64("dbSizeInUse", r.db_size_in_use)
             .bool("isLearner", r.is_learner)
             .done())

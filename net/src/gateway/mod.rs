@@ -28,26 +28,34 @@ use crate::grpc;
 use crate::shard_api::ShardClient;
 
 /// The gateway's result for a unary method: the response as JSON, or the gRPC status.
-type Answer = Result<Value, tonic::Status>;
+type Answer = Result<json::Json, tonic::Status>;
 
 /// The methods the gateway serves, by path after the `/v3` or `/v3beta` prefix (etcd 3.4's
 /// `google.api.http` annotations; the lease methods also answer under `/kv/lease/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
+    /// One JSON request in, one JSON response out.
+    Unary(Unary),
+    /// Streams: one request per JSON object of the body, one response per line.
+    Watch,
+    LeaseKeepAlive,
+    /// One request, a stream of chunks.
+    Snapshot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unary {
     Range,
     Put,
     DeleteRange,
     Txn,
     Compact,
-    Watch,
     LeaseGrant,
     LeaseRevoke,
-    LeaseKeepAlive,
     LeaseTimeToLive,
     LeaseLeases,
     Status,
     Hash,
-    Snapshot,
     Alarm,
     Defragment,
     MoveLeader,
@@ -59,31 +67,32 @@ enum Route {
 }
 
 fn route(path: &str) -> Option<Route> {
-    Some(match path {
-        "/kv/range" => Route::Range,
-        "/kv/put" => Route::Put,
-        "/kv/deleterange" => Route::DeleteRange,
-        "/kv/txn" => Route::Txn,
-        "/kv/compaction" => Route::Compact,
-        "/watch" => Route::Watch,
-        "/lease/grant" => Route::LeaseGrant,
-        "/lease/revoke" | "/kv/lease/revoke" => Route::LeaseRevoke,
-        "/lease/keepalive" => Route::LeaseKeepAlive,
-        "/lease/timetolive" | "/kv/lease/timetolive" => Route::LeaseTimeToLive,
-        "/lease/leases" | "/kv/lease/leases" => Route::LeaseLeases,
-        "/maintenance/status" => Route::Status,
-        "/maintenance/hash" => Route::Hash,
-        "/maintenance/snapshot" => Route::Snapshot,
-        "/maintenance/alarm" => Route::Alarm,
-        "/maintenance/defragment" => Route::Defragment,
-        "/maintenance/transfer-leadership" => Route::MoveLeader,
-        "/cluster/member/list" => Route::MemberList,
-        "/cluster/member/add" => Route::MemberAdd,
-        "/cluster/member/remove" => Route::MemberRemove,
-        "/cluster/member/update" => Route::MemberUpdate,
-        "/cluster/member/promote" => Route::MemberPromote,
+    let unary = match path {
+        "/kv/range" => Unary::Range,
+        "/kv/put" => Unary::Put,
+        "/kv/deleterange" => Unary::DeleteRange,
+        "/kv/txn" => Unary::Txn,
+        "/kv/compaction" => Unary::Compact,
+        "/watch" => return Some(Route::Watch),
+        "/lease/grant" => Unary::LeaseGrant,
+        "/lease/revoke" | "/kv/lease/revoke" => Unary::LeaseRevoke,
+        "/lease/keepalive" => return Some(Route::LeaseKeepAlive),
+        "/lease/timetolive" | "/kv/lease/timetolive" => Unary::LeaseTimeToLive,
+        "/lease/leases" | "/kv/lease/leases" => Unary::LeaseLeases,
+        "/maintenance/status" => Unary::Status,
+        "/maintenance/hash" => Unary::Hash,
+        "/maintenance/snapshot" => return Some(Route::Snapshot),
+        "/maintenance/alarm" => Unary::Alarm,
+        "/maintenance/defragment" => Unary::Defragment,
+        "/maintenance/transfer-leadership" => Unary::MoveLeader,
+        "/cluster/member/list" => Unary::MemberList,
+        "/cluster/member/add" => Unary::MemberAdd,
+        "/cluster/member/remove" => Unary::MemberRemove,
+        "/cluster/member/update" => Unary::MemberUpdate,
+        "/cluster/member/promote" => Unary::MemberPromote,
         _ => return None,
-    })
+    };
+    Some(Route::Unary(unary))
 }
 
 /// One core's gateway: the same service objects the gRPC server uses, on the same shard.
@@ -171,25 +180,22 @@ pub fn http_status(code: tonic::Code) -> StatusCode {
 
 /// etcd's error body for a failed call.
 fn error_response(status: &tonic::Status) -> Response {
-    let body = serde_json::json!({
-        "error": status.message(),
-        "message": status.message(),
-        "code": status.code() as i32,
-    });
+    // Rendered by hand to keep etcd's field order.
+    let message = json::Json::string(status.message()).0;
+    let body = format!(
+        r#"{{"error":{message},"message":{message},"code":{}}}"#,
+        status.code() as i32
+    );
     (
         http_status(status.code()),
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        body,
     )
         .into_response()
 }
 
-fn json_response(value: &Value) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
-    )
-        .into_response()
+fn json_response(value: json::Json) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], value.0).into_response()
 }
 
 /// A body that does not decode, as grpc-gateway answers it for a unary method.
@@ -210,28 +216,27 @@ fn json_values(body: &[u8]) -> impl Iterator<Item = Result<Value, String>> + '_ 
 /// object in place of a failed message (which ends the stream).
 fn stream_response<S>(messages: S) -> Response
 where
-    S: Stream<Item = Result<Value, tonic::Status>> + Send + 'static,
+    S: Stream<Item = Result<json::Json, tonic::Status>> + Send + 'static,
 {
     let mut failed = false;
     let lines = messages.map_while(move |item| {
         if failed {
             return None;
         }
-        let line = match item {
-            Ok(result) => serde_json::json!({ "result": result }),
+        let text = match item {
+            Ok(result) => format!("{{\"result\":{}}}\n", result.0),
             Err(status) => {
                 failed = true;
                 let http = http_status(status.code());
-                serde_json::json!({ "error": {
-                    "grpc_code": status.code() as i32,
-                    "http_code": http.as_u16(),
-                    "message": status.message(),
-                    "http_status": http.canonical_reason().unwrap_or(""),
-                }})
+                format!(
+                    "{{\"error\":{{\"grpc_code\":{},\"http_code\":{},\"message\":{},\"http_status\":{}}}}}\n",
+                    status.code() as i32,
+                    http.as_u16(),
+                    json::Json::string(status.message()).0,
+                    json::Json::string(http.canonical_reason().unwrap_or("")).0,
+                )
             }
         };
-        let mut text = line.to_string();
-        text.push('\n');
         Some(Ok::<Bytes, std::convert::Infallible>(Bytes::from(text)))
     });
     (
@@ -263,12 +268,12 @@ impl Gateway {
                 )))
             }
         };
-        match route {
+        let unary = match route {
+            Route::Unary(unary) => unary,
             Route::Watch => return self.watch(&body).await,
             Route::LeaseKeepAlive => return self.keep_alive(&body),
             Route::Snapshot => return self.snapshot().await,
-            _ => {}
-        }
+        };
         // A unary method reads the body's first JSON value; an empty body is an empty
         // request (grpc-gateway ignores io.EOF there).
         let first = match json_values(&body).next() {
@@ -276,32 +281,29 @@ impl Gateway {
             Some(Ok(v)) => v,
             Some(Err(e)) => return error_response(&tonic::Status::invalid_argument(e)),
         };
-        let answer = match route {
-            Route::Range => self.range(&first).await,
-            Route::Put => self.put(&first).await,
-            Route::DeleteRange => self.delete_range(&first).await,
-            Route::Txn => self.txn(&first).await,
-            Route::Compact => self.compact(&first).await,
-            Route::LeaseGrant => self.lease_grant(&first).await,
-            Route::LeaseRevoke => self.lease_revoke(&first).await,
-            Route::LeaseTimeToLive => self.lease_time_to_live(&first).await,
-            Route::LeaseLeases => self.lease_leases().await,
-            Route::Status => self.status().await,
-            Route::Hash => self.hash().await,
-            Route::Alarm => self.alarm(&first).await,
-            Route::Defragment => self.defragment().await,
-            Route::MoveLeader => self.move_leader(&first).await,
-            Route::MemberList => self.member_list().await,
-            Route::MemberAdd => self.member_add(&first).await,
-            Route::MemberRemove => self.member_remove(&first).await,
-            Route::MemberUpdate => self.member_update(&first).await,
-            Route::MemberPromote => self.member_promote(&first).await,
-            Route::Watch | Route::LeaseKeepAlive | Route::Snapshot => {
-                unreachable!("streaming routes are served above")
-            }
+        let answer = match unary {
+            Unary::Range => self.range(&first).await,
+            Unary::Put => self.put(&first).await,
+            Unary::DeleteRange => self.delete_range(&first).await,
+            Unary::Txn => self.txn(&first).await,
+            Unary::Compact => self.compact(&first).await,
+            Unary::LeaseGrant => self.lease_grant(&first).await,
+            Unary::LeaseRevoke => self.lease_revoke(&first).await,
+            Unary::LeaseTimeToLive => self.lease_time_to_live(&first).await,
+            Unary::LeaseLeases => self.lease_leases().await,
+            Unary::Status => self.status().await,
+            Unary::Hash => self.hash().await,
+            Unary::Alarm => self.alarm(&first).await,
+            Unary::Defragment => self.defragment().await,
+            Unary::MoveLeader => self.move_leader(&first).await,
+            Unary::MemberList => self.member_list().await,
+            Unary::MemberAdd => self.member_add(&first).await,
+            Unary::MemberRemove => self.member_remove(&first).await,
+            Unary::MemberUpdate => self.member_update(&first).await,
+            Unary::MemberPromote => self.member_promote(&first).await,
         };
         match answer {
-            Ok(value) => json_response(&value),
+            Ok(value) => json_response(value),
             Err(status) => error_response(&status),
         }
     }
@@ -313,8 +315,12 @@ mod tests {
 
     #[test]
     fn routes_cover_etcd_paths_only() {
-        assert_eq!(route("/kv/range"), Some(Route::Range));
-        assert_eq!(route("/kv/lease/leases"), Some(Route::LeaseLeases));
+        assert_eq!(route("/kv/range"), Some(Route::Unary(Unary::Range)));
+        assert_eq!(route("/watch"), Some(Route::Watch));
+        assert_eq!(
+            route("/kv/lease/leases"),
+            Some(Route::Unary(Unary::LeaseLeases))
+        );
         assert_eq!(route("/kv/range/"), None);
         assert_eq!(route("/maintenance/hashkv"), None);
     }

@@ -7,10 +7,9 @@
 use std::sync::atomic::Ordering;
 
 use corekv_engine::pb::*;
-use serde_json::Value;
 use tonic::codegen::tokio_stream::StreamExt;
 
-use super::json::{In, Input, Obj};
+use super::json::{In, Input, Json, Obj};
 use super::kv::{event, header};
 use super::{error_response, json_values, stream_response, Gateway};
 use crate::shard_api::{watch_channel, WATCH_STREAM_QUEUED_BYTES_MAX};
@@ -54,7 +53,7 @@ fn watch_request(i: &Input) -> In<PbWatchRequest> {
     })
 }
 
-fn watch_response(r: &PbWatchResponse) -> Value {
+fn watch_response(r: &PbWatchResponse) -> Json {
     Obj::new()
         .msg("header", header(&r.header))
         .i64("watch_id", r.watch_id)
