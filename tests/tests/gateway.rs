@@ -224,8 +224,22 @@ fn kv_paths_answer_as_etcd() {
             ("GET", "/v3/kv/range", ""),
             ("PUT", "/v3/kv/put", "{}"),
             ("POST", "/v3/maintenance/hashkv", "{}"),
+            ("OPTIONS", "/v3/kv/range", ""),
         ],
     );
+    // Size bounds: a value over --max-request-bytes (1.5 MiB) is refused by the service
+    // ("request is too large"); a body far past it is refused before it is decoded.
+    let big = |n: usize| {
+        let value = "QUFB".repeat(n / 3);
+        format!(r#"{{"key":"Ymln","value":"{value}"}}"#)
+    };
+    let over_limit = big(1_600_000);
+    same_answers(&etcd, &target, &[("POST", "/v3/kv/put", &over_limit)]);
+    for s in [&etcd, &target] {
+        let (status, _, v) = answer(s, "POST", "/v3/kv/put", &big(4_000_000));
+        assert_eq!(status, 429, "{}: {v}", s.kind);
+        assert_eq!(v["code"], 8, "{}: {v}", s.kind);
+    }
     // Bad JSON: the same status and code (the parser's message is Go's on etcd).
     for s in [&etcd, &target] {
         let (status, _, body) = answer(s, "POST", "/v3/kv/range", "{bad");
