@@ -275,6 +275,10 @@ fn kv_paths_answer_as_etcd() {
     assert!(text.starts_with(r#"{"header":{"cluster_id":""#), "{text}");
     assert_eq!(tail(&text), tail(&want));
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        r.header("grpc-metadata-content-type"),
+        Some("application/grpc")
+    );
 }
 
 #[test]

@@ -194,13 +194,50 @@ fn error_response(status: &tonic::Status) -> Response {
         .into_response()
 }
 
+/// grpc-gateway passes the gRPC response's metadata on as `Grpc-Metadata-*` headers.
+const GRPC_METADATA_CONTENT_TYPE: (&str, &str) = ("grpc-metadata-content-type", "application/grpc");
+
 fn json_response(value: json::Json) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], value.0).into_response()
+    (
+        [
+            (header::CONTENT_TYPE.as_str(), "application/json"),
+            GRPC_METADATA_CONTENT_TYPE,
+        ],
+        value.0,
+    )
+        .into_response()
 }
 
 /// A body that does not decode, as grpc-gateway answers it for a unary method.
 fn bad_input(e: json::BadInput) -> tonic::Status {
     tonic::Status::invalid_argument(e.0)
+}
+
+/// Bytes of an oversized body read and dropped before answering, so a client still
+/// writing it reads the answer instead of a reset connection; past this it is closed.
+const BODY_DRAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// The request body if it is at most `max_bytes` long; `None` (after draining a bounded
+/// amount, nothing kept) if longer.
+async fn read_body(body: Body, max_bytes: usize) -> Option<Bytes> {
+    let mut frames = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = frames.next().await {
+        let Ok(frame) = frame else {
+            return None;
+        };
+        seen += frame.len();
+        if seen > max_bytes {
+            kept = Vec::new();
+            if seen > BODY_DRAIN_MAX_BYTES {
+                return None;
+            }
+            continue;
+        }
+        kept.extend_from_slice(&frame);
+    }
+    (seen <= max_bytes).then(|| Bytes::from(kept))
 }
 
 /// The JSON values of a request body, in order: the first is what a unary method reads
@@ -240,7 +277,10 @@ where
         Some(Ok::<Bytes, std::convert::Infallible>(Bytes::from(text)))
     });
     (
-        [(header::CONTENT_TYPE, "application/json")],
+        [
+            (header::CONTENT_TYPE.as_str(), "application/json"),
+            GRPC_METADATA_CONTENT_TYPE,
+        ],
         Body::from_stream(lines),
     )
         .into_response()
@@ -259,14 +299,11 @@ impl Gateway {
         if request.method() != Method::POST {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
         }
-        let body = match axum::body::to_bytes(request.into_body(), self.body_max_bytes).await {
-            Ok(body) => body,
-            Err(_) => {
-                return error_response(&tonic::Status::resource_exhausted(format!(
-                    "corekv: request body larger than {} bytes",
-                    self.body_max_bytes
-                )))
-            }
+        let Some(body) = read_body(request.into_body(), self.body_max_bytes).await else {
+            return error_response(&tonic::Status::resource_exhausted(format!(
+                "corekv: request body larger than {} bytes",
+                self.body_max_bytes
+            )));
         };
         let unary = match route {
             Route::Unary(unary) => unary,
