@@ -448,6 +448,17 @@ fn maintenance_and_cluster_paths_answer_as_etcd() {
                 r#"{"peerURLs":["http://127.0.0.1:1"],"isLearner":true}"#,
             ),
             ("GET", "/v3/cluster/member/list", ""),
+            ("POST", "/v3/maintenance/defragment", "{}"),
+            ("POST", "/v3/maintenance/transfer-leadership", "{}"),
+            (
+                "POST",
+                "/v3beta/maintenance/transfer-leadership",
+                r#"{"targetID":"1"}"#,
+            ),
+            ("GET", "/v3/watch", ""),
+            ("GET", "/v3/maintenance/snapshot", ""),
+            ("GET", "/v3/lease/keepalive", ""),
+            ("POST", "/v3/auth/status", "{}"),
         ],
     );
     // Removing the learner just added, by its ID on each server.
