@@ -101,7 +101,7 @@ fn stream_lines(s: &Server, path: &str, body: &str, lines: usize) -> (u16, Vec<V
             Err(_) => {}
         }
         if let Some((status, got)) = parse_partial(&raw) {
-            if got.len() >= lines || Instant::now() > deadline {
+            if got.len() >= lines || stream_ended(&raw) || Instant::now() > deadline {
                 return (status, got.into_iter().take(lines).collect());
             }
         }
@@ -109,6 +109,11 @@ fn stream_lines(s: &Server, path: &str, body: &str, lines: usize) -> (u16, Vec<V
     }
     let (status, got) = parse_partial(&raw).expect("a response head");
     (status, got)
+}
+
+/// Whether a chunked answer has ended (its last, empty chunk arrived).
+fn stream_ended(raw: &[u8]) -> bool {
+    raw.ends_with(b"\r\n0\r\n\r\n")
 }
 
 /// Status and the complete JSON lines received so far of a chunked answer.
@@ -326,6 +331,13 @@ fn lease_paths_answer_as_etcd() {
     let want = stream_lines(&etcd, "/v3/lease/keepalive", r#"{"ID":7}{"ID":"8"}"#, 2);
     let got = stream_lines(&target, "/v3/lease/keepalive", r#"{"ID":7}{"ID":"8"}"#, 2);
     assert_eq!(want.1.len(), 2, "{want:?}");
+    assert_eq!(got, want);
+    // A later request that does not decode ends the client's side: the stream ends after
+    // the answers before it (at most 5 lines are waited for; the end comes first).
+    let body = r#"{"ID":7}{"ID":"x"}{"ID":7}"#;
+    let want = stream_lines(&etcd, "/v3/lease/keepalive", body, 5);
+    let got = stream_lines(&target, "/v3/lease/keepalive", body, 5);
+    assert_eq!(want.1.len(), 1, "{want:?}");
     assert_eq!(got, want);
 }
 
