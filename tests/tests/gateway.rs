@@ -57,10 +57,15 @@ fn mask(v: &mut Value) {
     }
 }
 
-/// (status, content type, masked body) of one answer.
+/// (status, content type, masked body) of one answer; the content type is followed by
+/// the Location header when there is one (redirects).
 fn answer(s: &Server, method: &str, path: &str, body: &str) -> (u16, String, Value) {
     let r = send(&s.addr(), method, path, body);
     let ctype = r.header("content-type").unwrap_or_default().to_string();
+    let ctype = match r.header("location") {
+        Some(location) => format!("{ctype} -> {location}"),
+        None => ctype,
+    };
     let mut v = if ctype.starts_with("application/json") {
         serde_json::from_slice(&r.body)
             .unwrap_or_else(|e| panic!("{}: {path}: not JSON ({e}): {:?}", s.kind, r.text()))
@@ -226,6 +231,11 @@ fn kv_paths_answer_as_etcd() {
             // Routing: unknown method 404, other verbs 405.
             ("POST", "/v3/kv/nothing", "{}"),
             ("POST", "/v3/kv/range/", "{}"),
+            ("POST", "/v3/", "{}"),
+            ("POST", "/v3beta/", "{}"),
+            ("POST", "/v3beta", "{}"),
+            ("POST", "/v3alpha/kv/range", "{}"),
+            ("POST", "/v3", "{}"),
             ("GET", "/v3/kv/range", ""),
             ("PUT", "/v3/kv/put", "{}"),
             ("POST", "/v3/maintenance/hashkv", "{}"),

@@ -117,16 +117,22 @@ pub fn routes(shard: ShardClient) -> axum::Router {
         body_max_bytes: (shard.cluster.max_request_bytes + grpc::GRPC_OVERHEAD_BYTES) / 3 * 4,
         shard,
     });
-    let mut router = axum::Router::new();
+    // As Go's ServeMux in front of etcd's gateway: `/v3` is redirected to `/v3/`.
+    let mut router = axum::Router::new().route(
+        "/v3",
+        any(|| async {
+            with_cors((StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, "/v3/")]).into_response())
+        }),
+    );
     for prefix in ["/v3", "/v3beta"] {
         let gateway = gateway.clone();
-        router = router.route(
-            &format!("{prefix}/{{*method}}"),
-            any(move |request: axum::extract::Request| {
-                let gateway = gateway.clone();
-                async move { with_cors(gateway.serve(prefix.len(), request).await) }
-            }),
-        );
+        let handler = any(move |request: axum::extract::Request| {
+            let gateway = gateway.clone();
+            async move { with_cors(gateway.serve(prefix.len(), request).await) }
+        });
+        router = router
+            .route(&format!("{prefix}/"), handler.clone())
+            .route(&format!("{prefix}/{{*method}}"), handler);
     }
     router
 }
