@@ -368,6 +368,40 @@ mod tests {
         assert_eq!(route("/maintenance/hashkv"), None);
     }
 
+    #[tokio::test]
+    async fn a_stream_error_is_grpc_gateways_error_object_and_ends_the_stream() {
+        let items = tonic::codegen::tokio_stream::iter(vec![
+            Ok(json::Obj::new().i64("ID", 1).done()),
+            Err(tonic::Status::not_found(
+                "etcdserver: requested lease not found",
+            )),
+            Ok(json::Obj::new().done()),
+        ]);
+        let response = stream_response(items);
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            body,
+            concat!(
+                r#"{"result":{"ID":"1"}}"#,
+                "\n",
+                r#"{"error":{"grpc_code":5,"http_code":404,"message":"etcdserver: requested lease not found","http_status":"Not Found"}}"#,
+                "\n"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_refused_and_a_bounded_one_kept() {
+        assert_eq!(
+            read_body(Body::from("{}"), 2).await.as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert!(read_body(Body::from("{} "), 2).await.is_none());
+    }
+
     #[test]
     fn status_codes_follow_grpc_gateway() {
         assert_eq!(
