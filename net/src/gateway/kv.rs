@@ -2,10 +2,9 @@
 
 use corekv_engine::pb::*;
 use serde_json::Value;
-use tonic::Request;
 
 use super::json::{In, Input, Json, Obj};
-use super::{bad_input, Answer, Gateway};
+use super::{bad_input, Answer, Auth, Gateway};
 
 const SORT_ORDER: &[&str] = &["NONE", "ASCEND", "DESCEND"];
 const SORT_TARGET: &[&str] = &["KEY", "VERSION", "CREATE", "MOD", "VALUE"];
@@ -203,37 +202,37 @@ fn txn_response(r: &PbTxnResponse) -> Json {
 // ------------------------------------------------------------------ handlers
 
 impl Gateway {
-    pub(super) async fn range(&self, body: &Value) -> Answer {
+    pub(super) async fn range(&self, auth: &Auth, body: &Value) -> Answer {
         let req = range_request(&Input::of(body).map_err(bad_input)?).map_err(bad_input)?;
-        let resp = PbKvService::range(&self.kv, Request::new(req)).await?;
+        let resp = PbKvService::range(&self.kv, auth.request(req)).await?;
         Ok(range_response(resp.get_ref()))
     }
 
-    pub(super) async fn put(&self, body: &Value) -> Answer {
+    pub(super) async fn put(&self, auth: &Auth, body: &Value) -> Answer {
         let req = put_request(&Input::of(body).map_err(bad_input)?).map_err(bad_input)?;
-        let resp = PbKvService::put(&self.kv, Request::new(req)).await?;
+        let resp = PbKvService::put(&self.kv, auth.request(req)).await?;
         Ok(put_response(resp.get_ref()))
     }
 
-    pub(super) async fn delete_range(&self, body: &Value) -> Answer {
+    pub(super) async fn delete_range(&self, auth: &Auth, body: &Value) -> Answer {
         let req = delete_request(&Input::of(body).map_err(bad_input)?).map_err(bad_input)?;
-        let resp = PbKvService::delete_range(&self.kv, Request::new(req)).await?;
+        let resp = PbKvService::delete_range(&self.kv, auth.request(req)).await?;
         Ok(delete_response(resp.get_ref()))
     }
 
-    pub(super) async fn txn(&self, body: &Value) -> Answer {
+    pub(super) async fn txn(&self, auth: &Auth, body: &Value) -> Answer {
         let req = txn_request(&Input::of(body).map_err(bad_input)?).map_err(bad_input)?;
-        let resp = PbKvService::txn(&self.kv, Request::new(req)).await?;
+        let resp = PbKvService::txn(&self.kv, auth.request(req)).await?;
         Ok(txn_response(resp.get_ref()))
     }
 
-    pub(super) async fn compact(&self, body: &Value) -> Answer {
+    pub(super) async fn compact(&self, auth: &Auth, body: &Value) -> Answer {
         let i = Input::of(body).map_err(bad_input)?;
         let req = PbCompactionRequest {
             revision: i.i64("revision").map_err(bad_input)?,
             physical: i.bool("physical").map_err(bad_input)?,
         };
-        let resp = PbKvService::compact(&self.kv, Request::new(req)).await?;
+        let resp = PbKvService::compact(&self.kv, auth.request(req)).await?;
         Ok(Obj::new()
             .msg("header", header(&resp.get_ref().header))
             .done())

@@ -4,24 +4,23 @@
 use corekv_engine::pb::*;
 use serde_json::Value;
 use tonic::codegen::tokio_stream;
-use tonic::Request;
 
 use super::json::{Input, Json, Obj};
 use super::kv::header;
-use super::{bad_input, json_values, stream_response, Answer, Gateway};
+use super::{bad_input, json_values, stream_response, Answer, Auth, Gateway};
 use crate::grpc::lease::keep_alive_once;
 
 /// Requests one keep-alive body may carry (each is answered on its own line).
 const KEEPALIVE_REQUESTS_MAX: usize = 1024;
 
 impl Gateway {
-    pub(super) async fn lease_grant(&self, body: &Value) -> Answer {
+    pub(super) async fn lease_grant(&self, auth: &Auth, body: &Value) -> Answer {
         let i = Input::of(body).map_err(bad_input)?;
         let req = PbLeaseGrantRequest {
             ttl: i.i64("TTL").map_err(bad_input)?,
             id: i.i64("ID").map_err(bad_input)?,
         };
-        let resp = PbLeaseService::lease_grant(&self.lease, Request::new(req)).await?;
+        let resp = PbLeaseService::lease_grant(&self.lease, auth.request(req)).await?;
         let r = resp.get_ref();
         Ok(Obj::new()
             .msg("header", header(&r.header))
@@ -31,24 +30,24 @@ impl Gateway {
             .done())
     }
 
-    pub(super) async fn lease_revoke(&self, body: &Value) -> Answer {
+    pub(super) async fn lease_revoke(&self, auth: &Auth, body: &Value) -> Answer {
         let i = Input::of(body).map_err(bad_input)?;
         let req = PbLeaseRevokeRequest {
             id: i.i64("ID").map_err(bad_input)?,
         };
-        let resp = PbLeaseService::lease_revoke(&self.lease, Request::new(req)).await?;
+        let resp = PbLeaseService::lease_revoke(&self.lease, auth.request(req)).await?;
         Ok(Obj::new()
             .msg("header", header(&resp.get_ref().header))
             .done())
     }
 
-    pub(super) async fn lease_time_to_live(&self, body: &Value) -> Answer {
+    pub(super) async fn lease_time_to_live(&self, auth: &Auth, body: &Value) -> Answer {
         let i = Input::of(body).map_err(bad_input)?;
         let req = PbLeaseTimeToLiveRequest {
             id: i.i64("ID").map_err(bad_input)?,
             keys: i.bool("keys").map_err(bad_input)?,
         };
-        let resp = PbLeaseService::lease_time_to_live(&self.lease, Request::new(req)).await?;
+        let resp = PbLeaseService::lease_time_to_live(&self.lease, auth.request(req)).await?;
         let r = resp.get_ref();
         Ok(Obj::new()
             .msg("header", header(&r.header))
@@ -65,8 +64,8 @@ impl Gateway {
             .done())
     }
 
-    pub(super) async fn lease_leases(&self) -> Answer {
-        let resp = PbLeaseService::lease_leases(&self.lease, Request::new(PbLeaseLeasesRequest {}))
+    pub(super) async fn lease_leases(&self, auth: &Auth) -> Answer {
+        let resp = PbLeaseService::lease_leases(&self.lease, auth.request(PbLeaseLeasesRequest {}))
             .await?;
         let r = resp.get_ref();
         Ok(Obj::new()

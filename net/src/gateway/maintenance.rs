@@ -5,19 +5,18 @@
 use corekv_engine::pb::*;
 use serde_json::Value;
 use tonic::codegen::tokio_stream::StreamExt;
-use tonic::Request;
 
 use super::json::{Input, Json, Obj};
 use super::kv::header;
-use super::{bad_input, error_response, stream_response, Answer, Gateway};
+use super::{bad_input, error_response, stream_response, Answer, Auth, Gateway};
 
 const ALARM_ACTION: &[&str] = &["GET", "ACTIVATE", "DEACTIVATE"];
 const ALARM_TYPE: &[&str] = &["NONE", "NOSPACE", "CORRUPT"];
 
 impl Gateway {
-    pub(super) async fn status(&self) -> Answer {
+    pub(super) async fn status(&self, auth: &Auth) -> Answer {
         let resp =
-            PbMaintenanceService::status(&self.maintenance, Request::new(PbStatusRequest {}))
+            PbMaintenanceService::status(&self.maintenance, auth.request(PbStatusRequest {}))
                 .await?;
         let r = resp.get_ref();
         Ok(Obj::new()
@@ -34,9 +33,9 @@ impl Gateway {
             .done())
     }
 
-    pub(super) async fn hash(&self) -> Answer {
+    pub(super) async fn hash(&self, auth: &Auth) -> Answer {
         let resp =
-            PbMaintenanceService::hash(&self.maintenance, Request::new(PbHashRequest {})).await?;
+            PbMaintenanceService::hash(&self.maintenance, auth.request(PbHashRequest {})).await?;
         let r = resp.get_ref();
         Ok(Obj::new()
             .msg("header", header(&r.header))
@@ -44,7 +43,7 @@ impl Gateway {
             .done())
     }
 
-    pub(super) async fn alarm(&self, body: &Value) -> Answer {
+    pub(super) async fn alarm(&self, auth: &Auth, body: &Value) -> Answer {
         let i = Input::of(body).map_err(bad_input)?;
         let req = PbAlarmRequest {
             action: i
@@ -59,7 +58,7 @@ impl Gateway {
                 .enumeration("alarm", ALARM_TYPE, "etcdserverpb.AlarmType")
                 .map_err(bad_input)?,
         };
-        let resp = PbMaintenanceService::alarm(&self.maintenance, Request::new(req)).await?;
+        let resp = PbMaintenanceService::alarm(&self.maintenance, auth.request(req)).await?;
         let r = resp.get_ref();
         Ok(Obj::new()
             .msg("header", header(&r.header))
@@ -78,10 +77,10 @@ impl Gateway {
             .done())
     }
 
-    pub(super) async fn defragment(&self) -> Answer {
+    pub(super) async fn defragment(&self, auth: &Auth) -> Answer {
         let resp = PbMaintenanceService::defragment(
             &self.maintenance,
-            Request::new(PbDefragmentRequest {}),
+            auth.request(PbDefragmentRequest {}),
         )
         .await?;
         Ok(Obj::new()
@@ -89,22 +88,22 @@ impl Gateway {
             .done())
     }
 
-    pub(super) async fn move_leader(&self, body: &Value) -> Answer {
+    pub(super) async fn move_leader(&self, auth: &Auth, body: &Value) -> Answer {
         let i = Input::of(body).map_err(bad_input)?;
         let req = PbMoveLeaderRequest {
             target_id: i.u64("targetID").map_err(bad_input)?,
         };
-        let resp = PbMaintenanceService::move_leader(&self.maintenance, Request::new(req)).await?;
+        let resp = PbMaintenanceService::move_leader(&self.maintenance, auth.request(req)).await?;
         Ok(Obj::new()
             .msg("header", header(&resp.get_ref().header))
             .done())
     }
 
     /// Snapshot: the service's chunk stream (bounded at its source) as JSON lines.
-    pub(super) async fn snapshot(&self) -> axum::response::Response {
+    pub(super) async fn snapshot(&self, auth: &Auth) -> axum::response::Response {
         let stream = match PbMaintenanceService::snapshot(
             &self.maintenance,
-            Request::new(PbSnapshotRequest {}),
+            auth.request(PbSnapshotRequest {}),
         )
         .await
         {

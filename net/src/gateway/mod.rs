@@ -95,6 +95,32 @@ fn route(path: &str) -> Option<Route> {
     Some(Route::Unary(unary))
 }
 
+/// Who is calling: the HTTP `Authorization` header, passed to the services as the gRPC
+/// metadata `authorization` (etcd reads its token from there for gateway requests).
+pub(crate) struct Auth(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Auth {
+    fn of(headers: &axum::http::HeaderMap) -> Auth {
+        Auth(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        )
+    }
+
+    /// A service request carrying the caller's token, if any.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        request
+    }
+}
+
 /// One core's gateway: the same service objects the gRPC server uses, on the same shard.
 pub(crate) struct Gateway {
     shard: ShardClient,
@@ -305,6 +331,7 @@ impl Gateway {
         if request.method() != Method::POST {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
         }
+        let auth = Auth::of(request.headers());
         let Some(body) = read_body(request.into_body(), self.body_max_bytes).await else {
             return error_response(&tonic::Status::resource_exhausted(format!(
                 "corekv: request body larger than {} bytes",
@@ -315,7 +342,7 @@ impl Gateway {
             Route::Unary(unary) => unary,
             Route::Watch => return self.watch(&body).await,
             Route::LeaseKeepAlive => return self.keep_alive(&body),
-            Route::Snapshot => return self.snapshot().await,
+            Route::Snapshot => return self.snapshot(&auth).await,
         };
         // A unary method reads the body's first JSON value; an empty body is an empty
         // request (grpc-gateway ignores io.EOF there).
@@ -325,25 +352,25 @@ impl Gateway {
             Some(Err(e)) => return error_response(&tonic::Status::invalid_argument(e)),
         };
         let answer = match unary {
-            Unary::Range => self.range(&first).await,
-            Unary::Put => self.put(&first).await,
-            Unary::DeleteRange => self.delete_range(&first).await,
-            Unary::Txn => self.txn(&first).await,
-            Unary::Compact => self.compact(&first).await,
-            Unary::LeaseGrant => self.lease_grant(&first).await,
-            Unary::LeaseRevoke => self.lease_revoke(&first).await,
-            Unary::LeaseTimeToLive => self.lease_time_to_live(&first).await,
-            Unary::LeaseLeases => self.lease_leases().await,
-            Unary::Status => self.status().await,
-            Unary::Hash => self.hash().await,
-            Unary::Alarm => self.alarm(&first).await,
-            Unary::Defragment => self.defragment().await,
-            Unary::MoveLeader => self.move_leader(&first).await,
-            Unary::MemberList => self.member_list().await,
-            Unary::MemberAdd => self.member_add(&first).await,
-            Unary::MemberRemove => self.member_remove(&first).await,
-            Unary::MemberUpdate => self.member_update(&first).await,
-            Unary::MemberPromote => self.member_promote(&first).await,
+            Unary::Range => self.range(&auth, &first).await,
+            Unary::Put => self.put(&auth, &first).await,
+            Unary::DeleteRange => self.delete_range(&auth, &first).await,
+            Unary::Txn => self.txn(&auth, &first).await,
+            Unary::Compact => self.compact(&auth, &first).await,
+            Unary::LeaseGrant => self.lease_grant(&auth, &first).await,
+            Unary::LeaseRevoke => self.lease_revoke(&auth, &first).await,
+            Unary::LeaseTimeToLive => self.lease_time_to_live(&auth, &first).await,
+            Unary::LeaseLeases => self.lease_leases(&auth).await,
+            Unary::Status => self.status(&auth).await,
+            Unary::Hash => self.hash(&auth).await,
+            Unary::Alarm => self.alarm(&auth, &first).await,
+            Unary::Defragment => self.defragment(&auth).await,
+            Unary::MoveLeader => self.move_leader(&auth, &first).await,
+            Unary::MemberList => self.member_list(&auth).await,
+            Unary::MemberAdd => self.member_add(&auth, &first).await,
+            Unary::MemberRemove => self.member_remove(&auth, &first).await,
+            Unary::MemberUpdate => self.member_update(&auth, &first).await,
+            Unary::MemberPromote => self.member_promote(&auth, &first).await,
         };
         match answer {
             Ok(value) => json_response(value),
@@ -400,6 +427,22 @@ mod tests {
             Some(&b"{}"[..])
         );
         assert!(read_body(Body::from("{} "), 2).await.is_none());
+    }
+
+    #[test]
+    fn the_authorization_header_reaches_the_service_as_metadata() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("tok.42"));
+        let request = Auth::of(&headers).request(());
+        assert_eq!(
+            request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap()),
+            Some("tok.42")
+        );
+        let anonymous = Auth::of(&axum::http::HeaderMap::new()).request(());
+        assert!(anonymous.metadata().get("authorization").is_none());
     }
 
     #[test]
