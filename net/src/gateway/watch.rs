@@ -82,7 +82,7 @@ impl Gateway {
                 Err(_) => break,
             }
         }
-        let stream_id = crate::grpc::watch::NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+        let stream_id = crate::grpc::watch::next_stream_id();
         let (responses, outbound) = watch_channel(WATCH_STREAM_QUEUED_BYTES_MAX);
         if let Err(e) = self.shard.watch_open(stream_id, responses).await {
             return error_response(&crate::grpc::to_status(e));

@@ -13,9 +13,13 @@ use super::to_status;
 use crate::metrics;
 use crate::shard_api::{watch_channel, ShardClient, WATCH_STREAM_QUEUED_BYTES_MAX};
 
-/// Stream ids are unique per process (the shard keys its streams by them); the HTTP
-/// gateway's watch streams take theirs from here too.
-pub(crate) static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
+/// Stream ids are unique per process (the shard keys its streams by them).
+static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new watch stream id, unique in the process (gRPC and binary streams share them).
+pub(crate) fn next_stream_id() -> u64 {
+    NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 pub(crate) struct WatchService {
     shard: ShardClient,
@@ -36,7 +40,7 @@ impl PbWatchService for WatchService {
         request: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let mut inbound = request.into_inner();
-        let stream_id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+        let stream_id = next_stream_id();
         // A client that reads slower than the queue's byte bound falls back to catch-up
         // from history on the shard: it costs a position, not memory.
         let (responses, outbound) = watch_channel(WATCH_STREAM_QUEUED_BYTES_MAX);
