@@ -55,7 +55,7 @@ pub fn base64_decode(text: &str) -> In<Vec<u8>> {
         .filter(|&(_, c)| c != b'\r' && c != b'\n')
         .collect();
     let illegal = |at: usize| BadInput(format!("illegal base64 data at input byte {at}"));
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         // Go reports the position where the incomplete quantum ends.
         let at = bytes.len() - bytes.len() % 4;
         let at = bytes.get(at).map_or(text.len(), |&(i, _)| i);
