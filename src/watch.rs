@@ -571,17 +571,17 @@ impl WatchHub {
             }
         }
         self.unsynced -= became_synced;
-        let header = Some(PbResponseHeader {
-            revision: current,
-            raft_term: self.facts.raft_term,
-            ..Default::default()
-        });
         for id in cancelled {
             stream.watchers.remove(&id);
             self.unsynced -= 1;
-            // etcd: the watcher is cancelled with the compacted revision it fell behind.
+            // etcd: the watcher is cancelled with the compacted revision it fell behind,
+            // in a response whose header carries no revision.
             let notice = PbWatchResponse {
-                header: header,
+                header: Some(PbResponseHeader {
+                    revision: 0,
+                    raft_term: self.facts.raft_term,
+                    ..Default::default()
+                }),
                 watch_id: id,
                 canceled: true,
                 compact_revision: compacted,
@@ -880,6 +880,8 @@ mod tests {
         assert!(responses[0].created && !responses[0].canceled);
         assert!(responses[1].canceled);
         assert_eq!(responses[1].compact_revision, 4);
+        // As etcd 3.4: the cancel notice's header has no revision.
+        assert_eq!(responses[1].header.as_ref().map(|h| h.revision), Some(0));
         assert_eq!(h.hub.watchers(), 0);
     }
 

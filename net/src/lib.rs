@@ -4,6 +4,7 @@
 //! - [`shard_api`]: the contract between a core's network runtime and the shard that owns the
 //!   data path on that core (bounded channel in, oneshot reply out).
 //! - [`grpc`]: etcd's gRPC services (KV, Maintenance, Cluster) at etcd's method paths.
+//! - [`gateway`]: etcd's HTTP/JSON gateway (`POST /v3/...`), served by the gRPC services' code.
 //! - [`http`]: `/health`, `/version`, `/metrics` on the client port (and metrics URLs).
 //! - [`serve`]: one core's accept loop: HTTP/1.1 and HTTP/2 (gRPC) on the same port.
 //! - [`peer`]: the raft transport between members (--listen-peer-urls).
@@ -12,6 +13,7 @@
 pub mod auth;
 mod authority;
 pub mod binary;
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

@@ -40,7 +40,8 @@ pub fn bind_reuseport(host_port: &str) -> io::Result<StdListener> {
 /// Unknown paths answer as etcd: gRPC UNIMPLEMENTED to gRPC clients, 404 to the rest.
 pub fn client_router(shard: ShardClient) -> axum::Router {
     let grpc = crate::grpc::router(shard.clone());
-    grpc.merge(crate::http::routes(shard))
+    grpc.merge(crate::gateway::routes(shard.clone()))
+        .merge(crate::http::routes(shard))
         .fallback(crate::http::not_found)
         .with_state(())
 }

@@ -42,8 +42,11 @@ fn to_pb(m: &Member) -> PbMember {
     }
 }
 
+/// The members by ID, as etcd's `RaftCluster.Members()` lists them.
 fn members_pb(answer: &ClusterAnswer) -> Vec<PbMember> {
-    answer.members.iter().map(to_pb).collect()
+    let mut members: Vec<PbMember> = answer.members.iter().map(to_pb).collect();
+    members.sort_by_key(|m| m.id);
+    members
 }
 
 /// etcd checks peer URLs are well-formed `scheme://host:port` before anything else.
@@ -166,7 +169,8 @@ impl PbClusterService for ClusterService {
         let timer = Timer::start(Method::MemberList);
         let result = async {
             let view = self.shard.view().await.map_err(to_status)?;
-            let members = view.body.membership().members().map(to_pb).collect();
+            let mut members: Vec<PbMember> = view.body.membership().members().map(to_pb).collect();
+            members.sort_by_key(|m| m.id);
             Ok(Response::new(PbMemberListResponse {
                 header: self.header().await,
                 members,

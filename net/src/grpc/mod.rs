@@ -1,13 +1,13 @@
 //! etcd's gRPC services, served at etcd's method paths with etcd's error codes and texts.
 
 mod auth;
-mod cluster;
+pub(crate) mod cluster;
 mod concurrency;
 mod election;
 pub(crate) mod kv;
 pub(crate) mod lease;
 mod lock;
-mod maintenance;
+pub(crate) mod maintenance;
 pub(crate) mod range;
 mod v3pb;
 pub(crate) mod watch;

@@ -42,7 +42,7 @@ const WATCH_REFUSALS_QUEUED_MAX: usize = 16;
 
 /// etcd's `isWatchPermitted`: a watcher the caller may not read (or on a stream whose token
 /// did not verify) is answered created and canceled at once, with etcd's reason.
-async fn refusal(
+pub(crate) async fn refusal(
     shard: &ShardClient,
     caller: &Result<crate::auth::Caller, corekv_engine::KvError>,
     request: &PbWatchRequest,

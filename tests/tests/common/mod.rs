@@ -877,7 +877,7 @@ pub fn http_request(addr: &str, method: &str, path: &str) -> Result<HttpResponse
     parse_http_response(&raw)
 }
 
-fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
+pub fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -922,7 +922,7 @@ fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
     })
 }
 
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
+pub fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
         let eol = b
