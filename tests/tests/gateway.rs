@@ -35,7 +35,7 @@ fn mask(v: &mut Value) {
                 match k.as_str() {
                     "cluster_id" | "member_id" | "raft_term" | "ID" | "leader" | "raftIndex"
                     | "raftTerm" | "raftAppliedIndex" | "dbSize" | "dbSizeInUse" | "hash"
-                    | "version" | "blob" | "remaining_bytes"
+                    | "version" | "blob" | "remaining_bytes" | "token"
                         if !x.is_object() =>
                     {
                         *x = Value::String("<masked>".into())
@@ -532,4 +532,137 @@ fn maintenance_and_cluster_paths_answer_as_etcd() {
         // The checksum: 32 bytes, base64.
         assert_eq!(last["blob"].as_str().map(str::len), Some(44), "{}", s.kind);
     }
+}
+
+/// One answer with an `Authorization` header, masked as [`answer`] masks (tokens too).
+fn answer_with_token(s: &Server, path: &str, body: &str, token: &str) -> (u16, Value) {
+    let addr = s.addr();
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAuthorization: {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let r = parse_http_response(&raw).expect("http answer");
+    let mut v: Value = serde_json::from_slice(&r.body).expect("JSON");
+    mask(&mut v);
+    (r.status, v)
+}
+
+#[test]
+fn auth_paths_answer_as_etcd() {
+    let (etcd, target) = both();
+    same_answers(
+        &etcd,
+        &target,
+        &[
+            (
+                "POST",
+                "/v3/auth/user/add",
+                r#"{"name":"root","password":"pw"}"#,
+            ),
+            (
+                "POST",
+                "/v3/auth/user/add",
+                r#"{"name":"root","password":"pw"}"#,
+            ),
+            (
+                "POST",
+                "/v3/auth/user/add",
+                r#"{"name":"cert","options":{"no_password":true}}"#,
+            ),
+            (
+                "POST",
+                "/v3/auth/user/grant",
+                r#"{"user":"root","role":"root"}"#,
+            ),
+            ("POST", "/v3/auth/role/add", r#"{"name":"r1"}"#),
+            (
+                "POST",
+                "/v3/auth/role/grant",
+                r#"{"name":"r1","perm":{"permType":"READWRITE","key":"YQ==","range_end":"Yg=="}}"#,
+            ),
+            (
+                "POST",
+                "/v3/auth/role/grant",
+                r#"{"name":"r1","perm":{"permType":1,"key":"eg=="}}"#,
+            ),
+            ("POST", "/v3/auth/role/get", r#"{"role":"r1"}"#),
+            ("POST", "/v3/auth/role/get", r#"{"role":"nope"}"#),
+            (
+                "POST",
+                "/v3/auth/role/revoke",
+                r#"{"role":"r1","key":"eg=="}"#,
+            ),
+            (
+                "POST",
+                "/v3/auth/role/revoke",
+                r#"{"role":"r1","key":"eg=="}"#,
+            ),
+            (
+                "POST",
+                "/v3/auth/user/grant",
+                r#"{"user":"cert","role":"r1"}"#,
+            ),
+            ("POST", "/v3/auth/user/get", r#"{"name":"cert"}"#),
+            (
+                "POST",
+                "/v3/auth/user/revoke",
+                r#"{"name":"cert","role":"r1"}"#,
+            ),
+            ("POST", "/v3/auth/user/list", "{}"),
+            ("POST", "/v3/auth/role/list", "{}"),
+            (
+                "POST",
+                "/v3/auth/user/changepw",
+                r#"{"name":"cert","password":"x"}"#,
+            ),
+            ("POST", "/v3/auth/role/delete", r#"{"role":"r1"}"#),
+            (
+                "POST",
+                "/v3/auth/authenticate",
+                r#"{"name":"root","password":"pw"}"#,
+            ),
+            ("POST", "/v3/auth/enable", "{}"),
+            ("POST", "/v3/kv/put", r#"{"key":"YQ==","value":"MQ=="}"#),
+            (
+                "POST",
+                "/v3/auth/authenticate",
+                r#"{"name":"root","password":"wrong"}"#,
+            ),
+            ("GET", "/v3/auth/enable", ""),
+        ],
+    );
+    // The token Authenticate returns goes in the Authorization header.
+    let mut answers = Vec::new();
+    for s in [&etcd, &target] {
+        let r = send(
+            &s.addr(),
+            "POST",
+            "/v3/auth/authenticate",
+            r#"{"name":"root","password":"pw"}"#,
+        );
+        let v: Value = serde_json::from_slice(&r.body).expect("JSON");
+        let token = v["token"].as_str().expect("a token").to_string();
+        let steps = [
+            ("/v3/kv/put", r#"{"key":"YQ==","value":"MQ=="}"#),
+            ("/v3/kv/range", r#"{"key":"YQ=="}"#),
+            ("/v3/auth/user/list", "{}"),
+            ("/v3/auth/disable", "{}"),
+        ];
+        let got: Vec<_> = steps
+            .iter()
+            .map(|(path, body)| answer_with_token(s, path, body, &token))
+            .collect();
+        answers.push(got);
+    }
+    assert_eq!(
+        answers[1], answers[0],
+        "with a token (left: corekv, right: etcd)"
+    );
 }

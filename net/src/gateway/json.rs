@@ -270,6 +270,13 @@ impl<'a> Input<'a> {
             Some(other) => Err(type_error(other, "bool")),
         }
     }
+    pub fn string(&self, name: &str) -> In<String> {
+        match self.get(name) {
+            None => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(type_error(other, "string")),
+        }
+    }
     pub fn bytes(&self, name: &str) -> In<Vec<u8>> {
         match self.get(name) {
             None => Ok(Vec::new()),

@@ -8,6 +8,7 @@
 //! grpc-gateway derives from the gRPC code; an unknown method is a plain-text 404
 //! "Not Found", a known one asked with another verb than POST a plain-text 405.
 
+mod auth;
 mod cluster;
 pub mod json;
 mod kv;
@@ -41,6 +42,8 @@ enum Route {
     LeaseKeepAlive,
     /// One request, a stream of chunks.
     Snapshot,
+    /// The Auth service's unary methods.
+    Auth(auth::AuthMethod),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +93,7 @@ fn route(path: &str) -> Option<Route> {
         "/cluster/member/remove" => Unary::MemberRemove,
         "/cluster/member/update" => Unary::MemberUpdate,
         "/cluster/member/promote" => Unary::MemberPromote,
-        _ => return None,
+        _ => return auth::route(path).map(Route::Auth),
     };
     Some(Route::Unary(unary))
 }
@@ -128,6 +131,7 @@ pub(crate) struct Gateway {
     lease: grpc::lease::LeaseService,
     maintenance: grpc::maintenance::MaintenanceService,
     cluster: grpc::cluster::ClusterService,
+    auth_service: grpc::auth::AuthService,
     /// Largest request body read: --max-request-bytes plus the overhead gRPC allows too.
     body_max_bytes: usize,
 }
@@ -139,6 +143,7 @@ pub fn routes(shard: ShardClient) -> axum::Router {
         lease: grpc::lease::LeaseService::new(shard.clone()),
         maintenance: grpc::maintenance::MaintenanceService::new(shard.clone()),
         cluster: grpc::cluster::ClusterService::new(shard.clone()),
+        auth_service: grpc::auth::AuthService::new(shard.clone()),
         // JSON carries bytes as base64 (4/3 the size) plus field names.
         body_max_bytes: (shard.cluster.max_request_bytes + grpc::GRPC_OVERHEAD_BYTES) / 3 * 4,
         shard,
@@ -343,6 +348,17 @@ impl Gateway {
             Route::Watch => return self.watch(&auth, &body).await,
             Route::LeaseKeepAlive => return self.keep_alive(&body),
             Route::Snapshot => return self.snapshot(&auth).await,
+            Route::Auth(method) => {
+                let first = match json_values(&body).next() {
+                    None => Value::Null,
+                    Some(Ok(v)) => v,
+                    Some(Err(e)) => return error_response(&tonic::Status::invalid_argument(e)),
+                };
+                return match self.auth_method(method, &auth, &first).await {
+                    Ok(value) => json_response(value),
+                    Err(status) => error_response(&status),
+                };
+            }
         };
         // A unary method reads the body's first JSON value; an empty body is an empty
         // request (grpc-gateway ignores io.EOF there).

@@ -118,9 +118,10 @@ impl tower::Service<http::Request<Body>> for AuthServer {
     }
 }
 
-type CallerResult = Result<Caller, KvError>;
+pub(crate) type CallerResult = Result<Caller, KvError>;
 
-struct AuthService {
+/// The service's methods; also called by the HTTP/JSON gateway.
+pub(crate) struct AuthService {
     shard: ShardClient,
 }
 
@@ -129,6 +130,11 @@ fn mismatch() -> Status {
 }
 
 impl AuthService {
+    /// The service over `shard`.
+    pub(crate) fn new(shard: ShardClient) -> AuthService {
+        AuthService { shard }
+    }
+
     /// etcd's `needAdminPermission`: root only while auth is enabled. Answers the caller.
     fn admin(&self, caller: CallerResult) -> Result<Caller, Status> {
         let caller = caller.map_err(to_status)?;
@@ -172,7 +178,7 @@ impl AuthService {
         Ok((self.shard.cluster.auth.state(), header))
     }
 
-    async fn enable(
+    pub(crate) async fn enable(
         &self,
         _: PbAuthEnableRequest,
         caller: CallerResult,
@@ -182,7 +188,7 @@ impl AuthService {
         Ok(PbAuthEnableResponse { header })
     }
 
-    async fn disable(
+    pub(crate) async fn disable(
         &self,
         _: PbAuthDisableRequest,
         caller: CallerResult,
@@ -208,7 +214,7 @@ impl AuthService {
     }
 
     /// No permission needed: the password is the check.
-    async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         r: PbAuthenticateRequest,
         _: CallerResult,
@@ -224,7 +230,7 @@ impl AuthService {
         Ok(PbAuthenticateResponse { header, token })
     }
 
-    async fn user_add(
+    pub(crate) async fn user_add(
         &self,
         mut r: PbAuthUserAddRequest,
         caller: CallerResult,
@@ -249,7 +255,7 @@ impl AuthService {
         Ok(PbAuthUserAddResponse { header })
     }
 
-    async fn user_get(
+    pub(crate) async fn user_get(
         &self,
         r: PbAuthUserGetRequest,
         caller: CallerResult,
@@ -271,7 +277,7 @@ impl AuthService {
         })
     }
 
-    async fn user_list(
+    pub(crate) async fn user_list(
         &self,
         _: PbAuthUserListRequest,
         caller: CallerResult,
@@ -284,7 +290,7 @@ impl AuthService {
         })
     }
 
-    async fn user_delete(
+    pub(crate) async fn user_delete(
         &self,
         r: PbAuthUserDeleteRequest,
         caller: CallerResult,
@@ -296,7 +302,7 @@ impl AuthService {
         Ok(PbAuthUserDeleteResponse { header })
     }
 
-    async fn user_change_password(
+    pub(crate) async fn user_change_password(
         &self,
         mut r: PbAuthUserChangePasswordRequest,
         caller: CallerResult,
@@ -323,7 +329,7 @@ impl AuthService {
         Ok(PbAuthUserChangePasswordResponse { header })
     }
 
-    async fn grant_role(
+    pub(crate) async fn grant_role(
         &self,
         r: PbAuthUserGrantRoleRequest,
         caller: CallerResult,
@@ -333,7 +339,7 @@ impl AuthService {
         Ok(PbAuthUserGrantRoleResponse { header })
     }
 
-    async fn revoke_role(
+    pub(crate) async fn revoke_role(
         &self,
         r: PbAuthUserRevokeRoleRequest,
         caller: CallerResult,
@@ -343,7 +349,7 @@ impl AuthService {
         Ok(PbAuthUserRevokeRoleResponse { header })
     }
 
-    async fn role_add(
+    pub(crate) async fn role_add(
         &self,
         r: PbAuthRoleAddRequest,
         caller: CallerResult,
@@ -353,7 +359,7 @@ impl AuthService {
         Ok(PbAuthRoleAddResponse { header })
     }
 
-    async fn role_get(
+    pub(crate) async fn role_get(
         &self,
         r: PbAuthRoleGetRequest,
         caller: CallerResult,
@@ -389,7 +395,7 @@ impl AuthService {
         Ok(resp)
     }
 
-    async fn role_list(
+    pub(crate) async fn role_list(
         &self,
         _: PbAuthRoleListRequest,
         caller: CallerResult,
@@ -402,7 +408,7 @@ impl AuthService {
         })
     }
 
-    async fn role_delete(
+    pub(crate) async fn role_delete(
         &self,
         r: PbAuthRoleDeleteRequest,
         caller: CallerResult,
@@ -412,7 +418,7 @@ impl AuthService {
         Ok(PbAuthRoleDeleteResponse { header })
     }
 
-    async fn grant_permission(
+    pub(crate) async fn grant_permission(
         &self,
         r: PbAuthRoleGrantPermissionRequest,
         caller: CallerResult,
@@ -424,7 +430,7 @@ impl AuthService {
         Ok(PbAuthRoleGrantPermissionResponse { header })
     }
 
-    async fn revoke_permission(
+    pub(crate) async fn revoke_permission(
         &self,
         r: PbAuthRoleRevokePermissionRequest,
         caller: CallerResult,

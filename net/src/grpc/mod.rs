@@ -1,6 +1,6 @@
 //! etcd's gRPC services, served at etcd's method paths with etcd's error codes and texts.
 
-mod auth;
+pub(crate) mod auth;
 pub(crate) mod cluster;
 mod concurrency;
 mod election;
