@@ -31,6 +31,13 @@ fn check_no_tls(cfg: &Config) -> Result<(), ConfigError> {
             "--listen-binary-urls={url}: TLS on the binary protocol is not supported by this corekv build yet"
         ));
     }
+    let peer_urls = cfg.listen_peer_urls.iter().chain(&cfg.initial_advertise_peer_urls);
+    if let Some(url) = peer_urls.into_iter().find(https) {
+        return fail(format!(
+            "--listen-peer-urls/--initial-advertise-peer-urls {url}: TLS on peer traffic is not \
+             supported by this corekv build yet (the --peer-* TLS flags are parsed, not used)"
+        ));
+    }
     if !cfg.discovery.srv.is_empty() {
         return fail(
             "--discovery-srv: DNS SRV discovery is not supported by this corekv build yet; \
