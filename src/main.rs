@@ -59,8 +59,9 @@ fn run(config: Config) {
         cluster_id: config.cluster_id(),
         name: config.name.clone(),
     };
+    let peer_tls = peer_tls(&config);
     let recovered = recovery::open(&config.data_dir, identity.clone(), || {
-        bootstrap_plan(&config, identity)
+        bootstrap_plan(&config, identity, peer_tls.as_ref())
     })
     .unwrap_or_else(|e| fatal("cannot open data dir", e));
     let auth = auth_gate(&config, &recovered.store);
@@ -111,7 +112,7 @@ fn run(config: Config) {
             fatal("cannot start shard executor (glommio)", err);
         }
     }
-    let peers = start_peers(&config, &recovered, seq_tx.clone());
+    let peers = start_peers(&config, &recovered, seq_tx.clone(), peer_tls);
     drop(seq_tx);
 
     let size_gauge = cluster.backend_size_bytes.clone();
@@ -190,6 +191,7 @@ fn run(config: Config) {
 fn bootstrap_plan(
     config: &Config,
     mut identity: recovery::Identity,
+    peer_tls: Option<&corekv_net::peer::PeerTls>,
 ) -> Result<(recovery::Identity, recovery::Bootstrap), String> {
     let mut names: Vec<&str> = config
         .initial_cluster
@@ -260,7 +262,7 @@ fn bootstrap_plan(
         .filter(|u| !mine.contains(u))
         .collect();
     let (cluster_id, members) =
-        corekv_net::peer::query_membership(&others, std::time::Duration::from_secs(5))
+        corekv_net::peer::query_membership(&others, std::time::Duration::from_secs(5), peer_tls)
             .map_err(|e| format!("cannot fetch the cluster's membership from its members ({e})"))?;
     let me = members
         .iter()
@@ -290,11 +292,50 @@ fn bootstrap_plan(
     Ok((identity, recovery::Bootstrap::Join { members }))
 }
 
+/// Peer TLS when the peer URLs are https: the --peer-cert-file/--peer-key-file pair, or a
+/// self-signed certificate with --peer-auto-tls (peers' certificates then go unverified
+/// unless --peer-trusted-ca-file names their CA, as in etcd).
+fn peer_tls(config: &Config) -> Option<corekv_net::peer::PeerTls> {
+    let https = |u: &config::Url| u.scheme == config::Scheme::Https;
+    let any_https = config
+        .listen_peer_urls
+        .iter()
+        .chain(&config.initial_advertise_peer_urls)
+        .any(https);
+    if !any_https {
+        return None;
+    }
+    let tls = &config.peer_tls;
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).unwrap_or_else(|e| fatal(&format!("cannot read {}", path.display()), e))
+    };
+    let (cert, key) = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => (read(cert), read(key)),
+        _ => {
+            let hosts: Vec<String> = config
+                .listen_peer_urls
+                .iter()
+                .chain(&config.initial_advertise_peer_urls)
+                .map(|u| u.host.clone())
+                .collect();
+            let (cert, key) = corekv_net::tls::self_signed(&hosts)
+                .unwrap_or_else(|e| fatal("--peer-auto-tls", e));
+            log::warn!("--peer-auto-tls: peers get a self-signed certificate for {hosts:?}");
+            (cert.into_bytes(), key.into_bytes())
+        }
+    };
+    let ca = tls.trusted_ca_file.as_ref().map(read);
+    let peer = corekv_net::peer::PeerTls::new(&cert, &key, ca.as_deref(), tls.client_cert_auth)
+        .unwrap_or_else(|e| fatal("cannot set up peer TLS", e));
+    Some(peer)
+}
+
 /// Starts the peer transport on --listen-peer-urls.
 fn start_peers(
     config: &Config,
     recovered: &recovery::Recovered,
     sequencer: flume::Sender<sequencer::SequencerMsg>,
+    tls: Option<corekv_net::peer::PeerTls>,
 ) -> Option<corekv_net::peer::PeerTransport> {
     let settings = corekv_net::peer::PeerSettings {
         local_id: recovered.identity.member_id,
@@ -309,6 +350,7 @@ fn start_peers(
             .map(|p| p.to_path_buf())
             .unwrap_or_default(),
         snapshot_bytes_max: config.quota_backend_bytes.max(1 << 30).saturating_mul(2),
+        tls,
     };
     let deliver: corekv_net::peer::Deliver = std::sync::Arc::new(move |event| {
         sequencer

@@ -31,12 +31,16 @@ fn check_no_tls(cfg: &Config) -> Result<(), ConfigError> {
             "--listen-binary-urls={url}: TLS on the binary protocol is not supported by this corekv build yet"
         ));
     }
-    let peer_urls = cfg.listen_peer_urls.iter().chain(&cfg.initial_advertise_peer_urls);
+    let peer_urls = cfg
+        .listen_peer_urls
+        .iter()
+        .chain(&cfg.initial_advertise_peer_urls);
     if let Some(url) = peer_urls.into_iter().find(https) {
-        return fail(format!(
-            "--listen-peer-urls/--initial-advertise-peer-urls {url}: TLS on peer traffic is not \
-             supported by this corekv build yet (the --peer-* TLS flags are parsed, not used)"
-        ));
+        if !cfg.peer_tls.is_set() {
+            return fail(format!(
+                "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {url} with HTTPS scheme (or --peer-auto-tls)"
+            ));
+        }
     }
     if !cfg.discovery.srv.is_empty() {
         return fail(

@@ -441,3 +441,47 @@ fn move_leader_transfers_leadership() {
         assert!(!out.ok(), "{kind}: a follower moved the leader: {out}");
     }
 }
+
+/// Peer TLS (https peer URLs with --peer-auto-tls): the members form a cluster over TLS,
+/// a member added later joins over TLS, and a plaintext peer gets nothing.
+#[test]
+fn peers_talk_over_tls() {
+    for kind in reference_then_target() {
+        let mut c = Cluster::start_with_scheme(kind, 3, &["--peer-auto-tls"], "https");
+        let follower = c.follower();
+        assert!(c.ctl(follower, &["put", "tls", "on"]).ok(), "{kind}");
+        for i in 0..3 {
+            assert_eq!(
+                value_of(&c, i, "tls", false).as_deref(),
+                Some("on"),
+                "{kind} m{i}"
+            );
+        }
+        let table = c.ctl(0, &["member", "list"]);
+        assert_eq!(
+            table.stdout.matches("https://127.0.0.1:").count(),
+            3,
+            "{table}"
+        );
+        if kind == Kind::Corekv {
+            let new = c.add_member(false);
+            let ok = eventually(Duration::from_secs(20), || {
+                (value_of(&c, new, "tls", true).as_deref() == Some("on")).then_some(())
+            });
+            assert!(ok.is_some(), "the TLS member added later did not catch up");
+        }
+        // A plaintext Hello to a TLS peer port gets no answer frame.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", c.nodes[0].peer_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        use std::io::{Read, Write};
+        let hello = [31u32.to_le_bytes().to_vec(), vec![1], b"CKVP".to_vec()].concat();
+        let _ = s.write_all(&hello);
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert!(
+            n == 0 || buf[0] == 0x15 || buf[0] == 0x16,
+            "{kind}: a plaintext peer got a plaintext answer: {:?}",
+            &buf[..n]
+        );
+    }
+}

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use super::tls::{PeerStream, PeerTls};
+
 use super::frame::{self, Hello, Kind, Purpose};
 use super::{forward, OutFrame, PeerEvent, Shared};
 use crate::metrics;
@@ -30,7 +32,7 @@ pub(super) struct LinkTask {
     pub peer: u64,
     pub urls: Arc<Mutex<Vec<String>>>,
     pub out: flume::Receiver<OutFrame>,
-    pub accepted: flume::Receiver<TcpStream>,
+    pub accepted: flume::Receiver<PeerStream>,
     pub connected_since_ms: Arc<AtomicU64>,
 }
 
@@ -42,7 +44,7 @@ impl LinkTask {
     /// Runs until the link is dropped (the peer left the membership).
     pub async fn run(self) {
         let mut backoff_ms = BACKOFF_MIN_MS;
-        let mut next: Option<TcpStream> = None;
+        let mut next: Option<PeerStream> = None;
         loop {
             let stream = match next.take() {
                 Some(s) => s,
@@ -86,7 +88,7 @@ impl LinkTask {
         }
     }
 
-    async fn dial(&self) -> io::Result<TcpStream> {
+    async fn dial(&self) -> io::Result<PeerStream> {
         let urls = self.urls.lock().expect("urls lock").clone();
         let mut last = io::Error::other("peer has no URL");
         for url in urls {
@@ -96,7 +98,7 @@ impl LinkTask {
                 from: self.shared.settings.local_id,
                 to: self.peer,
             };
-            match handshake(&url, hello).await {
+            match handshake(&url, hello, self.shared.settings.tls.as_ref()).await {
                 Ok((stream, _)) => return Ok(stream),
                 Err(err) => {
                     if err.to_string().contains("permanently removed") {
@@ -133,7 +135,7 @@ impl LinkTask {
     /// Waits for the peer (which has the lower id) to dial. If it does not for a while,
     /// this side dials instead: the peer may be unable to reach this member's URL, or may
     /// refuse it (another cluster), and that must show up in the logs of both.
-    async fn wait_for_dial(&self) -> Option<TcpStream> {
+    async fn wait_for_dial(&self) -> Option<PeerStream> {
         let mut told = false;
         let mut fallback = tokio::time::interval(Duration::from_millis(FALLBACK_DIAL_MS));
         fallback.tick().await;
@@ -161,8 +163,8 @@ impl LinkTask {
 
     /// Moves frames both ways until the connection fails, a newer one replaces it, or the
     /// link is dropped.
-    async fn pump(&self, stream: TcpStream) -> Pumped {
-        let (read, mut write) = stream.into_split();
+    async fn pump(&self, stream: PeerStream) -> Pumped {
+        let (read, mut write) = tokio::io::split(stream);
         let mut read = BufReader::with_capacity(256 * 1024, read);
         // Pongs received (for the round-trip time) and answers the reader wants written.
         let (pong_tx, pong_rx) = flume::bounded::<u64>(16);
@@ -292,26 +294,44 @@ impl LinkTask {
 
 enum Waited {
     Elapsed,
-    Accepted(TcpStream),
+    Accepted(PeerStream),
     Gone,
 }
 
 enum Pumped {
     /// A newer connection from the peer arrived; use it.
-    Replaced(TcpStream),
+    Replaced(PeerStream),
     Closed(io::Error),
     /// The link was dropped.
     Dropped,
 }
 
-/// Dials `url` and exchanges Hellos. Returns the stream and the HelloOk payload.
-pub(super) async fn handshake(url: &str, hello: Hello) -> io::Result<(TcpStream, Vec<u8>)> {
+/// Dials `url` (over TLS when `tls` is set) and exchanges Hellos. Returns the stream and
+/// the HelloOk payload.
+pub(super) async fn handshake(
+    url: &str,
+    hello: Hello,
+    tls: Option<&PeerTls>,
+) -> io::Result<(PeerStream, Vec<u8>)> {
     let addr = host_port(url);
     let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(&addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "dial timed out"))??;
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    let mut stream: PeerStream = match tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let name = super::tls::server_name(&addr).map_err(io::Error::other)?;
+            let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+            let connected = tokio::time::timeout(timeout, connector.connect(name, tcp))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Box::new(connected)
+        }
+    };
     frame::write_frame(&mut stream, Kind::Hello, &hello.encode()).await?;
     let mut buf = Vec::new();
     let kind = tokio::time::timeout(timeout, frame::read_frame(&mut stream, &mut buf))
@@ -340,6 +360,7 @@ fn host_port(url: &str) -> String {
 pub(super) async fn query_join(
     url: &str,
     timeout: Duration,
+    tls: Option<&PeerTls>,
 ) -> Result<(u64, Vec<corekv_engine::membership::Member>), String> {
     let hello = Hello {
         purpose: Purpose::Join,
@@ -347,7 +368,7 @@ pub(super) async fn query_join(
         from: 0,
         to: 0,
     };
-    let (_, answer) = tokio::time::timeout(timeout, handshake(url, hello))
+    let (_, answer) = tokio::time::timeout(timeout, handshake(url, hello, tls))
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())?;
@@ -355,7 +376,20 @@ pub(super) async fn query_join(
 }
 
 /// Serves an accepted connection: checks its Hello, then hands it where it belongs.
-pub(super) async fn accept(mut stream: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
+pub(super) async fn accept(tcp: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
+    let mut stream: PeerStream = match &shared.settings.tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+            let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+            let accepted = tokio::time::timeout(timeout, acceptor.accept(tcp))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Box::new(accepted)
+        }
+    };
     let mut buf = Vec::new();
     let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
     let kind = tokio::time::timeout(timeout, frame::read_frame(&mut stream, &mut buf))

@@ -18,6 +18,9 @@ pub mod forward;
 pub mod frame;
 mod link;
 mod snapshot;
+mod tls;
+
+pub use tls::PeerTls;
 
 use std::collections::HashMap;
 use std::io;
@@ -77,6 +80,8 @@ pub struct PeerSettings {
     pub snapshot_dir: PathBuf,
     /// Largest snapshot image accepted.
     pub snapshot_bytes_max: u64,
+    /// TLS for every peer connection (https peer URLs); `None` for plaintext.
+    pub tls: Option<PeerTls>,
 }
 
 /// State shared by the handle and the runtime's tasks.
@@ -87,7 +92,7 @@ struct Shared {
     /// The membership as last set, for Join answers and for refusing removed members.
     members: Mutex<(Vec<Member>, Vec<u64>)>,
     /// Accepted stream connections, routed to the peer's task.
-    routes: Mutex<HashMap<u64, flume::Sender<tokio::net::TcpStream>>>,
+    routes: Mutex<HashMap<u64, flume::Sender<tls::PeerStream>>>,
     /// Forwarded requests awaiting an answer, by request id.
     pending: Mutex<HashMap<u64, LeaseCallback>>,
     next_request_id: AtomicU64,
@@ -363,14 +368,18 @@ fn no_leader() -> KvError {
 /// Asks the members at `urls` for the cluster's membership (a member starting with
 /// --initial-cluster-state=existing learns its own id and the cluster id this way).
 /// Tries each URL in turn; `Err` with the last reason if none answers.
-pub fn query_membership(urls: &[String], timeout: Duration) -> Result<(u64, Vec<Member>), String> {
+pub fn query_membership(
+    urls: &[String],
+    timeout: Duration,
+    tls: Option<&PeerTls>,
+) -> Result<(u64, Vec<Member>), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let mut last = "no peer URL to ask".to_string();
     for url in urls {
-        match runtime.block_on(link::query_join(url, timeout)) {
+        match runtime.block_on(link::query_join(url, timeout, tls)) {
             Ok(answer) => return Ok(answer),
             Err(err) => last = format!("{url}: {err}"),
         }

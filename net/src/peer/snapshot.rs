@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::tls::PeerStream;
 use corekv_engine::KvError;
 use corekv_raft::Message;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::frame::{self, Hello, Kind, Purpose};
@@ -83,7 +83,7 @@ async fn send_image(
     let mut last = io::Error::other("peer has no URL");
     let mut stream = None;
     for url in urls {
-        match super::link::handshake(url, hello).await {
+        match super::link::handshake(url, hello, shared.settings.tls.as_ref()).await {
             Ok((s, _)) => {
                 stream = Some(s);
                 break;
@@ -131,7 +131,7 @@ async fn send_image(
 
 /// Receives one snapshot into a file next to the store, then hands it to the sequencer.
 pub(super) async fn receive(
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     from: u64,
     shared: Arc<Shared>,
 ) -> io::Result<()> {
@@ -163,7 +163,7 @@ pub(super) async fn receive(
 }
 
 async fn receive_into(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     from: u64,
     shared: &Shared,
     path: &PathBuf,

@@ -17,6 +17,8 @@ pub struct Node {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// `http` or `https` (peer TLS).
+    pub peer_scheme: &'static str,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     /// `--initial-cluster` and `--initial-cluster-state` it was first started with.
@@ -34,7 +36,7 @@ impl Node {
         format!("127.0.0.1:{}", self.client_port)
     }
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
     }
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -73,6 +75,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 impl Cluster {
     /// Starts `n` members of a new cluster with `extra` flags each.
     pub fn start(kind: Kind, n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_scheme(kind, n, extra, "http")
+    }
+
+    /// Starts `n` members whose peer URLs use `peer_scheme` (`https`: peer TLS, with the
+    /// `--peer-*` TLS flags in `extra`).
+    pub fn start_with_scheme(
+        kind: Kind,
+        n: usize,
+        extra: &[&str],
+        peer_scheme: &'static str,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix(&format!("corekv-cluster-{}-", kind.name()))
             .tempdir()
@@ -83,7 +96,7 @@ impl Cluster {
         let initial: Vec<String> = names
             .iter()
             .enumerate()
-            .map(|(i, name)| format!("{name}=http://127.0.0.1:{}", ports[2 * i + 1]))
+            .map(|(i, name)| format!("{name}={peer_scheme}://127.0.0.1:{}", ports[2 * i + 1]))
             .collect();
         let initial = initial.join(",");
         let mut cluster = Cluster {
@@ -100,6 +113,7 @@ impl Cluster {
                 name,
                 client_port: ports[2 * i],
                 peer_port: ports[2 * i + 1],
+                peer_scheme,
                 initial_cluster: initial.clone(),
                 state: "new",
                 extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -284,7 +298,8 @@ impl Cluster {
         let i = self.nodes.len();
         let ports = free_ports(2);
         let name = format!("m{i}");
-        let peer = format!("http://127.0.0.1:{}", ports[1]);
+        let scheme = self.nodes[0].peer_scheme;
+        let peer = format!("{scheme}://127.0.0.1:{}", ports[1]);
         let mut args = vec!["member", "add", name.as_str(), "--peer-urls", peer.as_str()];
         if learner {
             args.push("--learner");
@@ -313,6 +328,7 @@ impl Cluster {
             name,
             client_port: ports[0],
             peer_port: ports[1],
+            peer_scheme: scheme,
             initial_cluster: initial,
             state: "existing",
             extra,
