@@ -136,6 +136,7 @@ fn run(config: Config) {
         config.election_timeout_ms,
         std::time::Duration::from_millis(config.lease_checkpoint_interval_ms),
     ))
+    .with_size_gauge(cluster.backend_size_bytes.clone())
     .with_store_writer(store_link, recovered.segment_last_index)
     .with_auto_compaction(config.auto_compaction())
     .with_request_timeout(std::time::Duration::from_millis(

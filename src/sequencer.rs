@@ -167,6 +167,10 @@ pub struct Sequencer {
     compaction_reply: Option<oneshot::Receiver<Result<Reply<CommandResponse>, KvError>>>,
     /// Peers, membership changes and snapshots.
     cluster: cluster::ClusterState,
+    /// The store file's size as the quota check sees it: the store writer sets it after
+    /// each commit; writes applied since add their cost, so a burst of large puts between
+    /// two commits cannot run past --quota-backend-bytes.
+    size_gauge: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Hand-off of applied changes to the revision store, and WAL release behind it.
@@ -234,7 +238,14 @@ impl Sequencer {
             compactor: None,
             compaction_reply: None,
             cluster: cluster::ClusterState::default(),
+            size_gauge: None,
         }
+    }
+
+    /// Shares the quota check's size gauge (see the field's docs).
+    pub fn with_size_gauge(mut self, gauge: Arc<std::sync::atomic::AtomicU64>) -> Sequencer {
+        self.size_gauge = Some(gauge);
+        self
     }
 
     /// How long writes and linearizable reads may wait before "request timed out".
@@ -800,6 +811,14 @@ impl Sequencer {
                         applied
                     });
                 self.lease_applied(&command, &outcome);
+                if let (Some(gauge), Ok(_)) = (&self.size_gauge, &outcome) {
+                    let cost = match &command {
+                        Command::Put(r) => corekv_engine::mvcc::alarm::put_cost(r),
+                        Command::Txn(t) => corekv_engine::mvcc::alarm::txn_cost(t),
+                        _ => 0,
+                    };
+                    gauge.fetch_add(cost, std::sync::atomic::Ordering::Relaxed);
+                }
                 match conf_change {
                     Some(change) => self.conf_change_applied(&change, outcome.is_ok()),
                     None if outcome.is_ok()
