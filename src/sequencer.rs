@@ -107,6 +107,20 @@ enum Leaderless {
     Reads(Vec<ReadReply>),
 }
 
+impl Leaderless {
+    /// Answers the held request(s) with `err`.
+    fn fail(self, err: KvError) {
+        match self {
+            Leaderless::Write(_, _, reply) => drop(reply.send(Err(err))),
+            Leaderless::Reads(replies) => {
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// A proposal waiting to be applied.
 struct Waiting {
     /// Its log index, when this member leads and knows it.
@@ -546,15 +560,7 @@ impl Sequencer {
     /// Holds a request until a leader is known (or its time is up).
     fn hold_until_leader(&mut self, held: Leaderless) {
         if self.leaderless.len() >= QUEUE_DEPTH_MAX {
-            let err = KvError::Unavailable("etcdserver: no leader".into());
-            match held {
-                Leaderless::Write(_, _, reply) => drop(reply.send(Err(err))),
-                Leaderless::Reads(replies) => {
-                    for r in replies {
-                        let _ = r.send(Err(err.clone()));
-                    }
-                }
-            }
+            held.fail(KvError::Unavailable("etcdserver: no leader".into()));
             return;
         }
         let deadline = Instant::now() + self.request_timeout;
@@ -578,14 +584,8 @@ impl Sequencer {
     /// in a leader change) answers "request timed out", as etcd does.
     fn expire(&mut self, now: Instant) {
         while self.leaderless.front().is_some_and(|(d, _)| *d <= now) {
-            match self.leaderless.pop_front().expect("front exists").1 {
-                Leaderless::Write(_, _, reply) => drop(reply.send(Err(timed_out()))),
-                Leaderless::Reads(replies) => {
-                    for r in replies {
-                        let _ = r.send(Err(timed_out()));
-                    }
-                }
-            }
+            let (_, held) = self.leaderless.pop_front().expect("front exists");
+            held.fail(timed_out());
         }
         // Ids grow with time and every wait has the same length: the expired are a prefix.
         while let Some(entry) = self.waiting.first_entry() {
@@ -764,7 +764,13 @@ impl Sequencer {
     /// After a storage failure nothing is acknowledged again: what is on disk is unknown.
     fn fail(&mut self, reason: String) {
         log::error!("{reason}; this member refuses further writes and linearizable reads");
-        let err = KvError::Unavailable(reason.clone());
+        self.fail_all_waiting(KvError::Unavailable(reason.clone()));
+        self.failed = Some(reason);
+    }
+
+    /// Answers every request that waits for raft (proposals, reads, requests held for a
+    /// leader) with `err`: the member will not serve them.
+    fn fail_all_waiting(&mut self, err: KvError) {
         for (_, waiting) in std::mem::take(&mut self.waiting) {
             let _ = waiting.reply.send(Err(err.clone()));
         }
@@ -775,7 +781,9 @@ impl Sequencer {
                 let _ = reply.send(Err(err.clone()));
             }
         }
-        self.failed = Some(reason);
+        for (_, held) in std::mem::take(&mut self.leaderless) {
+            held.fail(err.clone());
+        }
     }
 
     fn apply(

@@ -61,6 +61,8 @@ pub(super) struct ClusterState {
     attributes: SelfAttributes,
     /// When this member last proposed its attributes.
     published_at: Option<Instant>,
+    /// The applied membership showed this member's attributes: nothing left to publish.
+    published: bool,
     /// This member was removed from the cluster: it serves nothing any more.
     removed: bool,
     /// The next publication must make every watcher catch up from history.
@@ -126,19 +128,6 @@ impl Sequencer {
                 self.member_id
             );
             self.fail_all_waiting(removed_error());
-        }
-    }
-
-    fn fail_all_waiting(&mut self, err: KvError) {
-        for (_, w) in std::mem::take(&mut self.waiting) {
-            let _ = w.reply.send(Err(err.clone()));
-        }
-        self.leader_proposals.clear();
-        let issued = self.reads_issued.drain(..).map(|(_, _, r)| r);
-        for replies in issued.chain(self.reads_ready.drain(..).map(|(_, r)| r)) {
-            for reply in replies {
-                let _ = reply.send(Err(err.clone()));
-            }
         }
     }
 
@@ -366,7 +355,7 @@ impl Sequencer {
     /// Proposes this member's name and client URLs until the applied membership shows them.
     fn publish_attributes(&mut self, now: Instant) {
         let attrs = &self.cluster.attributes;
-        if attrs.name.is_empty() || self.raft.leader_id() == 0 {
+        if self.cluster.published || attrs.name.is_empty() || self.raft.leader_id() == 0 {
             return;
         }
         let view = self.store.view();
@@ -374,6 +363,7 @@ impl Sequencer {
             return;
         };
         if me.name == attrs.name && me.client_urls == attrs.client_urls {
+            self.cluster.published = true;
             return;
         }
         if self
