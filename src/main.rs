@@ -92,19 +92,30 @@ fn run(config: Config) {
         events: Default::default(),
         resync: false,
     };
+    let latest = std::sync::Arc::new(corekv_net::sequencer_api::LatestView::new(
+        initial.view.clone(),
+        initial.raft_term,
+    ));
     let mut publication_txs = Vec::new();
     let mut shard_clients = Vec::new();
     for (core, cpu) in cpus.iter().copied().enumerate() {
         let (pub_tx, pub_rx) = flume::bounded(PUBLICATION_QUEUE_DEPTH_MAX);
         let (req_tx, req_rx) = flume::bounded(SHARD_QUEUE_DEPTH_MAX);
-        publication_txs.push(pub_tx);
-        shard_clients.push(ShardClient::new(req_tx, cluster.clone()));
+        let streams_open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        publication_txs.push((pub_tx, streams_open.clone()));
+        shard_clients.push(ShardClient::new(
+            req_tx,
+            seq_tx.clone(),
+            latest.clone(),
+            cluster.clone(),
+        ));
         let setup = shard::ShardSetup {
             core,
             cpu,
             requests: req_rx,
             publications: pub_rx,
-            sequencer: seq_tx.clone(),
+            streams_open,
+            latest: latest.clone(),
             initial: initial.clone(),
             max_request_bytes: config.max_request_bytes as usize,
         };
@@ -130,6 +141,7 @@ fn run(config: Config) {
         recovered.raft.applied,
         seq_rx,
         publication_txs,
+        latest,
         heartbeat_ms,
     )
     .with_lease_options(sequencer::LeaseOptions::for_election_timeout(

@@ -50,37 +50,7 @@ pub const QUEUE_DEPTH_MAX: usize = 8192;
 /// Raft cycles run per loop turn before the loop looks at its queue again.
 const CYCLES_PER_TURN_MAX: usize = 8;
 
-/// The reply channel of a proposal.
-pub type WriteReply = oneshot::Sender<Result<Reply<CommandResponse>, KvError>>;
-/// The reply channel of a read-index request: a view at or after the read index.
-pub type ReadReply = oneshot::Sender<Result<(ReadView, u64), KvError>>;
-
-/// What shards send to the sequencer.
-pub enum SequencerMsg {
-    Propose {
-        command: Command,
-        /// The client's caller, logged with the command (`None`: the server's own write).
-        auth: Option<corekv_engine::request::AuthHeader>,
-        reply: WriteReply,
-    },
-    ReadIndex {
-        reply: ReadReply,
-    },
-    Status {
-        reply: oneshot::Sender<StatusInfo>,
-    },
-    /// Keep-alive, time-to-live or lease list, answered by the lessor (no log entry).
-    Lease {
-        op: corekv_net::shard_api::LeaseOp,
-        reply: lease::LeaseReply,
-    },
-    /// Work on the store file, passed to its writer behind everything applied so far.
-    Maintenance(MaintenanceOp),
-    /// Something from a peer (raft messages, snapshots, forwarded lease requests).
-    Peer(corekv_net::peer::PeerEvent),
-    /// A membership change or leader transfer.
-    Cluster(corekv_net::shard_api::ClusterOp),
-}
+pub use corekv_net::sequencer_api::{ReadReply, SequencerMsg, WriteReply};
 
 /// A new state of the key space, sent to every shard after each applied batch.
 #[derive(Clone)]
@@ -135,7 +105,14 @@ pub struct Sequencer {
     wal: Wal,
     store: Store,
     inbox: flume::Receiver<SequencerMsg>,
-    shards: Vec<flume::Sender<Publication>>,
+    /// Each shard's publication queue and its count of open watch streams: a shard with
+    /// none is not sent publications (it catches up from `latest` when one opens).
+    shards: Vec<(
+        flume::Sender<Publication>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    )>,
+    /// What serializable reads read: replaced before the writers of a batch are answered.
+    latest: corekv_net::sequencer_api::SharedView,
     tick: Duration,
     /// This member's raft id.
     member_id: u64,
@@ -215,7 +192,11 @@ impl Sequencer {
         store: Store,
         applied_index: u64,
         inbox: flume::Receiver<SequencerMsg>,
-        shards: Vec<flume::Sender<Publication>>,
+        shards: Vec<(
+            flume::Sender<Publication>,
+            Arc<std::sync::atomic::AtomicUsize>,
+        )>,
+        latest: corekv_net::sequencer_api::SharedView,
         heartbeat_interval_ms: u64,
     ) -> Sequencer {
         let member_id = raft.id();
@@ -225,6 +206,7 @@ impl Sequencer {
             store,
             inbox,
             shards,
+            latest,
             tick: Duration::from_millis(heartbeat_interval_ms.max(1)),
             member_id,
             waiting: BTreeMap::new(),
@@ -930,7 +912,16 @@ impl Sequencer {
             events,
             resync: std::mem::take(&mut self.cluster.resync_watchers),
         };
-        for shard in &self.shards {
+        self.latest.publish(
+            publication.seq,
+            publication.view.clone(),
+            publication.raft_term,
+        );
+        for (shard, streams_open) in &self.shards {
+            // SeqCst pairs with the shard's announcement of its first stream (shard.rs).
+            if streams_open.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                continue;
+            }
             // Bounded: a shard that stops draining makes the sequencer wait, not grow memory.
             let _ = shard.send(publication.clone());
         }

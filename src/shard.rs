@@ -1,17 +1,19 @@
-//! A core's shard: a glommio executor pinned to the core, serving the requests of the
-//! connections that core owns. Serializable reads run here on the latest published view;
-//! writes and read-index requests go to the sequencer over its bounded queue.
+//! A core's shard: a glommio executor pinned to the core, holding the watch streams of the
+//! connections that core owns. It takes every publication of the sequencer in order and
+//! fans its events out to the core's watchers. (Reads and writes do not come here: the
+//! network runtime reads the latest view itself and talks to the sequencer directly.)
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use corekv_engine::mvcc::ReadView;
-use corekv_engine::KvError;
-use corekv_net::shard_api::{ReadOp, ReadResult, Reply, ShardRequest};
+use corekv_net::sequencer_api::{LatestView, SharedView};
+
+use corekv_net::shard_api::ShardRequest;
 use glommio::{LocalExecutorBuilder, Placement};
-use tokio::sync::oneshot;
 
-use crate::sequencer::{Publication, SequencerMsg};
+use crate::sequencer::Publication;
 use crate::watch::{HeaderFacts, WatchHub};
 
 /// How often a shard flushes watch streams and advances unsynced watchers.
@@ -27,7 +29,12 @@ pub struct ShardSetup {
     pub cpu: usize,
     pub requests: flume::Receiver<ShardRequest>,
     pub publications: flume::Receiver<Publication>,
-    pub sequencer: flume::Sender<SequencerMsg>,
+    /// Open watch streams on this core, as the sequencer sees it: with none, it sends this
+    /// shard no publications (waking an idle core per batch cost every write latency), and
+    /// the shard catches up from `latest` when a stream opens.
+    pub streams_open: Arc<AtomicUsize>,
+    /// The newest view (see `streams_open`).
+    pub latest: SharedView,
     pub initial: Publication,
     /// --max-request-bytes: the size past which a fragmenting watcher's batch is split.
     pub max_request_bytes: usize,
@@ -45,7 +52,8 @@ async fn run(setup: ShardSetup) {
     let ShardSetup {
         requests,
         publications,
-        sequencer,
+        streams_open,
+        latest,
         initial,
         max_request_bytes,
         ..
@@ -55,7 +63,7 @@ async fn run(setup: ShardSetup) {
         fragment_bytes_max: max_request_bytes,
     };
     let hub = Rc::new(RefCell::new(WatchHub::new(initial.view.clone(), facts)));
-    let current = Rc::new(RefCell::new(initial));
+    let current = Rc::new(Cell::new(initial.seq));
     let started = std::time::Instant::now();
     let now_ms = move || started.elapsed().as_millis() as u64;
     let follower = {
@@ -71,57 +79,71 @@ async fn run(setup: ShardSetup) {
     };
     let ticker = {
         let hub = hub.clone();
+        let streams_open = streams_open.clone();
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(std::time::Duration::from_millis(WATCH_TICK_MS)).await;
                 hub.borrow_mut().tick(now_ms());
+                streams_open.store(hub.borrow().streams(), Ordering::SeqCst);
             }
         })
     };
     while let Ok(request) = requests.recv_async().await {
         // Publications are sent before writers are answered, so catching up here first
-        // means a client always reads its own acknowledged writes on any core.
+        // means a watch created after an acknowledged write starts at or after it.
         while let Ok(publication) = publications.try_recv() {
             adopt(&current, &hub, publication, now_ms());
         }
-        if let Some(request) = serve_watch(request, &hub, now_ms()) {
-            serve(request, &current, &sequencer).await;
+        if matches!(request, ShardRequest::WatchOpen { .. }) && hub.borrow().streams() == 0 {
+            catch_up(&current, &hub, &streams_open, &latest, now_ms());
         }
+        serve_watch(request, &hub, now_ms());
+        streams_open.store(hub.borrow().streams(), Ordering::SeqCst);
     }
     drop((follower, ticker));
 }
 
-/// Takes a publication: the new view for reads, and its events for this core's watchers.
-fn adopt(
-    current: &Rc<RefCell<Publication>>,
-    hub: &Rc<RefCell<WatchHub>>,
-    publication: Publication,
-    now_ms: u64,
-) {
-    let mut slot = current.borrow_mut();
-    // Publications arrive in order on one channel; each is taken exactly once.
-    assert!(
-        publication.seq > slot.seq,
-        "publications are taken once, in order"
-    );
+/// Takes a publication: the new view and its events for this core's watchers. One this
+/// shard already passed (it caught up from the latest view meanwhile) is skipped.
+fn adopt(current: &Cell<u64>, hub: &RefCell<WatchHub>, publication: Publication, now_ms: u64) {
+    if publication.seq <= current.get() {
+        return;
+    }
     if publication.resync {
         hub.borrow_mut().resync();
     }
     hub.borrow_mut().publish(
-        publication.view.clone(),
+        publication.view,
         publication.raft_term,
         &publication.events,
         now_ms,
     );
-    *slot = publication;
+    current.set(publication.seq);
 }
 
-/// Serves watch-stream requests; hands every other request back.
-fn serve_watch(
-    request: ShardRequest,
-    hub: &Rc<RefCell<WatchHub>>,
+/// The first stream opens on a shard the sequencer sent nothing while it had none: announce
+/// the stream, then take the newest view. Both sides use SeqCst, so either the sequencer
+/// saw the announcement (and sends what follows) or its publication is in the view read
+/// here; publications that arrive anyway are skipped by sequence number.
+fn catch_up(
+    current: &Cell<u64>,
+    hub: &RefCell<WatchHub>,
+    streams_open: &AtomicUsize,
+    latest: &LatestView,
     now_ms: u64,
-) -> Option<ShardRequest> {
+) {
+    debug_assert_eq!(hub.borrow().streams(), 0);
+    streams_open.store(1, Ordering::SeqCst);
+    let (seq, view, raft_term) = latest.snapshot();
+    if seq > current.get() {
+        // No stream, so no watcher: there is nobody to give the skipped events to.
+        hub.borrow_mut().publish(view, raft_term, &[], now_ms);
+        current.set(seq);
+    }
+}
+
+/// Serves one watch-stream request.
+fn serve_watch(request: ShardRequest, hub: &Rc<RefCell<WatchHub>>, now_ms: u64) {
     match request {
         ShardRequest::WatchOpen {
             stream_id,
@@ -131,115 +153,5 @@ fn serve_watch(
             hub.borrow_mut().request(stream_id, request, now_ms)
         }
         ShardRequest::WatchClose { stream_id } => hub.borrow_mut().close(stream_id),
-        other => return Some(other),
     }
-    None
-}
-
-async fn serve(
-    request: ShardRequest,
-    current: &Rc<RefCell<Publication>>,
-    sequencer: &flume::Sender<SequencerMsg>,
-) {
-    match request {
-        ShardRequest::Read {
-            op,
-            serializable: true,
-            reply,
-        } => {
-            let now = current.borrow();
-            let _ = reply.send(read(&now.view, &op, now.raft_term));
-        }
-        ShardRequest::Read {
-            op,
-            serializable: false,
-            reply,
-        } => {
-            // Linearizable: wait for a read index without holding up this core's other work.
-            let sequencer = sequencer.clone();
-            glommio::spawn_local(async move {
-                let result = match read_index(&sequencer).await {
-                    Ok((view, raft_term)) => read(&view, &op, raft_term),
-                    Err(err) => Err(err),
-                };
-                let _ = reply.send(result);
-            })
-            .detach();
-        }
-        ShardRequest::Write {
-            command,
-            auth,
-            reply,
-        } => {
-            // Waiting here when the sequencer's queue is full is the backpressure.
-            if let Err(flume::SendError(SequencerMsg::Propose { reply, .. })) = sequencer
-                .send_async(SequencerMsg::Propose {
-                    command,
-                    auth,
-                    reply,
-                })
-                .await
-            {
-                let _ = reply.send(Err(stopped()));
-            }
-        }
-        ShardRequest::WatchOpen { .. }
-        | ShardRequest::Watch { .. }
-        | ShardRequest::WatchClose { .. } => {
-            debug_assert!(false, "watch requests are served by serve_watch");
-        }
-        ShardRequest::Status { reply } => {
-            let _ = sequencer.send_async(SequencerMsg::Status { reply }).await;
-        }
-        ShardRequest::View { reply } => {
-            let now = current.borrow();
-            let _ = reply.send(Reply {
-                body: now.view.clone(),
-                raft_term: now.raft_term,
-            });
-        }
-        ShardRequest::Maintenance(op) => {
-            if let Err(flume::SendError(SequencerMsg::Maintenance(op))) =
-                sequencer.send_async(SequencerMsg::Maintenance(op)).await
-            {
-                op.fail(stopped());
-            }
-        }
-        ShardRequest::Cluster(op) => {
-            if let Err(flume::SendError(SequencerMsg::Cluster(op))) =
-                sequencer.send_async(SequencerMsg::Cluster(op)).await
-            {
-                op.fail(stopped());
-            }
-        }
-        ShardRequest::Lease { op, reply } => {
-            if let Err(flume::SendError(SequencerMsg::Lease { reply, .. })) = sequencer
-                .send_async(SequencerMsg::Lease { op, reply })
-                .await
-            {
-                let _ = reply.send(Err(stopped()));
-            }
-        }
-    }
-}
-
-fn read(view: &ReadView, op: &ReadOp, raft_term: u64) -> Result<Reply<ReadResult>, KvError> {
-    let body = match op {
-        ReadOp::Range(request) => ReadResult::Range(view.range_answer(request)?),
-        ReadOp::Txn(request) => ReadResult::Txn(view.txn_read_only(request)?),
-    };
-    Ok(Reply { body, raft_term })
-}
-
-async fn read_index(sequencer: &flume::Sender<SequencerMsg>) -> Result<(ReadView, u64), KvError> {
-    let (reply, rx) = oneshot::channel();
-    sequencer
-        .send_async(SequencerMsg::ReadIndex { reply })
-        .await
-        .map_err(|_| stopped())?;
-    rx.await.map_err(|_| stopped())?
-}
-
-fn stopped() -> KvError {
-    KvError::Unavailable("etcdserver: server stopped".into())
 }

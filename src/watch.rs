@@ -210,7 +210,6 @@ impl WatchHub {
     }
 
     /// Number of streams on this core.
-    #[cfg(test)]
     pub fn streams(&self) -> usize {
         self.streams.len()
     }

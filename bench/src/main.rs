@@ -20,6 +20,12 @@
 //! `--conns` connection is one pipelined binary connection shared by its clients, and
 //! `--endpoints` name the server's binary listeners (`--listen-binary-urls`).
 
+// glibc malloc's arena locks were ~8% of the bench's CPU at 256 clients (perf), and the
+// bench shares the machine with the server it measures: every cycle it spends is one the
+// server cannot use.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod binary_watch;
 mod plot;
 mod watch;

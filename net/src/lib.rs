@@ -1,8 +1,9 @@
 //! corekv's network layer.
 //!
 //! - [`binary`]: the binary protocol (docs/protocol.md) on its own per-core listeners.
-//! - [`shard_api`]: the contract between a core's network runtime and the shard that owns the
-//!   data path on that core (bounded channel in, oneshot reply out).
+//! - [`shard_api`]: what a core's network runtime asks of the data path (reads on the
+//!   latest view, the sequencer's queue, the core's shard for watches).
+//! - [`sequencer_api`]: the sequencer's queue and the latest published view.
 //! - [`grpc`]: etcd's gRPC services (KV, Maintenance, Cluster) at etcd's method paths.
 //! - [`gateway`]: etcd's HTTP/JSON gateway (`POST /v3/...`), served by the gRPC services' code.
 //! - [`http`]: `/health`, `/version`, `/metrics` on the client port (and metrics URLs).
@@ -18,6 +19,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod peer;
+pub mod sequencer_api;
 pub mod serve;
 pub mod shard_api;
 pub mod tls;

@@ -1,9 +1,11 @@
-//! What the network layer asks of the shard on its core.
+//! What the network layer asks of the data path.
 //!
-//! Each core's network runtime holds a [`ShardClient`]: a bounded channel into that core's
-//! shard. A full channel makes the gRPC handler wait (backpressure), never grow a queue.
-//! Replies come back on a oneshot, so the waiting request is answered on the core that
-//! owns its connection.
+//! Each core's network runtime holds a [`ShardClient`]: serializable reads run right there
+//! on the latest published view; writes, read-index requests and the rest go straight to the
+//! sequencer's bounded queue; watch streams go to the core's shard, which fans events out.
+//! A full queue makes the handler wait (backpressure), never grow a queue. Replies come
+//! back on a oneshot, so the waiting request is answered on the core that owns its
+//! connection.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use corekv_engine::pb::{
 use corekv_engine::request::{AuthHeader, Command};
 use corekv_engine::KvError;
 use tokio::sync::oneshot;
+
+use crate::sequencer_api::{SequencerMsg, SharedView};
 
 /// A body plus the raft term it was produced in (for response headers).
 #[derive(Debug)]
@@ -61,23 +65,8 @@ pub enum LeaseResult {
     Leases(corekv_engine::pb::PbLeaseLeasesResponse),
 }
 
-/// Requests a shard serves.
+/// Requests a shard serves: the core's watch streams.
 pub enum ShardRequest {
-    /// A read. `serializable` reads use the latest view on the core; others wait for a
-    /// read index first.
-    Read {
-        op: ReadOp,
-        serializable: bool,
-        reply: oneshot::Sender<Result<Reply<ReadResult>, KvError>>,
-    },
-    /// A write, proposed through raft; answered after it is durable and applied.
-    Write {
-        command: Command,
-        /// The client's caller, logged with the command and checked when it is applied;
-        /// `None` for the server's own writes.
-        auth: Option<AuthHeader>,
-        reply: oneshot::Sender<Result<Reply<CommandResponse>, KvError>>,
-    },
     /// A new watch stream; its responses go out through `responses` (bounded).
     WatchOpen {
         stream_id: u64,
@@ -90,23 +79,6 @@ pub enum ShardRequest {
     },
     /// The client ended its side of a watch stream.
     WatchClose { stream_id: u64 },
-    /// Raft and storage status for Maintenance.Status.
-    Status { reply: oneshot::Sender<StatusInfo> },
-    /// A lease request for the lessor (keep-alive, time-to-live, list).
-    Lease {
-        op: LeaseOp,
-        reply: oneshot::Sender<Result<Reply<LeaseResult>, KvError>>,
-    },
-    /// The core's latest published view (for work too long to run on the shard, such as
-    /// HashKV, which the network runtime runs on a blocking thread).
-    View {
-        reply: oneshot::Sender<Reply<ReadView>>,
-    },
-    /// Work on the revision store file, done by its writer (after it commits everything
-    /// applied before the request).
-    Maintenance(MaintenanceOp),
-    /// A membership change or a leader transfer, done through raft.
-    Cluster(ClusterOp),
 }
 
 /// The answer to a [`ClusterOp`]: the member it concerned and the members after it.
@@ -264,10 +236,15 @@ pub struct ClusterInfo {
     pub auth: Arc<crate::auth::AuthGate>,
 }
 
-/// The network side's handle on its core's shard.
+/// The network side's handle on the data path (see the module docs).
 #[derive(Clone)]
 pub struct ShardClient {
+    /// The core's shard (watch streams).
     tx: flume::Sender<ShardRequest>,
+    /// The sequencer's queue (writes, read indexes, status, leases, maintenance, cluster).
+    sequencer: flume::Sender<SequencerMsg>,
+    /// The newest applied state, for serializable reads.
+    latest: SharedView,
     pub cluster: Arc<ClusterInfo>,
 }
 
@@ -276,21 +253,34 @@ fn closed() -> KvError {
 }
 
 impl ShardClient {
-    /// Wraps the sending side of a shard's request channel.
-    pub fn new(tx: flume::Sender<ShardRequest>, cluster: Arc<ClusterInfo>) -> ShardClient {
-        ShardClient { tx, cluster }
+    /// A client of the shard behind `tx`, the sequencer behind `sequencer` and the views
+    /// published to `latest`.
+    pub fn new(
+        tx: flume::Sender<ShardRequest>,
+        sequencer: flume::Sender<SequencerMsg>,
+        latest: SharedView,
+        cluster: Arc<ClusterInfo>,
+    ) -> ShardClient {
+        ShardClient {
+            tx,
+            sequencer,
+            latest,
+            cluster,
+        }
     }
 
-    /// Serves a read (a range, or a read-only txn) through the shard.
+    /// Serves a read (a range, or a read-only txn): a serializable one on the newest view
+    /// right here, a linearizable one on a view at or after a read index.
     pub async fn read(&self, op: ReadOp, serializable: bool) -> Result<Reply<ReadResult>, KvError> {
+        if serializable {
+            return self
+                .latest
+                .with(|view, raft_term| read_view(view, &op, raft_term));
+        }
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Read {
-            op,
-            serializable,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| closed())?
+        self.ask(SequencerMsg::ReadIndex { reply }).await?;
+        let (view, raft_term) = rx.await.map_err(|_| closed())??;
+        read_view(&view, &op, raft_term)
     }
 
     /// Proposes a write and waits until it is durable and applied. Applied without auth
@@ -322,7 +312,7 @@ impl ShardClient {
         auth: Option<AuthHeader>,
     ) -> Result<Reply<CommandResponse>, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Write {
+        self.ask(SequencerMsg::Propose {
             command,
             auth,
             reply,
@@ -337,14 +327,14 @@ impl ShardClient {
         make: impl FnOnce(ClusterReply) -> ClusterOp,
     ) -> Result<ClusterAnswer, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Cluster(make(reply))).await?;
+        self.ask(SequencerMsg::Cluster(make(reply))).await?;
         rx.await.map_err(|_| closed())?
     }
 
     /// Reads raft and storage status.
     pub async fn status(&self) -> Result<StatusInfo, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Status { reply }).await?;
+        self.ask(SequencerMsg::Status { reply }).await?;
         rx.await.map_err(|_| closed())
     }
 
@@ -374,21 +364,19 @@ impl ShardClient {
     /// Serves a lease request through the leader's lessor.
     pub async fn lease(&self, op: LeaseOp) -> Result<Reply<LeaseResult>, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Lease { op, reply }).await?;
+        self.ask(SequencerMsg::Lease { op, reply }).await?;
         rx.await.map_err(|_| closed())?
     }
 
     /// The latest view published to this core, with its raft term.
     pub async fn view(&self) -> Result<Reply<ReadView>, KvError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::View { reply }).await?;
-        rx.await.map_err(|_| closed())
+        Ok(self.latest.read())
     }
 
     /// Hashes the store file (Maintenance.Hash).
     pub async fn store_hash(&self) -> Result<StoreHash, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Maintenance(MaintenanceOp::Hash { reply }))
+        self.ask(SequencerMsg::Maintenance(MaintenanceOp::Hash { reply }))
             .await?;
         rx.await.map_err(|_| closed())?
     }
@@ -396,7 +384,7 @@ impl ShardClient {
     /// Defragments the store file (Maintenance.Defragment); reads and writes go on.
     pub async fn defragment(&self) -> Result<DefragOutcome, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Maintenance(MaintenanceOp::Defragment {
+        self.ask(SequencerMsg::Maintenance(MaintenanceOp::Defragment {
             reply,
         }))
         .await?;
@@ -406,7 +394,7 @@ impl ShardClient {
     /// A point-in-time image of the store (Maintenance.Snapshot).
     pub async fn snapshot(&self) -> Result<SnapshotImage, KvError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ShardRequest::Maintenance(MaintenanceOp::Snapshot { reply }))
+        self.ask(SequencerMsg::Maintenance(MaintenanceOp::Snapshot { reply }))
             .await?;
         rx.await.map_err(|_| closed())?
     }
@@ -439,6 +427,20 @@ impl ShardClient {
     async fn send(&self, request: ShardRequest) -> Result<(), KvError> {
         self.tx.send_async(request).await.map_err(|_| closed())
     }
+
+    /// Waiting here while the sequencer's queue is full is the backpressure.
+    async fn ask(&self, msg: SequencerMsg) -> Result<(), KvError> {
+        self.sequencer.send_async(msg).await.map_err(|_| closed())
+    }
+}
+
+/// Serves a read-only request from `view`.
+fn read_view(view: &ReadView, op: &ReadOp, raft_term: u64) -> Result<Reply<ReadResult>, KvError> {
+    let body = match op {
+        ReadOp::Range(request) => ReadResult::Range(view.range_answer(request)?),
+        ReadOp::Txn(request) => ReadResult::Txn(view.txn_read_only(request)?),
+    };
+    Ok(Reply { body, raft_term })
 }
 
 /// Bytes of responses a watch stream may have queued towards its connection. The shard

@@ -41,7 +41,7 @@ const CHECKPOINT_CLEARS_PENDING_MAX: usize = 100_000;
 const LEASE_ID_ATTEMPTS_MAX: usize = 8;
 
 /// The reply channel of a lessor request.
-pub type LeaseReply = oneshot::Sender<Result<Reply<LeaseResult>, KvError>>;
+pub use corekv_net::sequencer_api::LeaseReply;
 
 /// Lease settings fixed at start.
 #[derive(Debug, Clone, Copy)]

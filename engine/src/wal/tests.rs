@@ -499,7 +499,9 @@ fn record_over_the_max_is_refused_at_append_and_corrupt_at_read() {
 fn check_poisoning(use_io_uring: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let mut wal = Wal::create(tmp.path(), METADATA, small_opts()).unwrap();
-    if !use_io_uring {
+    if use_io_uring {
+        wal.writer_for_test().enable_io_uring();
+    } else {
         wal.writer_for_test().disable_io_uring();
     }
     wal.append(&[(RecordKind::Entry, b"durable")]).unwrap();
@@ -562,7 +564,10 @@ fn fallback_and_short_write_paths_round_trip() {
             "fallback" => wal.writer_for_test().disable_io_uring(),
             // A capped write completes in full, so the fsync runs too; the remainder then
             // goes through pwrite + fdatasync like after a real short write.
-            _ => wal.writer_for_test().uring_write_cap_bytes = Some(7),
+            _ => {
+                wal.writer_for_test().enable_io_uring();
+                wal.writer_for_test().uring_write_cap_bytes = Some(7);
+            }
         }
         let batches = make_batches(0, 40);
         append_all(&mut wal, &batches);

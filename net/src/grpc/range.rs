@@ -198,7 +198,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::shard_api::{ClusterInfo, Reply, ShardRequest};
+    use crate::shard_api::ClusterInfo;
 
     const CLUSTER_ID: u64 = 0xc1u64 << 56;
     const MEMBER_ID: u64 = 77;
@@ -219,23 +219,20 @@ mod tests {
         store
     }
 
-    /// A shard on its own thread that answers reads from `store(keys)`.
+    /// A client whose reads see `store(keys)`: serializable ones from the latest view, and
+    /// linearizable ones after a sequencer (on its own thread) answers their read index.
     fn fake_shard(keys: u32) -> ShardClient {
         let view = store(keys).view();
-        let (tx, rx) = flume::bounded(16);
+        let latest = Arc::new(crate::sequencer_api::LatestView::new(
+            view.clone(),
+            RAFT_TERM,
+        ));
+        let (tx, _) = flume::bounded(1);
+        let (sequencer, inbox) = flume::bounded(16);
         std::thread::spawn(move || {
-            while let Ok(request) = rx.recv() {
-                if let ShardRequest::Read {
-                    op: ReadOp::Range(req),
-                    reply,
-                    ..
-                } = request
-                {
-                    let body = view.range_answer(&req).map(ReadResult::Range);
-                    let _ = reply.send(body.map(|body| Reply {
-                        body,
-                        raft_term: RAFT_TERM,
-                    }));
+            while let Ok(msg) = inbox.recv() {
+                if let crate::sequencer_api::SequencerMsg::ReadIndex { reply } = msg {
+                    let _ = reply.send(Ok((view.clone(), RAFT_TERM)));
                 }
             }
         });
@@ -249,7 +246,7 @@ mod tests {
             backend_size_bytes: Arc::new(AtomicU64::new(0)),
             auth: Arc::new(crate::auth::AuthGate::disabled()),
         };
-        ShardClient::new(tx, Arc::new(cluster))
+        ShardClient::new(tx, sequencer, latest, Arc::new(cluster))
     }
 
     /// A gRPC request for `path` carrying `message` in one uncompressed frame.
