@@ -1,11 +1,32 @@
 //! corekv: an etcd-compatible key-value server, thread-per-core.
 //!
-//! The write path, in file order: `shard.rs` (a core receives a request from its network
-//! runtime) -> `sequencer.rs` (raft, WAL append + fdatasync, apply, publish) -> back to
-//! the waiting request. `recovery.rs` rebuilds state on start; `config/` reads etcd's flags.
+//! The write path, in file order: the core's network runtime decodes a request
+//! (`net/src/grpc`, `net/src/binary`) and sends it through `net/src/shard_api.rs` to
+//! `sequencer.rs` (raft, WAL append + fdatasync, apply, publish the new view) -> back to
+//! the waiting request. `shard.rs` fans each batch's events out to the core's watchers.
+//! `recovery.rs` rebuilds state on start; `config/` reads etcd's flags.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+extern "C" {
+    /// mimalloc's option setter (linked through the `mimalloc` crate).
+    fn mi_option_set(option: libc::c_int, value: libc::c_long);
+}
+/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e`.
+const MI_OPTION_PURGE_DELAY: libc::c_int = 15;
+/// How long freed memory stays with mimalloc before it goes back to the OS. The default
+/// (10 ms) handed back, and then faulted in and zeroed again, the pages of every batch's
+/// replaced tree nodes: under txn-put 4/16, 500 ms gave 16.1-16.4k req/s vs 14.1-15.4k
+/// and ~15% less server CPU. MIMALLOC_PURGE_DELAY in the environment still wins.
+const PURGE_DELAY_MS: libc::c_long = 500;
+
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option; mimalloc reads it at each purge decision.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
 
 mod config;
 mod cores;
@@ -33,6 +54,7 @@ const PUBLICATION_QUEUE_DEPTH_MAX: usize = 1024;
 const RAFT_ENTRIES_KEPT_MAX: u64 = 10_000;
 
 fn main() {
+    tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match Config::load(args, std::env::vars().collect()) {
         Ok(Action::Run(config)) => run(config),

@@ -129,6 +129,10 @@ struct WriterState {
     freelist_pages: Vec<u64>,
     /// Current length of the file.
     file_len: u64,
+    /// Where neighbouring dirty pages are joined into one write; kept between commits
+    /// because a fresh multi-MiB buffer per commit cost a page fault (a zeroed huge page)
+    /// per 2 MiB, ~6% of the server's CPU under a steady put load.
+    coalesce_buf: Vec<u8>,
 }
 
 /// What readers take a snapshot of.
@@ -245,6 +249,7 @@ impl Store {
                 pending: VecDeque::new(),
                 freelist_pages,
                 file_len,
+                coalesce_buf: Vec::new(),
             }),
             shared: Mutex::new(Shared {
                 meta,
@@ -880,7 +885,7 @@ impl<'s> WriteTxn<'s> {
                 .all(|p| p[0].0 + p[0].1.len() as u64 / PAGE <= p[1].0),
             "pages allocated twice"
         );
-        write_coalesced(inner, &pages)?;
+        write_coalesced(inner, &pages, &mut w.coalesce_buf)?;
         if !pages.is_empty() {
             inner
                 .io
@@ -914,10 +919,9 @@ impl<'s> WriteTxn<'s> {
 }
 
 /// Writes pages sorted by id, merging neighbours into one `pwrite` (up to 4 MiB).
-fn write_coalesced(inner: &Inner, pages: &[(u64, Vec<u8>)]) -> Result<()> {
+fn write_coalesced(inner: &Inner, pages: &[(u64, Vec<u8>)], buf: &mut Vec<u8>) -> Result<()> {
     const MAX_WRITE: usize = 4 << 20;
     let mut i = 0;
-    let mut buf = Vec::new();
     while i < pages.len() {
         let (start, first) = &pages[i];
         let mut end = start + first.len() as u64 / PAGE;
@@ -936,7 +940,7 @@ fn write_coalesced(inner: &Inner, pages: &[(u64, Vec<u8>)]) -> Result<()> {
             for (_, p) in &pages[i..j] {
                 buf.extend_from_slice(p);
             }
-            &buf
+            &buf[..]
         };
         inner
             .io
