@@ -172,6 +172,9 @@ impl Resolver {
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
+        if host.trim_end_matches('.').is_empty() {
+            return Err(self.error(host, ErrorKind::NotFound));
+        }
         let key = host.trim_end_matches('.').to_ascii_lowercase();
         let mut found: Vec<IpAddr> = self
             .hosts
@@ -286,8 +289,12 @@ fn read_small(path: &str) -> Option<String> {
 }
 
 /// Whether `name` (with or without its trailing dot) is a usable host name: letters,
-/// digits, `-` and `_` in non-empty labels.
+/// digits, `-` and `_` in non-empty labels, or the root `.` (RFC 2782's "no service
+/// here", which Go passes on too and which then does not resolve).
 fn is_host_name(name: &str) -> bool {
+    if name == "." {
+        return true;
+    }
     let name = name.strip_suffix('.').unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253

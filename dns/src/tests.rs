@@ -117,7 +117,7 @@ fn srv(port: u16, target: &str) -> (u16, Vec<u8>) {
         .iter()
         .flat_map(|v| v.to_be_bytes())
         .collect::<Vec<u8>>();
-    for label in target.trim_end_matches('.').split('.') {
+    for label in target.split('.').filter(|l| !l.is_empty()) {
         d.push(label.len() as u8);
         d.extend_from_slice(label.as_bytes());
     }
