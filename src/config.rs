@@ -213,14 +213,16 @@ pub fn version_text() -> String {
 impl Config {
     /// Parses `args` (without the program name) and `env` (`std::env::vars()`).
     pub fn load(args: Vec<String>, env: Vec<(String, String)>) -> Result<Action, ConfigError> {
-        Self::load_with_cores(&args, &env, online_cores())
+        Self::load_with_cores(&args, &env, online_cores(), &system_resolve)
     }
 
-    /// [`Config::load`] with the number of online cores given (for tests).
+    /// [`Config::load`] with the number of online cores and the host name resolver given
+    /// (for tests).
     fn load_with_cores(
         args: &[String],
         env: &[(String, String)],
         online: usize,
+        resolve: validate::Resolve<'_>,
     ) -> Result<Action, ConfigError> {
         let cli = match flags::parse_args(args)? {
             flags::Cli::Help => return Ok(Action::Help(flags::usage())),
@@ -229,8 +231,14 @@ impl Config {
         };
         let raw = file::resolve_sources(cli, flags::env_values(env))?;
         let config = build::build(&raw, online)?;
-        validate::validate(&config)?;
+        validate::validate(&config, resolve)?;
         Ok(Action::Run(config))
+    }
+
+    /// The checks of this member's place in the initial cluster, for a cluster found by
+    /// DNS discovery after the flags were read (names resolved with the system's DNS).
+    pub fn verify_bootstrap(&self) -> Result<(), ConfigError> {
+        validate::verify_bootstrap(self, &system_resolve)
     }
 
     /// This member's ID, derived from its peer URLs and the cluster token like etcd.
@@ -293,6 +301,13 @@ impl Config {
             .map(|(_, u)| u.clone())
             .collect()
     }
+}
+
+/// Resolves a host name as etcd's URL checks do: `/etc/hosts`, then DNS.
+fn system_resolve(host: &str, port: u16) -> Result<std::net::SocketAddr, String> {
+    corekv_dns::Resolver::from_system()?
+        .resolve_tcp(host, port)
+        .map_err(|e| e.to_string())
 }
 
 /// Number of online cores (1 if it cannot be determined).

@@ -36,6 +36,7 @@ mod logger;
 mod recovery;
 mod sequencer;
 mod shard;
+mod srv;
 mod store_writer;
 mod watch;
 
@@ -228,13 +229,14 @@ fn bootstrap_plan(
     mut identity: recovery::Identity,
     peer_tls: Option<&corekv_net::peer::PeerTls>,
 ) -> Result<(recovery::Identity, recovery::Bootstrap), String> {
-    let mut names: Vec<&str> = config
-        .initial_cluster
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect();
-    names.sort_unstable();
-    names.dedup();
+    let mut discovered = config.clone();
+    if !config.discovery.srv.is_empty() {
+        discovered.initial_cluster = srv_cluster(config);
+        let urls = discovered.peer_urls_of(&config.name);
+        identity.member_id = config::member_id_of(&urls, &config.initial_cluster_token);
+        identity.cluster_id = discovered.cluster_id();
+    }
+    let config = &discovered;
     if config.initial_cluster_state == config::ClusterState::New {
         let mut discovered = config.clone();
         if !config.discovery.url.is_empty() {
@@ -290,9 +292,12 @@ fn bootstrap_plan(
         .iter()
         .map(|u| u.to_string())
         .collect();
+    // This member's own entries are skipped by name too: DNS discovery lists it under the
+    // SRV target's host name, which need not be the advertised one.
     let others: Vec<String> = config
         .initial_cluster
         .iter()
+        .filter(|(name, _)| *name != config.name)
         .map(|(_, u)| u.to_string())
         .filter(|u| !mine.contains(u))
         .collect();
@@ -325,6 +330,21 @@ fn bootstrap_plan(
     identity.member_id = my_id;
     identity.cluster_id = cluster_id;
     Ok((identity, recovery::Bootstrap::Join { members }))
+}
+
+/// The initial cluster from DNS SRV records (--discovery-srv), checked against this
+/// member's advertised peer URLs; a member that cannot bootstrap this way exits, as etcd.
+fn srv_cluster(config: &Config) -> Vec<(String, config::Url)> {
+    let resolver = corekv_dns::Resolver::from_system()
+        .unwrap_or_else(|e| fatal("error setting up initial cluster", e));
+    let found = srv::initial_cluster(config, &resolver)
+        .unwrap_or_else(|e| fatal("error setting up initial cluster", e));
+    let mut discovered = config.clone();
+    discovered.initial_cluster = found;
+    if let Err(e) = discovered.verify_bootstrap() {
+        fatal("the initial cluster from DNS does not fit this member", e);
+    }
+    discovered.initial_cluster
 }
 
 /// Peer TLS when the peer URLs are https: the --peer-cert-file/--peer-key-file pair, or a

@@ -28,6 +28,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod binary_watch;
 mod plot;
+mod srv;
 mod watch;
 
 use std::fmt::Write as _;
@@ -61,6 +62,11 @@ USAGE:
 
 GLOBAL FLAGS (accepted before or after the command):
   --endpoints LIST     comma-separated host:port or http://host:port [127.0.0.1:2379]
+  --discovery-srv D    take the endpoints from DNS SRV records of domain D instead, as
+                       etcdctl does (_etcd-client-ssl._tcp.D, _etcd-client._tcp.D; https
+                       ones are skipped: no TLS here). Name servers from /etc/resolv.conf
+                       or COREKV_DNS_SERVER=host:port
+  --discovery-srv-name N  suffix of the SRV names queried (_etcd-client-N._tcp.D)
   --conns N            gRPC connections; connection i uses endpoint i mod count [1]
   --clients N          concurrent closed-loop clients, spread round-robin over conns [1]
   --total N            measured requests [10000]
@@ -242,6 +248,10 @@ struct Opts {
     protocol: Protocol,
     plot: Option<String>,
     read_ratio: f64,
+    /// `--discovery-srv`: domain whose SRV records list the endpoints; empty if unused.
+    discovery_srv: String,
+    /// `--discovery-srv-name`: suffix of the SRV names queried.
+    discovery_srv_name: String,
 }
 
 impl Default for Opts {
@@ -281,6 +291,8 @@ impl Default for Opts {
             protocol: Protocol::Grpc,
             plot: None,
             read_ratio: 0.8,
+            discovery_srv: String::new(),
+            discovery_srv_name: String::new(),
         }
     }
 }
@@ -357,6 +369,8 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
                     return Err("--endpoints: empty".into());
                 }
             }
+            "--discovery-srv" => o.discovery_srv = v,
+            "--discovery-srv-name" => o.discovery_srv_name = v,
             "--conns" => o.conns = parse_num(n, &v)?,
             "--clients" => o.clients = parse_num(n, &v)?,
             "--total" => o.total = parse_num(n, &v)?,
@@ -1661,6 +1675,31 @@ fn write_plot(
     std::fs::write(path, svg).map_err(|e| format!("--plot {path}: {e}"))
 }
 
+/// Replaces `o.endpoints` with the ones the SRV records of --discovery-srv list.
+fn discover_endpoints(o: &mut Opts) -> Result<(), String> {
+    if o.protocol == Protocol::Binary {
+        return Err(
+            "--discovery-srv finds gRPC client URLs; give the binary listeners with --endpoints"
+                .into(),
+        );
+    }
+    let dns = corekv_dns::Resolver::from_system()?;
+    let found = srv::client_endpoints(&dns, &o.discovery_srv, &o.discovery_srv_name)?;
+    let (https, http): (Vec<String>, Vec<String>) =
+        found.into_iter().partition(|e| e.starts_with("https://"));
+    for ep in &https {
+        eprintln!("corekv-bench: ignoring discovered TLS endpoint {ep:?} (no TLS support)");
+    }
+    if http.is_empty() {
+        return Err(format!(
+            "--discovery-srv {}: no http endpoints in the SRV records",
+            o.discovery_srv
+        ));
+    }
+    o.endpoints = http;
+    Ok(())
+}
+
 fn main() {
     let opts = match parse_args(std::env::args().skip(1).collect()) {
         Ok(Some(o)) => o,
@@ -1682,6 +1721,10 @@ fn main() {
         Command::FsyncFloor => return fsync_floor(&opts).unwrap_or_else(|e| fail(e)),
         Command::FreePorts => return free_ports(&opts).unwrap_or_else(|e| fail(e)),
         _ => {}
+    }
+    let mut opts = opts;
+    if !opts.discovery_srv.is_empty() {
+        discover_endpoints(&mut opts).unwrap_or_else(|e| fail(e));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.threads)

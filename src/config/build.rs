@@ -9,6 +9,9 @@ use std::path::PathBuf;
 /// etcd's default backend quota, used when `--quota-backend-bytes` is 0.
 pub(super) const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
+/// The --initial-cluster etcd derives from its default name and peer URL.
+const ETCD_DEFAULT_INITIAL_CLUSTER: &str = "default=http://localhost:2380";
+
 /// etcd warns above this quota.
 const MAX_RECOMMENDED_QUOTA_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 
@@ -17,14 +20,31 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
     let r = Resolver { raw };
     let name = r.value("name", |s| Ok(s.to_string()))?;
     let initial_advertise_peer_urls = r.value("initial-advertise-peer-urls", parse_url_list)?;
-    let initial_cluster = r
-        .optional("initial-cluster", parse_cluster)?
-        .unwrap_or_else(|| default_cluster(&name, &initial_advertise_peer_urls));
+    let discovery_url = r.value("discovery", |s| Ok(s.trim_end_matches('/').to_string()))?;
+    let srv = r.value("discovery-srv", |s| Ok(s.to_string()))?;
+    let srv_name = r.value("discovery-srv-name", |s| Ok(s.to_string()))?;
+    let given_cluster = given_initial_cluster(raw, !discovery_url.is_empty() || !srv.is_empty());
+    let bootstrap_flags = [!discovery_url.is_empty(), given_cluster, !srv.is_empty()];
+    if bootstrap_flags.iter().filter(|set| **set).count() > 1 {
+        return Err(ConfigError(
+            "multiple discovery or bootstrap flags are set. \
+             Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\""
+                .into(),
+        ));
+    }
+    let any_discovery = !discovery_url.is_empty() || !srv.is_empty() || !srv_name.is_empty();
+    let initial_cluster = match r.optional("initial-cluster", parse_cluster)? {
+        Some(cluster) if given_cluster || !any_discovery => cluster,
+        // As etcd, any DNS discovery flag drops the default cluster of this member alone:
+        // the SRV records make the cluster (or, with only --discovery-srv-name, nothing
+        // does and the member is not found in it).
+        _ if !srv.is_empty() || !srv_name.is_empty() => Vec::new(),
+        _ => default_cluster(&name, &initial_advertise_peer_urls),
+    };
     let auto_compaction_mode = r.value("auto-compaction-mode", compaction::parse_mode)?;
     let auto_compaction_retention = r.value("auto-compaction-retention", |text| {
         compaction::parse_retention(&auto_compaction_mode, text).map(|_| text.to_string())
     })?;
-    let discovery_url = r.value("discovery", |s| Ok(s.trim_end_matches('/').to_string()))?;
     Ok(Config {
         data_dir: r
             .optional("data-dir", |s| Ok(PathBuf::from(s)))?
@@ -46,8 +66,8 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
                 _ => Err("expected \"exit\" or \"proxy\"".into()),
             })?,
             proxy: r.value("discovery-proxy", |s| Ok(s.to_string()))?,
-            srv: r.value("discovery-srv", |s| Ok(s.to_string()))?,
-            srv_name: r.value("discovery-srv-name", |s| Ok(s.to_string()))?,
+            srv,
+            srv_name,
         },
         snapshot_count: r.value("snapshot-count", parse_u64)?,
         heartbeat_interval_ms: r.value("heartbeat-interval", parse_u64)?,
@@ -259,6 +279,21 @@ fn parse_member(pair: &str) -> Result<(String, Url), String> {
     match pair.split_once('=') {
         Some((name, url)) if !name.is_empty() => Ok((name.to_string(), parse_item(url.trim())?)),
         _ => Err(format!("{pair:?} is not of the form name=url")),
+    }
+}
+
+/// Whether --initial-cluster counts as given for etcd's one-bootstrap-flag rule: set and
+/// not empty. A config file's value equal to etcd's default is dropped when a discovery
+/// flag is set (etcd cannot tell it from the default it fills in itself).
+fn given_initial_cluster(raw: &RawMap, discovery: bool) -> bool {
+    match raw.get("initial-cluster") {
+        None => false,
+        Some(r) if r.value.trim().is_empty() => false,
+        Some(r) => {
+            !(discovery
+                && matches!(r.source, Source::File(_))
+                && r.value == ETCD_DEFAULT_INITIAL_CLUSTER)
+        }
     }
 }
 

@@ -34,7 +34,7 @@ pub(super) const FLAGS: &[FlagSpec] = &[
     FlagSpec { name: "discovery", default: Value(""), help: "Discovery URL used to bootstrap the cluster (etcd's v2 discovery protocol)." },
     FlagSpec { name: "discovery-fallback", default: Value("proxy"), help: "Expected behavior ('exit' or 'proxy') when discovery services fails. corekv has no proxy mode: both exit, 'proxy' saying so." },
     FlagSpec { name: "discovery-proxy", default: Value(""), help: "HTTP proxy to use for traffic to discovery service." },
-    FlagSpec { name: "discovery-srv", default: Value(""), help: "DNS domain used to bootstrap initial cluster." },
+    FlagSpec { name: "discovery-srv", default: Value(""), help: "DNS domain used to bootstrap initial cluster (SRV records _etcd-server-ssl._tcp.DOMAIN and _etcd-server._tcp.DOMAIN). The name servers are /etc/resolv.conf's, or COREKV_DNS_SERVER=host:port if set." },
     FlagSpec { name: "discovery-srv-name", default: Value(""), help: "Suffix to the dns srv name queried when bootstrapping." },
     FlagSpec { name: "initial-cluster-token", default: Value("etcd-cluster"), help: "Initial cluster token for the cluster during bootstrap." },
     FlagSpec { name: "snapshot-count", default: Value("100000"), help: "Number of committed transactions to trigger a snapshot to disk." },

@@ -14,7 +14,17 @@ fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Action, ConfigError> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Config::load_with_cores(&args, &env, ONLINE)
+    Config::load_with_cores(&args, &env, ONLINE, &fake_resolve)
+}
+
+/// Host names the tests' resolver knows; any other is "no such host" (tests never use DNS).
+fn fake_resolve(host: &str, port: u16) -> Result<std::net::SocketAddr, String> {
+    let ip = match host {
+        "peer-a.test" | "also-a.test" => [10, 0, 0, 1],
+        "peer-b.test" => [10, 0, 0, 2],
+        _ => return Err(format!("lookup {host}: no such host")),
+    };
+    Ok((ip, port).into())
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Config {
@@ -231,9 +241,7 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
     ("discovery-proxy", "http://127.0.0.1:3128", |c| {
         c.discovery.proxy.clone()
     }),
-    ("discovery-srv-name", "dev", |c| {
-        c.discovery.srv_name.clone()
-    }),
+    ("discovery-srv", "example.com", |c| c.discovery.srv.clone()),
     ("heartbeat-interval", "50", |c| {
         c.heartbeat_interval_ms.to_string()
     }),
@@ -301,16 +309,15 @@ const TLS_FLAGS_TESTED_TOGETHER: &[&str] = &[
     "peer-auto-tls",
 ];
 
-/// Flags every value but the default of is refused (not supported yet): `validation_errors`
-/// covers them.
-const REFUSED_FLAGS: &[&str] = &["discovery-srv"];
+/// Flags that are only valid with another one: `dns_discovery_flags` covers them.
+const FLAGS_NEEDING_ANOTHER: &[&str] = &["discovery-srv-name"];
 
 #[test]
 fn samples_cover_every_flag() {
     for spec in FLAGS.iter().filter(|f| {
         f.name != "config-file"
             && !TLS_FLAGS_TESTED_TOGETHER.contains(&f.name)
-            && !REFUSED_FLAGS.contains(&f.name)
+            && !FLAGS_NEEDING_ANOTHER.contains(&f.name)
     }) {
         assert!(
             SAMPLES.iter().any(|(f, _, _)| *f == spec.name),
@@ -643,10 +650,22 @@ fn validation_errors() {
         (&["--name", "n1", "--initial-cluster", "n1=http://a:1", "--initial-advertise-peer-urls", "http://b:2"],
             "--initial-cluster has n1=http://a:1 but missing from --initial-advertise-peer-urls=http://b:2"),
         (&["--name", "n1", "--initial-cluster", "n1=http://a:1", "--initial-advertise-peer-urls", "http://a:1,http://b:2"],
-            "--initial-advertise-peer-urls has http://a:1,http://b:2 but missing from --initial-cluster=n1=http://a:1"),
+            "--initial-advertise-peer-urls has http://b:2 but missing from --initial-cluster=n1=http://a:1,n1=http://b:2"),
         (&["--initial-cluster", "default=http://localhost:2380,default=http://localhost:2380"],
             "--initial-cluster lists the URL http://localhost:2380 more than once"),
-        (&["--discovery-srv", "example.com"], "--discovery-srv: DNS SRV discovery is not supported"),
+        (&["--discovery-srv", "example.com", "--initial-cluster", "default=http://localhost:2380"],
+            "multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\""),
+        (&["--discovery", "http://127.0.0.1:1/v2/keys/d/t", "--initial-cluster", "default=http://localhost:2380"],
+            "multiple discovery or bootstrap flags are set."),
+        (&["--discovery", "http://127.0.0.1:1/v2/keys/d/t", "--discovery-srv", "example.com"],
+            "multiple discovery or bootstrap flags are set."),
+        (&["--discovery-srv-name", "dev"], "couldn't find local name \"default\" in the initial cluster configuration"),
+        (&["--initial-cluster", "default=http://127.0.0.1:2380"],
+            "--initial-cluster has default=http://127.0.0.1:2380 but missing from --initial-advertise-peer-urls=http://localhost:2380 (resolved urls: \"http://localhost:2380\" != \"http://127.0.0.1:2380\")"),
+        (&["--initial-cluster", "default=http://peer-b.test:2380", "--initial-advertise-peer-urls", "http://peer-a.test:2380"],
+            "--initial-cluster has default=http://peer-b.test:2380 but missing from --initial-advertise-peer-urls=http://peer-a.test:2380 (resolved urls: \"http://10.0.0.1:2380\" != \"http://10.0.0.2:2380\")"),
+        (&["--initial-cluster", "default=http://nowhere.test:2380"],
+            "(failed to resolve \"http://nowhere.test:2380\" (lookup nowhere.test: no such host))"),
         (&["--discovery-fallback", "maybe"], "expected \"exit\" or \"proxy\""),
         (&["--heartbeat-interval", "0"], "--heartbeat-interval must be greater than 0"),
         (&["--heartbeat-interval", "300"],
@@ -668,6 +687,82 @@ fn validation_errors() {
     for (args, want) in cases {
         assert_contains(&error(args, &[]), want, &format!("{args:?}"));
     }
+}
+
+#[test]
+fn dns_discovery_flags() {
+    // The cluster comes from DNS when the member starts: none is set yet.
+    let c = run(
+        &[
+            "--discovery-srv",
+            "corekv.test",
+            "--discovery-srv-name",
+            "dev",
+        ],
+        &[],
+    );
+    assert_eq!(c.discovery.srv, "corekv.test");
+    assert_eq!(c.discovery.srv_name, "dev");
+    assert!(c.initial_cluster.is_empty());
+    for name_flag in [
+        &["--discovery-srv-name=dev"][..],
+        &["-discovery-srv-name", "dev"],
+    ] {
+        let args = [&["--discovery-srv", "corekv.test"][..], name_flag].concat();
+        assert_eq!(run(&args, &[]).discovery.srv_name, "dev", "{args:?}");
+    }
+    for key in ["COREKV_DISCOVERY_SRV_NAME", "ETCD_DISCOVERY_SRV_NAME"] {
+        let c = run(&["--discovery-srv", "corekv.test"], &[(key, "dev")]);
+        assert_eq!(c.discovery.srv_name, "dev", "{key}");
+    }
+    // A cluster from the environment is a second bootstrap flag too; an empty one is not.
+    let conflict = error(
+        &["--discovery-srv", "corekv.test"],
+        &[("ETCD_INITIAL_CLUSTER", "default=http://localhost:2380")],
+    );
+    assert_contains(&conflict, "multiple discovery or bootstrap flags", "env");
+    assert!(run(
+        &["--discovery-srv", "corekv.test", "--initial-cluster", ""],
+        &[]
+    )
+    .initial_cluster
+    .is_empty());
+    // etcd's config file cannot tell its default cluster from one written out: dropped.
+    let file = TempFile::new(
+        "discovery-srv: corekv.test\ninitial-cluster: default=http://localhost:2380\n",
+    );
+    assert!(run(&["--config-file", file.path()], &[])
+        .initial_cluster
+        .is_empty());
+    let file = TempFile::new(
+        "discovery-srv: corekv.test\ninitial-cluster: default=http://localhost:2381\n",
+    );
+    let conflict = error(&["--config-file", file.path()], &[]);
+    assert_contains(&conflict, "multiple discovery or bootstrap flags", "file");
+}
+
+#[test]
+fn advertised_urls_match_the_cluster_by_address() {
+    // Different names, one address: accepted, as etcd resolves before it compares.
+    let c = run(
+        &[
+            "--initial-cluster",
+            "default=http://peer-a.test:2380",
+            "--initial-advertise-peer-urls",
+            "http://also-a.test:2380",
+        ],
+        &[],
+    );
+    assert_eq!(c.initial_cluster[0].1, url("http://peer-a.test:2380"));
+    run(
+        &[
+            "--initial-cluster",
+            "default=http://10.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://peer-a.test:2380",
+        ],
+        &[],
+    );
 }
 
 #[test]

@@ -2,16 +2,24 @@
 
 use super::url::Url;
 use super::{Config, ConfigError};
+use std::net::{IpAddr, SocketAddr};
+
+/// Resolves `host` (a name, not an IP literal) for a TCP dial to `port`.
+pub(crate) type Resolve<'a> = &'a dyn Fn(&str, u16) -> Result<SocketAddr, String>;
 
 /// etcd refuses election timeouts above 50 s.
 const MAX_ELECTION_TIMEOUT_MS: u64 = 50_000;
 
-/// Checks a parsed configuration.
-pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
+/// Checks a parsed configuration; `resolve` is used only when this member's URLs in
+/// --initial-cluster differ from its advertised ones as strings.
+pub(super) fn validate(cfg: &Config, resolve: Resolve<'_>) -> Result<(), ConfigError> {
     check_name(cfg)?;
     check_required_urls(cfg)?;
-    check_duplicate_urls(cfg)?;
-    check_local_member(cfg)?;
+    // With --discovery-srv the initial cluster is only known once DNS has answered; the
+    // member checks it then (`verify_bootstrap`), as etcd does.
+    if cfg.discovery.srv.is_empty() {
+        verify_bootstrap(cfg, resolve)?;
+    }
     check_timing(cfg)?;
     check_no_tls(cfg)?;
     check_limits(cfg)
@@ -41,13 +49,6 @@ fn check_no_tls(cfg: &Config) -> Result<(), ConfigError> {
                 "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {url} with HTTPS scheme (or --peer-auto-tls)"
             ));
         }
-    }
-    if !cfg.discovery.srv.is_empty() {
-        return fail(
-            "--discovery-srv: DNS SRV discovery is not supported by this corekv build yet; \
-             use --discovery or --initial-cluster"
-                .into(),
-        );
     }
     for (prefix, tls) in [("", &cfg.client_tls), ("peer-", &cfg.peer_tls)] {
         if tls.cert_file.is_some() != tls.key_file.is_some() {
@@ -115,8 +116,17 @@ fn check_duplicate_urls(cfg: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `--initial-cluster` must list this member with exactly its advertised peer URLs.
-fn check_local_member(cfg: &Config) -> Result<(), ConfigError> {
+/// The initial cluster's checks of this member's place in it: no URL listed twice, this
+/// member listed, with its advertised peer URLs.
+pub(super) fn verify_bootstrap(cfg: &Config, resolve: Resolve<'_>) -> Result<(), ConfigError> {
+    check_duplicate_urls(cfg)?;
+    check_local_member(cfg, resolve)
+}
+
+/// `--initial-cluster` must list this member with its advertised peer URLs; URLs that
+/// differ as strings may still name the same addresses (etcd's `advertiseMatchesCluster`,
+/// with its messages).
+fn check_local_member(cfg: &Config, resolve: Resolve<'_>) -> Result<(), ConfigError> {
     let mut listed = cfg.peer_urls_of(&cfg.name);
     if listed.is_empty() {
         return fail(format!(
@@ -128,20 +138,73 @@ fn check_local_member(cfg: &Config) -> Result<(), ConfigError> {
     listed.sort();
     advertised.sort();
     advertised.dedup();
-    if listed == advertised {
+    let why = match urls_equal(&advertised, &listed, resolve) {
+        Ok(()) => return Ok(()),
+        Err(why) => why,
+    };
+    let ap = join(advertised.iter().map(Url::to_string));
+    let named = |urls: &[&Url]| join(urls.iter().map(|u| format!("{}={u}", cfg.name)));
+    let only_listed: Vec<&Url> = listed.iter().filter(|u| !advertised.contains(u)).collect();
+    if !only_listed.is_empty() {
+        return fail(format!(
+            "--initial-cluster has {} but missing from --initial-advertise-peer-urls={ap} ({why})",
+            named(&only_listed)
+        ));
+    }
+    let all_advertised: Vec<&Url> = advertised.iter().collect();
+    let only_advertised: Vec<&Url> = advertised.iter().filter(|u| !listed.contains(u)).collect();
+    if !only_advertised.is_empty() {
+        return fail(format!(
+            "--initial-advertise-peer-urls has {} but missing from --initial-cluster={}",
+            join(only_advertised.iter().map(|u| u.to_string())),
+            named(&all_advertised)
+        ));
+    }
+    fail(format!(
+        "failed to resolve {ap} to match --initial-cluster={} ({why})",
+        named(&all_advertised)
+    ))
+}
+
+/// Whether two sorted URL lists name the same endpoints: equal as strings, or equal once
+/// host names other than `localhost` are resolved (etcd's `netutil.URLStringsEqual`).
+fn urls_equal(a: &[Url], b: &[Url], resolve: Resolve<'_>) -> Result<(), String> {
+    let strings = |urls: &[Url]| go_quoted(urls.iter().map(Url::to_string));
+    if a.len() != b.len() {
+        return Err(format!("len({}) != len({})", strings(a), strings(b)));
+    }
+    if a == b {
         return Ok(());
     }
-    let member = join(listed.iter().map(|u| format!("{}={u}", cfg.name)));
-    let ap = join(advertised.iter().map(Url::to_string));
-    if listed.iter().any(|u| !advertised.contains(u)) {
-        fail(format!(
-            "--initial-cluster has {member} but missing from --initial-advertise-peer-urls={ap}"
-        ))
-    } else {
-        fail(format!(
-            "--initial-advertise-peer-urls has {ap} but missing from --initial-cluster={member}"
-        ))
+    let mut ra = resolved(a, resolve)?;
+    let mut rb = resolved(b, resolve)?;
+    ra.sort();
+    rb.sort();
+    match ra.iter().zip(&rb).find(|(x, y)| x != y) {
+        Some((x, y)) => Err(format!("resolved urls: {x:?} != {y:?}")),
+        None => Ok(()),
     }
+}
+
+/// The URLs with host names replaced by the address they resolve to; `localhost` and IP
+/// literals stay as they are, as in etcd.
+fn resolved(urls: &[Url], resolve: Resolve<'_>) -> Result<Vec<String>, String> {
+    urls.iter()
+        .map(|u| {
+            if u.host == "localhost" || u.host.parse::<IpAddr>().is_ok() {
+                return Ok(u.to_string());
+            }
+            let addr = resolve(&u.host, u.port)
+                .map_err(|e| format!("failed to resolve {:?} ({e})", u.to_string()))?;
+            Ok(format!("{}://{addr}", u.scheme.as_str()))
+        })
+        .collect()
+}
+
+/// A list as Go's `%q` prints a `[]string`: `["a" "b"]`.
+fn go_quoted(items: impl Iterator<Item = String>) -> String {
+    let quoted: Vec<String> = items.map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(" "))
 }
 
 fn check_timing(cfg: &Config) -> Result<(), ConfigError> {

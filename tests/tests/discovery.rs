@@ -4,66 +4,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::cluster::eventually;
+use common::bootstrap::{logs, started_members, Member};
 use common::*;
 
-struct Member {
-    name: String,
-    client_port: u16,
-    peer_port: u16,
-    log: std::path::PathBuf,
-    child: Child,
-}
-
-impl Member {
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        // SAFETY: the PID of a child we spawned and have not reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
 fn start_member(dir: &std::path::Path, name: &str, discovery: &str) -> Member {
-    let ports = free_ports(2);
-    let log = dir.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log).expect("log");
-    let client = format!("http://127.0.0.1:{}", ports[0]);
-    let peer = format!("http://127.0.0.1:{}", ports[1]);
-    let child = Command::new(corekv_bin())
-        .args([
-            &format!("--name={name}"),
-            &format!("--data-dir={}", dir.join(name).display()),
-            &format!("--listen-client-urls={client}"),
-            &format!("--advertise-client-urls={client}"),
-            &format!("--listen-peer-urls={peer}"),
-            &format!("--initial-advertise-peer-urls={peer}"),
-            &format!("--discovery={discovery}"),
-            "--cores=1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("log"))
-        .stderr(file)
-        .spawn()
-        .expect("spawn corekv");
-    Member {
-        name: name.to_string(),
-        client_port: ports[0],
-        peer_port: ports[1],
-        log,
-        child,
-    }
+    let flags = [format!("--discovery={discovery}")];
+    Member::start(dir, name, ("127.0.0.1", 0), &flags, &[])
 }
 
 /// A discovery service: etcd 3.4 with the v2 API, and a token of `size` (or none).
@@ -92,31 +40,11 @@ fn three_members_bootstrap_through_an_etcd_discovery_service() {
         .iter()
         .map(|n| start_member(dir.path(), n, &url))
         .collect();
-    let listed = eventually(Duration::from_secs(30), || {
-        let out = etcdctl_at(
-            &members[0].endpoint(),
-            &["member", "list", "-w", "json"],
-            None,
-        );
-        if !out.ok() {
-            return None;
-        }
-        let v = out.json();
-        let started = v["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["name"].as_str().is_some_and(|n| !n.is_empty()))
-            .count();
-        (started == 3).then_some(v)
-    });
+    let listed = started_members(&members[0].endpoint(), 3, Duration::from_secs(30));
     assert!(
         listed.is_some(),
         "no 3 started members:\n{}",
-        members
-            .iter()
-            .map(|m| m.log_text())
-            .collect::<Vec<_>>()
-            .join("\n")
+        logs(&members)
     );
     let table = etcdctl_at(&members[2].endpoint(), &["member", "list"], None);
     assert_eq!(table.stdout.matches(", started, ").count(), 3, "{table}");
@@ -132,9 +60,7 @@ fn three_members_bootstrap_through_an_etcd_discovery_service() {
     }
     // A fourth member finds the cluster full and stops with etcd's reason.
     let mut extra = start_member(dir.path(), "d3", &url);
-    let exited = eventually(Duration::from_secs(20), || {
-        extra.child.try_wait().ok().flatten()
-    });
+    let exited = extra.wait_exit(Duration::from_secs(20));
     assert!(
         exited.is_some_and(|s| !s.success()),
         "the extra member kept running"
@@ -152,9 +78,7 @@ fn a_token_without_a_size_is_refused() {
     let (_etcd, url) = discovery_service("nosize", None);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut m = start_member(dir.path(), "lonely", &url);
-    let exited = eventually(Duration::from_secs(20), || {
-        m.child.try_wait().ok().flatten()
-    });
+    let exited = m.wait_exit(Duration::from_secs(20));
     assert!(exited.is_some_and(|s| !s.success()), "it kept running");
     assert!(
         m.log_text().contains("discovery: size key not found"),

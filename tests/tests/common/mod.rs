@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod bootstrap;
 pub mod cluster;
 
 /// How long a server may take to become ready.
