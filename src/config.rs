@@ -45,6 +45,13 @@ pub struct Discovery {
     pub srv: String,
     /// `--discovery-srv-name`: suffix of the SRV names queried.
     pub srv_name: String,
+    /// `--proxy-failure-wait`: how long a member whose client URL refused a connection is
+    /// skipped by the proxy (proxy mode: see `proxy.rs`).
+    pub proxy_failure_wait_ms: u64,
+    /// `--proxy-refresh-interval`: how often the proxy asks the members for their client URLs.
+    pub proxy_refresh_interval_ms: u64,
+    /// `--proxy-dial-timeout`: how long the proxy waits for a member to accept a connection.
+    pub proxy_dial_timeout_ms: u64,
 }
 
 /// The fully resolved and validated server configuration.

@@ -77,6 +77,26 @@ pub fn join(url: &str, proxy: &str, member_id: u64, self_config: &str) -> Result
     }
 }
 
+/// The cluster the token describes once it is full: the `size` first registrations, as
+/// `--initial-cluster` text (what a member in proxy mode forwards to, as etcd's
+/// `discovery.GetCluster`).
+pub fn registered_cluster(url: &str, proxy: &str) -> Result<String, String> {
+    let d = Discovery {
+        url: url.trim_end_matches('/').to_string(),
+        proxy: proxy.to_string(),
+    };
+    let size = d.size()?;
+    let (nodes, _) = d.nodes()?;
+    if nodes.len() < size {
+        return Err(format!(
+            "discovery: only {} of {size} members registered",
+            nodes.len()
+        ));
+    }
+    let cluster: Vec<&str> = nodes[..size].iter().map(|n| n.value.as_str()).collect();
+    Ok(cluster.join(","))
+}
+
 /// The last path component of a v2 key.
 fn key_name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)

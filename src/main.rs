@@ -33,6 +33,7 @@ mod cores;
 mod discovery;
 mod lessor;
 mod logger;
+mod proxy;
 mod recovery;
 mod sequencer;
 mod shard;
@@ -83,10 +84,13 @@ fn run(config: Config) {
         name: config.name.clone(),
     };
     let peer_tls = peer_tls(&config);
-    let recovered = recovery::open(&config.data_dir, identity.clone(), || {
+    let recovered = match recovery::open(&config.data_dir, identity.clone(), || {
         bootstrap_plan(&config, identity, peer_tls.as_ref())
-    })
-    .unwrap_or_else(|e| fatal("cannot open data dir", e));
+    }) {
+        Ok(recovered) => recovered,
+        Err(e) if PROXY_FALLBACK.get().is_some() => return run_proxy(&config, &e, peer_tls),
+        Err(e) => fatal("cannot open data dir", e),
+    };
     let auth = auth_gate(&config, &recovered.store);
     let cluster = Arc::new(cluster_info(&config, &recovered.identity, auth));
     let client_tls = client_tls(&config);
@@ -221,6 +225,39 @@ fn run(config: Config) {
     wait_for_termination(signals);
 }
 
+/// Set when discovery found the cluster full and --discovery-fallback=proxy: the process
+/// becomes a proxy instead of a member.
+static PROXY_FALLBACK: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// Proxy mode (see `proxy.rs`): forwards client connections to the discovered cluster.
+fn run_proxy(config: &Config, why: &str, peer_tls: Option<corekv_net::peer::PeerTls>) {
+    log::info!("{why}; discovery cluster full, falling back to proxy");
+    let cluster = discovery::registered_cluster(&config.discovery.url, &config.discovery.proxy)
+        .unwrap_or_else(|e| fatal("proxy: cannot read the cluster from discovery", e));
+    let peer_urls = Config::parse_initial_cluster(&cluster)
+        .unwrap_or_else(|e| fatal("proxy: bad cluster in discovery", e))
+        .into_iter()
+        .map(|(_, u)| u.to_string())
+        .collect();
+    let options = proxy::ProxyOptions {
+        listen: config
+            .listen_client_urls
+            .iter()
+            .map(|u| u.socket_addr_string())
+            .collect(),
+        peer_urls,
+        refresh_interval: std::time::Duration::from_millis(
+            config.discovery.proxy_refresh_interval_ms,
+        ),
+        dial_timeout: std::time::Duration::from_millis(config.discovery.proxy_dial_timeout_ms),
+        failure_wait: std::time::Duration::from_millis(config.discovery.proxy_failure_wait_ms),
+        peer_tls,
+    };
+    if let Err(e) = proxy::run(options) {
+        fatal("proxy failed", e);
+    }
+}
+
 /// How a member with no data yet starts: a new cluster's member derives the membership
 /// from --initial-cluster; a member joining a running cluster asks its peers for it and
 /// finds itself there by its advertised peer URLs (it must have been added first).
@@ -253,12 +290,9 @@ fn bootstrap_plan(
             )
             .map_err(|e| {
                 if e.contains("cluster is full") && config.discovery.fallback == "proxy" {
-                    format!(
-                        "{e} (--discovery-fallback=proxy: corekv has no proxy mode, so it stops)"
-                    )
-                } else {
-                    e
+                    let _ = PROXY_FALLBACK.set(());
                 }
+                e
             })?;
             log::info!("discovery: the cluster is {found}");
             discovered.initial_cluster = Config::parse_initial_cluster(&found)?;

@@ -146,6 +146,9 @@ fn defaults_match_etcd() {
         initial_cluster_token: "etcd-cluster".into(),
         discovery: Discovery {
             fallback: "proxy".into(),
+            proxy_failure_wait_ms: 5000,
+            proxy_refresh_interval_ms: 30000,
+            proxy_dial_timeout_ms: 1000,
             ..Default::default()
         },
         snapshot_count: 100_000,
@@ -242,6 +245,15 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
         c.discovery.proxy.clone()
     }),
     ("discovery-srv", "example.com", |c| c.discovery.srv.clone()),
+    ("proxy-failure-wait", "700", |c| {
+        c.discovery.proxy_failure_wait_ms.to_string()
+    }),
+    ("proxy-refresh-interval", "800", |c| {
+        c.discovery.proxy_refresh_interval_ms.to_string()
+    }),
+    ("proxy-dial-timeout", "900", |c| {
+        c.discovery.proxy_dial_timeout_ms.to_string()
+    }),
     ("heartbeat-interval", "50", |c| {
         c.heartbeat_interval_ms.to_string()
     }),
@@ -463,6 +475,9 @@ fn full_file_config() -> Config {
         initial_cluster_token: "file-token".into(),
         discovery: Discovery {
             fallback: "proxy".into(),
+            proxy_failure_wait_ms: 5000,
+            proxy_refresh_interval_ms: 30000,
+            proxy_dial_timeout_ms: 1000,
             ..Default::default()
         },
         snapshot_count: 5000,

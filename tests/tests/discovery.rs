@@ -1,16 +1,24 @@
 //! Discovery bootstrap: corekv members started with only --discovery (a real etcd 3.4
 //! serving the v2 keys API, as etcd's public discovery service does) form one cluster;
-//! a member beyond the size is refused; a token without a size is refused.
+//! a member beyond the size stops (--discovery-fallback=exit) or becomes a proxy that
+//! forwards client connections to the cluster (proxy, etcd's default); a token without a
+//! size is refused.
 
 mod common;
 
 use std::time::Duration;
 
 use common::bootstrap::{logs, started_members, Member};
+use common::cluster::eventually;
 use common::*;
 
 fn start_member(dir: &std::path::Path, name: &str, discovery: &str) -> Member {
-    let flags = [format!("--discovery={discovery}")];
+    start_member_with(dir, name, discovery, &[])
+}
+
+fn start_member_with(dir: &std::path::Path, name: &str, discovery: &str, extra: &[&str]) -> Member {
+    let mut flags = vec![format!("--discovery={discovery}")];
+    flags.extend(extra.iter().map(|f| f.to_string()));
     Member::start(dir, name, ("127.0.0.1", 0), &flags, &[])
 }
 
@@ -58,8 +66,8 @@ fn three_members_bootstrap_through_an_etcd_discovery_service() {
         let got = etcdctl_at(&m.endpoint(), &["get", "disc", "--print-value-only"], None);
         assert_eq!(got.stdout.trim(), "overed", "{}: {got}", m.name);
     }
-    // A fourth member finds the cluster full and stops with etcd's reason.
-    let mut extra = start_member(dir.path(), "d3", &url);
+    // A fourth member finds the cluster full and, told to exit, stops with etcd's reason.
+    let mut extra = start_member_with(dir.path(), "d3", &url, &["--discovery-fallback=exit"]);
     let exited = extra.wait_exit(Duration::from_secs(20));
     assert!(
         exited.is_some_and(|s| !s.success()),
@@ -70,6 +78,46 @@ fn three_members_bootstrap_through_an_etcd_discovery_service() {
         "{}",
         extra.log_text()
     );
+    // A fifth, with etcd's default fallback, becomes a proxy: clients of its client URL
+    // reach the cluster (gRPC and the JSON gateway), and it is no member.
+    let proxy = start_member(dir.path(), "d4", &url);
+    let through = eventually(Duration::from_secs(20), || {
+        let put = etcdctl_at(&proxy.endpoint(), &["put", "via", "proxy"], None);
+        put.ok().then_some(put)
+    });
+    assert!(
+        through.is_some(),
+        "no put through the proxy:\n{}",
+        proxy.log_text()
+    );
+    let got = etcdctl_at(
+        &members[1].endpoint(),
+        &["get", "via", "--print-value-only"],
+        None,
+    );
+    assert_eq!(got.stdout.trim(), "proxy", "{got}");
+    let back = etcdctl_at(
+        &proxy.endpoint(),
+        &["get", "disc", "--print-value-only"],
+        None,
+    );
+    assert_eq!(back.stdout.trim(), "overed", "{back}");
+    let table = etcdctl_at(&proxy.endpoint(), &["member", "list"], None);
+    assert_eq!(table.stdout.matches(", started, ").count(), 3, "{table}");
+    assert!(!table.stdout.contains("d4"), "{table}");
+    let health = http_request(
+        &format!("127.0.0.1:{}", proxy.client_port),
+        "GET",
+        "/health",
+    )
+    .expect("health through the proxy");
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert!(
+        proxy.log_text().contains("falling back to proxy"),
+        "{}",
+        proxy.log_text()
+    );
+    drop(proxy);
     members.clear();
 }
 
