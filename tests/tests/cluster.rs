@@ -47,6 +47,23 @@ fn value_of(c: &Cluster, via: usize, key: &str, serializable: bool) -> Option<St
     out.ok().then(|| out.stdout.trim_end().to_string())
 }
 
+/// POST `body` (JSON) to `path` on `addr`: (HTTP status, JSON answer).
+fn post_json(addr: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let r = parse_http_response(&raw).unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let json = serde_json::from_str(&r.text()).unwrap_or(serde_json::Value::Null);
+    (r.status, json)
+}
+
 #[test]
 fn three_members_bootstrap_and_serve_through_any_member() {
     for kind in reference_then_target() {
@@ -106,6 +123,48 @@ fn three_members_bootstrap_and_serve_through_any_member() {
         assert!(
             keep.ok() && keep.stdout.contains("keepalived with TTL(60)"),
             "{keep}"
+        );
+        // The HTTP/JSON gateway through a follower: writes go through raft, reads anywhere.
+        let other = (follower + 1) % 3;
+        let fol = c.nodes[follower].addr();
+        let oth = c.nodes[other].addr();
+        let put = post_json(
+            &fol,
+            "/v3/kv/put",
+            r#"{"key":"Z3c=","value":"dmlhLWZvbGxvd2Vy"}"#,
+        );
+        assert_eq!(
+            put.0, 200,
+            "{kind}: gateway put through a follower: {}",
+            put.1
+        );
+        let got = post_json(&oth, "/v3/kv/range", r#"{"key":"Z3c="}"#);
+        assert_eq!(got.0, 200, "{kind}: {}", got.1);
+        assert_eq!(
+            got.1["kvs"][0]["value"], "dmlhLWZvbGxvd2Vy",
+            "{kind}: {}",
+            got.1
+        );
+        let txn = post_json(
+            &fol,
+            "/v3/kv/txn",
+            r#"{"compare":[{"key":"Z3c=","target":"VALUE","value":"dmlhLWZvbGxvd2Vy"}],"success":[{"requestDeleteRange":{"key":"Z3c="}}]}"#,
+        );
+        assert_eq!(
+            (txn.0, txn.1["succeeded"].as_bool()),
+            (200, Some(true)),
+            "{kind}: {}",
+            txn.1
+        );
+        let grant = post_json(&fol, "/v3/lease/grant", r#"{"TTL":30}"#);
+        assert_eq!(grant.0, 200, "{kind}: {}", grant.1);
+        assert_eq!(grant.1["TTL"], "30", "{kind}: {}", grant.1);
+        let list = post_json(&fol, "/v3/cluster/member/list", "{}");
+        assert_eq!(
+            list.1["members"].as_array().map(Vec::len),
+            Some(3),
+            "{kind}: {}",
+            list.1
         );
         // Revisions agree everywhere.
         let revs: Vec<i64> = (0..3)
