@@ -49,17 +49,7 @@ fn value_of(c: &Cluster, via: usize, key: &str, serializable: bool) -> Option<St
 
 /// POST `body` (JSON) to `path` on `addr`: (HTTP status, JSON answer).
 fn post_json(addr: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let r = parse_http_response(&raw).unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let r = http_send(addr, "POST", path, body);
     let json = serde_json::from_str(&r.text()).unwrap_or(serde_json::Value::Null);
     (r.status, json)
 }

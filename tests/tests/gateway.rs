@@ -13,18 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// One HTTP/1.1 request with a body, `Connection: close`, 10 s bound.
 fn send(addr: &str, method: &str, path: &str, body: &str) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    parse_http_response(&raw).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    http_send(addr, method, path, body)
 }
 
 /// Masks the values that differ between two clusters doing the same thing.

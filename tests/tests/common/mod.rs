@@ -862,6 +862,20 @@ pub fn http_get(addr: &str, path: &str) -> Result<HttpResponse, String> {
     http_request(addr, "GET", path)
 }
 
+/// One HTTP/1.1 request with a JSON body, `Connection: close`, 10 s bound (the gateway).
+pub fn http_send(addr: &str, method: &str, path: &str, body: &str) -> HttpResponse {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    parse_http_response(&raw).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
 pub fn http_request(addr: &str, method: &str, path: &str) -> Result<HttpResponse, String> {
     let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
