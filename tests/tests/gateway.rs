@@ -656,3 +656,37 @@ fn auth_paths_answer_as_etcd() {
         "with a token (left: corekv, right: etcd)"
     );
 }
+
+#[test]
+fn malformed_bodies_get_gos_errors() {
+    let (etcd, target) = both();
+    let bodies = [
+        "xyz",
+        r#"{"key":"#,
+        r#"{"key":"YQ==""#,
+        r#"{"key": 5}"#,
+        r#"{"key":"YQ==","limit":"abc"}"#,
+        r#"{"key":"YQ==","limit":"12x"}"#,
+        r#"{"key":"YQ==","limit":""}"#,
+        r#"{"key":"YQ==","limit":1.5}"#,
+        r#"{"a" 1}"#,
+        r#"{"a":1 "b"}"#,
+        "{1:2}",
+        r#"{"key":"YQ==","range_end":[1 2]}"#,
+        r#"{"key":tru}"#,
+        r#"{"key":-x}"#,
+        r#"{"key":1.x}"#,
+        r#"{"key":1ex}"#,
+        r#"{"key":"\x"}"#,
+        r#"{"key":"\u12g4"}"#,
+        "{\"key\":\"a\nb\"}",
+        r#"{"key":'b'}"#,
+        r#"{"key":"YQ=="} trailing"#,
+        r#"[]"#,
+    ];
+    let requests: Vec<(&str, &str, &str)> = bodies
+        .iter()
+        .flat_map(|b| [("POST", "/v3/kv/range", *b), ("POST", "/v3/kv/put", *b)])
+        .collect();
+    same_answers(&etcd, &target, &requests);
+}

@@ -345,6 +345,13 @@ fn int<T: std::str::FromStr + TryFrom<i128>>(v: &Value, go_type: &str) -> In<T> 
     if let Ok(x) = text.parse::<T>() {
         return Ok(x);
     }
+    // jsonpb unquotes the string and hands its text to json.Unmarshal, whose syntax check
+    // speaks first.
+    if let Value::String(s) = v {
+        if let Some(go) = super::go_json::check_valid(s.as_bytes()) {
+            return Err(BadInput(go));
+        }
+    }
     Err(BadInput(format!(
         "json: cannot unmarshal number {text} into Go value of type {go_type}"
     )))

@@ -10,6 +10,7 @@
 
 mod auth;
 mod cluster;
+mod go_json;
 pub mod json;
 mod kv;
 mod lease;
@@ -280,10 +281,26 @@ async fn read_body(body: Body, max_bytes: usize) -> Option<Bytes> {
 /// The JSON values of a request body, in order: the first is what a unary method reads
 /// (anything after it is ignored, as Go's decoder does); streaming methods read them all.
 /// An empty body yields none.
+/// A value that does not parse gets the error Go's decoder gives for it (serde's own text
+/// only where Go would have accepted the value, e.g. a number serde finds out of range).
 fn json_values(body: &[u8]) -> impl Iterator<Item = Result<Value, String>> + '_ {
-    serde_json::Deserializer::from_slice(body)
-        .into_iter::<Value>()
-        .map(|r| r.map_err(|e| e.to_string()))
+    let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let start = values.byte_offset();
+        let item = values.next()?;
+        Some(item.map_err(|e| {
+            failed = true;
+            match go_json::scan_value(&body[start..]) {
+                go_json::Scan::Error(go) => go,
+                go_json::Scan::Truncated => "unexpected EOF".to_string(),
+                go_json::Scan::Complete => e.to_string(),
+            }
+        }))
+    })
 }
 
 /// A streaming answer: one `{"result": ...}` per line, or grpc-gateway's stream error
