@@ -288,11 +288,10 @@ fn bootstrap_plan(
                 identity.member_id,
                 &self_config.join(","),
             )
-            .map_err(|e| {
+            .inspect_err(|e| {
                 if e.contains("cluster is full") && config.discovery.fallback == "proxy" {
                     let _ = PROXY_FALLBACK.set(());
                 }
-                e
             })?;
             log::info!("discovery: the cluster is {found}");
             discovered.initial_cluster = Config::parse_initial_cluster(&found)?;
