@@ -13,7 +13,8 @@ extern "C" {
     /// mimalloc's option setter (linked through the `mimalloc` crate).
     fn mi_option_set(option: libc::c_int, value: libc::c_long);
 }
-/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e`.
+/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e`: 15 in both the v2 and the v3
+/// headers libmimalloc-sys bundles.
 const MI_OPTION_PURGE_DELAY: libc::c_int = 15;
 /// How long freed memory stays with mimalloc before it goes back to the OS. The default
 /// (10 ms) handed back, and then faulted in and zeroed again, the pages of every batch's
@@ -48,6 +49,8 @@ use corekv_net::auth::{AuthGate, AuthOptions, TokenOptions};
 use corekv_net::shard_api::{ClusterInfo, MemberInfo, ShardClient};
 use corekv_raft::{NodeOptions, RaftNode};
 
+/// How often a network thread drops its cached view (see `forget_cached_view`).
+const VIEW_CACHE_FORGET_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Requests queued from a core's network runtime to its shard before handlers wait.
 const SHARD_QUEUE_DEPTH_MAX: usize = 4096;
 /// Publications queued to a shard before the sequencer waits for it.
@@ -88,7 +91,9 @@ fn run(config: Config) {
         bootstrap_plan(&config, identity, peer_tls.as_ref())
     }) {
         Ok(recovered) => recovered,
-        Err(e) if PROXY_FALLBACK.get().is_some() => return run_proxy(&config, &e, peer_tls),
+        Err(e) if PROXY_FALLBACK.get().is_some() => {
+            return run_proxy(&config, &e, peer_tls, signals)
+        }
         Err(e) => fatal("cannot open data dir", e),
     };
     let auth = auth_gate(&config, &recovered.store);
@@ -230,7 +235,12 @@ fn run(config: Config) {
 static PROXY_FALLBACK: std::sync::OnceLock<()> = std::sync::OnceLock::new();
 
 /// Proxy mode (see `proxy.rs`): forwards client connections to the discovered cluster.
-fn run_proxy(config: &Config, why: &str, peer_tls: Option<corekv_net::peer::PeerTls>) {
+fn run_proxy(
+    config: &Config,
+    why: &str,
+    peer_tls: Option<corekv_net::peer::PeerTls>,
+    signals: libc::sigset_t,
+) {
     log::info!("{why}; discovery cluster full, falling back to proxy");
     let cluster = discovery::registered_cluster(&config.discovery.url, &config.discovery.proxy)
         .unwrap_or_else(|e| fatal("proxy: cannot read the cluster from discovery", e));
@@ -253,9 +263,16 @@ fn run_proxy(config: &Config, why: &str, peer_tls: Option<corekv_net::peer::Peer
         failure_wait: std::time::Duration::from_millis(config.discovery.proxy_failure_wait_ms),
         peer_tls,
     };
-    if let Err(e) = proxy::run(options) {
-        fatal("proxy failed", e);
-    }
+    // The proxy runs on its own thread; this one waits for SIGINT/SIGTERM, as a member does.
+    std::thread::Builder::new()
+        .name("proxy".into())
+        .spawn(move || {
+            if let Err(e) = proxy::run(options) {
+                fatal("proxy failed", e);
+            }
+        })
+        .unwrap_or_else(|e| fatal("cannot start the proxy", e));
+    wait_for_termination(signals);
 }
 
 /// How a member with no data yet starts: a new cluster's member derives the membership
@@ -620,6 +637,13 @@ fn spawn_network(
                 .map(|(listener, _, _)| listener)
                 .collect();
             let both = async {
+                // A network thread that stops reading must not pin an old view for good.
+                tokio::spawn(async {
+                    loop {
+                        tokio::time::sleep(VIEW_CACHE_FORGET_INTERVAL).await;
+                        corekv_net::sequencer_api::forget_cached_view();
+                    }
+                });
                 let binary = corekv_net::binary::serve(binary, client.clone());
                 tokio::try_join!(corekv_net::serve::serve_with_tls(served), binary)
             };

@@ -17,6 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Client connections forwarded at once; more are closed on accept.
 const CONNECTIONS_MAX: usize = 4096;
+/// TCP keep-alive: idle time before the first probe, time between probes, probes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
 /// How long the first lookup of the members' client URLs may take before the proxy starts
 /// anyway (it keeps asking in the background).
 const FIRST_LOOKUP_MS: u64 = 5000;
@@ -41,18 +45,26 @@ struct Endpoints {
 }
 
 impl Endpoints {
-    /// Endpoints to try, in round-robin order, skipping those failed recently.
+    /// Endpoints to try, in round-robin order: those not failed recently first, then the
+    /// others (when every member failed lately, one may be back; trying beats refusing).
     fn candidates(&mut self, now: Instant) -> Vec<String> {
         let n = self.list.len();
         if n == 0 {
             return Vec::new();
         }
         self.next = (self.next + 1) % n;
-        (0..n)
-            .map(|i| &self.list[(self.next + i) % n])
-            .filter(|(_, until)| until.is_none_or(|t| t <= now))
+        let rotated = (0..n).map(|i| &self.list[(self.next + i) % n]);
+        let (ready, failed): (Vec<_>, Vec<_>) =
+            rotated.partition(|(_, until)| until.is_none_or(|t| t <= now));
+        ready
+            .into_iter()
+            .chain(failed)
             .map(|(addr, _)| addr.clone())
             .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
     }
 
     fn failed(&mut self, addr: &str, until: Instant) {
@@ -94,7 +106,16 @@ pub fn run(opts: ProxyOptions) -> Result<(), String> {
         std::thread::Builder::new()
             .name("proxy-refresh".into())
             .spawn(move || loop {
-                std::thread::sleep(interval);
+                // Until some member's client URL is known, ask every second.
+                let empty = endpoints
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+                std::thread::sleep(if empty {
+                    interval.min(Duration::from_secs(1))
+                } else {
+                    interval
+                });
                 refresh(&endpoints, &peer_urls, tls.as_ref());
             })
             .map_err(|e| format!("proxy: cannot start the refresh thread: {e}"))?;
@@ -220,16 +241,27 @@ async fn accept_loop(listener: TcpListener, dial: Dial, slots: Arc<tokio::sync::
         let dial = dial.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = client.set_nodelay(true);
+            tune(&client);
             let Some(mut member) = dial.connect().await else {
                 log::warn!("proxy: no member accepts connections; closing the one from {from}");
                 return;
             };
-            let _ = member.set_nodelay(true);
+            tune(&member);
             // Ends when either side closes; errors are the peers' business.
             let _ = tokio::io::copy_bidirectional(&mut client, &mut member).await;
         });
     }
+}
+
+/// No Nagle delay, and TCP keep-alive so a peer that vanished without a FIN or RST does
+/// not hold a connection slot (and two descriptors) forever.
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
 #[cfg(test)]
@@ -246,12 +278,19 @@ mod tests {
         assert_eq!(first.len(), 3);
         assert_ne!(first[0], second[0], "round robin");
         e.failed("b:2", now + Duration::from_secs(5));
-        assert!(!e.candidates(now).contains(&"b:2".to_string()));
-        assert!(e
-            .candidates(now + Duration::from_secs(6))
-            .contains(&"b:2".to_string()));
+        // A recently failed endpoint comes last, until its wait is over.
+        assert_eq!(e.candidates(now).last(), Some(&"b:2".to_string()));
+        assert_eq!(e.candidates(now).len(), 3);
+        let later = e.candidates(now + Duration::from_secs(6));
+        assert!(later.contains(&"b:2".to_string()));
         // A refresh keeps the mark of an endpoint that stays, drops removed ones.
         e.replace(vec!["b:2".into(), "d:4".into()]);
-        assert_eq!(e.candidates(now), vec!["d:4".to_string()]);
+        assert_eq!(
+            e.candidates(now),
+            vec!["d:4".to_string(), "b:2".to_string()]
+        );
+        // Every endpoint failed lately: still tried, not refused.
+        e.failed("d:4", now + Duration::from_secs(5));
+        assert_eq!(e.candidates(now).len(), 2);
     }
 }

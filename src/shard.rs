@@ -78,13 +78,19 @@ async fn run(setup: ShardSetup) {
         })
     };
     let ticker = {
-        let hub = hub.clone();
-        let streams_open = streams_open.clone();
+        let (hub, current) = (hub.clone(), current.clone());
+        let (streams_open, latest) = (streams_open.clone(), latest.clone());
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(std::time::Duration::from_millis(WATCH_TICK_MS)).await;
                 hub.borrow_mut().tick(now_ms());
-                streams_open.store(hub.borrow().streams(), Ordering::SeqCst);
+                let streams = hub.borrow().streams();
+                streams_open.store(streams, Ordering::SeqCst);
+                if streams == 0 {
+                    // Without publications the hub's view would pin an old key space (and
+                    // every record replaced since) in memory: keep it recent instead.
+                    follow_latest(&current, &hub, &latest, now_ms());
+                }
             }
         })
     };
@@ -134,9 +140,14 @@ fn catch_up(
 ) {
     debug_assert_eq!(hub.borrow().streams(), 0);
     streams_open.store(1, Ordering::SeqCst);
+    follow_latest(current, hub, latest, now_ms);
+}
+
+/// Takes the newest view into a hub with no stream (so no watcher: there is nobody to give
+/// the skipped events to).
+fn follow_latest(current: &Cell<u64>, hub: &RefCell<WatchHub>, latest: &LatestView, now_ms: u64) {
     let (seq, view, raft_term) = latest.snapshot();
     if seq > current.get() {
-        // No stream, so no watcher: there is nobody to give the skipped events to.
         hub.borrow_mut().publish(view, raft_term, &[], now_ms);
         current.set(seq);
     }

@@ -145,6 +145,13 @@ impl LatestView {
     }
 }
 
+/// Drops this thread's cached view. A thread that stops reading would otherwise keep an
+/// old key space (and every record replaced since) alive; network runtimes call this on a
+/// timer.
+pub fn forget_cached_view() {
+    CACHED.with(|cached| cached.borrow_mut().take());
+}
+
 /// A shared handle on a [`LatestView`].
 pub type SharedView = Arc<LatestView>;
 
@@ -180,6 +187,22 @@ mod tests {
                 .unwrap();
             assert_eq!(seen, n);
         }
+    }
+
+    #[test]
+    fn a_forgotten_cache_releases_the_view() {
+        let mut store = Store::new();
+        put(&mut store, "a");
+        let cell = LatestView::new(store.view(), 1);
+        let probe = cell.read().body;
+        drop(cell.read());
+        put(&mut store, "b");
+        cell.publish(1, store.view(), 1);
+        // The cache still holds the first view until the next read or a forget.
+        forget_cached_view();
+        assert!(CACHED.with(|c| c.borrow().is_none()));
+        assert_eq!(probe.revision(), 2);
+        assert_eq!(cell.read().body.revision(), 3);
     }
 
     #[test]

@@ -89,11 +89,15 @@ pub fn check_valid(data: &[u8]) -> Option<String> {
             return Some(e);
         }
     }
-    let number_done = matches!(
-        state,
-        State::Zero | State::Digits | State::DotDigits | State::EDigits
-    ) && open.is_empty();
-    if state == State::EndTop || number_done {
+    if state == State::EndTop {
+        return None;
+    }
+    // Go's scanner.eof(): one more space through the machine finishes a number, or names
+    // what a half-read literal or number lacked.
+    if let Err(e) = step(&mut state, &mut open, b' ') {
+        return Some(e);
+    }
+    if state == State::EndTop {
         None
     } else {
         Some("unexpected end of JSON input".into())
@@ -236,7 +240,8 @@ fn step(state: &mut State, open: &mut Vec<Open>, c: u8) -> Result<(), String> {
 
 fn push(state: &mut State, open: &mut Vec<Open>, what: Open, next: State) -> Result<(), String> {
     if open.len() >= DEPTH_MAX {
-        return Err("exceeded max depth".into());
+        let c = if what == Open::ObjectKey { b'{' } else { b'[' };
+        return Err(invalid(c, "exceeded max depth"));
     }
     open.push(what);
     *state = next;
@@ -397,7 +402,25 @@ mod tests {
             ("12x", Some("invalid character 'x' after top-level value")),
             ("", Some("unexpected end of JSON input")),
             ("1.5", None),
-            ("-", Some("unexpected end of JSON input")),
+            ("-", Some("invalid character ' ' in numeric literal")),
+            (
+                "1.",
+                Some("invalid character ' ' after decimal point in numeric literal"),
+            ),
+            (
+                "1e+",
+                Some("invalid character ' ' in exponent of numeric literal"),
+            ),
+            (
+                "tru",
+                Some("invalid character ' ' in literal true (expecting 'e')"),
+            ),
+            ("\"ab", Some("unexpected end of JSON input")),
+            (
+                "+5",
+                Some("invalid character '+' looking for beginning of value"),
+            ),
+            ("007", Some("invalid character '0' after top-level value")),
             (" 7 ", None),
         ];
         for (input, want) in cases {
@@ -418,7 +441,7 @@ mod tests {
         let deep = "[".repeat(DEPTH_MAX + 1);
         assert_eq!(
             scan_value(deep.as_bytes()),
-            Scan::Error("exceeded max depth".into())
+            Scan::Error("invalid character '[' exceeded max depth".into())
         );
     }
 }

@@ -342,15 +342,16 @@ fn int<T: std::str::FromStr + TryFrom<i128>>(v: &Value, go_type: &str) -> In<T> 
         Value::String(s) => s.clone(),
         other => return Err(type_error(other, go_type)),
     };
-    if let Ok(x) = text.parse::<T>() {
-        return Ok(x);
-    }
     // jsonpb unquotes the string and hands its text to json.Unmarshal, whose syntax check
-    // speaks first.
+    // speaks first ("+5" and "007" are not JSON numbers; " 5" is).
     if let Value::String(s) = v {
         if let Some(go) = super::go_json::check_valid(s.as_bytes()) {
             return Err(BadInput(go));
         }
+    }
+    let text = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'));
+    if let Ok(x) = text.parse::<T>() {
+        return Ok(x);
     }
     Err(BadInput(format!(
         "json: cannot unmarshal number {text} into Go value of type {go_type}"
