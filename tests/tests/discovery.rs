@@ -117,7 +117,15 @@ fn three_members_bootstrap_through_an_etcd_discovery_service() {
         "{}",
         proxy.log_text()
     );
-    drop(proxy);
+    // It stops on SIGTERM as a member does.
+    let mut proxy = proxy;
+    // SAFETY: the PID of a child we spawned and have not reaped.
+    unsafe { libc::kill(proxy.child.id() as libc::pid_t, libc::SIGTERM) };
+    let stopped = proxy.wait_exit(Duration::from_secs(10));
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "the proxy ignored SIGTERM"
+    );
     members.clear();
 }
 
