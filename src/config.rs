@@ -256,8 +256,8 @@ impl Config {
         )
     }
 
-    /// The cluster ID derived from the `--initial-cluster` members like etcd.
-    pub fn cluster_id(&self) -> u64 {
+    /// The names of the `--initial-cluster` members, sorted, each once.
+    pub fn member_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self
             .initial_cluster
             .iter()
@@ -265,7 +265,13 @@ impl Config {
             .collect();
         names.sort_unstable();
         names.dedup();
-        let ids: Vec<u64> = names
+        names
+    }
+
+    /// The cluster ID derived from the `--initial-cluster` members like etcd.
+    pub fn cluster_id(&self) -> u64 {
+        let ids: Vec<u64> = self
+            .member_names()
             .iter()
             .map(|n| member_id(&self.peer_urls_of(n), &self.initial_cluster_token))
             .collect();

@@ -60,8 +60,7 @@ pub fn join(url: &str, proxy: &str, member_id: u64, self_config: &str) -> Result
             }
         }
         if nodes.len() >= size {
-            let cluster: Vec<&str> = nodes[..size].iter().map(|n| n.value.as_str()).collect();
-            return Ok(cluster.join(","));
+            return Ok(initial_cluster(&nodes[..size]));
         }
         log::info!(
             "discovery: {} of {size} members registered; waiting for the others",
@@ -93,8 +92,13 @@ pub fn registered_cluster(url: &str, proxy: &str) -> Result<String, String> {
             nodes.len()
         ));
     }
-    let cluster: Vec<&str> = nodes[..size].iter().map(|n| n.value.as_str()).collect();
-    Ok(cluster.join(","))
+    Ok(initial_cluster(&nodes[..size]))
+}
+
+/// `--initial-cluster` text from the members' registrations (`name=peerURL,...` each).
+fn initial_cluster(registered: &[Registration]) -> String {
+    let parts: Vec<&str> = registered.iter().map(|n| n.value.as_str()).collect();
+    parts.join(",")
 }
 
 /// The last path component of a v2 key.

@@ -315,14 +315,8 @@ fn bootstrap_plan(
             identity.cluster_id = discovered.cluster_id();
         }
         let config = &discovered;
-        let mut names: Vec<&str> = config
-            .initial_cluster
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        let members = names
+        let members = config
+            .member_names()
             .iter()
             .map(|name| {
                 let urls = config.peer_urls_of(name);
@@ -411,25 +405,12 @@ fn peer_tls(config: &Config) -> Option<corekv_net::peer::PeerTls> {
         return None;
     }
     let tls = &config.peer_tls;
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).unwrap_or_else(|e| fatal(&format!("cannot read {}", path.display()), e))
-    };
-    let (cert, key) = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => (read(cert), read(key)),
-        _ => {
-            let hosts: Vec<String> = config
-                .listen_peer_urls
-                .iter()
-                .chain(&config.initial_advertise_peer_urls)
-                .map(|u| u.host.clone())
-                .collect();
-            let (cert, key) = corekv_net::tls::self_signed(&hosts)
-                .unwrap_or_else(|e| fatal("--peer-auto-tls", e));
-            log::warn!("--peer-auto-tls: peers get a self-signed certificate for {hosts:?}");
-            (cert.into_bytes(), key.into_bytes())
-        }
-    };
-    let ca = tls.trusted_ca_file.as_ref().map(read);
+    let urls = config
+        .listen_peer_urls
+        .iter()
+        .chain(&config.initial_advertise_peer_urls);
+    let (cert, key) = cert_and_key(tls, urls, "--peer-auto-tls", "peers get");
+    let ca = tls.trusted_ca_file.as_ref().map(|p| read_file(p));
     let peer = corekv_net::peer::PeerTls::new(&cert, &key, ca.as_deref(), tls.client_cert_auth)
         .unwrap_or_else(|e| fatal("cannot set up peer TLS", e));
     Some(peer)
@@ -483,6 +464,28 @@ fn auth_gate(config: &Config, store: &corekv_engine::mvcc::Store) -> Arc<AuthGat
     Arc::new(gate)
 }
 
+/// The certificate and key of `tls`: its files, or (--auto-tls / --peer-auto-tls, named by
+/// `flag`) a self-signed certificate for the hosts of `urls`.
+fn cert_and_key<'a>(
+    tls: &config::TlsSettings,
+    urls: impl Iterator<Item = &'a config::Url>,
+    flag: &str,
+    use_: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        return (read_file(cert), read_file(key));
+    }
+    let hosts: Vec<String> = urls.map(|u| u.host.clone()).collect();
+    let (cert, key) = corekv_net::tls::self_signed(&hosts).unwrap_or_else(|e| fatal(flag, e));
+    log::warn!("{flag}: {use_} a self-signed certificate for {hosts:?}");
+    (cert.into_bytes(), key.into_bytes())
+}
+
+/// A file the configuration names; the process stops if it cannot be read.
+fn read_file(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| fatal(&format!("cannot read {}", path.display()), e))
+}
+
 /// The TLS configuration of https client URLs (`None` when every client URL is http):
 /// the certificate files, or a self-signed certificate with --auto-tls.
 fn client_tls(config: &Config) -> Option<Arc<corekv_net::tls::TlsServerConfig>> {
@@ -491,29 +494,16 @@ fn client_tls(config: &Config) -> Option<Arc<corekv_net::tls::TlsServerConfig>> 
         return None;
     }
     let tls = &config.client_tls;
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).unwrap_or_else(|e| fatal(&format!("cannot read {}", path.display()), e))
-    };
-    let (cert, key) = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => (read(cert), read(key)),
-        _ => {
-            let hosts: Vec<String> = config
-                .listen_client_urls
-                .iter()
-                .chain(&config.advertise_client_urls)
-                .map(|u| u.host.clone())
-                .collect();
-            let (cert, key) =
-                corekv_net::tls::self_signed(&hosts).unwrap_or_else(|e| fatal("--auto-tls", e));
-            log::warn!("--auto-tls: serving a self-signed certificate for {hosts:?}");
-            (cert.into_bytes(), key.into_bytes())
-        }
-    };
+    let urls = config
+        .listen_client_urls
+        .iter()
+        .chain(&config.advertise_client_urls);
+    let (cert, key) = cert_and_key(tls, urls, "--auto-tls", "serving");
     let ca = tls
         .trusted_ca_file
         .as_ref()
         .filter(|_| tls.client_cert_auth)
-        .map(read);
+        .map(|p| read_file(p));
     let server = corekv_net::tls::server_config(&cert, &key, ca.as_deref())
         .unwrap_or_else(|e| fatal("cannot set up client TLS", e));
     Some(server)

@@ -257,11 +257,7 @@ impl Writer {
                     continue;
                 }
                 Ok(WriterMsg::Install { image, reply }) => {
-                    let result = self.install_image(&image);
-                    let failed = result.is_err();
-                    let _ = reply.send(result);
-                    if failed {
-                        self.fail();
+                    if !self.install_and_answer(&image, reply) {
                         return;
                     }
                     continue;
@@ -285,11 +281,7 @@ impl Writer {
                         break;
                     }
                     Ok(WriterMsg::Install { image, reply }) => {
-                        let result = self.install_image(&image);
-                        let failed = result.is_err();
-                        let _ = reply.send(result);
-                        if failed {
-                            self.fail();
+                        if !self.install_and_answer(&image, reply) {
                             return;
                         }
                         break;
@@ -459,6 +451,22 @@ impl Writer {
 
     /// Puts a received snapshot image in place of the store file and loads it. Pending
     /// changes are older than the image and dropped.
+    /// Installs a snapshot image and answers `reply`; false (the writer has failed and
+    /// stops) if it could not.
+    fn install_and_answer(
+        &mut self,
+        image: &Path,
+        reply: std::sync::mpsc::Sender<Result<(Store, BackendMeta), String>>,
+    ) -> bool {
+        let result = self.install_image(image);
+        let failed = result.is_err();
+        let _ = reply.send(result);
+        if failed {
+            self.fail();
+        }
+        !failed
+    }
+
     fn install_image(&mut self, image: &Path) -> Result<(Store, BackendMeta), String> {
         self.pending = None;
         let db = self.backend.path().to_path_buf();
