@@ -208,61 +208,26 @@ impl Store {
         if let Some(err) = alarm::refusal(&self.state, command) {
             return Err(err);
         }
-        // Work on an O(1) copy and publish it only on success: that is the atomicity.
-        let mut work = self.state.clone();
-        let mut removed = Vec::new();
-        let (response, events) = match command {
-            Command::Put(r) => {
-                let (resp, events) = txn::apply_put(&mut work, r)?;
-                (CommandResponse::Put(resp), events)
-            }
-            Command::DeleteRange(r) => {
-                let (resp, events) = txn::apply_delete(&mut work, r)?;
-                (CommandResponse::DeleteRange(resp), events)
-            }
-            Command::Txn(r) => {
-                let (resp, events) = txn::apply_txn(&mut work, r)?;
-                (CommandResponse::Txn(resp), events)
-            }
-            Command::Compact(r) => {
-                let (resp, gone) = compact::compact(&mut work, r.revision)?;
-                removed = gone;
-                (CommandResponse::Compact(resp), Vec::new())
-            }
-            Command::LeaseGrant(r) => (
-                CommandResponse::LeaseGrant(lease::grant(&mut work, r)?),
-                Vec::new(),
-            ),
-            Command::LeaseRevoke(r) => {
-                let (resp, events) = lease::revoke(&mut work, r)?;
-                (CommandResponse::LeaseRevoke(resp), events)
-            }
-            Command::LeaseCheckpoint(r) => {
-                let revision = lease::checkpoint(&mut work, r);
-                (
-                    CommandResponse::LeaseCheckpoint(header(revision)),
-                    Vec::new(),
-                )
-            }
-            Command::Alarm(r) => (
-                CommandResponse::Alarm(alarm::apply(&mut work, r)),
-                Vec::new(),
-            ),
-            Command::MemberAttributes(_) | Command::MemberUpdate(_) | Command::MemberConf(_) => (
-                CommandResponse::Members(apply_membership(&mut work, command)?),
-                Vec::new(),
-            ),
-            Command::Auth(a) => {
-                work.auth.apply(a)?;
-                (CommandResponse::Auth(header(work.revision)), Vec::new())
-            }
-        };
         let before = self.state.revision;
-        let alarms_changed =
-            matches!(command, Command::Alarm(_)) && work.alarms != self.state.alarms;
-        let members_changed = !Arc::ptr_eq(&work.membership, &self.state.membership);
-        let auth_changed = matches!(command, Command::Auth(_)) && work.auth != self.state.auth;
-        self.state = work;
+        // Key-space writes run in place and undo themselves on failure (txn.rs); the rare
+        // other commands work on an O(1) copy that replaces the state only on success.
+        let in_place = matches!(
+            command,
+            Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_)
+        );
+        let (mut alarms_changed, mut members_changed, mut auth_changed) = (false, false, false);
+        let (response, events, removed) = if in_place {
+            run(&mut self.state, command)?
+        } else {
+            let mut work = self.state.clone();
+            let outcome = run(&mut work, command)?;
+            alarms_changed =
+                matches!(command, Command::Alarm(_)) && work.alarms != self.state.alarms;
+            members_changed = !Arc::ptr_eq(&work.membership, &self.state.membership);
+            auth_changed = matches!(command, Command::Auth(_)) && work.auth != self.state.auth;
+            self.state = work;
+            outcome
+        };
         if auth_changed {
             self.auth_shared.publish(&self.state.auth);
             if self.tracking {
@@ -645,6 +610,60 @@ impl Event {
             prev_kv,
         }
     }
+}
+
+/// Runs one command on `work`: its response, its events and the history compaction
+/// removed. Put, DeleteRange and Txn change nothing when they fail; the others may leave
+/// `work` half-changed on failure, so the caller gives them a copy.
+fn run(
+    work: &mut State,
+    command: &Command,
+) -> Result<(CommandResponse, Vec<Event>, Vec<(i64, i64)>), KvError> {
+    let mut removed = Vec::new();
+    let (response, events) = match command {
+        Command::Put(r) => {
+            let (resp, events) = txn::apply_put(work, r)?;
+            (CommandResponse::Put(resp), events)
+        }
+        Command::DeleteRange(r) => {
+            let (resp, events) = txn::apply_delete(work, r)?;
+            (CommandResponse::DeleteRange(resp), events)
+        }
+        Command::Txn(r) => {
+            let (resp, events) = txn::apply_txn(work, r)?;
+            (CommandResponse::Txn(resp), events)
+        }
+        Command::Compact(r) => {
+            let (resp, gone) = compact::compact(work, r.revision)?;
+            removed = gone;
+            (CommandResponse::Compact(resp), Vec::new())
+        }
+        Command::LeaseGrant(r) => (
+            CommandResponse::LeaseGrant(lease::grant(work, r)?),
+            Vec::new(),
+        ),
+        Command::LeaseRevoke(r) => {
+            let (resp, events) = lease::revoke(work, r)?;
+            (CommandResponse::LeaseRevoke(resp), events)
+        }
+        Command::LeaseCheckpoint(r) => {
+            let revision = lease::checkpoint(work, r);
+            (
+                CommandResponse::LeaseCheckpoint(header(revision)),
+                Vec::new(),
+            )
+        }
+        Command::Alarm(r) => (CommandResponse::Alarm(alarm::apply(work, r)), Vec::new()),
+        Command::MemberAttributes(_) | Command::MemberUpdate(_) | Command::MemberConf(_) => (
+            CommandResponse::Members(apply_membership(work, command)?),
+            Vec::new(),
+        ),
+        Command::Auth(a) => {
+            work.auth.apply(a)?;
+            (CommandResponse::Auth(header(work.revision)), Vec::new())
+        }
+    };
+    Ok((response, events, removed))
 }
 
 /// A response header carrying only a revision; the network layer fills the rest.

@@ -104,7 +104,7 @@ impl Restorer {
                 self.last
             ));
         }
-        self.state.write(Record { kv, tombstone }, sub);
+        let _ = self.state.write(Record { kv, tombstone }, sub);
         self.last = Some((main, sub));
         Ok(())
     }

@@ -17,6 +17,18 @@ pub(super) struct Record {
     pub tombstone: bool,
 }
 
+/// What one [`State::write`] changed, enough to take it back.
+#[must_use = "a write that may have to be undone keeps its Written"]
+pub(super) struct Written {
+    key: Bytes,
+    main: i64,
+    sub: i64,
+    /// The key's entry in `latest` before the write.
+    previous: Option<Arc<Record>>,
+    /// `(lease before, lease after)`: the key moved between these key sets if they differ.
+    leases: (i64, i64),
+}
+
 /// `(key, main revision, sub revision)`: orders a key's revisions oldest first.
 pub(super) type HistKey = (Bytes, i64, i64);
 
@@ -266,8 +278,9 @@ impl State {
     }
 
     /// Records one change at sub revision `sub` and keeps `latest` and the leases' key
-    /// sets in step: a put moves the key to its new lease, a delete detaches it.
-    pub fn write(&mut self, record: Record, sub: i64) {
+    /// sets in step: a put moves the key to its new lease, a delete detaches it. Returns
+    /// what it takes to undo the change ([`State::unwrite`]).
+    pub fn write(&mut self, record: Record, sub: i64) -> Written {
         let key = record.kv.key.clone();
         let main = record.kv.mod_revision;
         let old_lease = self.latest.get(&key).map_or(0, |r| r.kv.lease);
@@ -277,13 +290,43 @@ impl State {
             self.attach(new_lease, &key);
         }
         let record = Arc::new(record);
-        if record.tombstone {
-            self.latest.remove(&key);
+        let previous = if record.tombstone {
+            self.latest.remove(&key)
         } else {
-            self.latest.insert(key.clone(), record.clone());
-        }
+            self.latest.insert(key.clone(), record.clone())
+        };
         self.by_revision.insert((main, sub), record.clone());
-        self.history.insert((key, main, sub), record);
+        self.history.insert((key.clone(), main, sub), record);
+        Written {
+            key,
+            main,
+            sub,
+            previous,
+            leases: (old_lease, new_lease),
+        }
+    }
+
+    /// Takes back one [`State::write`]. Undoing a command's writes newest first restores
+    /// the maps and lease key sets exactly as they were before it.
+    pub fn unwrite(&mut self, written: Written) {
+        let Written {
+            key,
+            main,
+            sub,
+            previous,
+            leases: (old_lease, new_lease),
+        } = written;
+        let gone = self.history.remove(&(key.clone(), main, sub));
+        assert!(gone.is_some(), "unwrite of a change that was not written");
+        self.by_revision.remove(&(main, sub));
+        if old_lease != new_lease {
+            self.detach(new_lease, &key);
+            self.attach(old_lease, &key);
+        }
+        match previous {
+            Some(record) => self.latest.insert(key, record),
+            None => self.latest.remove(&key),
+        };
     }
 
     /// Adds `key` to lease `id`'s keys. Lease 0 (none) and unknown leases are skipped:

@@ -1420,6 +1420,66 @@ fn failed_applies_change_nothing() {
     );
 }
 
+/// A command that fails part-way undoes its writes in place (txn.rs): every map, every
+/// lease's key set and the revision must be exactly as before, whichever writes it made.
+#[test]
+fn failed_writes_undo_every_change() {
+    let put_leased = |key: &str, lease: i64| PbPutRequest {
+        lease,
+        ..put_req(key, "v")
+    };
+    let late_failure = op(PbTxnOpRequest::RequestPut(PbPutRequest {
+        ignore_value: true,
+        ..put_req("k1", "")
+    }));
+    let failing = [
+        // Moves a key between leases, creates, overwrites twice, deletes a range.
+        txn_cmd(
+            vec![],
+            vec![
+                op(PbTxnOpRequest::RequestPut(put_leased("k0", 2))),
+                op(PbTxnOpRequest::RequestPut(put_leased("new", 3))),
+                op_put("k2", "x"),
+                op_put("k2", "y"),
+                op_del("k1", "k3"),
+                late_failure.clone(),
+            ],
+            vec![],
+        ),
+        // Writes in a nested txn, then fails in the outer one.
+        txn_cmd(
+            vec![],
+            vec![
+                op(PbTxnOpRequest::RequestTxn(txn_req(
+                    vec![],
+                    vec![op_del("k0", "\0"), op_put("k0", "again")],
+                    vec![],
+                ))),
+                late_failure,
+            ],
+            vec![],
+        ),
+    ];
+    let mut s = store_with(&[
+        Command::Put(put_leased("k0", 1)),
+        Command::Put(put_leased("k1", 1)),
+        put("k2", "1"),
+    ]);
+    let before = s.view().dump();
+    for (i, command) in failing.iter().enumerate() {
+        assert_eq!(
+            s.apply(command).unwrap_err(),
+            KvError::KeyNotFound,
+            "case {i}"
+        );
+        assert_eq!(s.view().dump(), before, "case {i}");
+    }
+    // The store goes on as if the failures never happened.
+    s.apply(&put("k3", "1")).unwrap();
+    assert_eq!(s.revision(), before.revision + 1);
+    assert_eq!(s.view().lease(1).unwrap().keys.len(), 2);
+}
+
 #[test]
 fn read_view_is_shareable() {
     fn assert_shareable<T: Send + Sync + 'static>() {}

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::compare::{branch, Path};
 use super::header;
 use super::range;
-use super::state::{KeyRange, Record, State};
+use super::state::{KeyRange, Record, State, Written};
 use super::{Event, EventKind, KeyValue};
 use crate::pb::{
     PbDeleteRequest, PbDeleteResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
@@ -23,8 +23,8 @@ pub(super) fn apply_put(
     r: &PbPutRequest,
 ) -> Result<(PbPutResponse, Vec<Event>), KvError> {
     let mut w = Writer::new(state);
-    let resp = w.put(r)?;
-    Ok((resp, w.events))
+    let resp = w.put(r);
+    w.finish(resp)
 }
 
 /// A top-level DeleteRange.
@@ -33,8 +33,8 @@ pub(super) fn apply_delete(
     r: &PbDeleteRequest,
 ) -> Result<(PbDeleteResponse, Vec<Event>), KvError> {
     let mut w = Writer::new(state);
-    let resp = w.delete_range(r)?;
-    Ok((resp, w.events))
+    let resp = w.delete_range(r);
+    w.finish(resp)
 }
 
 /// Deletes each of `keys` that is live, in the given order, all in one new revision
@@ -44,7 +44,7 @@ pub(super) fn delete_keys(state: &mut State, keys: &[Bytes]) -> Vec<Event> {
     for key in keys {
         w.delete_live(&KeyRange::Single(key.clone()));
     }
-    w.events
+    w.finish(Ok(())).expect("deleting live keys cannot fail").1
 }
 
 /// A Txn: choose the path against the state before the txn, check it, then run it.
@@ -57,9 +57,11 @@ pub(super) fn apply_txn(
     for_each_op(r, &path, &mut |op| check_put(state, op))?;
     for_each_op(r, &path, &mut |op| check_range(state, op))?;
     let mut w = Writer::new(state);
-    let mut resp = w.txn(r, &path)?;
-    resp.header = header(w.state.revision);
-    Ok((resp, w.events))
+    let resp = w.txn(r, &path).map(|mut resp| {
+        resp.header = header(w.state.revision);
+        resp
+    });
+    w.finish(resp)
 }
 
 /// Calls `f` on every non-txn op on the chosen path, depth first in op order.
@@ -118,12 +120,17 @@ fn check_range(state: &State, op: &PbTxnOpRequest) -> Result<(), KvError> {
     Ok(())
 }
 
-/// Runs ops on a working state and collects their events.
+/// Runs one command's ops on the state in place and collects their events. A command
+/// that fails part-way is undone ([`Writer::finish`]), so it changes nothing: that is its
+/// atomicity. (Working on a copy instead made every write copy its map paths twice, once
+/// for the copy and once more for the next command: the sequencer's main cost.)
 struct Writer<'a> {
     state: &'a mut State,
     /// The revision before this command.
     begin: i64,
     events: Vec<Event>,
+    /// Every change made so far, oldest first, to undo them if the command fails.
+    written: Vec<Written>,
 }
 
 impl<'a> Writer<'a> {
@@ -133,6 +140,22 @@ impl<'a> Writer<'a> {
             state,
             begin,
             events: Vec::new(),
+            written: Vec::new(),
+        }
+    }
+
+    /// Ends the command: on success hands back its response and events; on failure takes
+    /// back every change it made, newest first, and the revision, then returns the error.
+    fn finish<T>(self, result: Result<T, KvError>) -> Result<(T, Vec<Event>), KvError> {
+        match result {
+            Ok(response) => Ok((response, self.events)),
+            Err(err) => {
+                for written in self.written.into_iter().rev() {
+                    self.state.unwrite(written);
+                }
+                self.state.revision = self.begin;
+                Err(err)
+            }
         }
     }
 
@@ -144,7 +167,8 @@ impl<'a> Writer<'a> {
     /// Applies one change: the next sub revision, and the state now reads at the new revision.
     fn record(&mut self, record: Record, event: Event) {
         let sub = self.events.len() as i64;
-        self.state.write(record, sub);
+        let written = self.state.write(record, sub);
+        self.written.push(written);
         self.state.revision = self.write_revision();
         self.events.push(event);
     }
