@@ -1,16 +1,19 @@
 //! Compaction: drop the history no read at or after the compacted revision can see.
 
-use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use super::header;
-use super::state::{HistKey, State};
+use super::state::{Record, State};
 use crate::pb::PbCompactionResponse;
 use crate::KvError;
 
 /// Compacts at `rev` as etcd's store.Compact + keyIndex.compact do: for each key, every
 /// revision <= `rev` goes except the newest one <= `rev`, which stays unless it is a
-/// tombstone. Does not change the revision; the header reports the current one. Also
-/// returns the `(main, sub)` revisions it removed, for the on-disk store.
+/// tombstone; a key left with no history leaves `keys`. Does not change the revision; the
+/// header reports the current one. Also returns the `(main, sub)` revisions it removed,
+/// ascending, for the on-disk store.
 pub(super) fn compact(
     state: &mut State,
     rev: i64,
@@ -21,13 +24,19 @@ pub(super) fn compact(
     if rev > state.revision {
         return Err(KvError::FutureRevision);
     }
-    let obsolete = obsolete(state, rev);
-    let mut removed = Vec::with_capacity(obsolete.len());
-    for key in obsolete {
-        state.by_revision.remove(&(key.1, key.2));
-        removed.push((key.1, key.2));
-        state.history.remove(&key);
+    let (mut removed, emptied) = obsolete(state, rev);
+    for revision in &removed {
+        let gone = state.by_revision.remove(revision);
+        assert!(gone.is_some(), "compaction removes each record once");
     }
+    for key in &emptied {
+        let gone = state.keys.remove(key);
+        assert!(
+            gone.is_some_and(|r| r.tombstone),
+            "only deleted keys empty out"
+        );
+    }
+    removed.sort_unstable();
     state.compact_revision = rev;
     Ok((
         PbCompactionResponse {
@@ -37,23 +46,36 @@ pub(super) fn compact(
     ))
 }
 
-/// The history entries compaction at `rev` removes, visiting each distinct key once.
-fn obsolete(state: &State, rev: i64) -> Vec<HistKey> {
-    let mut out = Vec::new();
-    let mut lower = Bound::Unbounded;
-    while let Some(((key, _, _), _)) = state.history.range((lower, Bound::Unbounded)).next() {
-        let upto = (key.clone(), rev, i64::MAX);
-        let mut old = state
-            .history
-            .range((key.clone(), i64::MIN, i64::MIN)..=upto);
-        // The newest revision <= rev survives if it is a live value.
-        if let Some((newest, record)) = old.next_back() {
-            if record.tombstone {
-                out.push(newest.clone());
+/// The records compaction at `rev` removes, and the keys it leaves without history.
+/// Visits every key once (as etcd's treeIndex.Compact does) and walks each key's chain
+/// back only from its first record at or below `rev`.
+fn obsolete(state: &State, rev: i64) -> (Vec<(i64, i64)>, Vec<Bytes>) {
+    let mut removed = Vec::new();
+    let mut emptied = Vec::new();
+    let revision_of = |r: &Record| (r.kv.mod_revision, r.sub);
+    for (key, head) in state.keys.iter() {
+        // A key written once and live, at or below `rev`: nothing to drop (the common case).
+        if head.prev.is_none() && !head.tombstone {
+            continue;
+        }
+        let mut newest_kept = Some(head);
+        while let Some(record) = newest_kept.filter(|r| r.kv.mod_revision > rev) {
+            newest_kept = record.prev.and_then(|p| state.by_revision.get(&p));
+        }
+        let Some(newest_kept) = newest_kept else {
+            continue;
+        };
+        let mut older = newest_kept.prev;
+        while let Some(record) = older.and_then(|p| state.by_revision.get(&p)) {
+            removed.push(revision_of(record));
+            older = record.prev;
+        }
+        if newest_kept.tombstone {
+            removed.push(revision_of(newest_kept));
+            if Arc::ptr_eq(newest_kept, head) {
+                emptied.push(key.clone());
             }
         }
-        out.extend(old.map(|(k, _)| k.clone()));
-        lower = Bound::Excluded((key.clone(), i64::MAX, i64::MAX));
     }
-    out
+    (removed, emptied)
 }

@@ -377,10 +377,10 @@ fn revoke_deletes_attached_keys_in_one_revision() {
     // Sub revisions follow key order: the history has a at (6, 0) and b at (6, 1).
     let subs: Vec<(Vec<u8>, i64, i64)> = s
         .state
-        .history
-        .keys()
+        .history_keys()
+        .into_iter()
         .filter(|(_, main, _)| *main == 6)
-        .map(|(k, main, sub)| (k.to_vec(), *main, *sub))
+        .map(|(k, main, sub)| (k.to_vec(), main, sub))
         .collect();
     assert_eq!(subs, vec![(b"a".to_vec(), 6, 0), (b"b".to_vec(), 6, 1)]);
     assert_eq!((lease_of(&s, "a"), lease_of(&s, "b")), (None, None));

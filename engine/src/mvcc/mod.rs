@@ -4,10 +4,13 @@
 //! atomically (a command that fails changes nothing). [`ReadView`] is an immutable snapshot
 //! taken in O(1); readers keep it as long as they like and never block the writer.
 //!
-//! The state lives in persistent ordered maps (`imbl`), so a snapshot is a clone of two map
-//! roots and a write copies only the paths it touches:
-//! - `latest`: the live keys at the current revision (the fast path for ordinary reads);
-//! - `history`: every revision of every key, tombstones included, for reads in the past.
+//! The state lives in persistent ordered maps (`imbl`), so a snapshot is a clone of the map
+//! roots and a write copies only the paths it touches (once per published view: a command
+//! runs in place and undoes itself if it fails, see `txn.rs`):
+//! - `keys`: each key's newest record (a tombstone if deleted), the fast path for ordinary
+//!   reads; older revisions of the key are a chain of revision links back from it, for
+//!   reads in the past;
+//! - `by_revision`: every record by `(main, sub)` revision, for watchers catching up.
 //!
 //! Persistence: every applied command's changes are recorded (`changes.rs`) and drained
 //! with [`Store::take_changes`] for the on-disk revision store (`crate::backend`), which
@@ -499,7 +502,7 @@ impl ReadView {
 
     /// Number of live keys in this snapshot.
     pub fn key_count(&self) -> usize {
-        self.state.latest.len()
+        self.state.live_keys
     }
 
     /// etcd's HashKV at `revision` (0 = current) over this snapshot: the same CRC-32C etcd
@@ -516,12 +519,15 @@ impl ReadView {
 pub(crate) struct Dump {
     pub revision: i64,
     pub compact_revision: i64,
-    /// `(main, sub, kv, tombstone)` from `by_revision`.
-    pub by_revision: Vec<(i64, i64, KeyValue, bool)>,
-    /// `history`'s keys, and whether each maps to the same record as `by_revision`.
-    pub history: Vec<(Bytes, i64, i64, bool)>,
-    /// `latest`: key and mod_revision of its record.
+    /// `(main, sub, kv, tombstone, previous revision of the key if history holds it)`
+    /// from `by_revision`.
+    pub by_revision: Vec<(i64, i64, KeyValue, bool, Option<(i64, i64)>)>,
+    /// `keys`: key, revision of its newest record, and whether that record is the one
+    /// `by_revision` holds at that revision.
+    pub keys: Vec<(Bytes, i64, i64, bool)>,
+    /// The live keys and the mod_revision of each.
     pub latest: Vec<(Bytes, i64)>,
+    pub live_keys: usize,
     pub leases: Vec<(i64, i64, i64, Vec<Bytes>)>,
 }
 
@@ -532,29 +538,35 @@ impl ReadView {
         let by_revision = s
             .by_revision
             .iter()
-            .map(|((m, sub), r)| (*m, *sub, r.kv.clone(), r.tombstone))
+            .map(|((m, sub), r)| {
+                let prev = r.prev.filter(|p| s.by_revision.contains_key(p));
+                (*m, *sub, r.kv.clone(), r.tombstone, prev)
+            })
             .collect();
-        let history = s
-            .history
+        let keys = s
+            .keys
             .iter()
-            .map(|((k, m, sub), r)| {
+            .map(|(k, r)| {
+                let at = (r.kv.mod_revision, r.sub);
                 let same = s
                     .by_revision
-                    .get(&(*m, *sub))
+                    .get(&at)
                     .is_some_and(|b| std::sync::Arc::ptr_eq(b, r));
-                (k.clone(), *m, *sub, same)
+                (k.clone(), at.0, at.1, same)
             })
             .collect();
         Dump {
             revision: s.revision,
             compact_revision: s.compact_revision,
             by_revision,
-            history,
+            keys,
             latest: s
-                .latest
+                .keys
                 .iter()
+                .filter(|(_, r)| !r.tombstone)
                 .map(|(k, r)| (k.clone(), r.kv.mod_revision))
                 .collect(),
+            live_keys: s.live_keys,
             leases: s
                 .leases
                 .iter()

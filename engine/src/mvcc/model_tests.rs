@@ -601,9 +601,9 @@ fn run_seed(seed: u64, steps: usize) {
         check_reads(&mut rng, &store.view(), &model, step);
         let retained: Vec<(Vec<u8>, i64)> = store
             .state
-            .history
-            .keys()
-            .map(|(k, m, _)| (k.to_vec(), *m))
+            .history_keys()
+            .into_iter()
+            .map(|(k, m, _)| (k.to_vec(), m))
             .collect();
         let mut retained = retained;
         retained.sort();

@@ -1,13 +1,13 @@
 //! Rebuilding a [`Store`] from the records the on-disk revision store holds.
 //!
 //! The records are replayed in revision order through `State::write`, the same primitive
-//! `apply` uses, so `latest`, `history`, `by_revision` and the leases' key sets are built by
+//! `apply` uses, so `keys`, `by_revision`, the live count and the leases' key sets are built by
 //! the one set of attach/detach rules. Leases come first so that keys can attach to them.
 
 use std::fmt;
 
 use super::changes::LeaseTtl;
-use super::state::{LeaseRecord, Record, State};
+use super::state::{LeaseRecord, State};
 use super::{KeyValue, Store};
 
 /// Records or metadata that cannot come from a store: out of order, inconsistent, or out
@@ -104,7 +104,7 @@ impl Restorer {
                 self.last
             ));
         }
-        let _ = self.state.write(Record { kv, tombstone }, sub);
+        let _ = self.state.write(kv, tombstone, sub);
         self.last = Some((main, sub));
         Ok(())
     }

@@ -15,6 +15,13 @@ use crate::KvError;
 pub(super) struct Record {
     pub kv: KeyValue,
     pub tombstone: bool,
+    /// The sub revision; the main revision is `kv.mod_revision`.
+    pub sub: i64,
+    /// The key's revision `(main, sub)` before this one, if it had one: a key's history is
+    /// this chain, followed through `by_revision`. A revision rather than a pointer, so a
+    /// record compaction removed is freed even while a newer one still names it (the link
+    /// then leads nowhere, which is where the key's history ends).
+    pub prev: Option<(i64, i64)>,
 }
 
 /// What one [`State::write`] changed, enough to take it back.
@@ -23,24 +30,24 @@ pub(super) struct Written {
     key: Bytes,
     main: i64,
     sub: i64,
-    /// The key's entry in `latest` before the write.
+    /// The key's entry in `keys` before the write.
     previous: Option<Arc<Record>>,
     /// `(lease before, lease after)`: the key moved between these key sets if they differ.
     leases: (i64, i64),
 }
 
-/// `(key, main revision, sub revision)`: orders a key's revisions oldest first.
-pub(super) type HistKey = (Bytes, i64, i64);
-
 /// The whole key space at one revision. Cloning is O(1) (two map roots).
 #[derive(Clone)]
 pub(super) struct State {
-    /// Live keys at `revision`.
-    pub latest: OrdMap<Bytes, Arc<Record>>,
-    /// Every revision of every key not yet compacted away, tombstones included.
-    pub history: OrdMap<HistKey, Arc<Record>>,
-    /// The same records as `history`, ordered by `(main, sub)` revision: what a watcher
-    /// catching up reads, in time order, without visiting every key of its range.
+    /// Every key with history not yet compacted away, to its newest record: the value at
+    /// `revision`, or a tombstone if the key is deleted now. Older revisions of the key
+    /// hang off it by [`Record::prev`]. One map for current and past reads means a write
+    /// copies one path of a key-ordered map, not two.
+    pub keys: OrdMap<Bytes, Arc<Record>>,
+    /// How many of `keys` are live (newest record not a tombstone).
+    pub live_keys: usize,
+    /// Every record not yet compacted away, tombstones included, by `(main, sub)`
+    /// revision: what a watcher catching up reads, in time order, and where `prev` leads.
     pub by_revision: OrdMap<(i64, i64), Arc<Record>>,
     /// The current revision. Inside a txn that already wrote, this is the txn's revision,
     /// so reads at "current" see the txn's own writes, as etcd's write txn does.
@@ -81,7 +88,7 @@ impl LeaseRecord {
     }
 }
 
-/// Bounds on `latest`'s keys.
+/// Bounds on `keys`' keys.
 type ByteBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
 /// The keys a request names: etcd's key + range_end encoding.
@@ -118,16 +125,6 @@ impl KeyRange {
         }
     }
 
-    /// True if `key` is not past the end of the range (the start is checked by the seek).
-    fn before_end(&self, key: &[u8]) -> bool {
-        match self {
-            KeyRange::Single(k) => key == k.as_ref(),
-            KeyRange::From(_) => true,
-            KeyRange::Between(_, end) => key < end.as_ref(),
-            KeyRange::Empty => false,
-        }
-    }
-
     fn bounds(&self) -> Option<ByteBounds<'_>> {
         match self {
             KeyRange::Single(k) => Some((Bound::Included(k), Bound::Included(k))),
@@ -141,8 +138,8 @@ impl KeyRange {
 impl State {
     pub fn new() -> State {
         State {
-            latest: OrdMap::new(),
-            history: OrdMap::new(),
+            keys: OrdMap::new(),
+            live_keys: 0,
             by_revision: OrdMap::new(),
             revision: 1,
             compact_revision: -1,
@@ -185,44 +182,55 @@ impl State {
 
     fn visit_latest(&self, range: &KeyRange, f: &mut impl FnMut(&Arc<Record>) -> bool) {
         let Some(bounds) = range.bounds() else { return };
-        for (_, record) in self.latest.range::<_, [u8]>(bounds) {
-            if !f(record) {
+        for (_, record) in self.keys.range::<_, [u8]>(bounds) {
+            if !record.tombstone && !f(record) {
                 return;
             }
         }
     }
 
-    /// Seeks once per distinct key instead of walking every revision of every key.
     fn visit_past(&self, range: &KeyRange, rev: i64, f: &mut impl FnMut(&Arc<Record>) -> bool) {
-        let start = match range {
-            KeyRange::Single(k) => {
-                if let Some(record) = self.live_at(k, rev) {
-                    f(record);
-                }
-                return;
-            }
-            KeyRange::From(k) | KeyRange::Between(k, _) => k,
-            KeyRange::Empty => return,
-        };
-        let mut lower = Bound::Included((start.clone(), i64::MIN, i64::MIN));
-        while let Some(((key, _, _), _)) = self.history.range((lower, Bound::Unbounded)).next() {
-            if !range.before_end(key) {
-                return;
-            }
-            if let Some(record) = self.live_at(key, rev) {
+        let Some(bounds) = range.bounds() else { return };
+        for (_, head) in self.keys.range::<_, [u8]>(bounds) {
+            if let Some(record) = self.version_at(head, rev) {
                 if !f(record) {
                     return;
                 }
             }
-            lower = Bound::Excluded((key.clone(), i64::MAX, i64::MAX));
         }
     }
 
+    /// The live record of `key` at the current revision.
+    pub fn live(&self, key: &[u8]) -> Option<&Arc<Record>> {
+        self.keys.get(key).filter(|r| !r.tombstone)
+    }
+
     /// The revision of `key` visible at `rev`, unless the key is absent or deleted there.
-    pub fn live_at(&self, key: &Bytes, rev: i64) -> Option<&Arc<Record>> {
-        let upper = (key.clone(), rev, i64::MAX);
-        let ((found, _, _), record) = self.history.range(..=upper).next_back()?;
-        (found == key && !record.tombstone).then_some(record)
+    pub fn live_at(&self, key: &[u8], rev: i64) -> Option<&Arc<Record>> {
+        self.version_at(self.keys.get(key)?, rev)
+    }
+
+    /// The revision of `head`'s key visible at `rev`, unless absent or deleted there:
+    /// walks back from the newest record one change at a time, so it costs as many lookups
+    /// as the key changed after `rev` (the chain's revisions strictly decrease, and it
+    /// ends at the oldest record compaction kept).
+    pub fn version_at<'a>(&'a self, head: &'a Arc<Record>, rev: i64) -> Option<&'a Arc<Record>> {
+        let mut record = head;
+        while record.kv.mod_revision > rev {
+            let prev = record.prev?;
+            debug_assert!(
+                prev < (record.kv.mod_revision, record.sub),
+                "history goes back"
+            );
+            record = self.by_revision.get(&prev)?;
+        }
+        (!record.tombstone).then_some(record)
+    }
+
+    /// The record a change replaced, if history still holds it and it was live.
+    pub fn previous_live(&self, record: &Record) -> Option<&Arc<Record>> {
+        let prev = self.by_revision.get(&record.prev?)?;
+        (!prev.tombstone).then_some(prev)
     }
 
     /// Live keys in `range` at the current revision, in key order.
@@ -260,14 +268,8 @@ impl State {
             } else {
                 super::EventKind::Put
             };
-            // The key's previous revision, if history still holds it and it was live.
-            let before = (record.kv.key.clone(), *main, *sub);
-            let prev_kv = self
-                .history
-                .range(..before)
-                .next_back()
-                .filter(|((k, _, _), p)| *k == record.kv.key && !p.tombstone)
-                .map(|(_, p)| p.kv.clone());
+            debug_assert_eq!((*main, *sub), (record.kv.mod_revision, record.sub));
+            let prev_kv = self.previous_live(record).map(|p| p.kv.clone());
             out.push(super::Event {
                 kind,
                 kv: record.kv.clone(),
@@ -277,26 +279,37 @@ impl State {
         out
     }
 
-    /// Records one change at sub revision `sub` and keeps `latest` and the leases' key
-    /// sets in step: a put moves the key to its new lease, a delete detaches it. Returns
-    /// what it takes to undo the change ([`State::unwrite`]).
-    pub fn write(&mut self, record: Record, sub: i64) -> Written {
-        let key = record.kv.key.clone();
-        let main = record.kv.mod_revision;
-        let old_lease = self.latest.get(&key).map_or(0, |r| r.kv.lease);
-        let new_lease = if record.tombstone { 0 } else { record.kv.lease };
+    /// Records one change at sub revision `sub` and keeps `keys`, `live_keys` and the
+    /// leases' key sets in step: a put moves the key to its new lease, a delete detaches
+    /// it. Returns what it takes to undo the change ([`State::unwrite`]).
+    pub fn write(&mut self, kv: KeyValue, tombstone: bool, sub: i64) -> Written {
+        let key = kv.key.clone();
+        let main = kv.mod_revision;
+        let previous = self.keys.get(&key).cloned();
+        let was_live = previous.as_ref().is_some_and(|r| !r.tombstone);
+        let old_lease = match &previous {
+            Some(r) if was_live => r.kv.lease,
+            _ => 0,
+        };
+        let new_lease = if tombstone { 0 } else { kv.lease };
         if old_lease != new_lease {
             self.detach(old_lease, &key);
             self.attach(new_lease, &key);
         }
-        let record = Arc::new(record);
-        let previous = if record.tombstone {
-            self.latest.remove(&key)
-        } else {
-            self.latest.insert(key.clone(), record.clone())
-        };
-        self.by_revision.insert((main, sub), record.clone());
-        self.history.insert((key.clone(), main, sub), record);
+        let prev = previous.as_ref().map(|p| (p.kv.mod_revision, p.sub));
+        assert!(
+            prev < Some((main, sub)),
+            "a key's revisions only go forward"
+        );
+        let record = Arc::new(Record {
+            kv,
+            tombstone,
+            sub,
+            prev,
+        });
+        self.live_keys = self.live_keys + usize::from(!tombstone) - usize::from(was_live);
+        self.keys.insert(key.clone(), record.clone());
+        self.by_revision.insert((main, sub), record);
         Written {
             key,
             main,
@@ -307,7 +320,7 @@ impl State {
     }
 
     /// Takes back one [`State::write`]. Undoing a command's writes newest first restores
-    /// the maps and lease key sets exactly as they were before it.
+    /// the maps, the live count and the lease key sets exactly as they were before it.
     pub fn unwrite(&mut self, written: Written) {
         let Written {
             key,
@@ -316,17 +329,32 @@ impl State {
             previous,
             leases: (old_lease, new_lease),
         } = written;
-        let gone = self.history.remove(&(key.clone(), main, sub));
+        let gone = self.by_revision.remove(&(main, sub));
         assert!(gone.is_some(), "unwrite of a change that was not written");
-        self.by_revision.remove(&(main, sub));
         if old_lease != new_lease {
             self.detach(new_lease, &key);
             self.attach(old_lease, &key);
         }
-        match previous {
-            Some(record) => self.latest.insert(key, record),
-            None => self.latest.remove(&key),
+        let was_live = previous.as_ref().is_some_and(|r| !r.tombstone);
+        let undone = match previous {
+            Some(record) => self.keys.insert(key, record),
+            None => self.keys.remove(&key),
         };
+        let undone = undone.expect("the written record is the key's newest");
+        assert_eq!((undone.kv.mod_revision, undone.sub), (main, sub));
+        self.live_keys = self.live_keys + usize::from(was_live) - usize::from(!undone.tombstone);
+    }
+
+    /// Every `(key, main, sub)` history holds, ordered by key then revision (tests).
+    #[cfg(test)]
+    pub fn history_keys(&self) -> Vec<(Bytes, i64, i64)> {
+        let mut out: Vec<_> = self
+            .by_revision
+            .values()
+            .map(|r| (r.kv.key.clone(), r.kv.mod_revision, r.sub))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Adds `key` to lease `id`'s keys. Lease 0 (none) and unknown leases are skipped:

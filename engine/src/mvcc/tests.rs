@@ -950,9 +950,9 @@ fn compaction_errors() {
 /// Every (key, main, sub) left in the history.
 fn history(s: &Store) -> Vec<(String, i64, i64)> {
     s.state
-        .history
-        .keys()
-        .map(|(k, m, sub)| (String::from_utf8(k.to_vec()).unwrap(), *m, *sub))
+        .history_keys()
+        .into_iter()
+        .map(|(k, m, sub)| (String::from_utf8(k.to_vec()).unwrap(), m, sub))
         .collect()
 }
 
@@ -1367,7 +1367,7 @@ fn txn_checks_fail_the_whole_txn() {
         assert_eq!(result, expected, "case {i}");
         if result.is_err() {
             assert_eq!(s.revision(), before.revision, "case {i}");
-            assert_eq!(history(&s).len(), before.history.len(), "case {i}");
+            assert_eq!(history(&s).len(), before.by_revision.len(), "case {i}");
         }
         s.state = before;
     }

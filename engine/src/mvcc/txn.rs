@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::compare::{branch, Path};
 use super::header;
 use super::range;
-use super::state::{KeyRange, Record, State, Written};
+use super::state::{KeyRange, State, Written};
 use super::{Event, EventKind, KeyValue};
 use crate::pb::{
     PbDeleteRequest, PbDeleteResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
@@ -86,7 +86,7 @@ fn for_each_op(
 /// etcd's checkPut: ignore_value/ignore_lease need the key to exist before the txn.
 fn check_put(state: &State, op: &PbTxnOpRequest) -> Result<(), KvError> {
     if let PbTxnOpRequest::RequestPut(p) = op {
-        if (p.ignore_value || p.ignore_lease) && !state.latest.contains_key(p.key.as_slice()) {
+        if (p.ignore_value || p.ignore_lease) && state.live(&p.key).is_none() {
             return Err(KvError::KeyNotFound);
         }
         check_lease(state, p.lease)?;
@@ -165,9 +165,9 @@ impl<'a> Writer<'a> {
     }
 
     /// Applies one change: the next sub revision, and the state now reads at the new revision.
-    fn record(&mut self, record: Record, event: Event) {
+    fn record(&mut self, kv: KeyValue, tombstone: bool, event: Event) {
         let sub = self.events.len() as i64;
-        let written = self.state.write(record, sub);
+        let written = self.state.write(kv, tombstone, sub);
         self.written.push(written);
         self.state.revision = self.write_revision();
         self.events.push(event);
@@ -176,7 +176,7 @@ impl<'a> Writer<'a> {
     /// etcd's Put: create_revision and version continue the key's live generation.
     fn put(&mut self, r: &PbPutRequest) -> Result<PbPutResponse, KvError> {
         let key = Bytes::copy_from_slice(&r.key);
-        let prev = self.state.latest.get(&key).map(|rec| rec.kv.clone());
+        let prev = self.state.live(&key).map(|rec| rec.kv.clone());
         if (r.ignore_value || r.ignore_lease) && prev.is_none() {
             return Err(KvError::KeyNotFound);
         }
@@ -206,13 +206,7 @@ impl<'a> Writer<'a> {
             kv: kv.clone(),
             prev_kv: prev,
         };
-        self.record(
-            Record {
-                kv,
-                tombstone: false,
-            },
-            event,
-        );
+        self.record(kv, false, event);
         Ok(PbPutResponse {
             header: header(rev),
             prev_kv,
@@ -237,7 +231,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Writes a tombstone for every live key in `range`, in key order; returns what died.
-    fn delete_live(&mut self, range: &KeyRange) -> Vec<std::sync::Arc<Record>> {
+    fn delete_live(&mut self, range: &KeyRange) -> Vec<std::sync::Arc<super::state::Record>> {
         let victims = self.state.live_in(range);
         let rev = self.write_revision();
         for victim in &victims {
@@ -251,13 +245,7 @@ impl<'a> Writer<'a> {
                 kv: kv.clone(),
                 prev_kv: Some(victim.kv.clone()),
             };
-            self.record(
-                Record {
-                    kv,
-                    tombstone: true,
-                },
-                event,
-            );
+            self.record(kv, true, event);
         }
         victims
     }
