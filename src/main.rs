@@ -12,6 +12,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 extern "C" {
     /// mimalloc's option setter (linked through the `mimalloc` crate).
     fn mi_option_set(option: libc::c_int, value: libc::c_long);
+    /// mimalloc's collector: with `force`, frees and purges what it holds but no longer uses.
+    fn mi_collect(force: bool);
 }
 /// `mi_option_purge_delay` in mimalloc.h's `mi_option_e`: 15 in both the v2 and the v3
 /// headers libmimalloc-sys bundles.
@@ -27,6 +29,15 @@ fn tune_allocator() {
         // SAFETY: sets a plain integer option; mimalloc reads it at each purge decision.
         unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
+}
+
+/// Hands back to the OS what loading the data dir freed. mimalloc purges freed memory
+/// only when a thread allocates or frees again, and the thread that loaded the store goes
+/// quiet after start: without this, ~100 MiB of a 1,000,000-key load's temporary memory
+/// stayed resident.
+fn release_startup_memory() {
+    // SAFETY: mi_collect takes no pointers; it only walks mimalloc's own structures.
+    unsafe { mi_collect(true) };
 }
 
 mod config;
@@ -96,6 +107,7 @@ fn run(config: Config) {
         }
         Err(e) => fatal("cannot open data dir", e),
     };
+    release_startup_memory();
     let auth = auth_gate(&config, &recovered.store);
     let cluster = Arc::new(cluster_info(&config, &recovered.identity, auth));
     let client_tls = client_tls(&config);

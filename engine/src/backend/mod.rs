@@ -171,7 +171,11 @@ impl Backend {
             r.record(main, sub, kv, tombstone)
                 .map_err(BackendError::from)
         })?;
-        Ok((r.finish(meta.revision, meta.compact_revision)?, meta))
+        let store = r.finish(meta.revision, meta.compact_revision)?;
+        drop(snap);
+        // The scan mapped in every page of the file; the key space is in memory now.
+        self.store.forget_resident_pages()?;
+        Ok((store, meta))
     }
 
     /// etcd's dbSize: the bytes up to the file's high-water mark (bbolt's `tx.Size()`; the

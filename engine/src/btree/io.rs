@@ -67,6 +67,16 @@ pub(crate) fn map(file: &File, len: u64) -> io::Result<memmap2::Mmap> {
     unsafe { memmap2::MmapOptions::new().len(len as usize).map(file) }
 }
 
+/// Drops this process's page-table entries for `map`, so pages a one-off scan touched stop
+/// counting in its resident set. The data stays in the kernel's page cache and the next
+/// read of a page maps it again.
+pub(crate) fn forget_resident_pages(map: &memmap2::Mmap) -> io::Result<()> {
+    // SAFETY: `map` is a read-only shared file mapping (see `map`): MADV_DONTNEED only
+    // unmaps its pages, and any later access reads the same file contents back. No
+    // private (copy-on-write) data exists in it that the advice could discard.
+    unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
+}
+
 /// The length to grow a file of `cur` bytes to so that it holds at least `need` bytes:
 /// steps of the current size (at least 1 MiB, at most 64 MiB), whole pages.
 pub(crate) fn grown_len(cur: u64, need: u64) -> u64 {

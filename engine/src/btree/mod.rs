@@ -283,6 +283,14 @@ impl Store {
         }
     }
 
+    /// Lets go of the file pages this process has mapped in (a full scan, such as loading
+    /// the key space on start, touches every page; the page cache keeps them, but they
+    /// would count in the resident set until evicted). Readers see no difference.
+    pub fn forget_resident_pages(&self) -> Result<(), BtreeError> {
+        let map = lock(&self.inner.shared).map.clone();
+        io::forget_resident_pages(&map).map_err(self.inner.io_err("madvise"))
+    }
+
     /// Starts the write transaction, waiting for the previous one to end. Fails with
     /// [`BtreeError::Poisoned`] after an I/O error.
     pub fn write(&self) -> Result<WriteTxn<'_>> {
