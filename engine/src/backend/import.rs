@@ -84,7 +84,7 @@ impl Backend {
                     tombstone,
                 },
             );
-            w.insert(&layout::revision_key(main, sub), &buf)?;
+            w.insert_ascending(&layout::revision_key(main, sub), &buf)?;
             batch += layout::REVISION_KEY_BYTES + buf.len();
             if batch >= IMPORT_BATCH_BYTES {
                 w.commit()?;

@@ -233,7 +233,7 @@ fn write_changes(w: &mut btree::WriteTxn<'_>, changes: &ChangeSet) -> Result<(),
     let mut buf = Vec::new();
     for r in changes.written() {
         layout::encode_record(&mut buf, &r);
-        w.insert(&layout::revision_key(r.main, r.sub), &buf)?;
+        w.insert_ascending(&layout::revision_key(r.main, r.sub), &buf)?;
     }
     for &(main, sub) in changes.removed() {
         w.remove(&layout::revision_key(main, sub))?;

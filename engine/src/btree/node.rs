@@ -212,44 +212,79 @@ impl Ctx<'_> {
     }
 }
 
+/// Where an insert lands, for choosing how a full node splits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Edge {
+    /// The node is on the right edge of the tree: an entry added at its end is an append.
+    Rightmost,
+    /// Inside the tree; entries added here are not known to come in order.
+    Inner,
+    /// The caller inserts keys of this kind in ascending order: an entry added at the
+    /// end of any node is an append, wherever the node is.
+    Ascending,
+}
+
+impl Edge {
+    /// The edge of child `i` of a branch with `children` children.
+    fn child(self, i: usize, children: usize) -> Edge {
+        match self {
+            Edge::Rightmost if i + 1 == children => Edge::Rightmost,
+            Edge::Rightmost | Edge::Inner => Edge::Inner,
+            Edge::Ascending => Edge::Ascending,
+        }
+    }
+
+    /// The index of an entry just added at `i` of a node now `len` long if the split that
+    /// may follow should be placed around it (see [`split_if_needed`]).
+    fn placement(self, i: usize, len: usize) -> Option<usize> {
+        match self {
+            Edge::Rightmost if i + 1 == len => Some(i),
+            Edge::Rightmost | Edge::Inner => None,
+            Edge::Ascending => Some(i),
+        }
+    }
+}
+
 /// Inserts or replaces `key`. Returns the replaced value and the split of `node` if it
-/// outgrew its page. `rightmost`: `node` is on the right edge of the tree (appends there
-/// split unevenly so that ascending inserts fill pages completely).
+/// outgrew its page. Appends (see [`Edge`]) split unevenly so that ascending inserts fill
+/// pages completely.
 pub(crate) fn insert(
     node: &mut Node,
     height: usize,
     key: &[u8],
     val: Val,
-    rightmost: bool,
+    edge: Edge,
     ctx: &mut Ctx<'_>,
 ) -> Result<(Option<Val>, Option<Split>)> {
     match node {
         Node::Leaf(l) => {
-            let (old, append) = match l.entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+            let (old, added) = match l.entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
                 Ok(i) => {
                     l.size = l.size + leaf_cell_size(key.len(), &val)
                         - leaf_cell_size(key.len(), &l.entries[i].1);
-                    (Some(std::mem::replace(&mut l.entries[i].1, val)), false)
+                    (Some(std::mem::replace(&mut l.entries[i].1, val)), None)
                 }
                 Err(i) => {
                     l.size += leaf_cell_size(key.len(), &val);
                     l.entries.insert(i, (key.to_vec(), val));
-                    (None, rightmost && i + 1 == l.entries.len())
+                    (None, edge.placement(i, l.entries.len()))
                 }
             };
-            Ok((old, split_if_needed(node, append)))
+            Ok((old, split_if_needed(node, added)))
         }
         Node::Branch(b) => {
             let i = b.keys.partition_point(|k| k.as_slice() <= key);
-            let last = i + 1 == b.children.len();
+            let child_edge = edge.child(i, b.children.len());
             let child = ctx.dirty(&mut b.children[i], height - 1)?;
-            let (old, split) = insert(child, height - 1, key, val, rightmost && last, ctx)?;
-            let mut append = false;
+            let (old, split) = insert(child, height - 1, key, val, child_edge, ctx)?;
+            let mut added = None;
             if let Some(s) = split {
                 add_split(b, i, s);
-                append = rightmost && i + 2 == b.children.len();
+                // Branches place a split only at their end (an append); fill matters less
+                // there, as they are a small share of the pages.
+                added = (edge != Edge::Inner && i + 2 == b.children.len()).then_some(i);
             }
-            Ok((old, split_if_needed(node, append)))
+            Ok((old, split_if_needed(node, added)))
         }
     }
 }
@@ -281,7 +316,7 @@ pub(crate) fn remove(
             } else if child_size < MIN_FILL && b.children.len() > 1 {
                 rebalance(b, i, height - 1, ctx)?;
             }
-            Ok((old, split_if_needed(node, false)))
+            Ok((old, split_if_needed(node, None)))
         }
     }
 }
@@ -326,15 +361,19 @@ fn rebalance(b: &mut Branch, i: usize, height: usize, ctx: &mut Ctx<'_>) -> Resu
             ))
         }
     }
-    if let Some(s) = split_if_needed(left, false) {
+    if let Some(s) = split_if_needed(left, None) {
         add_split(b, l, s);
     }
     Ok(())
 }
 
-/// Splits `node` in two if it is over a page. `append`: the last entry was just added at
-/// the right edge of the tree, so keep the left node full and start a new one.
-pub(crate) fn split_if_needed(node: &mut Node, append: bool) -> Option<Split> {
+/// Splits `node` in two if it is over a page. `added`: the index of the entry (leaf) or
+/// key (branch) just added by an insert whose keys come in ascending order. A leaf then
+/// splits right after that entry if both halves fit, else right before it, so the run
+/// of ascending keys keeps filling the left node and the keys of other kinds that follow
+/// it move out of the way; a branch keeps its keys and starts a new node if the key was
+/// its last. Otherwise (or if neither cut fits) the node splits in the middle.
+pub(crate) fn split_if_needed(node: &mut Node, added: Option<usize>) -> Option<Split> {
     if node.size() <= PAGE_SIZE {
         return None;
     }
@@ -342,12 +381,10 @@ pub(crate) fn split_if_needed(node: &mut Node, append: bool) -> Option<Split> {
         Node::Leaf(l) => {
             let n = l.entries.len();
             debug_assert!(n >= 2);
-            let s = if append {
-                n - 1
-            } else {
+            let s = added.and_then(|i| ascending_cut(l, i)).unwrap_or_else(|| {
                 let sizes = l.entries.iter().map(|(k, v)| leaf_cell_size(k.len(), v));
                 balanced_cut(sizes, l.size - LEAF_BASE, n)
-            };
+            });
             let right_entries = l.entries.split_off(s);
             let right_size: usize = right_entries
                 .iter()
@@ -365,7 +402,7 @@ pub(crate) fn split_if_needed(node: &mut Node, append: bool) -> Option<Split> {
         Node::Branch(b) => {
             let n = b.keys.len();
             debug_assert!(n >= 2);
-            let m = if append {
+            let m = if added == Some(n - 1) {
                 n - 1
             } else {
                 let sizes = b.keys.iter().map(|k| branch_cell_size(k.len()));
@@ -386,6 +423,26 @@ pub(crate) fn split_if_needed(node: &mut Node, append: bool) -> Option<Split> {
             }
         }
     })
+}
+
+/// Where an overfull leaf splits around the entry just added at `i` (see
+/// [`split_if_needed`]): right after it, else right before it, if both halves fit a page.
+fn ascending_cut(l: &Leaf, i: usize) -> Option<usize> {
+    let n = l.entries.len();
+    let body = l.size - LEAF_BASE;
+    let left_of = |cut: usize| -> usize {
+        l.entries[..cut]
+            .iter()
+            .map(|(k, v)| leaf_cell_size(k.len(), v))
+            .sum()
+    };
+    let fits = |cut: usize| {
+        let left = left_of(cut);
+        LEAF_BASE + left <= PAGE_SIZE && LEAF_BASE + (body - left) <= PAGE_SIZE
+    };
+    [i + 1, i]
+        .into_iter()
+        .find(|&cut| (1..n).contains(&cut) && fits(cut))
 }
 
 /// The first index (in `1..n`) whose cell would take the running total past half of

@@ -236,6 +236,49 @@ fn btree_ascending_inserts_fill_pages() {
 }
 
 #[test]
+fn btree_ascending_runs_fill_pages_below_other_keys() {
+    // The backend's revision records ("k...") are not the last keys of the tree: members,
+    // leases and users sort after them. insert_ascending must still fill pages, where
+    // plain inserts leave every leaf about half full.
+    let leaves_after = |ascending: bool| {
+        let (_dir, path) = tmp();
+        let store = open(&path);
+        let mut model = Model::new();
+        let mut w = store.write().unwrap();
+        for tail in [&b"m1"[..], b"m2", b"u1"] {
+            w.insert(tail, b"later kind").unwrap();
+            model.insert(tail.to_vec(), b"later kind".to_vec());
+        }
+        w.commit().unwrap();
+        for batch in 0..20 {
+            let mut w = store.write().unwrap();
+            for i in batch * 1000..(batch + 1) * 1000 {
+                let k = format!("k{i:08}").into_bytes();
+                let v = vec![(i % 251) as u8; 100];
+                if ascending {
+                    w.insert_ascending(&k, &v).unwrap();
+                } else {
+                    w.insert(&k, &v).unwrap();
+                }
+                model.insert(k, v);
+            }
+            w.commit().unwrap();
+        }
+        check_read(&store.read(), &model);
+        store.verify().unwrap().leaf_pages
+    };
+    let per_leaf = 4096 / (2 + 9 + 11 + 100);
+    let min_leaves = 20_000 / per_leaf as u64;
+    let ascending = leaves_after(true);
+    assert!(
+        ascending <= min_leaves * 105 / 100 + 2,
+        "{ascending} leaves for {min_leaves} minimum"
+    );
+    // The plain insert is the half-full baseline this test is about.
+    assert!(leaves_after(false) > min_leaves * 3 / 2);
+}
+
+#[test]
 fn btree_stats_and_compact_to() {
     let (dir, path) = tmp();
     let store = open(&path);
