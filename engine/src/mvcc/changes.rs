@@ -143,7 +143,7 @@ impl ChangeSet {
             main: r.kv.mod_revision,
             sub: *sub,
             kv: &r.kv,
-            tombstone: r.tombstone,
+            tombstone: r.tombstone(),
         })
     }
 

@@ -32,7 +32,7 @@ pub(super) fn compact(
     for key in &emptied {
         let gone = state.keys.remove(key);
         assert!(
-            gone.is_some_and(|r| r.tombstone),
+            gone.is_some_and(|r| r.tombstone()),
             "only deleted keys empty out"
         );
     }
@@ -52,25 +52,25 @@ pub(super) fn compact(
 fn obsolete(state: &State, rev: i64) -> (Vec<(i64, i64)>, Vec<Bytes>) {
     let mut removed = Vec::new();
     let mut emptied = Vec::new();
-    let revision_of = |r: &Record| (r.kv.mod_revision, r.sub);
+    let revision_of = |r: &Record| (r.kv.mod_revision, r.sub());
     for (key, head) in state.keys.iter() {
         // A key written once and live, at or below `rev`: nothing to drop (the common case).
-        if head.prev.is_none() && !head.tombstone {
+        if head.prev().is_none() && !head.tombstone() {
             continue;
         }
         let mut newest_kept = Some(head);
         while let Some(record) = newest_kept.filter(|r| r.kv.mod_revision > rev) {
-            newest_kept = record.prev.and_then(|p| state.by_revision.get(&p));
+            newest_kept = record.prev().and_then(|p| state.by_revision.get(&p));
         }
         let Some(newest_kept) = newest_kept else {
             continue;
         };
-        let mut older = newest_kept.prev;
+        let mut older = newest_kept.prev();
         while let Some(record) = older.and_then(|p| state.by_revision.get(&p)) {
             removed.push(revision_of(record));
-            older = record.prev;
+            older = record.prev();
         }
-        if newest_kept.tombstone {
+        if newest_kept.tombstone() {
             removed.push(revision_of(newest_kept));
             if Arc::ptr_eq(newest_kept, head) {
                 emptied.push(key.clone());

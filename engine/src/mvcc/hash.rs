@@ -166,7 +166,7 @@ pub(super) fn hash_state(state: &State, rev: i64) -> Result<KvHash, KvError> {
             if *main <= compact && any_live && !kept() {
                 continue;
             }
-            h.add(*main, *sub, KvRef::of(&record.kv), record.tombstone);
+            h.add(*main, *sub, KvRef::of(&record.kv), record.tombstone());
         }
     }
     Ok(KvHash {

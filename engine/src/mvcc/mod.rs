@@ -539,15 +539,15 @@ impl ReadView {
             .by_revision
             .iter()
             .map(|((m, sub), r)| {
-                let prev = r.prev.filter(|p| s.by_revision.contains_key(p));
-                (*m, *sub, r.kv.clone(), r.tombstone, prev)
+                let prev = r.prev().filter(|p| s.by_revision.contains_key(p));
+                (*m, *sub, r.kv.clone(), r.tombstone(), prev)
             })
             .collect();
         let keys = s
             .keys
             .iter()
             .map(|(k, r)| {
-                let at = (r.kv.mod_revision, r.sub);
+                let at = (r.kv.mod_revision, r.sub());
                 let same = s
                     .by_revision
                     .get(&at)
@@ -563,7 +563,7 @@ impl ReadView {
             latest: s
                 .keys
                 .iter()
-                .filter(|(_, r)| !r.tombstone)
+                .filter(|(_, r)| !r.tombstone())
                 .map(|(k, r)| (k.clone(), r.kv.mod_revision))
                 .collect(),
             live_keys: s.live_keys,

@@ -11,18 +11,58 @@ use crate::KvError;
 
 /// One revision of one key. A tombstone marks a delete; its kv holds only key and
 /// mod_revision, like the tombstone etcd writes.
+///
+/// Packed to 112 bytes so that with its reference counts it takes a 128-byte allocation
+/// (one per record: 32 MB less per million keys than the plain layout's 160).
 #[derive(Debug)]
 pub(super) struct Record {
     pub kv: KeyValue,
-    pub tombstone: bool,
+    /// The main revision of the key's previous record (see [`Record::prev`]); 0 if none.
+    prev_main: i64,
+    /// The sub revision, with [`TOMBSTONE_BIT`] set for a tombstone.
+    sub_and_tombstone: u32,
+    /// The sub revision of the key's previous record.
+    prev_sub: u32,
+}
+
+/// Marks a tombstone in `Record::sub_and_tombstone`. Sub revisions count the changes of
+/// one txn, far below 2^31 (a request is at most a few MiB).
+const TOMBSTONE_BIT: u32 = 1 << 31;
+
+impl Record {
+    fn new(kv: KeyValue, tombstone: bool, sub: i64, prev: Option<(i64, i64)>) -> Record {
+        let sub = u32::try_from(sub).expect("sub revision below 2^31");
+        assert!(sub < TOMBSTONE_BIT, "sub revision below 2^31");
+        let (prev_main, prev_sub) = prev.unwrap_or((0, 0));
+        assert!(prev.is_none() || prev_main >= 1, "revisions start at 1");
+        Record {
+            kv,
+            prev_main,
+            sub_and_tombstone: sub | if tombstone { TOMBSTONE_BIT } else { 0 },
+            prev_sub: u32::try_from(prev_sub).expect("sub revision below 2^31"),
+        }
+    }
+
+    /// True if this record marks a delete.
+    pub fn tombstone(&self) -> bool {
+        self.sub_and_tombstone & TOMBSTONE_BIT != 0
+    }
+
     /// The sub revision; the main revision is `kv.mod_revision`.
-    pub sub: i64,
+    pub fn sub(&self) -> i64 {
+        i64::from(self.sub_and_tombstone & !TOMBSTONE_BIT)
+    }
+
     /// The key's revision `(main, sub)` before this one, if it had one: a key's history is
     /// this chain, followed through `by_revision`. A revision rather than a pointer, so a
     /// record compaction removed is freed even while a newer one still names it (the link
     /// then leads nowhere, which is where the key's history ends).
-    pub prev: Option<(i64, i64)>,
+    pub fn prev(&self) -> Option<(i64, i64)> {
+        (self.prev_main != 0).then(|| (self.prev_main, i64::from(self.prev_sub)))
+    }
 }
+
+const _: () = assert!(std::mem::size_of::<Record>() == 112);
 
 /// What one [`State::write`] changed, enough to take it back.
 #[must_use = "a write that may have to be undone keeps its Written"]
@@ -183,7 +223,7 @@ impl State {
     fn visit_latest(&self, range: &KeyRange, f: &mut impl FnMut(&Arc<Record>) -> bool) {
         let Some(bounds) = range.bounds() else { return };
         for (_, record) in self.keys.range::<_, [u8]>(bounds) {
-            if !record.tombstone && !f(record) {
+            if !record.tombstone() && !f(record) {
                 return;
             }
         }
@@ -202,7 +242,7 @@ impl State {
 
     /// The live record of `key` at the current revision.
     pub fn live(&self, key: &[u8]) -> Option<&Arc<Record>> {
-        self.keys.get(key).filter(|r| !r.tombstone)
+        self.keys.get(key).filter(|r| !r.tombstone())
     }
 
     /// The revision of `key` visible at `rev`, unless the key is absent or deleted there.
@@ -217,20 +257,20 @@ impl State {
     pub fn version_at<'a>(&'a self, head: &'a Arc<Record>, rev: i64) -> Option<&'a Arc<Record>> {
         let mut record = head;
         while record.kv.mod_revision > rev {
-            let prev = record.prev?;
+            let prev = record.prev()?;
             debug_assert!(
-                prev < (record.kv.mod_revision, record.sub),
+                prev < (record.kv.mod_revision, record.sub()),
                 "history goes back"
             );
             record = self.by_revision.get(&prev)?;
         }
-        (!record.tombstone).then_some(record)
+        (!record.tombstone()).then_some(record)
     }
 
     /// The record a change replaced, if history still holds it and it was live.
     pub fn previous_live(&self, record: &Record) -> Option<&Arc<Record>> {
-        let prev = self.by_revision.get(&record.prev?)?;
-        (!prev.tombstone).then_some(prev)
+        let prev = self.by_revision.get(&record.prev()?)?;
+        (!prev.tombstone()).then_some(prev)
     }
 
     /// Live keys in `range` at the current revision, in key order.
@@ -263,12 +303,12 @@ impl State {
             if !range.contains(&record.kv.key) {
                 continue;
             }
-            let kind = if record.tombstone {
+            let kind = if record.tombstone() {
                 super::EventKind::Delete
             } else {
                 super::EventKind::Put
             };
-            debug_assert_eq!((*main, *sub), (record.kv.mod_revision, record.sub));
+            debug_assert_eq!((*main, *sub), (record.kv.mod_revision, record.sub()));
             let prev_kv = self.previous_live(record).map(|p| p.kv.clone());
             out.push(super::Event {
                 kind,
@@ -286,7 +326,7 @@ impl State {
         let key = kv.key.clone();
         let main = kv.mod_revision;
         let previous = self.keys.get(&key).cloned();
-        let was_live = previous.as_ref().is_some_and(|r| !r.tombstone);
+        let was_live = previous.as_ref().is_some_and(|r| !r.tombstone());
         let old_lease = match &previous {
             Some(r) if was_live => r.kv.lease,
             _ => 0,
@@ -296,17 +336,12 @@ impl State {
             self.detach(old_lease, &key);
             self.attach(new_lease, &key);
         }
-        let prev = previous.as_ref().map(|p| (p.kv.mod_revision, p.sub));
+        let prev = previous.as_ref().map(|p| (p.kv.mod_revision, p.sub()));
         assert!(
             prev < Some((main, sub)),
             "a key's revisions only go forward"
         );
-        let record = Arc::new(Record {
-            kv,
-            tombstone,
-            sub,
-            prev,
-        });
+        let record = Arc::new(Record::new(kv, tombstone, sub, prev));
         self.live_keys = self.live_keys + usize::from(!tombstone) - usize::from(was_live);
         self.keys.insert(key.clone(), record.clone());
         self.by_revision.insert((main, sub), record);
@@ -335,14 +370,14 @@ impl State {
             self.detach(new_lease, &key);
             self.attach(old_lease, &key);
         }
-        let was_live = previous.as_ref().is_some_and(|r| !r.tombstone);
+        let was_live = previous.as_ref().is_some_and(|r| !r.tombstone());
         let undone = match previous {
             Some(record) => self.keys.insert(key, record),
             None => self.keys.remove(&key),
         };
         let undone = undone.expect("the written record is the key's newest");
-        assert_eq!((undone.kv.mod_revision, undone.sub), (main, sub));
-        self.live_keys = self.live_keys + usize::from(was_live) - usize::from(!undone.tombstone);
+        assert_eq!((undone.kv.mod_revision, undone.sub()), (main, sub));
+        self.live_keys = self.live_keys + usize::from(was_live) - usize::from(!undone.tombstone());
     }
 
     /// Every `(key, main, sub)` history holds, ordered by key then revision (tests).
@@ -351,7 +386,7 @@ impl State {
         let mut out: Vec<_> = self
             .by_revision
             .values()
-            .map(|r| (r.kv.key.clone(), r.kv.mod_revision, r.sub))
+            .map(|r| (r.kv.key.clone(), r.kv.mod_revision, r.sub()))
             .collect();
         out.sort();
         out
