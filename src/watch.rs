@@ -87,7 +87,7 @@ impl Watcher {
             EventKind::Put => self.no_put,
             EventKind::Delete => self.no_delete,
         };
-        !filtered && self.keys.contains(&event.kv.key)
+        !filtered && self.keys.contains(&event.kv().key)
     }
 }
 
@@ -400,7 +400,7 @@ impl WatchHub {
                     events
                         .iter()
                         .enumerate()
-                        .filter(|(_, e)| e.kv.mod_revision >= from && watcher.wants(e))
+                        .filter(|(_, e)| e.kv().mod_revision >= from && watcher.wants(e))
                         .map(|(i, _)| i),
                 );
                 if mine.is_empty() {

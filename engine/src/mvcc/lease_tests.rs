@@ -360,9 +360,9 @@ fn revoke_deletes_attached_keys_in_one_revision() {
         .map(|e| {
             (
                 e.kind,
-                &e.kv.key[..],
-                e.kv.mod_revision,
-                e.prev_kv.as_ref().map(|p| &p.key[..]),
+                &e.kv().key[..],
+                e.kv().mod_revision,
+                e.prev_kv().as_ref().map(|p| &p.key[..]),
             )
         })
         .collect();

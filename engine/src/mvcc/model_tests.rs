@@ -554,7 +554,7 @@ fn gen_command(rng: &mut Rng, model: &Model) -> Command {
 // ---- the property -----------------------------------------------------------------------
 
 fn event_summary(e: &Event) -> MEvent {
-    (e.kind, e.kv.clone(), e.prev_kv.clone())
+    (e.kind, e.kv().clone(), e.prev_kv().cloned())
 }
 
 fn check_reads(rng: &mut Rng, view: &ReadView, model: &Model, step: usize) {

@@ -74,6 +74,8 @@ pub(super) struct Written {
     previous: Option<Arc<Record>>,
     /// `(lease before, lease after)`: the key moved between these key sets if they differ.
     leases: (i64, i64),
+    /// The record written.
+    pub record: Arc<Record>,
 }
 
 /// The whole key space at one revision. Cloning is O(1) (two map roots).
@@ -303,18 +305,9 @@ impl State {
             if !range.contains(&record.kv.key) {
                 continue;
             }
-            let kind = if record.tombstone() {
-                super::EventKind::Delete
-            } else {
-                super::EventKind::Put
-            };
             debug_assert_eq!((*main, *sub), (record.kv.mod_revision, record.sub()));
-            let prev_kv = self.previous_live(record).map(|p| p.kv.clone());
-            out.push(super::Event {
-                kind,
-                kv: record.kv.clone(),
-                prev_kv,
-            });
+            let prev = self.previous_live(record).cloned();
+            out.push(super::Event::new(record.clone(), prev));
         }
         out
     }
@@ -344,13 +337,14 @@ impl State {
         let record = Arc::new(Record::new(kv, tombstone, sub, prev));
         self.live_keys = self.live_keys + usize::from(!tombstone) - usize::from(was_live);
         self.keys.insert(key.clone(), record.clone());
-        self.by_revision.insert((main, sub), record);
+        self.by_revision.insert((main, sub), record.clone());
         Written {
             key,
             main,
             sub,
             previous,
             leases: (old_lease, new_lease),
+            record,
         }
     }
 
@@ -363,6 +357,7 @@ impl State {
             sub,
             previous,
             leases: (old_lease, new_lease),
+            record: _,
         } = written;
         let gone = self.by_revision.remove(&(main, sub));
         assert!(gone.is_some(), "unwrite of a change that was not written");

@@ -283,12 +283,12 @@ fn events_describe_each_change_in_order() {
         .events
         .iter()
         .map(|e| {
-            let key = String::from_utf8(e.kv.key.to_vec()).unwrap();
+            let key = String::from_utf8(e.kv().key.to_vec()).unwrap();
             let prev = e
-                .prev_kv
+                .prev_kv()
                 .as_ref()
                 .map(|p| String::from_utf8(p.value.to_vec()).unwrap());
-            (e.kind, key, e.kv.mod_revision, prev)
+            (e.kind, key, e.kv().mod_revision, prev)
         })
         .collect();
     assert_eq!(
@@ -1891,7 +1891,7 @@ fn changes_replay_the_events_apply_reported() {
     ];
     for command in commands {
         let applied = s.apply(&command).unwrap();
-        seen.extend(applied.events.into_iter().map(|e| (e.kv.mod_revision, e)));
+        seen.extend(applied.events.into_iter().map(|e| (e.kv().mod_revision, e)));
     }
     let view = s.view();
     let ranges: [(&str, &str); 5] = [("a", ""), ("a", "b"), ("a", "\0"), ("b", "d"), ("zz", "")];
@@ -1904,7 +1904,7 @@ fn changes_replay_the_events_apply_reported() {
                 let want: Vec<&Event> = seen
                     .iter()
                     .filter(|(rev, e)| {
-                        *rev > after && *rev <= up_to && in_range(&e.kv.key, key, end)
+                        *rev > after && *rev <= up_to && in_range(&e.kv().key, key, end)
                     })
                     .map(|(_, e)| e)
                     .collect();
@@ -1912,10 +1912,10 @@ fn changes_replay_the_events_apply_reported() {
                     .iter()
                     .map(|e| {
                         (
-                            &e.kv.key[..],
-                            e.kv.mod_revision,
+                            &e.kv().key[..],
+                            e.kv().mod_revision,
                             e.kind,
-                            e.prev_kv.as_ref().map(|p| &p.value[..]),
+                            e.prev_kv().as_ref().map(|p| &p.value[..]),
                         )
                     })
                     .collect();
@@ -1923,10 +1923,10 @@ fn changes_replay_the_events_apply_reported() {
                     .iter()
                     .map(|e| {
                         (
-                            &e.kv.key[..],
-                            e.kv.mod_revision,
+                            &e.kv().key[..],
+                            e.kv().mod_revision,
                             e.kind,
-                            e.prev_kv.as_ref().map(|p| &p.value[..]),
+                            e.prev_kv().as_ref().map(|p| &p.value[..]),
                         )
                     })
                     .collect();

@@ -4,13 +4,15 @@
 //! 0, 1, 2... in order. Once the first change is made the working state's revision becomes
 //! `begin + 1`, so later reads in the same txn see its own writes (etcd's storeTxnWrite).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::compare::{branch, Path};
 use super::header;
 use super::range;
-use super::state::{KeyRange, State, Written};
-use super::{Event, EventKind, KeyValue};
+use super::state::{KeyRange, Record, State, Written};
+use super::{Event, KeyValue};
 use crate::pb::{
     PbDeleteRequest, PbDeleteResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
     PbRangeResponse, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
@@ -165,9 +167,11 @@ impl<'a> Writer<'a> {
     }
 
     /// Applies one change: the next sub revision, and the state now reads at the new revision.
-    fn record(&mut self, kv: KeyValue, tombstone: bool, event: Event) {
+    /// `prev`: the key's live record this change replaces, for the event's prev_kv.
+    fn record(&mut self, kv: KeyValue, tombstone: bool, prev: Option<Arc<Record>>) {
         let sub = self.events.len() as i64;
         let written = self.state.write(kv, tombstone, sub);
+        let event = Event::new(written.record.clone(), prev);
         self.written.push(written);
         self.state.revision = self.write_revision();
         self.events.push(event);
@@ -176,7 +180,8 @@ impl<'a> Writer<'a> {
     /// etcd's Put: create_revision and version continue the key's live generation.
     fn put(&mut self, r: &PbPutRequest) -> Result<PbPutResponse, KvError> {
         let key = Bytes::copy_from_slice(&r.key);
-        let prev = self.state.live(&key).map(|rec| rec.kv.clone());
+        let prev_record = self.state.live(&key).cloned();
+        let prev = prev_record.as_ref().map(|rec| &rec.kv);
         if (r.ignore_value || r.ignore_lease) && prev.is_none() {
             return Err(KvError::KeyNotFound);
         }
@@ -184,29 +189,24 @@ impl<'a> Writer<'a> {
         let rev = self.write_revision();
         let kv = KeyValue {
             key,
-            value: match (&prev, r.ignore_value) {
+            value: match (prev, r.ignore_value) {
                 (Some(p), true) => p.value.clone(),
                 _ => Bytes::copy_from_slice(&r.value),
             },
-            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            create_revision: prev.map_or(rev, |p| p.create_revision),
             mod_revision: rev,
-            version: prev.as_ref().map_or(0, |p| p.version) + 1,
-            lease: match (&prev, r.ignore_lease) {
+            version: prev.map_or(0, |p| p.version) + 1,
+            lease: match (prev, r.ignore_lease) {
                 (Some(p), true) => p.lease,
                 _ => r.lease,
             },
         };
         let prev_kv = if r.prev_kv {
-            prev.as_ref().map(KeyValue::to_pb)
+            prev.map(KeyValue::to_pb)
         } else {
             None
         };
-        let event = Event {
-            kind: EventKind::Put,
-            kv: kv.clone(),
-            prev_kv: prev,
-        };
-        self.record(kv, false, event);
+        self.record(kv, false, prev_record);
         Ok(PbPutResponse {
             header: header(rev),
             prev_kv,
@@ -231,7 +231,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Writes a tombstone for every live key in `range`, in key order; returns what died.
-    fn delete_live(&mut self, range: &KeyRange) -> Vec<std::sync::Arc<super::state::Record>> {
+    fn delete_live(&mut self, range: &KeyRange) -> Vec<Arc<Record>> {
         let victims = self.state.live_in(range);
         let rev = self.write_revision();
         for victim in &victims {
@@ -240,12 +240,7 @@ impl<'a> Writer<'a> {
                 mod_revision: rev,
                 ..Default::default()
             };
-            let event = Event {
-                kind: EventKind::Delete,
-                kv: kv.clone(),
-                prev_kv: Some(victim.kv.clone()),
-            };
-            self.record(kv, true, event);
+            self.record(kv, true, Some(victim.clone()));
         }
         victims
     }
