@@ -25,10 +25,6 @@ pub(super) fn compact(
         return Err(KvError::FutureRevision);
     }
     let (mut removed, emptied) = obsolete(state, rev);
-    for revision in &removed {
-        let gone = state.by_revision.remove(revision);
-        assert!(gone.is_some(), "compaction removes each record once");
-    }
     for key in &emptied {
         let gone = state.keys.remove(key);
         assert!(
@@ -37,6 +33,7 @@ pub(super) fn compact(
         );
     }
     removed.sort_unstable();
+    state.by_revision.remove_sorted(&removed);
     state.compact_revision = rev;
     Ok((
         PbCompactionResponse {

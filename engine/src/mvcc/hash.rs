@@ -157,7 +157,7 @@ pub(super) fn hash_state(state: &State, rev: i64) -> Result<KvHash, KvError> {
             any_live = true;
             false
         });
-        for ((main, sub), record) in state.by_revision.range(..=(rev, i64::MAX)) {
+        for ((main, sub), record) in state.by_revision.iter().take_while(|(r, _)| r.0 <= rev) {
             let kept = || {
                 state
                     .live_at(&record.kv.key, rev)

@@ -30,6 +30,7 @@ pub mod lease;
 mod range;
 mod range_encode;
 mod restore;
+mod revlog;
 mod state;
 mod txn;
 pub mod validate;
@@ -262,7 +263,8 @@ impl Store {
             for ((_, sub), record) in self
                 .state
                 .by_revision
-                .range((now, i64::MIN)..=(now, i64::MAX))
+                .iter_from((now, i64::MIN))
+                .take_while(|(rev, _)| rev.0 == now)
             {
                 self.changes.note_written(*sub, record.clone());
             }

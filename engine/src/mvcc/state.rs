@@ -30,7 +30,7 @@ pub(super) struct Record {
 const TOMBSTONE_BIT: u32 = 1 << 31;
 
 impl Record {
-    fn new(kv: KeyValue, tombstone: bool, sub: i64, prev: Option<(i64, i64)>) -> Record {
+    pub(super) fn new(kv: KeyValue, tombstone: bool, sub: i64, prev: Option<(i64, i64)>) -> Record {
         let sub = u32::try_from(sub).expect("sub revision below 2^31");
         assert!(sub < TOMBSTONE_BIT, "sub revision below 2^31");
         let (prev_main, prev_sub) = prev.unwrap_or((0, 0));
@@ -90,7 +90,7 @@ pub(super) struct State {
     pub live_keys: usize,
     /// Every record not yet compacted away, tombstones included, by `(main, sub)`
     /// revision: what a watcher catching up reads, in time order, and where `prev` leads.
-    pub by_revision: OrdMap<(i64, i64), Arc<Record>>,
+    pub by_revision: super::revlog::RevisionLog,
     /// The current revision. Inside a txn that already wrote, this is the txn's revision,
     /// so reads at "current" see the txn's own writes, as etcd's write txn does.
     pub revision: i64,
@@ -182,7 +182,7 @@ impl State {
         State {
             keys: OrdMap::new(),
             live_keys: 0,
-            by_revision: OrdMap::new(),
+            by_revision: Default::default(),
             revision: 1,
             compact_revision: -1,
             leases: OrdMap::new(),
@@ -296,9 +296,12 @@ impl State {
         up_to: i64,
         events_max: usize,
     ) -> Vec<super::Event> {
-        let window = (after.saturating_add(1), i64::MIN)..=(up_to, i64::MAX);
         let mut out = Vec::new();
-        for ((main, sub), record) in self.by_revision.range(window) {
+        for ((main, sub), record) in self
+            .by_revision
+            .iter_from((after.saturating_add(1), i64::MIN))
+            .take_while(|(rev, _)| rev.0 <= up_to)
+        {
             if out.len() >= events_max {
                 break;
             }
@@ -337,7 +340,7 @@ impl State {
         let record = Arc::new(Record::new(kv, tombstone, sub, prev));
         self.live_keys = self.live_keys + usize::from(!tombstone) - usize::from(was_live);
         self.keys.insert(key.clone(), record.clone());
-        self.by_revision.insert((main, sub), record.clone());
+        self.by_revision.push((main, sub), record.clone());
         Written {
             key,
             main,
@@ -359,7 +362,7 @@ impl State {
             leases: (old_lease, new_lease),
             record: _,
         } = written;
-        let gone = self.by_revision.remove(&(main, sub));
+        let gone = self.by_revision.pop((main, sub));
         assert!(gone.is_some(), "unwrite of a change that was not written");
         if old_lease != new_lease {
             self.detach(new_lease, &key);
@@ -380,8 +383,8 @@ impl State {
     pub fn history_keys(&self) -> Vec<(Bytes, i64, i64)> {
         let mut out: Vec<_> = self
             .by_revision
-            .values()
-            .map(|r| (r.kv.key.clone(), r.kv.mod_revision, r.sub()))
+            .iter()
+            .map(|(_, r)| (r.kv.key.clone(), r.kv.mod_revision, r.sub()))
             .collect();
         out.sort();
         out
