@@ -40,6 +40,16 @@ fn release_startup_memory() {
     unsafe { mi_collect(true) };
 }
 
+/// Lets mimalloc hand back what this thread freed and no longer uses (after the purge
+/// delay), as it would on the thread's next allocation. Threads call this when they go
+/// idle: a thread that stops allocating after a burst (a network thread after its clients
+/// leave, the store writer between commits, the sequencer without proposals) otherwise
+/// keeps those pages resident until it is busy again.
+pub(crate) fn release_idle_memory() {
+    // SAFETY: mi_collect takes no pointers; it only walks this thread's mimalloc heap.
+    unsafe { mi_collect(false) };
+}
+
 mod config;
 mod cores;
 mod discovery;
@@ -644,6 +654,7 @@ fn spawn_network(
                     loop {
                         tokio::time::sleep(VIEW_CACHE_FORGET_INTERVAL).await;
                         corekv_net::sequencer_api::forget_cached_view();
+                        release_idle_memory();
                     }
                 });
                 let binary = corekv_net::binary::serve(binary, client.clone());

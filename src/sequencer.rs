@@ -183,6 +183,8 @@ const HANDOFF_CHANGES_MAX: usize = 10_000;
 
 /// How often the sequencer looks for WAL segments the store has passed.
 const RELEASE_CHECK_INTERVAL_MS: u64 = 1000;
+/// How long the sequencer goes without a message before it hands freed memory back.
+const IDLE_BEFORE_RELEASE: Duration = Duration::from_secs(1);
 
 impl Sequencer {
     /// Builds the sequencer from recovered state.
@@ -400,14 +402,24 @@ impl Sequencer {
         self.drive();
         self.publish();
         let mut next_tick = Instant::now() + self.tick;
+        // Ticks without a message; after a second of them, freed memory is handed back once.
+        let mut idle_ticks = 0u32;
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(timeout) {
                 Ok(msg) => {
+                    idle_ticks = 0;
                     self.turn_bytes = 0;
                     self.take(msg);
                 }
-                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    let idle_before = self.tick.saturating_mul(idle_ticks);
+                    idle_ticks = idle_ticks.saturating_add(1);
+                    let idle = self.tick.saturating_mul(idle_ticks);
+                    if idle_before < IDLE_BEFORE_RELEASE && idle >= IDLE_BEFORE_RELEASE {
+                        crate::release_idle_memory();
+                    }
+                }
                 Err(flume::RecvTimeoutError::Disconnected) => return,
             }
             self.drain_inbox();

@@ -248,6 +248,10 @@ impl Writer {
                 }
                 continue;
             }
+            if self.inbox.is_empty() {
+                // About to wait: what the last commit freed can go back to the OS.
+                crate::release_idle_memory();
+            }
             match self.inbox.recv() {
                 Ok(WriterMsg::Job(job)) => self.fold(job),
                 Ok(WriterMsg::Maintenance(op)) => {
