@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::header;
+use super::map_key::MapKey;
 use super::state::{Record, State};
 use crate::pb::PbCompactionResponse;
 use crate::KvError;
@@ -46,7 +45,7 @@ pub(super) fn compact(
 /// The records compaction at `rev` removes, and the keys it leaves without history.
 /// Visits every key once (as etcd's treeIndex.Compact does) and walks each key's chain
 /// back only from its first record at or below `rev`.
-fn obsolete(state: &State, rev: i64) -> (Vec<(i64, i64)>, Vec<Bytes>) {
+fn obsolete(state: &State, rev: i64) -> (Vec<(i64, i64)>, Vec<MapKey>) {
     let mut removed = Vec::new();
     let mut emptied = Vec::new();
     let revision_of = |r: &Record| (r.kv.mod_revision, r.sub());

@@ -27,6 +27,7 @@ mod compare;
 mod gosort;
 mod hash;
 pub mod lease;
+mod map_key;
 mod range;
 mod range_encode;
 mod restore;
@@ -554,7 +555,8 @@ impl ReadView {
                     .by_revision
                     .get(&at)
                     .is_some_and(|b| std::sync::Arc::ptr_eq(b, r));
-                (k.clone(), at.0, at.1, same)
+                assert_eq!(k.as_slice(), &r.kv.key[..], "a key maps to its own records");
+                (Bytes::copy_from_slice(k.as_slice()), at.0, at.1, same)
             })
             .collect();
         Dump {
@@ -566,7 +568,7 @@ impl ReadView {
                 .keys
                 .iter()
                 .filter(|(_, r)| !r.tombstone())
-                .map(|(k, r)| (k.clone(), r.kv.mod_revision))
+                .map(|(k, r)| (Bytes::copy_from_slice(k.as_slice()), r.kv.mod_revision))
                 .collect(),
             live_keys: s.live_keys,
             leases: s

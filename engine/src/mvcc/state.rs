@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use imbl::OrdMap;
 
+use super::map_key::MapKey;
 use super::KeyValue;
 use crate::KvError;
 
@@ -67,7 +68,6 @@ const _: () = assert!(std::mem::size_of::<Record>() == 112);
 /// What one [`State::write`] changed, enough to take it back.
 #[must_use = "a write that may have to be undone keeps its Written"]
 pub(super) struct Written {
-    key: Bytes,
     main: i64,
     sub: i64,
     /// The key's entry in `keys` before the write.
@@ -85,7 +85,7 @@ pub(super) struct State {
     /// `revision`, or a tombstone if the key is deleted now. Older revisions of the key
     /// hang off it by [`Record::prev`]. One map for current and past reads means a write
     /// copies one path of a key-ordered map, not two.
-    pub keys: OrdMap<Bytes, Arc<Record>>,
+    pub keys: OrdMap<MapKey, Arc<Record>>,
     /// How many of `keys` are live (newest record not a tombstone).
     pub live_keys: usize,
     /// Every record not yet compacted away, tombstones included, by `(main, sub)`
@@ -319,9 +319,8 @@ impl State {
     /// leases' key sets in step: a put moves the key to its new lease, a delete detaches
     /// it. Returns what it takes to undo the change ([`State::unwrite`]).
     pub fn write(&mut self, kv: KeyValue, tombstone: bool, sub: i64) -> Written {
-        let key = kv.key.clone();
         let main = kv.mod_revision;
-        let previous = self.keys.get(&key).cloned();
+        let previous = self.keys.get(&kv.key[..]).cloned();
         let was_live = previous.as_ref().is_some_and(|r| !r.tombstone());
         let old_lease = match &previous {
             Some(r) if was_live => r.kv.lease,
@@ -329,20 +328,20 @@ impl State {
         };
         let new_lease = if tombstone { 0 } else { kv.lease };
         if old_lease != new_lease {
-            self.detach(old_lease, &key);
-            self.attach(new_lease, &key);
+            self.detach(old_lease, &kv.key);
+            self.attach(new_lease, &kv.key);
         }
         let prev = previous.as_ref().map(|p| (p.kv.mod_revision, p.sub()));
         assert!(
             prev < Some((main, sub)),
             "a key's revisions only go forward"
         );
+        let map_key = MapKey::new(&kv.key);
         let record = Arc::new(Record::new(kv, tombstone, sub, prev));
         self.live_keys = self.live_keys + usize::from(!tombstone) - usize::from(was_live);
-        self.keys.insert(key.clone(), record.clone());
+        self.keys.insert(map_key, record.clone());
         self.by_revision.push((main, sub), record.clone());
         Written {
-            key,
             main,
             sub,
             previous,
@@ -355,23 +354,23 @@ impl State {
     /// the maps, the live count and the lease key sets exactly as they were before it.
     pub fn unwrite(&mut self, written: Written) {
         let Written {
-            key,
             main,
             sub,
             previous,
             leases: (old_lease, new_lease),
-            record: _,
+            record,
         } = written;
+        let key = &record.kv.key;
         let gone = self.by_revision.pop((main, sub));
         assert!(gone.is_some(), "unwrite of a change that was not written");
         if old_lease != new_lease {
-            self.detach(new_lease, &key);
-            self.attach(old_lease, &key);
+            self.detach(new_lease, key);
+            self.attach(old_lease, key);
         }
         let was_live = previous.as_ref().is_some_and(|r| !r.tombstone());
         let undone = match previous {
-            Some(record) => self.keys.insert(key, record),
-            None => self.keys.remove(&key),
+            Some(record) => self.keys.insert(MapKey::new(key), record),
+            None => self.keys.remove(&key[..]),
         };
         let undone = undone.expect("the written record is the key's newest");
         assert_eq!((undone.kv.mod_revision, undone.sub()), (main, sub));
