@@ -63,7 +63,7 @@ impl Backend {
         let mut batch = 0usize;
         let mut last: Option<(i64, i64)> = None;
         for (main, sub, kv, tombstone) in records {
-            if main < 1 || sub < 0 || kv.mod_revision != main {
+            if main < 1 || !(0..1 << 31).contains(&sub) || kv.mod_revision != main {
                 return Err(bad(format!(
                     "record at revision ({main}, {sub}) has mod_revision {}",
                     kv.mod_revision

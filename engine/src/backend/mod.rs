@@ -173,8 +173,9 @@ impl Backend {
         })?;
         let store = r.finish(meta.revision, meta.compact_revision)?;
         drop(snap);
-        // The scan mapped in every page of the file; the key space is in memory now.
-        self.store.forget_resident_pages()?;
+        // The scan mapped in every page of the file; the key space is in memory now. If the
+        // advice fails the pages merely stay resident: no reason to refuse to start.
+        let _ = self.store.forget_resident_pages();
         Ok((store, meta))
     }
 

@@ -648,9 +648,10 @@ impl<'s> WriteTxn<'s> {
     }
 
     /// [`WriteTxn::insert`] for keys that come in ascending order, each above every key
-    /// of its kind already stored (revision records): a leaf or branch that overflows
-    /// because of an entry added at its end keeps its entries and starts a new node, so
-    /// such runs fill pages instead of leaving each half empty (bbolt's fill percent for
+    /// of its kind already stored (revision records): a leaf that overflows splits right
+    /// after the new entry (else right before it) and a branch whose last key it was keeps
+    /// its keys and starts a new node, so such runs fill pages instead of leaving each half
+    /// empty (bbolt's fill percent for
     /// etcd's sequential puts, in effect). A key that breaks the promise is stored all
     /// the same; only the page fill suffers.
     pub fn insert_ascending(&mut self, key: &[u8], value: &[u8]) -> Result<()> {

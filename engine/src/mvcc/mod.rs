@@ -4,13 +4,15 @@
 //! atomically (a command that fails changes nothing). [`ReadView`] is an immutable snapshot
 //! taken in O(1); readers keep it as long as they like and never block the writer.
 //!
-//! The state lives in persistent ordered maps (`imbl`), so a snapshot is a clone of the map
+//! The state lives in persistent structures (`imbl` maps, a chunked log), so a snapshot is a clone of the
 //! roots and a write copies only the paths it touches (once per published view: a command
 //! runs in place and undoes itself if it fails, see `txn.rs`):
 //! - `keys`: each key's newest record (a tombstone if deleted), the fast path for ordinary
 //!   reads; older revisions of the key are a chain of revision links back from it, for
 //!   reads in the past;
-//! - `by_revision`: every record by `(main, sub)` revision, for watchers catching up.
+//! - `by_revision`: every record by `(main, sub)` revision, an append-only chunked log
+//!   (`revlog.rs`): watchers catching up read it in order, and every history link (past
+//!   reads, compaction, HashKV) is looked up in it.
 //!
 //! Persistence: every applied command's changes are recorded (`changes.rs`) and drained
 //! with [`Store::take_changes`] for the on-disk revision store (`crate::backend`), which

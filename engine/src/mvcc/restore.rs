@@ -92,7 +92,7 @@ impl Restorer {
         kv: KeyValue,
         tombstone: bool,
     ) -> Result<(), RestoreError> {
-        if main < 1 || sub < 0 || kv.mod_revision != main {
+        if main < 1 || !(0..1 << 31).contains(&sub) || kv.mod_revision != main {
             return fail(format!(
                 "record at revision ({main}, {sub}) has mod_revision {}",
                 kv.mod_revision

@@ -24,8 +24,8 @@ type Chunk = Vec<(Rev, Arc<Record>)>;
 /// The records in revision order (see the module docs). Cloning is O(1).
 #[derive(Clone, Default)]
 pub(super) struct RevisionLog {
-    /// Full chunks (after a compaction, the rebuilt ones are full too, except perhaps the
-    /// last), keyed by their first revision. Every revision in them is below `tail`'s.
+    /// Full chunks (a compaction rebuilds them full, the remainder going to the tail),
+    /// keyed by their first revision. Every revision in them is below `tail`'s.
     sealed: OrdMap<Rev, Arc<Chunk>>,
     /// The newest records, fewer than [`CHUNK_LEN`].
     tail: Arc<Chunk>,
@@ -69,6 +69,10 @@ impl RevisionLog {
     pub fn pop(&mut self, rev: Rev) -> Option<Arc<Record>> {
         if self.tail.is_empty() {
             let (first, chunk) = self.sealed.get_max().map(|(k, c)| (*k, c.clone()))?;
+            if chunk.last().map(|(r, _)| *r) != Some(rev) {
+                return None;
+            }
+            // Reopen the last full chunk as the tail; the pop leaves it below CHUNK_LEN.
             self.sealed.remove(&first);
             self.tail = chunk;
         }
@@ -243,6 +247,13 @@ mod tests {
         assert_eq!(log.sealed.len(), 10);
         assert!(log.sealed.values().all(|c| c.len() == CHUNK_LEN));
         assert_eq!(log.tail.len(), 5);
+        // A pop that finds nothing leaves the chunks as they are.
+        let mut full = RevisionLog::default();
+        for main in 2..2 + CHUNK_LEN as i64 {
+            full.push((main, 0), record(main));
+        }
+        assert!(full.pop((1, 0)).is_none());
+        assert_eq!((full.sealed.len(), full.tail.len()), (1, 0));
         // A compaction keeps the rebuilt chunks full.
         let gone: Vec<Rev> = (2..2 + 5 * CHUNK_LEN as i64).map(|m| (m, 0)).collect();
         log.remove_sorted(&gone);

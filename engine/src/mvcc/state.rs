@@ -27,7 +27,8 @@ pub(super) struct Record {
 }
 
 /// Marks a tombstone in `Record::sub_and_tombstone`. Sub revisions count the changes of
-/// one txn, far below 2^31 (a request is at most a few MiB).
+/// one command, one per key it wrote or deleted: 2^31 of them would need hundreds of GiB
+/// of records in memory. Records read from disk with a larger one are refused as corrupt.
 const TOMBSTONE_BIT: u32 = 1 << 31;
 
 impl Record {
@@ -78,7 +79,7 @@ pub(super) struct Written {
     pub record: Arc<Record>,
 }
 
-/// The whole key space at one revision. Cloning is O(1) (two map roots).
+/// The whole key space at one revision. Cloning is O(1) (map and log roots).
 #[derive(Clone)]
 pub(super) struct State {
     /// Every key with history not yet compacted away, to its newest record: the value at
