@@ -18,9 +18,15 @@ struct Scripted {
 
 impl Scripted {
     fn start(script: Arc<Script>) -> Scripted {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).unwrap();
+        // The UDP port picked by the OS may be taken for TCP: try a bounded number of ports.
+        let (udp, addr, tcp) = (0..64)
+            .find_map(|_| {
+                let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+                let addr = udp.local_addr().ok()?;
+                let tcp = TcpListener::bind(addr).ok()?;
+                Some((udp, addr, tcp))
+            })
+            .expect("a loopback port free for both UDP and TCP");
         tcp.set_nonblocking(true).unwrap();
         udp.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
