@@ -29,14 +29,13 @@ pub(super) struct RevisionLog {
     sealed: OrdMap<Rev, Arc<Chunk>>,
     /// The newest records, fewer than [`CHUNK_LEN`].
     tail: Arc<Chunk>,
-    len: usize,
 }
 
 impl RevisionLog {
     /// Number of records.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.len
+        self.sealed.values().map(|c| c.len()).sum::<usize>() + self.tail.len()
     }
 
     /// The newest revision held.
@@ -58,7 +57,6 @@ impl RevisionLog {
         );
         let tail = Arc::make_mut(&mut self.tail);
         tail.push((rev, record));
-        self.len += 1;
         if tail.len() == CHUNK_LEN {
             let full = std::mem::replace(&mut self.tail, Arc::new(Vec::with_capacity(CHUNK_LEN)));
             self.sealed.insert(full[0].0, full);
@@ -79,7 +77,6 @@ impl RevisionLog {
         if self.tail.last().map(|(r, _)| *r) != Some(rev) {
             return None;
         }
-        self.len -= 1;
         Arc::make_mut(&mut self.tail)
             .pop()
             .map(|(_, record)| record)
@@ -118,6 +115,7 @@ impl RevisionLog {
             .chain(std::iter::once(self.tail.as_slice()))
             .flat_map(|c| c.iter())
             .skip_while(move |(rev, _)| *rev < from)
+            // `&(rev, record)` as `(&rev, &record)`, the shape map iterators give.
             .map(|(rev, record)| (rev, record))
     }
 
@@ -154,7 +152,6 @@ impl RevisionLog {
             self.sealed.remove(&k);
         }
         self.tail = Arc::new(Vec::with_capacity(CHUNK_LEN));
-        self.len = self.sealed.values().map(|c| c.len()).sum();
         for (rev, record) in kept {
             self.push(rev, record);
         }
