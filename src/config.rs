@@ -102,6 +102,9 @@ pub struct Config {
     pub listen_binary_urls_derived: bool,
     /// `--cores` (corekv only): number of cores to run on, 1..=online cores.
     pub cores: usize,
+    /// `--sequencer-cpu` (corekv only): the CPU the sequencer (raft log, WAL write +
+    /// fdatasync) is pinned to; `None` for auto (see `cores::io_completion_cpu`).
+    pub sequencer_cpu: Option<usize>,
     /// `--lease-checkpoint-interval` (corekv only) in milliseconds: how often the leader
     /// records leases' remaining TTLs in the log (etcd's fixed 5 minutes by default).
     pub lease_checkpoint_interval_ms: u64,

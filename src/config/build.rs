@@ -106,6 +106,7 @@ pub(super) fn build(raw: &RawMap, online: usize) -> Result<Config, ConfigError> 
         cores: r
             .optional("cores", |s| parse_cores(s, online))?
             .unwrap_or(online),
+        sequencer_cpu: r.value("sequencer-cpu", parse_sequencer_cpu)?,
         auth_token: r.value("auth-token", |s| Ok(s.to_string()))?,
         auth_token_ttl_secs: r.value("auth-token-ttl", |s| match parse_u64(s)? {
             0 => Err("must be at least 1".into()),
@@ -246,6 +247,18 @@ fn parse_cores(text: &str, online: usize) -> Result<usize, String> {
         Ok(n) if n <= online => Ok(n),
         _ => Err(format!("this machine has only {online} online cores")),
     }
+}
+
+fn parse_sequencer_cpu(text: &str) -> Result<Option<usize>, String> {
+    if text == "auto" {
+        return Ok(None);
+    }
+    let cpu = parse_u64(text).map_err(|_| "expected auto or a CPU number".to_string())?;
+    usize::try_from(cpu)
+        .ok()
+        .filter(|cpu| *cpu < libc::CPU_SETSIZE as usize)
+        .map(Some)
+        .ok_or_else(|| "no such CPU".to_string())
 }
 
 fn parse_cluster_state(text: &str) -> Result<ClusterState, String> {

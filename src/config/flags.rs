@@ -53,6 +53,7 @@ pub(super) const FLAGS: &[FlagSpec] = &[
     FlagSpec { name: "config-file", default: Value(""), help: "Path to the server configuration file (YAML with etcd's keys). When set, other flags and environment variables are ignored." },
     FlagSpec { name: "listen-binary-urls", default: Derived("each --listen-client-urls URL with its port + 1, or the next port up that no other --listen-*-urls URL uses (2381 with etcd's defaults)"), help: "corekv: list of URLs to serve the binary protocol on (docs/protocol.md); empty to turn it off." },
     FlagSpec { name: "cores", default: Derived("all online cores"), help: "corekv: number of cores to run on (1 up to the number of online cores)." },
+    FlagSpec { name: "sequencer-cpu", default: Value("auto"), help: "corekv: CPU to pin the sequencer (raft log, WAL write + fdatasync) to; auto: the CPU that takes the WAL disk's completion interrupts when a single one does, else the first CPU used." },
     FlagSpec { name: "lease-checkpoint-interval", default: Value("300000"), help: "corekv: time (in milliseconds) between lease checkpoints, which record remaining TTLs so a restart does not renew leases." },
     FlagSpec { name: "auto-compaction-revision-interval", default: Value("300000"), help: "corekv: time (in milliseconds) between revision-mode auto compactions (etcd's fixed 5 minutes)." },
     FlagSpec { name: "auth-token", default: Value("simple"), help: "Specify auth token specific options: 'simple', or 'jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256[,ttl=5m]'." },

@@ -163,6 +163,7 @@ fn defaults_match_etcd() {
         listen_binary_urls: vec![url("http://localhost:2381")],
         listen_binary_urls_derived: true,
         cores: ONLINE,
+        sequencer_cpu: None,
         lease_checkpoint_interval_ms: 300_000,
         auto_compaction_mode: "periodic".into(),
         auto_compaction_retention: "0".into(),
@@ -277,6 +278,7 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
         join(&c.listen_binary_urls)
     }),
     ("cores", "1", |c| c.cores.to_string()),
+    ("sequencer-cpu", "1", |c| c.sequencer_cpu.map_or("auto".into(), |n| n.to_string())),
     ("lease-checkpoint-interval", "1500", |c| {
         c.lease_checkpoint_interval_ms.to_string()
     }),
@@ -492,6 +494,7 @@ fn full_file_config() -> Config {
         listen_binary_urls: vec![url("http://127.0.0.1:12382"), url("http://[::1]:12382")],
         listen_binary_urls_derived: true,
         cores: 2,
+        sequencer_cpu: None,
         lease_checkpoint_interval_ms: 300_000,
         // etcd's config-file default, not the flag's.
         auto_compaction_mode: String::new(),
