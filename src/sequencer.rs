@@ -185,6 +185,12 @@ const HANDOFF_CHANGES_MAX: usize = 10_000;
 const RELEASE_CHECK_INTERVAL_MS: u64 = 1000;
 /// How long the sequencer goes without a message before it hands freed memory back.
 const IDLE_BEFORE_RELEASE: Duration = Duration::from_secs(1);
+/// How long the sequencer polls its empty inbox (yielding the CPU to anything runnable)
+/// before it blocks. A blocked thread is woken by a futex wake, and on a VM a wake across
+/// CPUs is an inter-processor interrupt that took ~0.04 ms here; a request that arrives
+/// while the sequencer polls costs no wake at all.
+const POLL_BEFORE_BLOCK: Duration = Duration::from_micros(SPIN_US);
+const SPIN_US: u64 = 100;
 
 impl Sequencer {
     /// Builds the sequencer from recovered state.
@@ -406,7 +412,8 @@ impl Sequencer {
         let mut idle_ticks = 0u32;
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
-            match self.inbox.recv_timeout(timeout) {
+            let polled = self.poll_inbox(timeout.min(POLL_BEFORE_BLOCK));
+            match polled.map_or_else(|| self.inbox.recv_timeout(timeout), Ok) {
                 Ok(msg) => {
                     idle_ticks = 0;
                     self.turn_bytes = 0;
@@ -435,6 +442,21 @@ impl Sequencer {
             self.expire(Instant::now());
             self.hand_off_changes(false);
             self.release_wal();
+        }
+    }
+
+    /// The next message if one arrives within `budget`, polling without blocking; the CPU
+    /// is yielded between polls, so a thread that shares it loses (almost) nothing.
+    fn poll_inbox(&self, budget: Duration) -> Option<SequencerMsg> {
+        let deadline = Instant::now() + budget;
+        loop {
+            if let Ok(msg) = self.inbox.try_recv() {
+                return Some(msg);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::yield_now();
         }
     }
 
