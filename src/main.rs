@@ -655,8 +655,10 @@ fn spawn_network(
             if let Err(err) = cores::pin_current_thread(cpu) {
                 log::warn!("cannot pin network thread {core} to cpu {cpu}: {err}");
             }
+            corekv_net::park::install();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(corekv_net::park::poll_before_park)
                 .build()
                 .unwrap_or_else(|e| fatal("cannot start network runtime", e));
             let (binary, http): (Vec<_>, Vec<_>) = listeners

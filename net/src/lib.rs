@@ -9,6 +9,7 @@
 //! - [`http`]: `/health`, `/version`, `/metrics` on the client port (and metrics URLs).
 //! - [`serve`]: one core's accept loop: HTTP/1.1 and HTTP/2 (gRPC) on the same port.
 //! - [`peer`]: the raft transport between members (--listen-peer-urls).
+//! - [`park`]: network threads poll for wakes and readable sockets before they park.
 //! - [`metrics`]: lock-free counters and histograms rendered as Prometheus text.
 
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod park;
 pub mod peer;
 pub mod sequencer_api;
 pub mod serve;

@@ -68,6 +68,7 @@ pub async fn serve_with_tls(
     let mut tasks = Vec::new();
     for (listener, router, tls) in listeners {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        crate::park::watch(&listener);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         tasks.push(tokio::spawn(accept_loop(listener, router, tls)));
     }
@@ -93,6 +94,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        crate::park::watch(&stream);
         let Some(tls) = tls.clone() else {
             let service = TowerToHyperService::new(router.clone());
             tokio::spawn(serve_connection(stream, service));

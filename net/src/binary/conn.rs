@@ -70,6 +70,7 @@ pub async fn serve(listeners: Vec<StdListener>, shard: ShardClient) -> io::Resul
     let mut tasks = Vec::new();
     for listener in listeners {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        crate::park::watch(&listener);
         tasks.push(tokio::spawn(accept_loop(listener, shard.clone())));
     }
     for task in tasks {
@@ -90,6 +91,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, shard: ShardClient) {
             }
         };
         let _ = stream.set_nodelay(true);
+        crate::park::watch(&stream);
         tokio::spawn(connection(stream, shard.clone()));
     }
 }
