@@ -115,7 +115,10 @@ fn disk_irqs(block: &Path, depth: usize, irqs: &mut Vec<u32>) {
         block
     };
     let slaves: Vec<PathBuf> = std::fs::read_dir(disk.join("slaves"))
-        .map(|dir| dir.filter_map(|e| e.ok()?.path().canonicalize().ok()).collect())
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.path().canonicalize().ok())
+                .collect()
+        })
         .unwrap_or_default();
     if !slaves.is_empty() {
         for slave in slaves.iter().take(64) {
@@ -214,7 +217,11 @@ mod tests {
     /// A fake /sys and /proc: a virtio disk `vda` (254:0) with partition `vda1` (254:1), its
     /// PCI function owning interrupt lines 35 (config) and 36 (requests), and a dm device
     /// (253:0) stacked on vda1.
-    fn fake_tree(req_affinity: &str, config_count: u64, req_counts: (u64, u64)) -> tempfile::TempDir {
+    fn fake_tree(
+        req_affinity: &str,
+        config_count: u64,
+        req_counts: (u64, u64),
+    ) -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
         let sys = root.path().join("sys");
         let pci = sys.join("devices/pci0000:00/0000:00:02.0");
@@ -236,7 +243,11 @@ mod tests {
         let proc = root.path().join("proc");
         for (irq, list) in [(35, "0\n"), (36, req_affinity)] {
             std::fs::create_dir_all(proc.join(format!("irq/{irq}"))).unwrap();
-            std::fs::write(proc.join(format!("irq/{irq}/effective_affinity_list")), list).unwrap();
+            std::fs::write(
+                proc.join(format!("irq/{irq}/effective_affinity_list")),
+                list,
+            )
+            .unwrap();
         }
         std::fs::write(
             proc.join("interrupts"),
@@ -252,7 +263,14 @@ mod tests {
     fn pick(root: &tempfile::TempDir, major: u32, minor: u32) -> Option<usize> {
         let sys = root.path().join("sys");
         let proc = root.path().join("proc");
-        io_completion_cpu_in(&SysRoots { sys: &sys, proc: &proc }, major, minor)
+        io_completion_cpu_in(
+            &SysRoots {
+                sys: &sys,
+                proc: &proc,
+            },
+            major,
+            minor,
+        )
     }
 
     #[test]

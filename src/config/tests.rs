@@ -278,7 +278,9 @@ const SAMPLES: &[(&str, &str, Getter)] = &[
         join(&c.listen_binary_urls)
     }),
     ("cores", "1", |c| c.cores.to_string()),
-    ("sequencer-cpu", "1", |c| c.sequencer_cpu.map_or("auto".into(), |n| n.to_string())),
+    ("sequencer-cpu", "1", |c| {
+        c.sequencer_cpu.map_or("auto".into(), |n| n.to_string())
+    }),
     ("lease-checkpoint-interval", "1500", |c| {
         c.lease_checkpoint_interval_ms.to_string()
     }),
