@@ -189,8 +189,7 @@ const IDLE_BEFORE_RELEASE: Duration = Duration::from_secs(1);
 /// before it blocks. A blocked thread is woken by a futex wake, and on a VM a wake across
 /// CPUs is an inter-processor interrupt that took ~0.04 ms here; a request that arrives
 /// while the sequencer polls costs no wake at all.
-const POLL_BEFORE_BLOCK: Duration = Duration::from_micros(SPIN_US);
-const SPIN_US: u64 = 100;
+const POLL_BEFORE_BLOCK: Duration = Duration::from_micros(100);
 
 impl Sequencer {
     /// Builds the sequencer from recovered state.
