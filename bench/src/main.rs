@@ -29,6 +29,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod binary_watch;
 mod plot;
 mod srv;
+mod unary;
 mod watch;
 
 use std::fmt::Write as _;
@@ -80,6 +81,10 @@ GLOBAL FLAGS (accepted before or after the command):
                        protocol; --endpoints are then binary listeners) [grpc]. binary
                        works with put, range, txn-put, lease-keepalive, mixed and
                        watch-latency
+  --grpc-client C      h2 (a lean unary client on the h2 crate, module unary) or
+                       etcd-client (the etcd-client crate: tonic's channel) for put,
+                       range, txn-put and mixed over gRPC [h2]. Streams (watch, lease
+                       keep-alive) always use etcd-client
   --plot FILE.svg      also write an SVG: latency by percentile and throughput over time
 
 put:
@@ -187,6 +192,16 @@ impl Command {
     }
 }
 
+/// Which gRPC client sends the KV workloads' requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum GrpcClient {
+    /// The lean unary client of module `unary` (the default: the bench leaves the CPU to
+    /// the server it measures).
+    H2,
+    /// The `etcd-client` crate, as an application would use it.
+    EtcdClient,
+}
+
 /// Which API a run speaks.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Protocol {
@@ -246,6 +261,8 @@ struct Opts {
     key_given: bool,
     positional: Vec<String>,
     protocol: Protocol,
+    /// Which gRPC client the KV workloads use.
+    grpc_client: GrpcClient,
     plot: Option<String>,
     read_ratio: f64,
     /// `--discovery-srv`: domain whose SRV records list the endpoints; empty if unused.
@@ -289,6 +306,7 @@ impl Default for Opts {
             key_given: false,
             positional: Vec::new(),
             protocol: Protocol::Grpc,
+            grpc_client: GrpcClient::H2,
             plot: None,
             read_ratio: 0.8,
             discovery_srv: String::new(),
@@ -436,6 +454,17 @@ fn parse_args(args: Vec<String>) -> Result<Option<Opts>, String> {
                     "grpc" => Protocol::Grpc,
                     "binary" => Protocol::Binary,
                     _ => return Err(format!("--protocol: expected grpc or binary, got {v:?}")),
+                }
+            }
+            "--grpc-client" => {
+                o.grpc_client = match v.as_str() {
+                    "h2" => GrpcClient::H2,
+                    "etcd-client" => GrpcClient::EtcdClient,
+                    _ => {
+                        return Err(format!(
+                            "--grpc-client: expected h2 or etcd-client, got {v:?}"
+                        ))
+                    }
                 }
             }
             "--plot" => o.plot = Some(v),
@@ -693,128 +722,132 @@ impl Workload {
             .collect()
     }
 
-    /// Issues request number `seq` of this workload on the client's connection.
-    async fn issue(&self, ctx: &mut ClientCtx, seq: u64, rng: &mut Rng) -> Result<(), String> {
-        match (&ctx.conn, self.command) {
-            (_, Command::Mixed) => {
+    /// The request number `seq` of this workload sends (not for lease-keepalive).
+    fn next_op(&self, seq: u64, rng: &mut Rng) -> KvOp {
+        let put = |key: Vec<u8>| pb::PbPutRequest {
+            key,
+            value: self.value.clone(),
+            ..Default::default()
+        };
+        match self.command {
+            Command::Mixed => {
                 // A read with probability read_ratio, else a put; same key choice for both.
                 let read = (rng.next() >> 11) as f64 / (1u64 << 53) as f64 <= self.read_ratio
                     && self.read_ratio > 0.0;
                 let key = encode_key(self.key_index(seq, rng), self.key_size, self.encoding);
-                match (&ctx.conn, read) {
-                    (Conn::Grpc { kv, .. }, true) => {
-                        let mut opts = GetOptions::new();
-                        if self.serializable {
-                            opts = opts.with_serializable();
-                        }
-                        kv.clone().get(key, Some(opts)).await.map(drop).map_err(err)
-                    }
-                    (Conn::Grpc { kv, .. }, false) => kv
-                        .clone()
-                        .put(key, self.value.clone(), None)
-                        .await
-                        .map(drop)
-                        .map_err(err),
-                    (Conn::Binary(c), true) => {
-                        let req = pb::PbRangeRequest {
-                            key,
-                            serializable: self.serializable,
-                            ..Default::default()
-                        };
-                        c.range(&req).await.map(drop).map_err(err)
-                    }
-                    (Conn::Binary(c), false) => {
-                        let req = pb::PbPutRequest {
-                            key,
-                            value: self.value.clone(),
-                            ..Default::default()
-                        };
-                        c.put(&req).await.map(drop).map_err(err)
-                    }
+                if read {
+                    KvOp::Range(pb::PbRangeRequest {
+                        key,
+                        serializable: self.serializable,
+                        ..Default::default()
+                    })
+                } else {
+                    KvOp::Put(put(key))
                 }
             }
-            (Conn::Grpc { kv, .. }, Command::Put) => {
-                let key = encode_key(self.key_index(seq, rng), self.key_size, self.encoding);
-                kv.clone()
-                    .put(key, self.value.clone(), None)
-                    .await
-                    .map(drop)
-                    .map_err(err)
-            }
-            (Conn::Binary(c), Command::Put) => {
-                let req = pb::PbPutRequest {
-                    key: encode_key(self.key_index(seq, rng), self.key_size, self.encoding),
-                    value: self.value.clone(),
-                    ..Default::default()
-                };
-                c.put(&req).await.map(drop).map_err(err)
-            }
-            (Conn::Grpc { kv, .. }, Command::Range) => {
-                let mut opts = GetOptions::new();
-                if let Some(end) = &self.range_end {
-                    opts = opts.with_range(end.clone());
-                }
-                if self.serializable {
-                    opts = opts.with_serializable();
-                }
-                if self.limit > 0 {
-                    opts = opts.with_limit(self.limit);
-                }
-                kv.clone()
-                    .get(self.range_key.clone(), Some(opts))
-                    .await
-                    .map(drop)
-                    .map_err(err)
-            }
-            (Conn::Binary(c), Command::Range) => {
-                let req = pb::PbRangeRequest {
-                    key: self.range_key.clone(),
-                    range_end: self.range_end.clone().unwrap_or_default(),
-                    serializable: self.serializable,
-                    limit: self.limit,
-                    ..Default::default()
-                };
-                c.range(&req).await.map(drop).map_err(err)
-            }
-            (Conn::Grpc { kv, .. }, Command::TxnPut) => {
-                let ops: Vec<TxnOp> = self
-                    .txn_keys(seq, rng)
-                    .into_iter()
-                    .map(|k| TxnOp::put(k, self.value.clone(), None))
-                    .collect();
-                kv.clone()
-                    .txn(Txn::new().and_then(ops))
-                    .await
-                    .map(drop)
-                    .map_err(err)
-            }
-            (Conn::Binary(c), Command::TxnPut) => {
-                let success = self
+            Command::Put => KvOp::Put(put(encode_key(
+                self.key_index(seq, rng),
+                self.key_size,
+                self.encoding,
+            ))),
+            Command::Range => KvOp::Range(pb::PbRangeRequest {
+                key: self.range_key.clone(),
+                range_end: self.range_end.clone().unwrap_or_default(),
+                serializable: self.serializable,
+                limit: self.limit,
+                ..Default::default()
+            }),
+            Command::TxnPut => KvOp::Txn(pb::PbTxnRequest {
+                success: self
                     .txn_keys(seq, rng)
                     .into_iter()
                     .map(|key| pb::PbTxnRequestOp {
-                        request: Some(pb::PbTxnOpRequest::RequestPut(pb::PbPutRequest {
-                            key,
-                            value: self.value.clone(),
-                            ..Default::default()
-                        })),
+                        request: Some(pb::PbTxnOpRequest::RequestPut(put(key))),
                     })
-                    .collect();
-                let req = pb::PbTxnRequest {
-                    success,
-                    ..Default::default()
-                };
-                c.txn(&req).await.map(drop).map_err(err)
-            }
-            (_, Command::LeaseKeepalive) => ctx.keep_alive().await,
-            (
-                _,
-                Command::FsyncFloor | Command::FreePorts | Command::WatchLatency | Command::Watch,
-            ) => {
-                unreachable!("not a closed-loop workload")
-            }
+                    .collect(),
+                ..Default::default()
+            }),
+            Command::LeaseKeepalive
+            | Command::FsyncFloor
+            | Command::FreePorts
+            | Command::WatchLatency
+            | Command::Watch => unreachable!("not a closed-loop KV workload"),
         }
     }
+
+    /// Issues request number `seq` of this workload on the client's connection.
+    async fn issue(&self, ctx: &mut ClientCtx, seq: u64, rng: &mut Rng) -> Result<(), String> {
+        if self.command == Command::LeaseKeepalive {
+            return ctx.keep_alive().await;
+        }
+        let op = self.next_op(seq, rng);
+        match &ctx.conn {
+            Conn::Binary(c) => match op {
+                KvOp::Put(r) => c.put(&r).await.map(drop),
+                KvOp::Range(r) => c.range(&r).await.map(drop),
+                KvOp::Txn(r) => c.txn(&r).await.map(drop),
+            }
+            .map_err(err),
+            Conn::Grpc {
+                unary: Some(ch), ..
+            } => match op {
+                KvOp::Put(r) => ch
+                    .call::<_, pb::PbPutResponse>(unary::KvMethod::Put, &r)
+                    .await
+                    .map(drop),
+                KvOp::Range(r) => ch
+                    .call::<_, pb::PbRangeResponse>(unary::KvMethod::Range, &r)
+                    .await
+                    .map(drop),
+                KvOp::Txn(r) => ch
+                    .call::<_, pb::PbTxnResponse>(unary::KvMethod::Txn, &r)
+                    .await
+                    .map(drop),
+            },
+            Conn::Grpc { kv, .. } => issue_etcd_client(kv.clone(), op).await,
+        }
+    }
+}
+
+/// One request of a closed-loop KV workload, as etcd's messages.
+enum KvOp {
+    Put(pb::PbPutRequest),
+    Range(pb::PbRangeRequest),
+    Txn(pb::PbTxnRequest),
+}
+
+/// Sends `op` through the `etcd-client` crate (`--grpc-client etcd-client`).
+async fn issue_etcd_client(mut kv: KvClient, op: KvOp) -> Result<(), String> {
+    match op {
+        KvOp::Put(r) => kv.put(r.key, r.value, None).await.map(drop),
+        KvOp::Range(r) => {
+            let mut opts = GetOptions::new();
+            if !r.range_end.is_empty() {
+                opts = opts.with_range(r.range_end);
+            }
+            if r.serializable {
+                opts = opts.with_serializable();
+            }
+            if r.limit > 0 {
+                opts = opts.with_limit(r.limit);
+            }
+            kv.get(r.key, Some(opts)).await.map(drop)
+        }
+        KvOp::Txn(r) => {
+            let ops: Vec<TxnOp> = r
+                .success
+                .into_iter()
+                .filter_map(|op| match op.request {
+                    Some(pb::PbTxnOpRequest::RequestPut(p)) => {
+                        Some(TxnOp::put(p.key, p.value, None))
+                    }
+                    _ => None,
+                })
+                .collect();
+            kv.txn(Txn::new().and_then(ops)).await.map(drop)
+        }
+    }
+    .map_err(err)
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -829,8 +862,13 @@ const KEEPALIVE_LEASE_TTL_S: i64 = 600;
 #[derive(Clone)]
 #[allow(clippy::large_enum_variant)]
 enum Conn {
-    /// An etcd gRPC connection.
-    Grpc { kv: KvClient, lease: LeaseClient },
+    /// An etcd gRPC connection through `etcd-client`, plus (with `--grpc-client h2`, for
+    /// the KV workloads) the lean unary client's own connection that those requests use.
+    Grpc {
+        kv: KvClient,
+        lease: LeaseClient,
+        unary: Option<unary::Channel>,
+    },
     /// A pipelined binary-protocol connection.
     Binary(Arc<corekv_client::Connection>),
 }
@@ -1131,9 +1169,19 @@ async fn connect_all(o: &Opts) -> Result<Vec<Conn>, String> {
                 let client = Client::connect([ep.as_str()], Some(options))
                     .await
                     .map_err(|e| format!("cannot connect to {ep}: {e}"))?;
+                let kv_workload = matches!(
+                    o.command,
+                    Command::Put | Command::Range | Command::TxnPut | Command::Mixed
+                );
+                let unary = if kv_workload && o.grpc_client == GrpcClient::H2 {
+                    Some(unary::Channel::connect(ep, Duration::from_secs(5), o.timeout).await?)
+                } else {
+                    None
+                };
                 conns.push(Conn::Grpc {
                     kv: client.kv_client(),
                     lease: client.lease_client(),
+                    unary,
                 });
             }
             Protocol::Binary => {
@@ -1152,11 +1200,26 @@ async fn connect_all(o: &Opts) -> Result<Vec<Conn>, String> {
         let ep = o.endpoints[i % o.endpoints.len()].clone();
         primes.push(tokio::spawn(async move {
             let answered = match conn {
-                Conn::Grpc { mut kv, .. } => kv
-                    .get(PRIME_KEY, Some(GetOptions::new().with_serializable()))
-                    .await
-                    .map(drop)
-                    .map_err(err),
+                Conn::Grpc { mut kv, unary, .. } => {
+                    let primed = kv
+                        .get(PRIME_KEY, Some(GetOptions::new().with_serializable()))
+                        .await
+                        .map(drop)
+                        .map_err(err);
+                    match (primed, unary) {
+                        (Ok(()), Some(ch)) => {
+                            let req = pb::PbRangeRequest {
+                                key: PRIME_KEY.to_vec(),
+                                serializable: true,
+                                ..Default::default()
+                            };
+                            ch.call::<_, pb::PbRangeResponse>(unary::KvMethod::Range, &req)
+                                .await
+                                .map(drop)
+                        }
+                        (primed, _) => primed,
+                    }
+                }
                 Conn::Binary(c) => {
                     let req = pb::PbRangeRequest {
                         key: PRIME_KEY.to_vec(),
