@@ -169,9 +169,33 @@ fn check_status(headers: &HeaderMap) -> Result<(), String> {
     }
     let message = headers
         .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .map(|v| percent_decode(v.as_bytes()))
+        .unwrap_or_default();
     Err(format!("grpc-status {code}: {message}"))
+}
+
+/// grpc-message is percent-encoded (gRPC over HTTP/2: bytes outside printable ASCII and
+/// '%' itself; tonic encodes spaces too). A malformed escape is kept as it is.
+fn percent_decode(raw: &[u8]) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let escaped = (raw[i] == b'%' && i + 2 < raw.len())
+            .then(|| Some(hex(raw[i + 1])? << 4 | hex(raw[i + 2])?))
+            .flatten();
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Decodes the single length-prefixed message of a unary answer.
@@ -208,6 +232,18 @@ mod tests {
             Err("grpc-status 9: etcdserver: key not found".into())
         );
         assert!(check_status(&HeaderMap::new()).is_err());
+        h.insert(
+            "grpc-message",
+            "etcdserver:%20request%20is%20too%20large".parse().unwrap(),
+        );
+        assert_eq!(
+            check_status(&h),
+            Err("grpc-status 9: etcdserver: request is too large".into())
+        );
+        assert_eq!(
+            percent_decode(b"100%25 %e2%9c%93 %zz %4"),
+            "100% \u{2713} %zz %4"
+        );
 
         let mut framed = vec![0, 0, 0, 0, 0];
         assert!(decode_message::<corekv_client::proto::PbPutResponse>(&framed).is_ok());
