@@ -34,8 +34,9 @@ impl KvMethod {
     }
 }
 
-/// Largest answer message accepted (etcd's default client receive limit is larger, but no
-/// workload here reads more than a few keys).
+/// Largest answer accepted, a bound on the memory one call may take (etcd's Go client allows
+/// 2 GiB; a `range --end` over a million 256-byte values is ~300 MB, so such a read fails
+/// here with a clear error rather than being half-read).
 const ANSWER_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// HTTP/2 flow-control windows the client advertises: large enough that 256 clients'
 /// answers never wait for a WINDOW_UPDATE.
