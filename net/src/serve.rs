@@ -11,6 +11,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::grpc::ClientService;
 use crate::shard_api::ShardClient;
 
 /// Connections queued in the kernel per listener before accept.
@@ -36,24 +37,26 @@ pub fn bind_reuseport(host_port: &str) -> io::Result<StdListener> {
     Ok(socket.into())
 }
 
-/// The full router of a client port: etcd's gRPC services plus the HTTP endpoints.
+/// The full service of a client port: etcd's gRPC services plus the HTTP endpoints.
 /// Unknown paths answer as etcd: gRPC UNIMPLEMENTED to gRPC clients, 404 to the rest.
-pub fn client_router(shard: ShardClient) -> axum::Router {
+pub fn client_router(shard: ShardClient) -> ClientService {
     let grpc = crate::grpc::router(shard.clone());
-    grpc.merge(crate::gateway::routes(shard.clone()))
-        .merge(crate::http::routes(shard))
+    let router = grpc
+        .merge(crate::gateway::routes(shard.clone()))
+        .merge(crate::http::routes(shard.clone()))
         .fallback(crate::http::not_found)
-        .with_state(())
+        .with_state(());
+    ClientService::client(shard, router)
 }
 
-/// The router of a metrics port: only the HTTP endpoints.
-pub fn metrics_router(shard: ShardClient) -> axum::Router {
-    crate::http::routes(shard).fallback(crate::http::not_found)
+/// The service of a metrics port: only the HTTP endpoints.
+pub fn metrics_router(shard: ShardClient) -> ClientService {
+    ClientService::router_only(crate::http::routes(shard).fallback(crate::http::not_found))
 }
 
 /// Serves `router` on every listener until the runtime stops. Must run inside a tokio
 /// runtime (one current-thread runtime per core).
-pub async fn serve(listeners: Vec<(StdListener, axum::Router)>) -> io::Result<()> {
+pub async fn serve(listeners: Vec<(StdListener, ClientService)>) -> io::Result<()> {
     serve_with_tls(listeners.into_iter().map(|(l, r)| (l, r, None)).collect()).await
 }
 
@@ -63,7 +66,11 @@ const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// [`serve`], with TLS on the listeners that have a server configuration (https URLs):
 /// there a connection that does not complete a TLS handshake gets nothing.
 pub async fn serve_with_tls(
-    listeners: Vec<(StdListener, axum::Router, Option<Arc<rustls::ServerConfig>>)>,
+    listeners: Vec<(
+        StdListener,
+        ClientService,
+        Option<Arc<rustls::ServerConfig>>,
+    )>,
 ) -> io::Result<()> {
     let mut tasks = Vec::new();
     for (listener, router, tls) in listeners {
@@ -80,7 +87,7 @@ pub async fn serve_with_tls(
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    router: axum::Router,
+    router: ClientService,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     loop {
