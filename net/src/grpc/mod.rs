@@ -27,13 +27,28 @@ use crate::shard_api::{ClusterInfo, ShardClient};
 /// message, as etcd does (so a slightly-too-large request gets etcd's "request is too large").
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// The message bounds every service applies: etcd's --max-request-bytes plus gRPC's
+/// overhead in, no bound out.
+fn limits(shard: &ShardClient) -> v3pb::Limits {
+    v3pb::Limits {
+        decode_max: shard.cluster.max_request_bytes + GRPC_OVERHEAD_BYTES,
+        encode_max: usize::MAX,
+    }
+}
+
+/// The generated KV service with those bounds (the router's and [`ClientService`]'s).
+fn kv_server(shard: &ShardClient) -> PbKvServer<kv::KvService> {
+    let limits = limits(shard);
+    PbKvServer::new(kv::KvService::new(shard.clone()))
+        .max_decoding_message_size(limits.decode_max)
+        .max_encoding_message_size(limits.encode_max)
+}
+
 /// Builds the gRPC routes served on one core, bound to that core's shard.
 pub fn routes(shard: ShardClient) -> Routes {
-    let decode_max = shard.cluster.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let encode_max = usize::MAX;
-    let kv = PbKvServer::new(kv::KvService::new(shard.clone()))
-        .max_decoding_message_size(decode_max)
-        .max_encoding_message_size(encode_max);
+    let limits = limits(&shard);
+    let (decode_max, encode_max) = (limits.decode_max, limits.encode_max);
+    let kv = kv_server(&shard);
     let maintenance = PbMaintenanceServer::new(maintenance::MaintenanceService::new(shard.clone()))
         .max_decoding_message_size(decode_max);
     let watch = PbWatchServer::new(watch::WatchService::new(shard.clone()))
@@ -41,10 +56,6 @@ pub fn routes(shard: ShardClient) -> Routes {
         .max_encoding_message_size(encode_max);
     let lease = corekv_engine::pb::PbLeaseServer::new(lease::LeaseService::new(shard.clone()))
         .max_decoding_message_size(decode_max);
-    let limits = v3pb::Limits {
-        decode_max,
-        encode_max,
-    };
     let lock = lock::LockServer::new(shard.clone(), limits);
     let election = election::ElectionServer::new(shard.clone(), limits);
     let auth = auth::AuthServer::new(shard.clone(), limits);
@@ -65,11 +76,7 @@ pub fn routes(shard: ShardClient) -> Routes {
 /// batch's events are encoded once and shared by the watchers they go to). axum matches an exact route ahead of
 /// the KV service's `/etcdserverpb.KV/{*rest}`, so only Range leaves the generated service.
 pub fn router(shard: ShardClient) -> axum::Router {
-    let decode_max = shard.cluster.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let limits = v3pb::Limits {
-        decode_max,
-        encode_max: usize::MAX,
-    };
+    let limits = limits(&shard);
     let range = range::RangeServer::new(shard.clone(), limits);
     let watch = watch::WatchServer::new(shard.clone(), limits);
     routes(shard)
@@ -83,6 +90,8 @@ pub fn router(shard: ShardClient) -> axum::Router {
 /// /health, /metrics, unknown paths) goes through the axum router as before. perf at put
 /// 16/256: the router's matching, its boxed route futures and the moves of those futures
 /// were a measurable share of the network threads' time on the one path every write takes.
+/// The router keeps its KV routes (range.rs's tests compare the generated service with the
+/// range server through them), but on the client port no KV call reaches them.
 #[derive(Clone)]
 pub struct ClientService {
     /// None on a metrics-only port.
@@ -96,16 +105,10 @@ const KV_PATH_PREFIX: &str = "/etcdserverpb.KV/";
 impl ClientService {
     /// The client port: the KV fast path in front of `router` (which serves KV too).
     pub fn client(shard: ShardClient, router: axum::Router) -> ClientService {
-        let decode_max = shard.cluster.max_request_bytes + GRPC_OVERHEAD_BYTES;
-        let limits = v3pb::Limits {
-            decode_max,
-            encode_max: usize::MAX,
-        };
-        let kv = PbKvServer::new(kv::KvService::new(shard.clone()))
-            .max_decoding_message_size(decode_max)
-            .max_encoding_message_size(usize::MAX);
+        let kv = kv_server(&shard);
+        let range = range::RangeServer::new(shard.clone(), limits(&shard));
         ClientService {
-            kv: Some((kv, range::RangeServer::new(shard, limits))),
+            kv: Some((kv, range)),
             router,
         }
     }
