@@ -656,6 +656,7 @@ fn spawn_network(
                 log::warn!("cannot pin network thread {core} to cpu {cpu}: {err}");
             }
             corekv_net::park::install();
+            let answers = corekv_net::answer::AnswerInbox::install();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .on_thread_park(corekv_net::park::poll_before_park)
@@ -688,6 +689,7 @@ fn spawn_network(
                         release_idle_memory();
                     }
                 });
+                tokio::spawn(answers.deliver());
                 let binary = corekv_net::binary::serve(binary, client.clone());
                 tokio::try_join!(corekv_net::serve::serve_with_tls(served), binary)
             };

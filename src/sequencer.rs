@@ -118,6 +118,9 @@ pub struct Sequencer {
     member_id: u64,
     /// Proposals not yet applied, by proposal id (the id in their InternalRequest).
     waiting: BTreeMap<u64, Waiting>,
+    /// This turn's answers to writers and linearizable readers, one list per network
+    /// thread, handed over at the end of the turn (see `corekv_net::answer`).
+    outbox: corekv_net::answer::Outbox,
     /// `(log index, proposal id)` of proposals this member made as leader, in index order:
     /// applying another entry at such an index means the proposal was lost.
     leader_proposals: VecDeque<(u64, u64)>,
@@ -217,6 +220,7 @@ impl Sequencer {
             tick: Duration::from_millis(heartbeat_interval_ms.max(1)),
             member_id,
             waiting: BTreeMap::new(),
+            outbox: Default::default(),
             leader_proposals: VecDeque::new(),
             request_timeout: Duration::from_secs(7),
             reads_unissued: Vec::new(),
@@ -292,7 +296,7 @@ impl Sequencer {
         let leading = self.raft.is_leader() && self.failed.is_none();
         if let Some(revision) = compactor.poll(now, self.store.revision(), leading) {
             log::info!("starting auto compaction at revision {revision}");
-            let (reply, rx) = oneshot::channel();
+            let (reply, rx) = corekv_net::answer::Answer::channel();
             self.compaction_reply = Some(rx);
             let request = corekv_engine::pb::PbCompactionRequest {
                 revision,
@@ -708,9 +712,10 @@ impl Sequencer {
         }
         // Writers hear back only after every core can read what they wrote.
         for (reply, result) in answered {
-            let _ = reply.send(result);
+            self.outbox.push(reply, result);
         }
         self.serve_ready_reads();
+        self.outbox.flush();
     }
 
     fn persist(
@@ -918,7 +923,8 @@ impl Sequencer {
             let (_, replies) = self.reads_ready.pop_front().expect("front exists");
             let view = self.store.view();
             for reply in replies {
-                let _ = reply.send(Ok((view.clone(), self.raft.term())));
+                self.outbox
+                    .push(reply, Ok((view.clone(), self.raft.term())));
             }
         }
     }

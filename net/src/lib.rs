@@ -12,6 +12,7 @@
 //! - [`park`]: network threads poll for wakes and readable sockets before they park.
 //! - [`metrics`]: lock-free counters and histograms rendered as Prometheus text.
 
+pub mod answer;
 pub mod auth;
 mod authority;
 pub mod binary;

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use corekv_engine::mvcc::{CommandResponse, ReadView};
+use corekv_engine::mvcc::ReadView;
 use corekv_engine::request::{AuthHeader, Command};
 use corekv_engine::KvError;
 use tokio::sync::oneshot;
@@ -20,9 +20,9 @@ use tokio::sync::oneshot;
 use crate::shard_api::{ClusterOp, LeaseOp, LeaseResult, MaintenanceOp, Reply, StatusInfo};
 
 /// The reply channel of a proposal.
-pub type WriteReply = oneshot::Sender<Result<Reply<CommandResponse>, KvError>>;
+pub type WriteReply = crate::answer::Answer<crate::answer::WriteResult>;
 /// The reply channel of a read-index request: a view at or after the read index.
-pub type ReadReply = oneshot::Sender<Result<(ReadView, u64), KvError>>;
+pub type ReadReply = crate::answer::Answer<crate::answer::ReadResult>;
 /// The reply channel of a lease request served without a log entry.
 pub type LeaseReply = oneshot::Sender<Result<Reply<LeaseResult>, KvError>>;
 

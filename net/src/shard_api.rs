@@ -277,7 +277,7 @@ impl ShardClient {
                 .latest
                 .with(|view, raft_term| read_view(view, &op, raft_term));
         }
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = crate::answer::Answer::channel();
         self.ask(SequencerMsg::ReadIndex { reply }).await?;
         let (view, raft_term) = rx.await.map_err(|_| closed())??;
         read_view(&view, &op, raft_term)
@@ -311,7 +311,7 @@ impl ShardClient {
         command: Command,
         auth: Option<AuthHeader>,
     ) -> Result<Reply<CommandResponse>, KvError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = crate::answer::Answer::channel();
         self.ask(SequencerMsg::Propose {
             command,
             auth,

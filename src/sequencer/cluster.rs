@@ -379,7 +379,7 @@ impl Sequencer {
             name: attrs.name.clone(),
             client_urls: attrs.client_urls.clone(),
         });
-        let (reply, _) = oneshot::channel();
+        let (reply, _) = corekv_net::answer::Answer::channel();
         self.propose(command, reply);
     }
 
@@ -453,7 +453,7 @@ impl Sequencer {
                     return;
                 }
                 let command = Command::MemberUpdate(MemberUpdateRequest { id, peer_urls });
-                let (tx, rx) = oneshot::channel();
+                let (tx, rx) = corekv_net::answer::Answer::channel();
                 self.propose(command, tx);
                 self.cluster.waits.push(ClusterWait {
                     rx,
@@ -532,7 +532,7 @@ impl Sequencer {
             context: request.encode_to_vec(),
             ..Default::default()
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = corekv_net::answer::Answer::channel();
         match self.raft.propose_conf_change(Vec::new(), change) {
             Ok(index) => self.wait_for(id, index, tx),
             Err(err) => {

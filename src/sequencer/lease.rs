@@ -18,7 +18,6 @@ use corekv_engine::request::{Command, LeaseCheckpoint, LeaseCheckpointRequest};
 use corekv_engine::KvError;
 use corekv_net::metrics;
 use corekv_net::shard_api::{LeaseOp, LeaseResult, Reply};
-use tokio::sync::oneshot;
 
 use super::Sequencer;
 use crate::lessor::Lessor;
@@ -297,7 +296,7 @@ impl Sequencer {
 
     /// A proposal of the server's own: nobody waits for its answer.
     fn propose_internal(&mut self, command: Command) {
-        let (reply, _) = oneshot::channel();
+        let (reply, _) = corekv_net::answer::Answer::channel();
         self.propose(command, reply);
     }
 
