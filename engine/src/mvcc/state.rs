@@ -321,26 +321,33 @@ impl State {
     /// it. Returns what it takes to undo the change ([`State::unwrite`]).
     pub fn write(&mut self, kv: KeyValue, tombstone: bool, sub: i64) -> Written {
         let main = kv.mod_revision;
-        let previous = self.keys.get(&kv.key[..]).cloned();
+        // An existing key's slot is replaced in place: one descent copies the shared nodes
+        // on its path and finds it (a lookup and then an insert took two).
+        let (previous, record) = match self.keys.get_mut(&kv.key[..]) {
+            Some(slot) => {
+                let prev = (slot.kv.mod_revision, slot.sub());
+                assert!(prev < (main, sub), "a key's revisions only go forward");
+                let record = Arc::new(Record::new(kv, tombstone, sub, Some(prev)));
+                (Some(std::mem::replace(slot, record.clone())), record)
+            }
+            None => {
+                let map_key = MapKey::new(&kv.key);
+                let record = Arc::new(Record::new(kv, tombstone, sub, None));
+                self.keys.insert(map_key, record.clone());
+                (None, record)
+            }
+        };
         let was_live = previous.as_ref().is_some_and(|r| !r.tombstone());
         let old_lease = match &previous {
             Some(r) if was_live => r.kv.lease,
             _ => 0,
         };
-        let new_lease = if tombstone { 0 } else { kv.lease };
+        let new_lease = if tombstone { 0 } else { record.kv.lease };
         if old_lease != new_lease {
-            self.detach(old_lease, &kv.key);
-            self.attach(new_lease, &kv.key);
+            self.detach(old_lease, &record.kv.key);
+            self.attach(new_lease, &record.kv.key);
         }
-        let prev = previous.as_ref().map(|p| (p.kv.mod_revision, p.sub()));
-        assert!(
-            prev < Some((main, sub)),
-            "a key's revisions only go forward"
-        );
-        let map_key = MapKey::new(&kv.key);
-        let record = Arc::new(Record::new(kv, tombstone, sub, prev));
         self.live_keys = self.live_keys + usize::from(!tombstone) - usize::from(was_live);
-        self.keys.insert(map_key, record.clone());
         self.by_revision.push((main, sub), record.clone());
         Written {
             main,
