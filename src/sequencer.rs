@@ -647,7 +647,6 @@ impl Sequencer {
                     .push_back((self.read_seq, deadline, batch));
             }
         }
-        let mut answered = Vec::new();
         let mut applied_any = false;
         for _ in 0..CYCLES_PER_TURN_MAX {
             if self.failed.is_some() {
@@ -697,7 +696,7 @@ impl Sequencer {
                     if self.failed.is_some() {
                         break;
                     }
-                    self.apply(entry, &mut answered);
+                    self.apply(entry);
                 }
                 if self.failed.is_some() {
                     break;
@@ -710,11 +709,9 @@ impl Sequencer {
             self.publish();
             self.hand_off_changes(false);
         }
-        // Writers hear back only after every core can read what they wrote.
-        for (reply, result) in answered {
-            self.outbox.push(reply, result);
-        }
         self.serve_ready_reads();
+        // Writers hear back only after every core can read what they wrote: their answers
+        // waited in the outbox since their entries were applied.
         self.outbox.flush();
     }
 
@@ -806,11 +803,9 @@ impl Sequencer {
         }
     }
 
-    fn apply(
-        &mut self,
-        entry: &Entry,
-        answered: &mut Vec<(WriteReply, Result<Reply<CommandResponse>, KvError>)>,
-    ) {
+    /// Applies one committed entry; the answer to this member's proposal, if it is one,
+    /// waits in the outbox until the turn's view is published.
+    fn apply(&mut self, entry: &Entry) {
         debug_assert!(
             entry.index > self.applied_index,
             "entries apply once, in order"
@@ -876,7 +871,7 @@ impl Sequencer {
             self.leader_proposals.pop_front();
             if Some(id) != proposal {
                 if let Some(waiting) = self.waiting.remove(&id) {
-                    answered.push((waiting.reply, Err(lost())));
+                    self.outbox.push(waiting.reply, Err(lost()));
                 }
             }
         }
@@ -892,7 +887,7 @@ impl Sequencer {
                 )),
             };
             debug_assert!(waiting.index.is_none_or(|i| i == entry.index));
-            answered.push((waiting.reply, outcome));
+            self.outbox.push(waiting.reply, outcome);
         }
         m.proposals_pending.store(
             self.waiting.len() as i64,

@@ -37,6 +37,10 @@ pub type ReadResult = Result<(ReadView, u64), KvError>;
 /// sequencer then completes that thread's answers directly instead of waiting.
 pub const INBOX_BATCHES_MAX: usize = 1024;
 
+/// Room a new list in the outbox starts with (a list moves when it grows, and the
+/// deliveries are large).
+const LIST_CAPACITY_FIRST: usize = 128;
+
 /// One completed answer, ready to be delivered on its network thread.
 pub enum Delivery {
     Write(oneshot::Sender<WriteResult>, WriteResult),
@@ -146,7 +150,12 @@ impl Outbox {
             .find(|(known, _)| Arc::ptr_eq(&known.0, &inbox.0))
         {
             Some((_, list)) => list.push(delivery),
-            None => self.lists.push((inbox, vec![delivery])),
+            None => {
+                // Sized for a typical batch's share, so pushes rarely move the list.
+                let mut list = Vec::with_capacity(LIST_CAPACITY_FIRST);
+                list.push(delivery);
+                self.lists.push((inbox, list));
+            }
         }
     }
 

@@ -79,6 +79,13 @@ pub(super) struct Written {
     pub record: Arc<Record>,
 }
 
+impl Written {
+    /// The live record this change replaced, if the key was live before it.
+    pub fn replaced_live(&self) -> Option<Arc<Record>> {
+        self.previous.clone().filter(|r| !r.tombstone())
+    }
+}
+
 /// The whole key space at one revision. Cloning is O(1) (map and log roots).
 #[derive(Clone)]
 pub(super) struct State {
@@ -320,23 +327,42 @@ impl State {
     /// leases' key sets in step: a put moves the key to its new lease, a delete detaches
     /// it. Returns what it takes to undo the change ([`State::unwrite`]).
     pub fn write(&mut self, kv: KeyValue, tombstone: bool, sub: i64) -> Written {
-        let main = kv.mod_revision;
+        let key = kv.key.clone();
+        self.write_with(&key, tombstone, sub, |_| Ok(kv))
+            .expect("a write without checks cannot fail")
+    }
+
+    /// [`State::write`] of the record `make` builds from the key's newest record (live or
+    /// a tombstone), found in the same descent that makes room for the new one. If `make`
+    /// refuses, nothing changes (the descent may have copied the key's path; the map still
+    /// holds the same records).
+    pub fn write_with(
+        &mut self,
+        key: &Bytes,
+        tombstone: bool,
+        sub: i64,
+        make: impl FnOnce(Option<&Arc<Record>>) -> Result<KeyValue, KvError>,
+    ) -> Result<Written, KvError> {
         // An existing key's slot is replaced in place: one descent copies the shared nodes
         // on its path and finds it (a lookup and then an insert took two).
-        let (previous, record) = match self.keys.get_mut(&kv.key[..]) {
+        let (previous, record) = match self.keys.get_mut(&key[..]) {
             Some(slot) => {
-                let prev = (slot.kv.mod_revision, slot.sub());
+                let kv = make(Some(slot))?;
+                let (main, prev) = (kv.mod_revision, (slot.kv.mod_revision, slot.sub()));
                 assert!(prev < (main, sub), "a key's revisions only go forward");
                 let record = Arc::new(Record::new(kv, tombstone, sub, Some(prev)));
                 (Some(std::mem::replace(slot, record.clone())), record)
             }
             None => {
+                let kv = make(None)?;
                 let map_key = MapKey::new(&kv.key);
                 let record = Arc::new(Record::new(kv, tombstone, sub, None));
                 self.keys.insert(map_key, record.clone());
                 (None, record)
             }
         };
+        assert!(record.kv.key == key, "a write keeps its key");
+        let main = record.kv.mod_revision;
         let was_live = previous.as_ref().is_some_and(|r| !r.tombstone());
         let old_lease = match &previous {
             Some(r) if was_live => r.kv.lease,
@@ -349,13 +375,13 @@ impl State {
         }
         self.live_keys = self.live_keys + usize::from(!tombstone) - usize::from(was_live);
         self.by_revision.push((main, sub), record.clone());
-        Written {
+        Ok(Written {
             main,
             sub,
             previous,
             leases: (old_lease, new_lease),
             record,
-        }
+        })
     }
 
     /// Takes back one [`State::write`]. Undoing a command's writes newest first restores

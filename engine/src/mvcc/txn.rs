@@ -171,42 +171,51 @@ impl<'a> Writer<'a> {
     fn record(&mut self, kv: KeyValue, tombstone: bool, prev: Option<Arc<Record>>) {
         let sub = self.events.len() as i64;
         let written = self.state.write(kv, tombstone, sub);
+        self.note(written, prev);
+    }
+
+    /// Keeps a change made at the next sub revision: its event, and what undoes it.
+    fn note(&mut self, written: Written, prev: Option<Arc<Record>>) {
         let event = Event::new(written.record.clone(), prev);
         self.written.push(written);
         self.state.revision = self.write_revision();
         self.events.push(event);
     }
 
-    /// etcd's Put: create_revision and version continue the key's live generation.
+    /// etcd's Put: create_revision and version continue the key's live generation. The key's
+    /// current record is read in the same descent of the key map that writes the new one.
     fn put(&mut self, r: &PbPutRequest) -> Result<PbPutResponse, KvError> {
         let key = Bytes::copy_from_slice(&r.key);
-        let prev_record = self.state.live(&key).cloned();
-        let prev = prev_record.as_ref().map(|rec| &rec.kv);
-        if (r.ignore_value || r.ignore_lease) && prev.is_none() {
-            return Err(KvError::KeyNotFound);
-        }
-        check_lease(self.state, r.lease)?;
+        let lease_known = check_lease(self.state, r.lease);
         let rev = self.write_revision();
-        let kv = KeyValue {
-            key,
-            value: match (prev, r.ignore_value) {
-                (Some(p), true) => p.value.clone(),
-                _ => Bytes::copy_from_slice(&r.value),
-            },
-            create_revision: prev.map_or(rev, |p| p.create_revision),
-            mod_revision: rev,
-            version: prev.map_or(0, |p| p.version) + 1,
-            lease: match (prev, r.ignore_lease) {
-                (Some(p), true) => p.lease,
-                _ => r.lease,
-            },
-        };
-        let prev_kv = if r.prev_kv {
-            prev.map(KeyValue::to_pb)
-        } else {
-            None
-        };
-        self.record(kv, false, prev_record);
+        let sub = self.events.len() as i64;
+        let mut prev_kv = None;
+        let written = self.state.write_with(&key, false, sub, |newest| {
+            let prev = newest.filter(|rec| !rec.tombstone()).map(|rec| &rec.kv);
+            if (r.ignore_value || r.ignore_lease) && prev.is_none() {
+                return Err(KvError::KeyNotFound);
+            }
+            lease_known?;
+            if r.prev_kv {
+                prev_kv = prev.map(KeyValue::to_pb);
+            }
+            Ok(KeyValue {
+                key: key.clone(),
+                value: match (prev, r.ignore_value) {
+                    (Some(p), true) => p.value.clone(),
+                    _ => Bytes::copy_from_slice(&r.value),
+                },
+                create_revision: prev.map_or(rev, |p| p.create_revision),
+                mod_revision: rev,
+                version: prev.map_or(0, |p| p.version) + 1,
+                lease: match (prev, r.ignore_lease) {
+                    (Some(p), true) => p.lease,
+                    _ => r.lease,
+                },
+            })
+        })?;
+        let prev = written.replaced_live();
+        self.note(written, prev);
         Ok(PbPutResponse {
             header: header(rev),
             prev_kv,
