@@ -326,42 +326,46 @@ impl State {
     /// Records one change at sub revision `sub` and keeps `keys`, `live_keys` and the
     /// leases' key sets in step: a put moves the key to its new lease, a delete detaches
     /// it. Returns what it takes to undo the change ([`State::unwrite`]).
-    pub fn write(&mut self, kv: KeyValue, tombstone: bool, sub: i64) -> Written {
-        let key = kv.key.clone();
-        self.write_with(&key, tombstone, sub, |_| Ok(kv))
-            .expect("a write without checks cannot fail")
+    pub fn write(&mut self, mut kv: KeyValue, tombstone: bool, sub: i64) -> Written {
+        // Moved, not cloned: cloning a Bytes made from a Vec allocates a shared header,
+        // and the record keeps the key for good (32 MB per million keys).
+        let key = std::mem::take(&mut kv.key);
+        self.write_with(key, tombstone, sub, move |_, key| {
+            Ok(KeyValue { key, ..kv })
+        })
+        .expect("a write without checks cannot fail")
     }
 
     /// [`State::write`] of the record `make` builds from the key's newest record (live or
-    /// a tombstone), found in the same descent that makes room for the new one. If `make`
-    /// refuses, nothing changes (the descent may have copied the key's path; the map still
-    /// holds the same records).
+    /// a tombstone), found in the same descent that makes room for the new one. `make` gets
+    /// `key` back to put in the record. If `make` refuses, nothing changes (the descent may
+    /// have copied the key's path; the map still holds the same records).
     pub fn write_with(
         &mut self,
-        key: &Bytes,
+        key: Bytes,
         tombstone: bool,
         sub: i64,
-        make: impl FnOnce(Option<&Arc<Record>>) -> Result<KeyValue, KvError>,
+        make: impl FnOnce(Option<&Arc<Record>>, Bytes) -> Result<KeyValue, KvError>,
     ) -> Result<Written, KvError> {
         // An existing key's slot is replaced in place: one descent copies the shared nodes
         // on its path and finds it (a lookup and then an insert took two).
         let (previous, record) = match self.keys.get_mut(&key[..]) {
             Some(slot) => {
-                let kv = make(Some(slot))?;
+                let kv = make(Some(slot), key)?;
+                assert!(slot.kv.key == kv.key, "a write keeps its key");
                 let (main, prev) = (kv.mod_revision, (slot.kv.mod_revision, slot.sub()));
                 assert!(prev < (main, sub), "a key's revisions only go forward");
                 let record = Arc::new(Record::new(kv, tombstone, sub, Some(prev)));
                 (Some(std::mem::replace(slot, record.clone())), record)
             }
             None => {
-                let kv = make(None)?;
+                let kv = make(None, key)?;
                 let map_key = MapKey::new(&kv.key);
                 let record = Arc::new(Record::new(kv, tombstone, sub, None));
                 self.keys.insert(map_key, record.clone());
                 (None, record)
             }
         };
-        assert!(record.kv.key == key, "a write keeps its key");
         let main = record.kv.mod_revision;
         let was_live = previous.as_ref().is_some_and(|r| !r.tombstone());
         let old_lease = match &previous {

@@ -190,7 +190,7 @@ impl<'a> Writer<'a> {
         let rev = self.write_revision();
         let sub = self.events.len() as i64;
         let mut prev_kv = None;
-        let written = self.state.write_with(&key, false, sub, |newest| {
+        let written = self.state.write_with(key, false, sub, |newest, key| {
             let prev = newest.filter(|rec| !rec.tombstone()).map(|rec| &rec.kv);
             if (r.ignore_value || r.ignore_lease) && prev.is_none() {
                 return Err(KvError::KeyNotFound);
@@ -200,7 +200,7 @@ impl<'a> Writer<'a> {
                 prev_kv = prev.map(KeyValue::to_pb);
             }
             Ok(KeyValue {
-                key: key.clone(),
+                key,
                 value: match (prev, r.ignore_value) {
                     (Some(p), true) => p.value.clone(),
                     _ => Bytes::copy_from_slice(&r.value),
