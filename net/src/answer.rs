@@ -32,9 +32,9 @@ pub type WriteResult = Result<Reply<CommandResponse>, KvError>;
 /// raft term.
 pub type ReadResult = Result<(ReadView, u64), KvError>;
 
-/// Lists of answers one inbox may have queued. A network thread drains its inbox between
-/// any two of its tasks, so this is reached only by a thread that stopped running; the
-/// sequencer then completes that thread's answers directly instead of waiting.
+/// Lists of answers one inbox may have queued. A network thread's deliver task takes each
+/// list as soon as its runtime gets to it, so this is reached only by a thread that stopped
+/// running; the sequencer then completes that thread's answers directly instead of waiting.
 pub const INBOX_BATCHES_MAX: usize = 1024;
 
 /// Room a new list in the outbox starts with (a list moves when it grows, and the
