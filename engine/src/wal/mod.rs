@@ -15,6 +15,7 @@
 //! short by a crash) is dropped and zeroed, any other damage is a [`WalError::Corrupt`]
 //! naming file and offset.
 
+mod direct;
 mod error;
 mod format;
 mod io;
@@ -140,6 +141,9 @@ pub struct Wal {
     sealed_sizes: std::collections::BTreeMap<u64, u64>,
     poisoned: bool,
     writer: BatchWriter,
+    /// The live segment opened for direct appends (see `direct.rs`); `None` where the
+    /// filesystem refuses O_DIRECT, or when `COREKV_WAL_IO` picks another path.
+    direct: Option<direct::DirectAppender>,
     /// Holds the directory's flock for as long as the WAL is open.
     _lock: File,
 }
@@ -173,6 +177,7 @@ impl Wal {
         }
         segment::remove_tmp_segments(dir)?;
         let seg = segment::create_segment(dir, 0, metadata, &opts, 0)?;
+        let direct = open_direct(&seg.path, &seg.file, seg.data_end_bytes)?;
         Ok(Wal {
             dir: dir.to_path_buf(),
             opts,
@@ -186,6 +191,7 @@ impl Wal {
             sealed_sizes: Default::default(),
             poisoned: false,
             writer: BatchWriter::new(),
+            direct,
             _lock: lock,
         })
     }
@@ -229,6 +235,7 @@ impl Wal {
             drop_tail(&file, &last.path, tail)?;
         }
         let allocated_bytes = prepare_for_appends(&file, &last.path, &opts)?;
+        let direct = open_direct(&last.path, &file, last.data_end_bytes)?;
         let wal = Wal {
             dir: dir.to_path_buf(),
             opts,
@@ -245,6 +252,7 @@ impl Wal {
                 .collect(),
             poisoned: false,
             writer: BatchWriter::new(),
+            direct,
             _lock: lock,
         };
         let truncated_tail = scan.tail.map(|t| (last.path.clone(), t.offset_bytes));
@@ -278,10 +286,15 @@ impl Wal {
             self.start_next_segment(batch_bytes)
                 .map_err(|e| self.poison(e))?;
         }
-        if let Err(e) = self
-            .writer
-            .write_durable(&self.file, self.write_offset_bytes)
-        {
+        let written = match &mut self.direct {
+            Some(direct) if !self.writer.uses_io_uring() => {
+                direct.write_durable(&self.writer.buf, self.write_offset_bytes)
+            }
+            _ => self
+                .writer
+                .write_durable(&self.file, self.write_offset_bytes),
+        };
+        if let Err(e) = written {
             return Err(self.poison(WalError::io(&self.path, e.op, e.source)));
         }
         self.write_offset_bytes += batch_bytes;
@@ -360,6 +373,9 @@ impl Wal {
         self.seq = seq;
         self.write_offset_bytes = seg.data_end_bytes;
         self.allocated_bytes = seg.allocated_bytes;
+        if self.direct.is_some() {
+            self.direct = open_direct(&self.path, &self.file, self.write_offset_bytes)?;
+        }
         Ok(())
     }
 
@@ -373,6 +389,21 @@ impl Wal {
     #[cfg(test)]
     fn break_file_for_test(&mut self) {
         self.file = File::open(&self.path).expect("reopen read-only");
+        if let Some(direct) = &mut self.direct {
+            direct.break_for_test(&self.path);
+        }
+    }
+
+    /// Test hook: appends take the buffered path (pwrite + fdatasync, or io_uring).
+    #[cfg(test)]
+    fn disable_direct_for_test(&mut self) {
+        self.direct = None;
+    }
+
+    /// Whether appends go through O_DIRECT (tests report it: tmpfs refuses it).
+    #[cfg(test)]
+    fn uses_direct_for_test(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Test hook: the writer, to force the fallback or cap io_uring writes.
@@ -380,6 +411,24 @@ impl Wal {
     fn writer_for_test(&mut self) -> &mut BatchWriter {
         &mut self.writer
     }
+}
+
+/// Which path appends take: `COREKV_WAL_IO=buffered` (pwrite + fdatasync) or `uring`
+/// (linked io_uring write + fsync, see `io.rs`) opt out of the default, O_DIRECT | O_DSYNC.
+fn direct_chosen() -> bool {
+    !std::env::var("COREKV_WAL_IO").is_ok_and(|v| v == "buffered" || v == "uring")
+}
+
+/// The direct appender of the live segment at `path`, if chosen and the filesystem allows.
+fn open_direct(
+    path: &Path,
+    file: &File,
+    offset_bytes: u64,
+) -> Result<Option<direct::DirectAppender>, WalError> {
+    if !direct_chosen() {
+        return Ok(None);
+    }
+    direct::DirectAppender::open(path, file, offset_bytes)
 }
 
 fn check_record_size(size_bytes: usize, opts: &WalOptions) -> Result<(), WalError> {
