@@ -40,6 +40,9 @@ pub(crate) struct DirectAppender {
     tail: Vec<u8>,
     /// One write's blocks, over-allocated by a block so that an aligned start exists.
     scratch: Vec<u8>,
+    /// Test hook: the next write fails with EINVAL without writing.
+    #[cfg(test)]
+    pub refuse_next_write: bool,
 }
 
 impl DirectAppender {
@@ -76,12 +79,21 @@ impl DirectAppender {
             file,
             tail,
             scratch: Vec::new(),
+            #[cfg(test)]
+            refuse_next_write: false,
         }))
     }
 
     /// Writes `batch` at `offset_bytes`, the append offset this appender was opened at or
     /// left after its last write, and returns once it is durable.
     pub fn write_durable(&mut self, batch: &[u8], offset_bytes: u64) -> Result<(), WriteError> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.refuse_next_write) {
+            return Err(WriteError {
+                op: "pwrite O_DIRECT",
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
         let tail_len = self.tail.len();
         let block_start = offset_bytes - tail_len as u64;
         assert_eq!(

@@ -286,7 +286,7 @@ impl Wal {
             self.start_next_segment(batch_bytes)
                 .map_err(|e| self.poison(e))?;
         }
-        let written = match &mut self.direct {
+        let mut written = match &mut self.direct {
             Some(direct) if !self.writer.uses_io_uring() => {
                 direct.write_durable(&self.writer.buf, self.write_offset_bytes)
             }
@@ -294,6 +294,20 @@ impl Wal {
                 .writer
                 .write_durable(&self.file, self.write_offset_bytes),
         };
+        // A device that wants a larger alignment than ours refuses the write before doing
+        // any I/O: the buffered path takes over (rewriting the same bytes is harmless).
+        if let Err(e) = &written {
+            if self.direct.is_some() && e.source.raw_os_error() == Some(libc::EINVAL) {
+                log::warn!(
+                    "wal: O_DIRECT write refused ({}); using pwrite + fdatasync",
+                    e.source
+                );
+                self.direct = None;
+                written = self
+                    .writer
+                    .write_durable(&self.file, self.write_offset_bytes);
+            }
+        }
         if let Err(e) = written {
             return Err(self.poison(WalError::io(&self.path, e.op, e.source)));
         }
@@ -398,6 +412,15 @@ impl Wal {
     #[cfg(test)]
     fn disable_direct_for_test(&mut self) {
         self.direct = None;
+    }
+
+    /// Test hook: the next direct write fails with EINVAL, as on a device that needs a
+    /// larger alignment.
+    #[cfg(test)]
+    fn refuse_next_direct_write_for_test(&mut self) {
+        if let Some(direct) = &mut self.direct {
+            direct.refuse_next_write = true;
+        }
     }
 
     /// Whether appends go through O_DIRECT (tests report it: tmpfs refuses it).

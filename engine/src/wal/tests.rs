@@ -561,6 +561,27 @@ fn io_error_poisons_the_wal_direct_path() {
     check_poisoning(Path3::Direct);
 }
 
+/// A direct write the device refuses for its alignment (EINVAL) is retried through
+/// pwrite + fdatasync, which serves the WAL from then on: nothing is lost or poisoned.
+#[test]
+fn a_refused_direct_write_falls_back_to_the_buffered_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut wal = Wal::create(tmp.path(), METADATA, small_opts()).unwrap();
+    force_path(&mut wal, Path3::Direct);
+    if !wal.uses_direct_for_test() {
+        eprintln!("wal: this filesystem refuses O_DIRECT; the fallback is all there is");
+    }
+    let batches = make_batches(0, 20);
+    append_all(&mut wal, &batches[..10]);
+    wal.refuse_next_direct_write_for_test();
+    append_all(&mut wal, &batches[10..]);
+    assert!(!wal.uses_direct_for_test());
+    assert!(!wal.is_poisoned());
+    drop(wal);
+    let (_, recovered) = Wal::open(tmp.path(), small_opts()).unwrap();
+    assert_eq!(recovered.records, flatten(&batches));
+}
+
 /// Direct appends rewrite the block holding the append offset: batches that start and end
 /// anywhere in a block, span blocks and cross segments read back exactly, after a reopen
 /// (which reads the partial block back from the file) as well.
