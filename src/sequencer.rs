@@ -916,10 +916,9 @@ impl Sequencer {
             .is_some_and(|(index, _)| *index <= self.applied_index)
         {
             let (_, replies) = self.reads_ready.pop_front().expect("front exists");
-            let view = self.store.view();
+            let (view, term) = (self.store.view(), self.raft.term());
             for reply in replies {
-                self.outbox
-                    .push(reply, Ok((view.clone(), self.raft.term())));
+                self.outbox.push(reply, Ok((view.clone(), term)));
             }
         }
     }

@@ -178,7 +178,8 @@ impl Outbox {
     }
 
     /// True if nothing is queued.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.lists.is_empty()
     }
 }

@@ -103,13 +103,16 @@ impl DirectAppender {
         );
         let data_len = tail_len + batch.len();
         let padded_len = data_len.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-        self.scratch.clear();
-        self.scratch.resize(padded_len + BLOCK_BYTES, 0);
+        // Grown (with zeros) only when too small: every byte used below is written below.
+        if self.scratch.len() < padded_len + BLOCK_BYTES {
+            self.scratch.resize(padded_len + BLOCK_BYTES, 0);
+        }
         let misalign = self.scratch.as_ptr() as usize % BLOCK_BYTES;
         let at = (BLOCK_BYTES - misalign) % BLOCK_BYTES;
         let blocks = &mut self.scratch[at..at + padded_len];
         blocks[..tail_len].copy_from_slice(&self.tail);
         blocks[tail_len..data_len].copy_from_slice(batch);
+        blocks[data_len..].fill(0);
         self.file
             .write_all_at(blocks, block_start)
             .map_err(|source| WriteError {

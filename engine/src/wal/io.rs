@@ -37,7 +37,7 @@ impl BatchWriter {
     /// Sets up io_uring, falling back to pwrite + fdatasync (logged once per process) when
     /// the kernel or a seccomp filter refuses it.
     pub fn new() -> BatchWriter {
-        if !uring_chosen() {
+        if chosen_path() != WalIo::Uring {
             return BatchWriter::without_uring();
         }
         let ring = match setup_ring() {
@@ -139,15 +139,30 @@ enum UringError {
     InFlight(WriteError),
 }
 
-/// Whether the WAL writes through io_uring: only when `COREKV_WAL_IO=uring`.
-///
-/// The linked write + fsync pair saves a syscall, but the kernel always hands a fsync to an
-/// io-wq worker thread, and waking it costs more than the syscall saved. Measured on this
-/// machine's ext4 (2 cores, single-client put, 3000 puts, two runs each): WAL write +
-/// fdatasync mean 0.287/0.299 ms through io_uring vs 0.239/0.249 ms with pwrite +
-/// fdatasync; put p50 0.431/0.461 vs 0.350/0.390 ms. Tests run both paths.
-fn uring_chosen() -> bool {
-    std::env::var("COREKV_WAL_IO").is_ok_and(|v| v == "uring")
+/// How appends reach the disk, as `COREKV_WAL_IO` picks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WalIo {
+    /// The default: O_DIRECT | O_DSYNC (see `direct.rs`), or `Buffered` where the
+    /// filesystem refuses it.
+    Direct,
+    /// `buffered`: pwrite + fdatasync.
+    Buffered,
+    /// `uring`: a linked io_uring write + fsync. The pair saves a syscall, but the kernel
+    /// always hands a fsync to an io-wq worker thread, and waking it costs more than the
+    /// syscall saved. Measured on this machine's ext4 (2 cores, single-client put, 3000
+    /// puts, two runs each): WAL write + fdatasync mean 0.287/0.299 ms through io_uring vs
+    /// 0.239/0.249 ms with pwrite + fdatasync; put p50 0.431/0.461 vs 0.350/0.390 ms.
+    /// Tests run every path.
+    Uring,
+}
+
+/// The path `COREKV_WAL_IO` picks (unset or unknown: [`WalIo::Direct`]).
+pub(crate) fn chosen_path() -> WalIo {
+    match std::env::var("COREKV_WAL_IO").as_deref() {
+        Ok("uring") => WalIo::Uring,
+        Ok("buffered") => WalIo::Buffered,
+        _ => WalIo::Direct,
+    }
 }
 
 fn setup_ring() -> io::Result<IoUring> {

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 pub use error::WalError;
 pub use recover::verify;
 
-use io::BatchWriter;
+use io::{BatchWriter, WalIo};
 use segment::Tail;
 
 /// Sizing of a WAL.
@@ -287,10 +287,8 @@ impl Wal {
                 .map_err(|e| self.poison(e))?;
         }
         let mut written = match &mut self.direct {
-            Some(direct) if !self.writer.uses_io_uring() => {
-                direct.write_durable(&self.writer.buf, self.write_offset_bytes)
-            }
-            _ => self
+            Some(direct) => direct.write_durable(&self.writer.buf, self.write_offset_bytes),
+            None => self
                 .writer
                 .write_durable(&self.file, self.write_offset_bytes),
         };
@@ -408,7 +406,7 @@ impl Wal {
         }
     }
 
-    /// Test hook: appends take the buffered path (pwrite + fdatasync, or io_uring).
+    /// Test hook: appends take the writer's path (pwrite + fdatasync, or io_uring).
     #[cfg(test)]
     fn disable_direct_for_test(&mut self) {
         self.direct = None;
@@ -436,19 +434,13 @@ impl Wal {
     }
 }
 
-/// Which path appends take: `COREKV_WAL_IO=buffered` (pwrite + fdatasync) or `uring`
-/// (linked io_uring write + fsync, see `io.rs`) opt out of the default, O_DIRECT | O_DSYNC.
-fn direct_chosen() -> bool {
-    !std::env::var("COREKV_WAL_IO").is_ok_and(|v| v == "buffered" || v == "uring")
-}
-
 /// The direct appender of the live segment at `path`, if chosen and the filesystem allows.
 fn open_direct(
     path: &Path,
     file: &File,
     offset_bytes: u64,
 ) -> Result<Option<direct::DirectAppender>, WalError> {
-    if !direct_chosen() {
+    if io::chosen_path() != WalIo::Direct {
         return Ok(None);
     }
     direct::DirectAppender::open(path, file, offset_bytes)

@@ -508,7 +508,10 @@ enum Path3 {
 
 fn force_path(wal: &mut Wal, path: Path3) {
     match path {
-        Path3::IoUring => wal.writer_for_test().enable_io_uring(),
+        Path3::IoUring => {
+            wal.disable_direct_for_test();
+            wal.writer_for_test().enable_io_uring();
+        }
         Path3::Buffered => {
             wal.writer_for_test().disable_io_uring();
             wal.disable_direct_for_test();
@@ -652,7 +655,7 @@ fn fallback_and_short_write_paths_round_trip() {
             // A capped write completes in full, so the fsync runs too; the remainder then
             // goes through pwrite + fdatasync like after a real short write.
             _ => {
-                wal.writer_for_test().enable_io_uring();
+                force_path(&mut wal, Path3::IoUring);
                 wal.writer_for_test().uring_write_cap_bytes = Some(7);
             }
         }
