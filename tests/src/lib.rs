@@ -1,5 +1,6 @@
 //! Integration tests for corekv live in tests/tests; the shared harness is
-//! tests/tests/common/mod.rs.
+//! tests/tests/common/mod.rs. This library holds what the tools tests share with it
+//! (`free_ports`).
 //!
 //! etcd's observable behaviour is the spec. Every test starts real server
 //! processes on loopback (free ports, fresh temp data dirs) and most run the
@@ -16,3 +17,6 @@
 //! Files: etcd_parity.rs (etcdctl scenarios, etcd vs target, outputs compared),
 //! kv_client.rs (etcd-client, exact values), durability.rs (kill -9 mid-load),
 //! cli.rs (flags, member/endpoint commands), http.rs (/health, /version, /metrics).
+
+mod ports;
+pub use ports::free_ports;

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,16 +151,7 @@ pub fn server_bin(kind: Kind) -> PathBuf {
 // Ports
 // ---------------------------------------------------------------------------
 
-/// `n` distinct free loopback ports (bound together, then released).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
+pub use corekv_tests::free_ports;
 
 // ---------------------------------------------------------------------------
 // Running commands with a timeout

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -144,13 +143,7 @@ pub fn corekv_bin() -> PathBuf {
     p
 }
 
-/// `n` distinct free loopback ports.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
+pub use corekv_tests::free_ports;
 
 /// `ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:<port> --command-timeout=5s`, with no other
 /// `ETCDCTL_*` variable inherited (`ETCDCTL_BIN` names another etcdctl).
