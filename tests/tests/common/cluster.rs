@@ -185,6 +185,14 @@ impl Cluster {
             );
             let addr = self.nodes[i].addr().parse().expect("addr");
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                // A member that failed to bind exits at once; whoever answered then is
+                // another process, so look again before trusting the port.
+                std::thread::sleep(Duration::from_millis(20));
+                assert!(
+                    self.nodes[i].is_running(),
+                    "member {i} exited at start (its port answered, so somebody else holds it):\n{}",
+                    self.nodes[i].log_tail(30)
+                );
                 return;
             }
             assert!(
