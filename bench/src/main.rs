@@ -1700,21 +1700,47 @@ fn fsync_floor_in(o: &Opts, dir: &std::path::Path, path: &std::path::Path) -> Re
     Ok(())
 }
 
-/// Prints free loopback TCP ports (all bound at once, then released), for scripts.
+/// Prints free loopback TCP ports (all bound at once, then released), for scripts. Each
+/// printed port's next port is free too and printed by no other: corekv serves its binary
+/// protocol on the client port + 1 by default (bench/storage.sh relies on that).
 fn free_ports(o: &Opts) -> Result<(), String> {
+    const ATTEMPTS_PER_PORT_MAX: usize = 64;
     let n: usize = match o.positional.first() {
         Some(v) => parse_num("free-ports", v)?,
         None => 1,
     };
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("free-ports: {e}"))?;
-    let ports: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port().to_string()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("free-ports: {e}"))?;
+    let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(2 * n);
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    for _ in 0..n.saturating_mul(ATTEMPTS_PER_PORT_MAX) {
+        if ports.len() == n {
+            break;
+        }
+        let l =
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free-ports: {e}"))?;
+        let port = l
+            .local_addr()
+            .map_err(|e| format!("free-ports: {e}"))?
+            .port();
+        let taken = |p: u16| ports.iter().any(|&q| q == p || q.checked_add(1) == Some(p));
+        let Some(next) = port.checked_add(1) else {
+            continue;
+        };
+        if taken(port) || taken(next) {
+            continue;
+        }
+        if let Ok(l2) = std::net::TcpListener::bind(("127.0.0.1", next)) {
+            ports.push(port);
+            held.push(l);
+            held.push(l2);
+        }
+    }
+    if ports.len() < n {
+        return Err(format!(
+            "free-ports: found only {} of {n} free port pairs",
+            ports.len()
+        ));
+    }
+    let ports: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
     println!("{}", ports.join(" "));
     Ok(())
 }

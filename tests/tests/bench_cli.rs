@@ -164,3 +164,24 @@ fn bench_requests_land_and_refusals_are_counted() {
         drop(server);
     }
 }
+
+/// `corekv-bench free-ports N` (for scripts): N distinct ports, each with its next port free
+/// and named by no other, since corekv takes the client port + 1 for its binary protocol.
+#[test]
+fn free_ports_leaves_room_for_the_binary_port() {
+    let mut cmd = Command::new(bench_bin());
+    cmd.args(["free-ports", "8"]);
+    let out = run_with_timeout(cmd, None, BENCH_RUN_TIMEOUT);
+    out.expect_ok("corekv-bench free-ports 8");
+    let ports: Vec<u16> = out
+        .stdout
+        .split_whitespace()
+        .map(|p| p.parse().expect("a port number"))
+        .collect();
+    assert_eq!(ports.len(), 8, "{out}");
+    for (i, &p) in ports.iter().enumerate() {
+        for &q in &ports[i + 1..] {
+            assert!(p.abs_diff(q) > 1, "{p} and {q} overlap:\n{out}");
+        }
+    }
+}
