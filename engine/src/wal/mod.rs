@@ -21,6 +21,7 @@ mod format;
 mod io;
 mod recover;
 mod segment;
+mod spare;
 
 #[cfg(test)]
 mod tests;
@@ -144,6 +145,8 @@ pub struct Wal {
     /// The live segment opened for direct appends (see `direct.rs`); `None` where the
     /// filesystem refuses O_DIRECT, or when `COREKV_WAL_IO` picks another path.
     direct: Option<direct::DirectAppender>,
+    /// The next segment's file, written on a helper thread once the live one is half full.
+    spare: spare::Spare,
     /// Holds the directory's flock for as long as the WAL is open.
     _lock: File,
 }
@@ -192,6 +195,7 @@ impl Wal {
             poisoned: false,
             writer: BatchWriter::new(),
             direct,
+            spare: spare::Spare::default(),
             _lock: lock,
         })
     }
@@ -253,6 +257,7 @@ impl Wal {
             poisoned: false,
             writer: BatchWriter::new(),
             direct,
+            spare: spare::Spare::default(),
             _lock: lock,
         };
         let truncated_tail = scan.tail.map(|t| (last.path.clone(), t.offset_bytes));
@@ -310,6 +315,9 @@ impl Wal {
             return Err(self.poison(WalError::io(&self.path, e.op, e.source)));
         }
         self.write_offset_bytes += batch_bytes;
+        if !self.spare.started() && self.write_offset_bytes * 2 >= self.allocated_bytes {
+            self.spare.start(&self.dir, self.opts.segment_size_bytes);
+        }
         Ok(())
     }
 
@@ -377,7 +385,20 @@ impl Wal {
     /// room for at least `batch_bytes`.
     fn start_next_segment(&mut self, batch_bytes: u64) -> Result<(), WalError> {
         let seq = self.seq + 1;
-        let seg = segment::create_segment(&self.dir, seq, &self.metadata, &self.opts, batch_bytes)?;
+        let seg = match self.spare.take() {
+            Some(spare) if spare.size_bytes >= self.segment_bytes_for(batch_bytes) => {
+                segment::adopt_spare(&self.dir, seq, &self.metadata, spare)?
+            }
+            spare => {
+                if let Some(spare) = spare {
+                    // Too small for this batch: the segment is made to measure instead.
+                    drop(spare.file);
+                    fs::remove_file(&spare.path)
+                        .map_err(|e| WalError::io(&spare.path, "remove", e))?;
+                }
+                segment::create_segment(&self.dir, seq, &self.metadata, &self.opts, batch_bytes)?
+            }
+        };
         self.sealed_bytes += self.write_offset_bytes;
         self.sealed_sizes.insert(self.seq, self.write_offset_bytes);
         self.file = seg.file;
@@ -389,6 +410,14 @@ impl Wal {
             self.direct = open_direct(&self.path, &self.file, self.write_offset_bytes)?;
         }
         Ok(())
+    }
+
+    /// The length a new segment needs to take a batch of `batch_bytes` after its header
+    /// and metadata record.
+    fn segment_bytes_for(&self, batch_bytes: u64) -> u64 {
+        let head_bytes =
+            format::SEGMENT_HEADER_BYTES as u64 + format::frame_bytes(self.metadata.len()) as u64;
+        head_bytes + batch_bytes
     }
 
     fn poison(&mut self, err: WalError) -> WalError {

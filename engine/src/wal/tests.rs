@@ -793,3 +793,101 @@ fn release_before_drops_old_segments_and_reopen_works() {
     assert_eq!(recovered.records.last().unwrap().payload, b"after");
     assert_eq!(wal.segment_seq(), live);
 }
+
+/// Once the live segment is half full a spare is written beside it; the roll renames the
+/// spare into the next segment (a spare that failed would be left behind), and every
+/// record reads back after a reopen, on each I/O path.
+#[test]
+fn rolls_adopt_the_spare_written_in_the_background() {
+    for path in [Path3::Direct, Path3::Buffered] {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = WalOptions {
+            segment_size_bytes: 64 * 1024,
+            record_size_bytes_max: 1 << 20,
+        };
+        let mut wal = Wal::create(tmp.path(), METADATA, opts).unwrap();
+        force_path(&mut wal, path);
+        let batches = make_batches(0, 1500);
+        let mut rolls = 0;
+        for batch in &batches {
+            let seq_before = wal.segment_seq();
+            let spare_started = wal.spare.started();
+            append_batch(&mut wal, batch).unwrap();
+            if wal.segment_seq() != seq_before {
+                rolls += 1;
+                assert!(spare_started, "a spare was under way before roll {rolls}");
+                assert!(
+                    !spare::spare_path(tmp.path()).exists() || wal.spare.started(),
+                    "the spare was renamed into the new segment"
+                );
+            }
+        }
+        assert!(rolls >= 3, "the appends crossed several segments ({rolls})");
+        drop(wal);
+        let (wal, recovered) = Wal::open(tmp.path(), opts).unwrap();
+        assert!(
+            !spare::spare_path(tmp.path()).exists(),
+            "open removes a leftover spare"
+        );
+        assert_eq!(recovered.records, flatten(&batches), "{path:?}");
+        drop(wal);
+    }
+}
+
+/// A batch larger than the spare gets a segment made to its measure instead of the spare,
+/// and the WAL goes on rolling through spares afterwards.
+#[test]
+fn a_batch_larger_than_the_spare_gets_its_own_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        segment_size_bytes: 16 * 1024,
+        record_size_bytes_max: 1 << 20,
+    };
+    let mut wal = Wal::create(tmp.path(), METADATA, opts).unwrap();
+    let mut batches = make_batches(0, 60);
+    append_all(&mut wal, &batches);
+    assert!(wal.spare.started(), "the live segment is past half full");
+    let big = vec![Record {
+        kind: RecordKind::Snapshot,
+        payload: payload(7, 40 * 1024),
+    }];
+    let seq_before = wal.segment_seq();
+    append_batch(&mut wal, &big).unwrap();
+    assert_eq!(wal.segment_seq(), seq_before + 1);
+    let made = fs::metadata(tmp.path().join(segment::segment_name(wal.segment_seq())))
+        .unwrap()
+        .len();
+    assert!(
+        made > 40 * 1024,
+        "the segment was made to measure ({made} bytes)"
+    );
+    batches.push(big);
+    let more = make_batches(60, 200);
+    append_all(&mut wal, &more);
+    batches.extend(more);
+    drop(wal);
+    let (_, recovered) = Wal::open(tmp.path(), opts).unwrap();
+    assert_eq!(recovered.records, flatten(&batches));
+}
+
+/// Dropping the WAL while its spare is being written stops and waits for the helper: the
+/// directory can be reopened at once, the leftover spare is removed, and nothing was lost.
+#[test]
+fn dropping_the_wal_mid_spare_is_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        segment_size_bytes: 32 << 20,
+        record_size_bytes_max: 20 << 20,
+    };
+    let mut wal = Wal::create(tmp.path(), METADATA, opts).unwrap();
+    let half = vec![Record {
+        kind: RecordKind::Snapshot,
+        payload: payload(3, 17 << 20),
+    }];
+    append_batch(&mut wal, &half).unwrap();
+    assert!(wal.spare.started(), "past half of the segment");
+    drop(wal);
+    let (_, recovered) = Wal::open(tmp.path(), opts).unwrap();
+    assert_eq!(recovered.records, flatten(&[half]));
+    assert!(!spare::spare_path(tmp.path()).exists());
+}
