@@ -391,10 +391,13 @@ impl Wal {
             }
             spare => {
                 if let Some(spare) = spare {
-                    // Too small for this batch: the segment is made to measure instead.
+                    // Too small for this batch: the segment is made to measure instead. A
+                    // spare left behind is harmless (the next one truncates it, open
+                    // deletes it), so failing to remove it does not fail the append.
                     drop(spare.file);
-                    fs::remove_file(&spare.path)
-                        .map_err(|e| WalError::io(&spare.path, "remove", e))?;
+                    if let Err(e) = fs::remove_file(&spare.path) {
+                        log::warn!("wal: cannot remove {}: {e}", spare.path.display());
+                    }
                 }
                 segment::create_segment(&self.dir, seq, &self.metadata, &self.opts, batch_bytes)?
             }

@@ -37,6 +37,9 @@ pub(crate) struct SpareFile {
 #[derive(Default)]
 pub(crate) struct Spare {
     filling: Option<Filling>,
+    /// Set by [`Spare::start`] even when the thread could not be started, so a failing
+    /// start is tried (and logged) once per segment, not on every append.
+    requested: bool,
 }
 
 struct Filling {
@@ -45,15 +48,19 @@ struct Filling {
 }
 
 impl Spare {
-    /// Whether a spare is being written or waits to be taken.
+    /// Whether a spare was asked for since the last [`Spare::take`].
     pub fn started(&self) -> bool {
-        self.filling.is_some()
+        self.requested
     }
 
     /// Starts writing a spare of `size_bytes` in `dir`. If the thread cannot be started,
     /// nothing is started: the roll then creates its segment itself.
     pub fn start(&mut self, dir: &Path, size_bytes: u64) {
-        assert!(self.filling.is_none(), "one spare at a time");
+        assert!(
+            !self.requested && self.filling.is_none(),
+            "one spare at a time"
+        );
+        self.requested = true;
         let path = spare_path(dir);
         let stop = Arc::new(AtomicBool::new(false));
         let stop_thread = stop.clone();
@@ -70,6 +77,7 @@ impl Spare {
     /// started or it failed (logged: the caller creates the segment itself, and that
     /// reports the error if the disk really refuses).
     pub fn take(&mut self) -> Option<SpareFile> {
+        self.requested = false;
         let filling = self.filling.take()?;
         match filling.thread.join() {
             Ok(Ok(spare)) => Some(spare),
