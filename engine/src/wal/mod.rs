@@ -146,6 +146,8 @@ pub struct Wal {
     /// filesystem refuses O_DIRECT, or when `COREKV_WAL_IO` picks another path.
     direct: Option<direct::DirectAppender>,
     /// The next segment's file, written on a helper thread once the live one is half full.
+    /// Declared before `_lock`: dropping it joins the helper and removes the spare while
+    /// the directory is still locked.
     spare: spare::Spare,
     /// Holds the directory's flock for as long as the WAL is open.
     _lock: File,

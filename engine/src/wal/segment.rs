@@ -134,11 +134,21 @@ pub(crate) fn write_spare(
     stop: &AtomicBool,
 ) -> Result<super::spare::SpareFile, WalError> {
     let file = create_truncated(path)?;
-    if !zero_fill_direct(path, size_bytes, stop)? {
-        zero_fill(&file, path, 0, size_bytes, Some(stop))?;
+    let filled = (|| {
+        if !zero_fill_direct(path, size_bytes, stop)? {
+            zero_fill(&file, path, 0, size_bytes, Some(stop))?;
+        }
+        if stop.load(Ordering::Relaxed) {
+            let interrupted = std::io::Error::new(std::io::ErrorKind::Interrupted, "WAL closed");
+            return Err(WalError::io(path, "fsync", interrupted));
+        }
+        file.sync_all().map_err(|e| WalError::io(path, "fsync", e))
+    })();
+    if let Err(e) = filled {
+        // A partial spare would only take disk space from the segment made in line.
+        let _ = fs::remove_file(path);
+        return Err(e);
     }
-    file.sync_all()
-        .map_err(|e| WalError::io(path, "fsync", e))?;
     Ok(super::spare::SpareFile {
         file,
         path: path.to_path_buf(),

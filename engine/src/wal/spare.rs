@@ -43,6 +43,7 @@ pub(crate) struct Spare {
 }
 
 struct Filling {
+    path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: JoinHandle<Result<SpareFile, WalError>>,
 }
@@ -64,11 +65,12 @@ impl Spare {
         let path = spare_path(dir);
         let stop = Arc::new(AtomicBool::new(false));
         let stop_thread = stop.clone();
-        let spawned = std::thread::Builder::new()
-            .name("wal-spare".into())
-            .spawn(move || segment::write_spare(&path, size_bytes, &stop_thread));
+        let spawned = std::thread::Builder::new().name("wal-spare".into()).spawn({
+            let path = path.clone();
+            move || segment::write_spare(&path, size_bytes, &stop_thread)
+        });
         match spawned {
-            Ok(thread) => self.filling = Some(Filling { stop, thread }),
+            Ok(thread) => self.filling = Some(Filling { path, stop, thread }),
             Err(e) => log::warn!("wal: cannot start the spare segment thread: {e}"),
         }
     }
@@ -98,6 +100,9 @@ impl Drop for Spare {
         if let Some(filling) = self.filling.take() {
             filling.stop.store(true, Ordering::Relaxed);
             let _ = filling.thread.join();
+            // Still under the WAL's directory lock (`Wal` declares `spare` before `_lock`,
+            // so it drops first): no other WAL can be using this name yet.
+            let _ = std::fs::remove_file(&filling.path);
         }
     }
 }
