@@ -149,6 +149,9 @@ pub struct Wal {
     /// Declared before `_lock`: dropping it joins the helper and removes the spare while
     /// the directory is still locked.
     spare: spare::Spare,
+    /// Rolls that took the spare (tests check the spare is really used).
+    #[cfg(test)]
+    spares_adopted: u64,
     /// Holds the directory's flock for as long as the WAL is open.
     _lock: File,
 }
@@ -198,6 +201,8 @@ impl Wal {
             writer: BatchWriter::new(),
             direct,
             spare: spare::Spare::default(),
+            #[cfg(test)]
+            spares_adopted: 0,
             _lock: lock,
         })
     }
@@ -260,6 +265,8 @@ impl Wal {
             writer: BatchWriter::new(),
             direct,
             spare: spare::Spare::default(),
+            #[cfg(test)]
+            spares_adopted: 0,
             _lock: lock,
         };
         let truncated_tail = scan.tail.map(|t| (last.path.clone(), t.offset_bytes));
@@ -389,6 +396,10 @@ impl Wal {
         let seq = self.seq + 1;
         let seg = match self.spare.take() {
             Some(spare) if spare.size_bytes >= self.segment_bytes_for(batch_bytes) => {
+                #[cfg(test)]
+                {
+                    self.spares_adopted += 1;
+                }
                 segment::adopt_spare(&self.dir, seq, &self.metadata, spare)?
             }
             spare => {

@@ -139,8 +139,7 @@ pub(crate) fn write_spare(
             zero_fill(&file, path, 0, size_bytes, Some(stop))?;
         }
         if stop.load(Ordering::Relaxed) {
-            let interrupted = std::io::Error::new(std::io::ErrorKind::Interrupted, "WAL closed");
-            return Err(WalError::io(path, "fsync", interrupted));
+            return Err(closed(path, "fsync"));
         }
         file.sync_all().map_err(|e| WalError::io(path, "fsync", e))
     })();
@@ -181,8 +180,7 @@ fn zero_fill_direct(path: &Path, size_bytes: u64, stop: &AtomicBool) -> Result<b
     let mut offset = 0u64;
     while offset < size_bytes {
         if stop.load(Ordering::Relaxed) {
-            let interrupted = std::io::Error::new(std::io::ErrorKind::Interrupted, "WAL closed");
-            return Err(WalError::io(path, "zero fill", interrupted));
+            return Err(closed(path, "zero fill"));
         }
         let len = (size_bytes - offset).min(CHUNK_BYTES as u64) as usize;
         match file.write_all_at(&zeros[..len], offset) {
@@ -225,6 +223,12 @@ pub(crate) fn adopt_spare(
         data_end_bytes,
         spare.size_bytes,
     )
+}
+
+/// The error a spare's writer stops with when its WAL is being dropped.
+fn closed(path: &Path, op: &'static str) -> WalError {
+    let interrupted = std::io::Error::new(std::io::ErrorKind::Interrupted, "WAL closed");
+    WalError::io(path, op, interrupted)
 }
 
 fn create_truncated(path: &Path) -> Result<File, WalError> {
@@ -274,8 +278,7 @@ fn zero_fill(
     let mut at = from;
     while at < to {
         if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-            let interrupted = std::io::Error::new(std::io::ErrorKind::Interrupted, "WAL closed");
-            return Err(WalError::io(path, "zero fill", interrupted));
+            return Err(closed(path, "zero fill"));
         }
         let len = (to - at).min(CHUNK_BYTES) as usize;
         file.write_all_at(&zeros[..len], at)

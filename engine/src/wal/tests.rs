@@ -823,6 +823,7 @@ fn rolls_adopt_the_spare_written_in_the_background() {
             }
         }
         assert!(rolls >= 3, "the appends crossed several segments ({rolls})");
+        assert_eq!(wal.spares_adopted, rolls, "every roll took the spare");
         drop(wal);
         let (wal, recovered) = Wal::open(tmp.path(), opts).unwrap();
         assert!(
